@@ -1,0 +1,229 @@
+"""Pickle-free checkpoints: a folder of JSON + safetensors.
+
+```
+<dir>/config.json          format, ModelConfig, id maps (users, llms), encoder, rating scale,
+                           training metadata, sha256 of every other file
+<dir>/model.safetensors    model weights
+<dir>/history.safetensors  the user histories the router embeds users from
+                           (user, llm, rating, prev, query_emb per interaction; llm_emb)
+```
+
+Loading parses JSON and safetensors only (never ``torch.load``/pickle),
+verifies each file's sha256 and size against ``config.json``, rebuilds the
+model from its config and checks every weight's name and shape.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .model import GMTModel, ModelConfig
+
+__all__ = ["Checkpoint", "History", "CheckpointError", "save_checkpoint", "load_checkpoint", "file_sha256",
+           "atomic_replace_dir"]
+
+FORMAT = "gmtrouter-checkpoint/1"
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+HISTORY = "history.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, truncated, tampered with or inconsistent."""
+
+
+@dataclass
+class History:
+    """Interactions whose ratings are known: what user representations are computed from."""
+
+    user: np.ndarray  # int64 (n,)
+    llm: np.ndarray  # int64 (n,)
+    rating: np.ndarray  # float32 (n,) normalised
+    prev: np.ndarray  # int64 (n,) index into this history, -1 if none
+    query_emb: np.ndarray  # float32 (n, d)
+    llm_emb: np.ndarray  # float32 (L, d)
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(np.ascontiguousarray(getattr(self, k))) for k in
+                ("user", "llm", "rating", "prev", "query_emb", "llm_emb")}
+
+    @classmethod
+    def from_tensors(cls, t: dict[str, torch.Tensor]) -> "History":
+        return cls(**{k: t[k].numpy() for k in ("user", "llm", "rating", "prev", "query_emb", "llm_emb")})
+
+    @classmethod
+    def from_graph(cls, g, mask: np.ndarray) -> "History":
+        idx = np.flatnonzero(mask)
+        local = np.full(g.num_interactions, -1, dtype=np.int64)
+        local[idx] = np.arange(idx.size)
+        prev = g.prev[idx]
+        prev = np.where(prev >= 0, local[np.maximum(prev, 0)], -1)
+        return cls(user=g.user[idx].astype(np.int64), llm=g.llm[idx].astype(np.int64),
+                   rating=g.rating[idx].astype(np.float32), prev=prev.astype(np.int64),
+                   query_emb=g.query_emb[idx].astype(np.float32), llm_emb=g.llm_emb.astype(np.float32))
+
+
+@dataclass
+class Checkpoint:
+    model: GMTModel
+    users: list[str]
+    llms: list[str]
+    history: History
+    encoder: str | None
+    rating_scale: tuple[float, float]
+    meta: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.cfg
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_replace_dir(tmp: Path, target: Path) -> None:
+    """Move the finished folder ``tmp`` to ``target``, replacing it if present."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+
+
+def save_checkpoint(directory: str | Path, model: GMTModel, *, users: list[str], llms: list[str],
+                    history: History, encoder: str | None, rating_scale: tuple[float, float],
+                    meta: dict[str, Any] | None = None, extra_files: dict[str, dict[str, torch.Tensor]] | None = None,
+                    extra_json: dict[str, Any] | None = None) -> Path:
+    """Write a checkpoint folder atomically (temporary sibling, then rename).
+
+    ``extra_files`` are more safetensors files (name -> tensors), e.g. the
+    optimiser state of a resumable checkpoint; ``extra_json`` goes into
+    ``config.json`` under ``extra``.
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS))
+        save_file(history.to_tensors(), str(tmp / HISTORY))
+        for name, tensors in (extra_files or {}).items():
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / name))
+        files = {p.name: {"sha256": file_sha256(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}
+        cfg = {
+            "format": FORMAT,
+            "model": model.cfg.to_dict(),
+            "users": list(users),
+            "llms": list(llms),
+            "encoder": {"name": encoder, "dim": model.cfg.embed_dim},
+            "rating_scale": [float(rating_scale[0]), float(rating_scale[1])],
+            "meta": meta or {},
+            "extra": extra_json or {},
+            "files": files,
+        }
+        (tmp / CONFIG).write_text(json.dumps(cfg, indent=2, sort_keys=True))
+        atomic_replace_dir(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def read_config(directory: str | Path) -> dict[str, Any]:
+    d = Path(directory)
+    p = d / CONFIG
+    if not d.is_dir():
+        raise CheckpointError(f"{d}: checkpoint folder not found")
+    if not p.exists():
+        raise CheckpointError(f"{d}: not a gmtrouter checkpoint (no {CONFIG})")
+    try:
+        cfg = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{p}: not valid JSON ({e})") from None
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+        raise CheckpointError(f"{p}: field 'format': expected {FORMAT!r}, got {cfg.get('format') if isinstance(cfg, dict) else cfg!r}")
+    for key in ("model", "users", "llms", "encoder", "rating_scale", "files"):
+        if key not in cfg:
+            raise CheckpointError(f"{p}: field {key!r}: missing")
+    return cfg
+
+
+def verify_files(directory: Path, cfg: dict[str, Any], names: list[str]) -> None:
+    for name in names:
+        p = directory / name
+        info = cfg["files"].get(name)
+        if info is None:
+            raise CheckpointError(f"{directory / CONFIG}: field 'files.{name}': missing")
+        if not p.exists():
+            raise CheckpointError(f"{p}: missing")
+        size = p.stat().st_size
+        if size != info.get("bytes"):
+            raise CheckpointError(f"{p}: {size} bytes, expected {info.get('bytes')} (truncated or replaced)")
+        digest = file_sha256(p)
+        if digest != info.get("sha256"):
+            raise CheckpointError(f"{p}: sha256 {digest[:12]}..., expected {str(info.get('sha256'))[:12]}... (modified)")
+
+
+def load_tensors(directory: Path, cfg: dict[str, Any], name: str) -> dict[str, torch.Tensor]:
+    verify_files(directory, cfg, [name])
+    try:
+        return load_file(str(directory / name))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{directory / name}: unreadable safetensors ({e})") from None
+
+
+def load_checkpoint(directory: str | Path, *, device: str | torch.device = "cpu") -> Checkpoint:
+    """Rebuild model, id maps and histories. Never unpickles anything."""
+    d = Path(directory)
+    cfg = read_config(d)
+    try:
+        mcfg = ModelConfig(**cfg["model"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{d / CONFIG}: field 'model': {e}") from None
+    model = GMTModel(mcfg)
+    state = load_tensors(d, cfg, WEIGHTS)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{d / WEIGHTS}: weights do not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    for k, v in state.items():
+        if v.shape != expected[k].shape:
+            raise CheckpointError(f"{d / WEIGHTS}: {k}: shape {tuple(v.shape)}, expected {tuple(expected[k].shape)}")
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise CheckpointError(f"{d / WEIGHTS}: {k}: non-finite values")
+    model.load_state_dict(state)
+    model.to(device).eval()
+    hist = History.from_tensors(load_tensors(d, cfg, HISTORY))
+    n_users, n_llms = len(cfg["users"]), len(cfg["llms"])
+    if hist.llm_emb.shape != (n_llms, mcfg.embed_dim):
+        raise CheckpointError(f"{d / HISTORY}: llm_emb shape {hist.llm_emb.shape}, expected ({n_llms}, {mcfg.embed_dim})")
+    if hist.user.size and (hist.user.max() >= n_users or hist.user.min() < 0):
+        raise CheckpointError(f"{d / HISTORY}: user index out of range")
+    if hist.llm.size and (hist.llm.max() >= n_llms or hist.llm.min() < 0):
+        raise CheckpointError(f"{d / HISTORY}: llm index out of range")
+    lo, hi = cfg["rating_scale"]
+    return Checkpoint(model=model, users=list(cfg["users"]), llms=list(cfg["llms"]), history=hist,
+                      encoder=cfg["encoder"].get("name"), rating_scale=(float(lo), float(hi)),
+                      meta=dict(cfg.get("meta", {})), path=d)

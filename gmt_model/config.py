@@ -1,0 +1,241 @@
+"""Seed-style YAML configuration -> typed dataclasses.
+
+``configs/model_config_train/gmtrouter.yaml`` (training) and
+``configs/model_config_test/gmtrouter.yaml`` (routing) are accepted with
+the keys of the seed document; the extra keys this project adds are all
+optional and documented in ``configs/``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import schema as S
+
+__all__ = ["TrainConfig", "RouterConfig", "ConfigError", "load_train_config", "load_router_config",
+           "checkpoint_dir_from_model_path"]
+
+
+class ConfigError(ValueError):
+    """A configuration file has a missing, unknown or ill-typed key."""
+
+
+@dataclass
+class TrainConfig:
+    # dataset
+    dataset_name: str = "demo"
+    dataset_path: str = "./data"
+    # train
+    epochs: int = 350
+    lr: float = 5e-4
+    prediction_count: int = 256
+    objective: str = "auc"  # auc | accuracy
+    binary: bool = True  # pairwise preference loss
+    loss: str | None = None  # pairwise | ce | bce; None: pairwise when binary else ce
+    eval_every: int = 5
+    seed: int = 136
+    record_per_user: int = 10
+    weight_decay: float = 0.0
+    cold_start_rate: float = 0.1  # share of predicted pairs scored with the user's history hidden
+    device: str | None = None  # None: cuda when available else cpu
+    # gmt_config
+    num_gnn_layers: int | None = None  # None: 2 single-turn, 3 multi-turn (decided from the data)
+    hidden_dim: int = 128
+    dropout: float = 0.1
+    personalization: bool = True
+    heads: int = 4
+    predictor_dim: int = 256
+    predictor_heads: int = 4
+    relations: Any = "reference"
+    # checkpoint
+    checkpoint_root: str = "./models"
+    save_every: int = 25
+    # paths
+    training_set: str | None = None
+    valid_set: str | None = None
+    test_set: str | None = None
+    save_model_path: str | None = None
+    load_model_path: str | None = None
+    source: str | None = None  # file the config came from
+
+    def __post_init__(self) -> None:
+        if self.objective not in ("auc", "accuracy"):
+            raise ConfigError(f"{self.source or 'config'}: train.objective: expected 'auc' or 'accuracy', got {self.objective!r}")
+        if self.loss is None:
+            self.loss = "pairwise" if self.binary else "ce"
+        if self.loss not in ("pairwise", "ce", "bce"):
+            raise ConfigError(f"{self.source or 'config'}: train.loss: expected pairwise, ce or bce, got {self.loss!r}")
+        for name in ("epochs", "prediction_count", "eval_every", "save_every", "record_per_user", "hidden_dim"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{self.source or 'config'}: {name}: expected a positive integer, got {getattr(self, name)!r}")
+        if not 0.0 <= self.cold_start_rate < 1.0:
+            raise ConfigError(f"{self.source or 'config'}: train.cold_start_rate: expected [0, 1)")
+        S.resolve_relations(self.relations)
+
+    def split_paths(self) -> dict[str, str]:
+        """JSONL paths per split: ``data_path`` keys, else ``<path>/<name>/<split file>``."""
+        out: dict[str, str] = {}
+        explicit = {S.SPLIT_TRAIN: self.training_set, S.SPLIT_VALID: self.valid_set, S.SPLIT_TEST: self.test_set}
+        for split, p in explicit.items():
+            out[split] = p if p else str(Path(self.dataset_path) / self.dataset_name / S.SPLIT_FILES[split])
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def model_dir(self) -> Path:
+        if self.save_model_path:
+            return checkpoint_dir_from_model_path(self.save_model_path)
+        return Path(self.checkpoint_root) / self.dataset_name / "best"
+
+
+def checkpoint_dir_from_model_path(p: str | Path) -> Path:
+    """The seed names a file (``.../gmtrouter.pt``); our checkpoint is a folder.
+
+    ``saved_models/gmtrouter/gmtrouter.pt`` -> ``saved_models/gmtrouter/gmtrouter``.
+    """
+    p = Path(p)
+    return p.with_suffix("") if p.suffix else p
+
+
+_SECTIONS = {
+    "dataset": {"name": "dataset_name", "path": "dataset_path"},
+    "train": {f: f for f in ("epochs", "lr", "prediction_count", "objective", "binary", "loss", "eval_every",
+                             "seed", "record_per_user", "weight_decay", "cold_start_rate", "device")},
+    "gmt_config": {f: f for f in ("num_gnn_layers", "hidden_dim", "dropout", "personalization", "heads",
+                                  "predictor_dim", "predictor_heads", "relations")},
+    "checkpoint": {"root": "checkpoint_root", "save_every": "save_every"},
+    "data_path": {"training_set": "training_set", "valid_set": "valid_set", "test_set": "test_set"},
+    "model_path": {"save_model_path": "save_model_path", "load_model_path": "load_model_path"},
+}
+
+
+def _coerce(value: Any, target_type: Any, where: str) -> Any:
+    t = str(target_type)
+    if value is None:
+        return None
+    try:
+        if t.startswith("int"):
+            if isinstance(value, bool):
+                raise TypeError
+            return int(value)
+        if t.startswith("float"):
+            return float(value)  # YAML reads 5e-4 as a string
+        if t.startswith("bool"):
+            if isinstance(value, bool):
+                return value
+            raise TypeError
+        if t.startswith("str"):
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected {t}, got {value!r}") from None
+    return value
+
+
+def _resolve(base: Path, p: str | None) -> str | None:
+    if p is None:
+        return None
+    q = Path(p).expanduser()
+    return str(q if q.is_absolute() else (base / q))
+
+
+def load_train_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                      *, relative_to: str | Path | None = None) -> TrainConfig:
+    """Read a seed-style training YAML.
+
+    Relative paths resolve against ``relative_to`` (default: the current
+    directory, as in the seed's ``./data`` examples).  ``overrides`` are
+    flat field names of :class:`TrainConfig` applied last.
+    """
+    raw: dict[str, Any] = {}
+    src = None
+    if path is not None:
+        src = str(path)
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    types = {f.name: f.type for f in fields(TrainConfig)}
+    kw: dict[str, Any] = {}
+    for section, value in raw.items():
+        if section not in _SECTIONS:
+            raise ConfigError(f"{src}: unknown section {section!r}; expected one of {sorted(_SECTIONS)}")
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise ConfigError(f"{src}: {section}: expected a mapping")
+        for key, v in value.items():
+            if key not in _SECTIONS[section]:
+                raise ConfigError(f"{src}: {section}.{key}: unknown key; expected one of {sorted(_SECTIONS[section])}")
+            name = _SECTIONS[section][key]
+            kw[name] = v if name == "relations" else _coerce(v, types[name], f"{src}: {section}.{key}")
+    for name, v in (overrides or {}).items():
+        if name not in types:
+            raise ConfigError(f"override {name!r}: unknown field")
+        kw[name] = v if name == "relations" else _coerce(v, types[name], f"override {name}")
+    base = Path(relative_to) if relative_to is not None else Path.cwd()
+    for name in ("dataset_path", "checkpoint_root", "training_set", "valid_set", "test_set",
+                 "save_model_path", "load_model_path"):
+        if name in kw:
+            kw[name] = _resolve(base, kw[name])
+    return TrainConfig(source=src, **kw)
+
+
+@dataclass
+class RouterConfig:
+    """Routing configuration (``configs/model_config_test/gmtrouter.yaml``)."""
+
+    checkpoint: str
+    candidates: list[str] | None = None
+    encoder: str | None = None  # None: the encoder named in the checkpoint
+    device: str | None = None
+    feedback_log: str | None = None
+    endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
+    history_turns: int = 8
+    source: str | None = None
+
+
+def load_router_config(path: str | Path, *, relative_to: str | Path | None = None) -> RouterConfig:
+    """Read the routing YAML.  Accepts the seed's ``model_path.load_model_path``
+    as the checkpoint and an optional ``router`` section::
+
+        model_path: {load_model_path: ./saved_models/gmtrouter/gmtrouter.pt}
+        router: {candidates: [...], encoder: ..., device: cpu, feedback_log: ./feedback.sqlite}
+        endpoints: {gpt-4: {base_url: ..., model: ..., api_key_env: OPENAI_API_KEY}}
+    """
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    base = Path(relative_to) if relative_to is not None else Path.cwd()
+    router = raw.get("router") or {}
+    ckpt = router.get("checkpoint") or (raw.get("model_path") or {}).get("load_model_path")
+    if not ckpt:
+        raise ConfigError(f"{path}: model_path.load_model_path (or router.checkpoint): required, the trained checkpoint")
+    unknown = set(router) - {"checkpoint", "candidates", "encoder", "device", "feedback_log", "history_turns"}
+    if unknown:
+        raise ConfigError(f"{path}: router: unknown keys {sorted(unknown)}")
+    endpoints = raw.get("endpoints") or {}
+    if not isinstance(endpoints, dict):
+        raise ConfigError(f"{path}: endpoints: expected a mapping of LLM name -> endpoint")
+    return RouterConfig(
+        checkpoint=str(checkpoint_dir_from_model_path(_resolve(base, str(ckpt)))),
+        candidates=router.get("candidates"),
+        encoder=router.get("encoder"),
+        device=router.get("device"),
+        feedback_log=_resolve(base, router.get("feedback_log")),
+        endpoints=endpoints,
+        history_turns=int(router.get("history_turns", 8)),
+        source=str(path),
+    )

@@ -1,0 +1,134 @@
+"""Subgraph assembly and batched scoring shared by training, evaluation and routing.
+
+A *subgraph* holds every user and LLM node plus the interaction nodes of the
+visible interactions (with their ratings) and of the interactions being
+predicted (query node only matters; their ratings are zeroed and they get no
+edges).  One extra user node with no edges (index ``num_users``) is the
+"empty history" user used for cold start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import schema as S
+from .graph import GraphTables, relation_edges
+from .model import GMTModel
+
+__all__ = ["Subgraph", "build_subgraph", "GroupSteps", "group_steps", "score_groups", "pair_positions"]
+
+
+@dataclass
+class Subgraph:
+    num_users: int  # including the empty-history user
+    nodes: np.ndarray  # global interaction index of each local interaction node
+    local: np.ndarray  # global -> local (-1 when absent)
+    query_emb: Tensor
+    llm_emb: Tensor
+    rating: Tensor
+    edges: dict[S.EdgeType, Tensor]
+
+    @property
+    def cold_user(self) -> int:
+        return self.num_users - 1
+
+    def embed(self, model: GMTModel) -> dict[str, Tensor]:
+        return model.embed(self.num_users, self.query_emb, self.llm_emb, self.rating, self.edges)
+
+
+def build_subgraph(g: GraphTables, visible: np.ndarray, predict: np.ndarray, device: torch.device,
+                   query_emb_t: Tensor | None = None, llm_emb_t: Tensor | None = None,
+                   rating_t: Tensor | None = None) -> Subgraph:
+    """``visible``/``predict``: global interaction indices (disjoint)."""
+    visible = np.asarray(visible, dtype=np.int64)
+    predict = np.setdiff1d(np.asarray(predict, dtype=np.int64), visible, assume_unique=False)
+    nodes = np.concatenate([visible, predict])
+    local = np.full(g.num_interactions, -1, dtype=np.int64)
+    local[nodes] = np.arange(nodes.size)
+    nodes_t = torch.from_numpy(nodes).to(device)
+    q = (query_emb_t[nodes_t] if query_emb_t is not None
+         else torch.from_numpy(g.query_emb[nodes]).to(device))
+    r = (rating_t[nodes_t] if rating_t is not None else torch.from_numpy(g.rating[nodes]).to(device)).clone()
+    r[visible.size:] = 0.0  # predicted ratings never enter the graph
+    llm = llm_emb_t if llm_emb_t is not None else torch.from_numpy(g.llm_emb).to(device)
+    edges: dict[S.EdgeType, Tensor] = {}
+    # interaction-owned endpoints are mapped through `local`; only visible ones get edges
+    vis_local = np.full(g.num_interactions, -1, dtype=np.int64)
+    vis_local[visible] = local[visible]
+    for rel in g.relations:
+        src, dst = relation_edges(g, rel, visible, vis_local)
+        edges[rel] = torch.from_numpy(np.stack([src, dst])).to(device)
+    return Subgraph(num_users=g.num_users + 1, nodes=nodes, local=local, query_emb=q, llm_emb=llm,
+                    rating=r, edges=edges)
+
+
+@dataclass
+class GroupSteps:
+    """Candidates of each (group, step): the unit that is scored in one row."""
+
+    inter: np.ndarray  # int64 (B, K) global interaction index, -1 padding
+    user: np.ndarray  # int64 (B,)
+    llm: np.ndarray  # int64 (B, K), -1 padding
+    rating: np.ndarray  # float32 (B, K), nan padding
+    mask: np.ndarray  # bool (B, K)
+
+    @property
+    def size(self) -> int:
+        return int(self.inter.shape[0])
+
+    def take(self, rows: np.ndarray) -> "GroupSteps":
+        return GroupSteps(self.inter[rows], self.user[rows], self.llm[rows], self.rating[rows], self.mask[rows])
+
+
+def group_steps(g: GraphTables, interactions: np.ndarray) -> GroupSteps:
+    """Group the given interactions by (group, step), vectorised."""
+    idx = np.asarray(interactions, dtype=np.int64)
+    if idx.size == 0:
+        z = np.zeros((0, 1), dtype=np.int64)
+        return GroupSteps(z, np.zeros(0, np.int64), z, np.zeros((0, 1), np.float32), np.zeros((0, 1), bool))
+    key = g.group[idx] * (int(g.step.max()) + 1) + g.step[idx]
+    order = np.lexsort((idx, key))
+    idx, key = idx[order], key[order]
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    sizes = np.diff(np.r_[starts, idx.size])
+    rows = np.repeat(np.arange(starts.size), sizes)
+    cols = np.arange(idx.size) - np.repeat(starts, sizes)
+    k = int(sizes.max())
+    inter = np.full((starts.size, k), -1, dtype=np.int64)
+    inter[rows, cols] = idx
+    mask = inter >= 0
+    safe = np.where(mask, inter, 0)
+    llm = np.where(mask, g.llm[safe], -1)
+    rating = np.where(mask, g.rating[safe], np.nan).astype(np.float32)
+    return GroupSteps(inter=inter, user=g.user[idx[starts]], llm=llm, rating=rating, mask=mask)
+
+
+def score_groups(model: GMTModel, reps: dict[str, Tensor], sub: Subgraph, gs: GroupSteps,
+                 cold: np.ndarray | bool = False) -> Tensor:
+    """Scores (B, K) of every candidate of every group-step in one predictor call.
+
+    ``cold``: rows (or all) scored with the empty-history user.
+    """
+    device = sub.query_emb.device
+    user = np.where(cold, sub.cold_user, gs.user)
+    u = reps[S.USER][torch.from_numpy(np.asarray(user, dtype=np.int64)).to(device)]
+    q_local = sub.local[gs.inter[:, 0]]
+    if np.any(q_local < 0):
+        raise ValueError("query node of a scored interaction is not in the subgraph")
+    q = reps[S.QUERY][torch.from_numpy(q_local).to(device)]
+    llm = torch.from_numpy(np.where(gs.mask, gs.llm, 0)).to(device)
+    cand = reps[S.LLM][llm]  # (B, K, H)
+    return model.score(u, q, cand)
+
+
+def pair_positions(gs: GroupSteps) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All within-row pairs (row, col_a, col_b) of a GroupSteps, a < b."""
+    k = gs.inter.shape[1]
+    ia, ib = np.triu_indices(k, 1)
+    valid = gs.mask[:, ia] & gs.mask[:, ib]
+    rows, which = np.nonzero(valid)
+    return rows, ia[which], ib[which]

@@ -1,0 +1,338 @@
+"""Durable, append-only feedback log (SQLite, WAL mode, many writer processes).
+
+Every rating a user gives (``user_id``, ``query``, ``model``, ``rating`` plus
+optional ``session_id``, ``turn`` and ``query_id``) is appended to one SQLite
+table.  The log is the hand-off between the live router and the next
+retraining run: readers page through it with ``read(since_id=...)`` and
+remember ``max_id()``.
+
+Guarantees:
+
+* one transaction per ``append`` (``BEGIN IMMEDIATE`` ... ``COMMIT``): a record
+  is either stored completely or not at all;
+* WAL journal mode and a busy timeout, so many processes (and threads) can
+  append to the same file at once and readers never block writers;
+* validation before anything is written: a bad record raises ``ValueError``
+  naming the field and nothing is stored;
+* ids are strictly increasing in commit order (``AUTOINCREMENT``: an id is
+  never reused, even after deletes by an operator).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import sqlite3
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from gmt_model.schema import C_USER_ID, F_MODEL, F_QUERY, F_RATING, F_TURN
+
+__all__ = [
+    "FeedbackRecord",
+    "FeedbackLog",
+    "FEEDBACK_TABLE",
+    "COL_ID",
+    "COL_TS",
+    "COL_SESSION_ID",
+    "COL_QUERY_ID",
+    "FEEDBACK_COLUMNS",
+]
+
+#: SQLite table holding the log.
+FEEDBACK_TABLE = "feedback"
+#: Column names local to the feedback log (the others come from ``schema``).
+COL_ID = "id"
+COL_TS = "ts"
+COL_SESSION_ID = "session_id"
+COL_QUERY_ID = "query_id"
+#: Column order of the table, of ``FeedbackRecord`` and of the Parquet export.
+FEEDBACK_COLUMNS: tuple[str, ...] = (
+    COL_ID,
+    COL_TS,
+    C_USER_ID,
+    COL_SESSION_ID,
+    F_TURN,
+    COL_QUERY_ID,
+    F_QUERY,
+    F_MODEL,
+    F_RATING,
+)
+
+_BUSY_TIMEOUT_MS = 30_000
+
+_CREATE_SQL = f"""
+CREATE TABLE IF NOT EXISTS {FEEDBACK_TABLE} (
+    {COL_ID} INTEGER PRIMARY KEY AUTOINCREMENT,
+    {COL_TS} REAL NOT NULL,
+    {C_USER_ID} TEXT NOT NULL CHECK (length({C_USER_ID}) > 0),
+    {COL_SESSION_ID} TEXT,
+    {F_TURN} INTEGER,
+    {COL_QUERY_ID} TEXT,
+    {F_QUERY} TEXT NOT NULL CHECK (length({F_QUERY}) > 0),
+    {F_MODEL} TEXT NOT NULL CHECK (length({F_MODEL}) > 0),
+    {F_RATING} REAL NOT NULL
+)
+"""
+
+_SELECT_COLS = ", ".join(FEEDBACK_COLUMNS)
+_INSERT_SQL = (
+    f"INSERT INTO {FEEDBACK_TABLE} ({', '.join(FEEDBACK_COLUMNS[1:])}) "
+    f"VALUES ({', '.join('?' for _ in FEEDBACK_COLUMNS[1:])})"
+)
+
+
+@dataclass(frozen=True)
+class FeedbackRecord:
+    """One stored feedback event (field order == ``FEEDBACK_COLUMNS``)."""
+
+    id: int
+    ts: float
+    user_id: str
+    session_id: str | None
+    turn: int | None
+    query_id: str | None
+    query: str
+    model: str
+    rating: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict with the column names as keys."""
+        return asdict(self)
+
+
+def _req_str(field: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"feedback field {field!r} must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise ValueError(f"feedback field {field!r} must be a non-empty string")
+    return value
+
+
+def _opt_str(field: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    return _req_str(field, value)
+
+
+def _finite(field: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"feedback field {field!r} must be a number, got {type(value).__name__}")
+    out = float(value)
+    if not math.isfinite(out):
+        raise ValueError(f"feedback field {field!r} must be finite, got {out!r}")
+    return out
+
+
+def _opt_turn(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"feedback field {F_TURN!r} must be an integer >= 1, got {type(value).__name__}")
+    if int(value) < 1:
+        raise ValueError(f"feedback field {F_TURN!r} must be an integer >= 1, got {int(value)}")
+    return int(value)
+
+
+class FeedbackLog:
+    """Append-only feedback log in one SQLite file.
+
+    Safe to share between threads of one process (one connection behind a
+    lock) and between processes (each opens its own ``FeedbackLog`` on the
+    same path).  After ``fork`` the connection is reopened automatically.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        p = Path(path)
+        if str(path) == ":memory:" or not str(path):
+            raise ValueError("FeedbackLog needs a file path (an in-memory database cannot be shared)")
+        if p.exists() and p.is_dir():
+            raise ValueError(f"feedback log path {str(p)!r} is a directory")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        self.path = p
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid = -1
+        with self._lock:
+            self._initialise()
+
+    def _initialise(self) -> None:
+        """Switch to WAL and create the table, tolerating other processes doing the same.
+
+        SQLite does not always call the busy handler while several connections
+        change the journal mode of a fresh file at once ("database is locked"
+        at once), so this retries with a short backoff up to the busy timeout.
+        """
+        deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000.0
+        delay = 0.005
+        while True:
+            try:
+                conn = self._connection()
+                mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise RuntimeError(f"could not put feedback log {str(self.path)!r} in WAL mode (got {mode!r})")
+                conn.execute(_CREATE_SQL)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.2)
+
+    # ------------------------------------------------------------------ internals
+    def _connection(self) -> sqlite3.Connection:
+        """The connection for this process (caller holds ``self._lock``)."""
+        if self._conn is None or self._pid != os.getpid():
+            conn = sqlite3.connect(
+                str(self.path),
+                timeout=_BUSY_TIMEOUT_MS / 1000.0,
+                isolation_level=None,  # autocommit; transactions are explicit
+                check_same_thread=False,
+            )
+            conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA synchronous=NORMAL")  # durable with WAL at commit boundaries
+            self._conn = conn
+            self._pid = os.getpid()
+        return self._conn
+
+    @staticmethod
+    def _row(row: tuple[Any, ...]) -> FeedbackRecord:
+        return FeedbackRecord(*row)
+
+    # ------------------------------------------------------------------ writing
+    def append(
+        self,
+        user_id: str,
+        query: str,
+        model: str,
+        rating: float,
+        session_id: str | None = None,
+        turn: int | None = None,
+        query_id: str | None = None,
+        ts: float | None = None,
+    ) -> int:
+        """Validate and store one record in its own transaction; return its id.
+
+        Raises ``ValueError`` naming the offending field; nothing is stored then.
+        """
+        values = (
+            time.time() if ts is None else _finite(COL_TS, ts),
+            _req_str(C_USER_ID, user_id),
+            _opt_str(COL_SESSION_ID, session_id),
+            _opt_turn(turn),
+            _opt_str(COL_QUERY_ID, query_id),
+            _req_str(F_QUERY, query),
+            _req_str(F_MODEL, model),
+            _finite(F_RATING, rating),
+        )
+        with self._lock:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                cur = conn.execute(_INSERT_SQL, values)
+                new_id = int(cur.lastrowid)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        return new_id
+
+    # ------------------------------------------------------------------ reading
+    def read(self, since_id: int = 0, limit: int | None = None) -> list[FeedbackRecord]:
+        """Records with ``id > since_id`` in id order (at most ``limit`` of them)."""
+        since = self._check_since(since_id)
+        sql = f"SELECT {_SELECT_COLS} FROM {FEEDBACK_TABLE} WHERE {COL_ID} > ? ORDER BY {COL_ID}"
+        params: tuple[int, ...] = (since,)
+        if limit is not None:
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+                raise ValueError(f"limit must be a non-negative integer or None, got {limit!r}")
+            sql += " LIMIT ?"
+            params = (since, limit)
+        with self._lock:
+            rows = self._connection().execute(sql, params).fetchall()
+        return [self._row(r) for r in rows]
+
+    def count(self, since_id: int = 0) -> int:
+        """Number of records with ``id > since_id``."""
+        since = self._check_since(since_id)
+        with self._lock:
+            (n,) = self._connection().execute(
+                f"SELECT COUNT(*) FROM {FEEDBACK_TABLE} WHERE {COL_ID} > ?", (since,)
+            ).fetchone()
+        return int(n)
+
+    def max_id(self) -> int:
+        """Largest stored id (0 when the log is empty)."""
+        with self._lock:
+            (m,) = self._connection().execute(f"SELECT MAX({COL_ID}) FROM {FEEDBACK_TABLE}").fetchone()
+        return int(m) if m is not None else 0
+
+    def to_records(self, since_id: int = 0) -> list[dict[str, Any]]:
+        """All records (``id > since_id``) as plain dicts, in id order."""
+        return [r.to_dict() for r in self.read(since_id)]
+
+    def export_parquet(self, path: str | os.PathLike[str], since_id: int = 0) -> int:
+        """Write the log (``id > since_id``) to a Parquet file atomically; return the row count."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        records = self.read(since_id)
+        schema = pa.schema(
+            [
+                pa.field(COL_ID, pa.int64(), nullable=False),
+                pa.field(COL_TS, pa.float64(), nullable=False),
+                pa.field(C_USER_ID, pa.string(), nullable=False),
+                pa.field(COL_SESSION_ID, pa.string()),
+                pa.field(F_TURN, pa.int64()),
+                pa.field(COL_QUERY_ID, pa.string()),
+                pa.field(F_QUERY, pa.string(), nullable=False),
+                pa.field(F_MODEL, pa.string(), nullable=False),
+                pa.field(F_RATING, pa.float64(), nullable=False),
+            ]
+        )
+        columns = {name: [getattr(r, name) for r in records] for name in FEEDBACK_COLUMNS}
+        table = pa.table(columns, schema=schema)
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=str(out.parent))
+        os.close(fd)
+        try:
+            pq.write_table(table, tmp)
+            os.replace(tmp, out)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return table.num_rows
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        """Close this process's connection (it is reopened on next use)."""
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> "FeedbackLog":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"FeedbackLog({str(self.path)!r})"
+
+    @staticmethod
+    def _check_since(since_id: int) -> int:
+        if isinstance(since_id, bool) or not isinstance(since_id, int) or since_id < 0:
+            raise ValueError(f"since_id must be a non-negative integer, got {since_id!r}")
+        return since_id

@@ -1,0 +1,147 @@
+"""HeteroGNN (HGT layers) and the cross-attention PreferencePredictor."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.nn import HGTConv
+
+from . import schema as S
+
+__all__ = ["ModelConfig", "HeteroGNN", "PreferencePredictor", "GMTModel"]
+
+
+@dataclass
+class ModelConfig:
+    """Architecture hyper-parameters (stored in every checkpoint)."""
+
+    embed_dim: int  # width of query / llm embeddings
+    hidden_dim: int = 128
+    num_gnn_layers: int = 2
+    heads: int = 4
+    dropout: float = 0.1
+    predictor_dim: int = 256
+    predictor_heads: int = 4
+    personalization: bool = True
+    relations: list[str] = field(default_factory=lambda: [S.relation_key(r) for r in S.REFERENCE_RELATIONS])
+
+    def __post_init__(self) -> None:
+        if self.hidden_dim % self.heads:
+            raise ValueError(f"hidden_dim {self.hidden_dim} must be divisible by heads {self.heads}")
+        if self.predictor_dim % self.predictor_heads:
+            raise ValueError(f"predictor_dim {self.predictor_dim} must be divisible by predictor_heads {self.predictor_heads}")
+        if self.num_gnn_layers < 1:
+            raise ValueError("num_gnn_layers must be >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError("dropout must be in [0, 1)")
+        self.relations = [S.relation_key(r) for r in S.resolve_relations(self.relations)]
+
+    @property
+    def edge_types(self) -> tuple[S.EdgeType, ...]:
+        return S.resolve_relations(self.relations)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class HeteroGNN(nn.Module):
+    """Input projections, then L x (HGTConv -> dropout -> LayerNorm).
+
+    User and session nodes start from zero features in the method; a zero
+    vector through a linear layer is its bias, so they start from a learned
+    per-type vector.  Response nodes carry ``rating x ones(d)``; its linear
+    projection is ``rating * W.sum(1) + b``, computed as such.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        h = cfg.hidden_dim
+        self.cfg = cfg
+        self.edge_types = cfg.edge_types
+        self.node_types = list(S.NODE_TYPES)
+        self.query_in = nn.Linear(cfg.embed_dim, h)
+        self.llm_in = nn.Linear(cfg.embed_dim, h)
+        self.response_in = nn.Linear(1, h)
+        self.user_start = nn.Parameter(torch.zeros(h))
+        self.session_start = nn.Parameter(torch.zeros(h))
+        nn.init.normal_(self.user_start, std=0.02)
+        nn.init.normal_(self.session_start, std=0.02)
+        metadata = (self.node_types, list(self.edge_types))
+        self.convs = nn.ModuleList(HGTConv(h, h, metadata, heads=cfg.heads) for _ in range(cfg.num_gnn_layers))
+        self.norms = nn.ModuleList(
+            nn.ModuleDict({t: nn.LayerNorm(h) for t in self.node_types}) for _ in range(cfg.num_gnn_layers))
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def input_features(self, num_users: int, num_interactions: int, query_emb: Tensor,
+                       llm_emb: Tensor, rating: Tensor) -> dict[str, Tensor]:
+        """Projected input features. ``rating`` must be 0 for hidden responses."""
+        h = self.cfg.hidden_dim
+        # the response projection of rating * ones(d) is rating * (W @ ones) + b
+        w = self.response_in.weight[:, 0] * float(self.cfg.embed_dim)
+        return {
+            S.USER: self.user_start.expand(num_users, h),
+            S.SESSION: self.session_start.expand(num_interactions, h),
+            S.QUERY: self.query_in(query_emb),
+            S.LLM: self.llm_in(llm_emb),
+            S.RESPONSE: rating[:, None] * w + self.response_in.bias,
+        }
+
+    def forward(self, x_dict: dict[str, Tensor], edge_index_dict: dict[S.EdgeType, Tensor]) -> dict[str, Tensor]:
+        for conv, norms in zip(self.convs, self.norms):
+            out = conv(x_dict, edge_index_dict)
+            new = dict(x_dict)
+            for t, v in out.items():
+                if v is not None:
+                    new[t] = norms[t](self.dropout(v))
+            x_dict = new
+        return x_dict
+
+
+class PreferencePredictor(nn.Module):
+    """Each candidate LLM attends over the context [user, query].
+
+    ``forward(user (B,H), query (B,H), llm (B,M,H)) -> scores (B,M)``: one
+    call scores every candidate of every (user, query) in the batch.
+    """
+
+    def __init__(self, in_dim: int, dim: int = 256, heads: int = 4, dropout: float = 0.1,
+                 personalization: bool = True) -> None:
+        super().__init__()
+        self.personalization = personalization
+        self.user_proj = nn.Linear(in_dim, dim)
+        self.query_proj = nn.Linear(in_dim, dim)
+        self.llm_proj = nn.Linear(in_dim, dim)
+        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.head = nn.Sequential(nn.ReLU(), nn.Dropout(dropout), nn.Linear(2 * dim, 1))
+
+    def forward(self, user: Tensor, query: Tensor, llm: Tensor) -> Tensor:
+        if not self.personalization:
+            user = torch.zeros_like(user)
+        ctx = torch.stack([self.user_proj(user), self.query_proj(query)], dim=1)  # (B, 2, D)
+        cand = self.llm_proj(llm)  # (B, M, D)
+        att, _ = self.attn(cand, ctx, ctx, need_weights=False)
+        return self.head(torch.cat([att, cand], dim=-1)).squeeze(-1)
+
+
+class GMTModel(nn.Module):
+    """HeteroGNN + PreferencePredictor."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.gnn = HeteroGNN(cfg)
+        self.predictor = PreferencePredictor(cfg.hidden_dim, cfg.predictor_dim, cfg.predictor_heads,
+                                             cfg.dropout, cfg.personalization)
+
+    def embed(self, num_users: int, query_emb: Tensor, llm_emb: Tensor, rating: Tensor,
+              edge_index_dict: dict[S.EdgeType, Tensor]) -> dict[str, Tensor]:
+        """Node representations of a (sub)graph whose interaction nodes are
+        the rows of ``query_emb``/``rating`` (local indices)."""
+        x = self.gnn.input_features(num_users, query_emb.shape[0], query_emb, llm_emb, rating)
+        edges = {et: edge_index_dict[et] for et in self.gnn.edge_types if et in edge_index_dict}
+        return self.gnn(x, edges)
+
+    def score(self, user_vec: Tensor, query_vec: Tensor, llm_vec: Tensor) -> Tensor:
+        return self.predictor(user_vec, query_vec, llm_vec)

@@ -1,0 +1,358 @@
+"""Training: the reference protocol, batched.
+
+Every epoch (one optimiser step, as in the reference):
+
+1. sample ``record_per_user`` visible comparison pairs per user (all of a
+   user's pairs when they have fewer, with a warning), filled up to
+   ``record_per_user x num_users``; then ``prediction_count`` predicted pairs
+   among the non-tied pairs none of whose interactions are visible;
+2. build the subgraph of the visible interactions (predicted ratings are
+   never in it);
+3. run the HeteroGNN over that subgraph only;
+4. score every predicted pair in one predictor call and apply the pairwise
+   logistic loss (``ce``: cross-entropy on the unique best of each
+   group-step; ``bce``: against the normalised ratings);
+5. Adam step.
+
+Validation every ``eval_every`` epochs (all training interactions visible,
+validation ratings hidden); the best checkpoint by ``objective`` and a
+periodic, resumable checkpoint every ``save_every`` epochs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import schema as S
+from .checkpoint import CheckpointError, History, load_tensors, read_config, save_checkpoint
+from .config import TrainConfig
+from .engine import GroupSteps, Subgraph, build_subgraph, group_steps, pair_positions, score_groups
+from .graph import GraphTables
+from .metrics import pairwise_accuracy, pairwise_auc
+from .model import GMTModel, ModelConfig
+
+__all__ = ["TrainResult", "train", "model_config_for", "resolve_device", "predict_groups", "pair_scores",
+           "EpochSampler"]
+
+log = logging.getLogger(__name__)
+
+BEST = "best"
+LAST = "last"
+TRAIN_STATE = "train_state.safetensors"
+
+
+def resolve_device(name: str | None) -> torch.device:
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+    return dev
+
+
+def model_config_for(cfg: TrainConfig, g: GraphTables) -> ModelConfig:
+    layers = cfg.num_gnn_layers
+    if layers is None:
+        layers = 3 if int(g.step.max()) > 0 else 2  # multi-turn data gets 3 layers
+    return ModelConfig(embed_dim=g.dim, hidden_dim=cfg.hidden_dim, num_gnn_layers=layers, heads=cfg.heads,
+                       dropout=cfg.dropout, predictor_dim=cfg.predictor_dim, predictor_heads=cfg.predictor_heads,
+                       personalization=cfg.personalization,
+                       relations=[S.relation_key(r) for r in S.resolve_relations(cfg.relations)])
+
+
+@dataclass
+class TrainResult:
+    best_dir: Path
+    last_dir: Path
+    best_epoch: int
+    best_metric: float
+    objective: str
+    history: list[dict[str, float]]
+    device: str
+    epochs_run: int
+    wall_time_s: float
+    resumed_from: int | None = None
+    warnings: list[str] = field(default_factory=list)
+    model_config: dict[str, Any] = field(default_factory=dict)
+
+
+class EpochSampler:
+    """Per-epoch visible / predicted pair sampling of the reference protocol."""
+
+    def __init__(self, g: GraphTables, record_per_user: int, prediction_count: int) -> None:
+        self.g = g
+        self.pairs = np.flatnonzero(g.pair_mask(S.SPLIT_TRAIN))
+        if self.pairs.size == 0:
+            raise ValueError("the training split has no comparison pairs")
+        self.user = g.user[g.pair_a[self.pairs]]
+        self.r = record_per_user
+        self.k = prediction_count
+        counts = np.bincount(self.user, minlength=g.num_users)
+        train_users = np.flatnonzero(counts > 0)
+        self.num_train_users = int(train_users.size)
+        thin = train_users[counts[train_users] < record_per_user]
+        self.thin_users = [g.user_ids[i] for i in thin]
+        self.nontie = g.pair_label[self.pairs] != 0.5
+
+    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(visible interaction indices, predicted pair indices)."""
+        g = self.g
+        perm = rng.permutation(self.pairs.size)
+        order = perm[np.argsort(self.user[perm], kind="stable")]
+        users = self.user[order]
+        starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+        sizes = np.diff(np.r_[starts, users.size])
+        rank = np.arange(users.size) - np.repeat(starts, sizes)
+        chosen = order[rank < self.r]
+        budget = self.r * self.num_train_users
+        if chosen.size < budget:
+            rest = order[rank >= self.r]
+            fill = rng.permutation(rest)[: budget - chosen.size]
+            chosen = np.concatenate([chosen, fill])
+        vis_pairs = self.pairs[chosen]
+        visible = np.unique(np.concatenate([g.pair_a[vis_pairs], g.pair_b[vis_pairs]]))
+        is_vis = np.zeros(g.num_interactions, dtype=bool)
+        is_vis[visible] = True
+        cand = self.nontie & ~is_vis[g.pair_a[self.pairs]] & ~is_vis[g.pair_b[self.pairs]]
+        cand_idx = np.flatnonzero(cand)
+        pred = self.pairs[rng.permutation(cand_idx)[: self.k]] if cand_idx.size else self.pairs[:0]
+        return visible, pred
+
+
+def pairs_as_groups(g: GraphTables, pairs: np.ndarray) -> GroupSteps:
+    inter = np.stack([g.pair_a[pairs], g.pair_b[pairs]], axis=1)
+    return GroupSteps(inter=inter, user=g.user[inter[:, 0]], llm=g.llm[inter],
+                      rating=g.rating[inter].astype(np.float32), mask=np.ones_like(inter, dtype=bool))
+
+
+def pair_scores(gs: GroupSteps, scores: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(rows, col_a, col_b, score_a, score_b, label) of every within-group-step pair."""
+    rows, ca, cb = pair_positions(gs)
+    ra, rb = gs.rating[rows, ca], gs.rating[rows, cb]
+    label = np.where(ra > rb, 1.0, np.where(ra < rb, 0.0, 0.5)).astype(np.float32)
+    return rows, ca, cb, scores[rows, ca], scores[rows, cb], label
+
+
+@torch.no_grad()
+def predict_groups(model: GMTModel, g: GraphTables, split: str, device: torch.device, *,
+                   visible_mask: np.ndarray | None = None, cold: bool = False,
+                   sub: Subgraph | None = None) -> tuple[GroupSteps, np.ndarray, Subgraph]:
+    """Score every candidate of every group-step of ``split``.
+
+    The visible history defaults to the whole training split; the ratings of
+    ``split`` are never in the graph.  ``cold``: every user's history hidden.
+    """
+    model.eval()
+    target = np.flatnonzero(g.split_mask(split))
+    if visible_mask is None:
+        visible_mask = g.split_mask(S.SPLIT_TRAIN)
+    visible = np.flatnonzero(visible_mask & ~g.split_mask(split))
+    if sub is None:
+        sub = build_subgraph(g, visible, target, device)
+    reps = sub.embed(model)
+    gs = group_steps(g, target)
+    scores = score_groups(model, reps, sub, gs, cold=cold).float().cpu().numpy()
+    return gs, scores, sub
+
+
+def _validate(model: GMTModel, g: GraphTables, device: torch.device, sub: Subgraph | None):
+    gs, scores, sub = predict_groups(model, g, S.SPLIT_VALID, device, sub=sub)
+    *_, sa, sb, label = pair_scores(gs, scores)
+    keep = label != 0.5
+    y = np.where(label[keep] == 1.0, 1.0, -1.0)
+    loss = float(np.mean(np.logaddexp(0.0, -y * (sa[keep] - sb[keep])))) if keep.any() else float("nan")
+    return {"val_loss": loss, "val_auc": float(pairwise_auc(sa, sb, label)),
+            "val_accuracy": float(pairwise_accuracy(sa, sb, label))}, sub
+
+
+def _loss(cfg: TrainConfig, scores: torch.Tensor, gs: GroupSteps, device: torch.device) -> torch.Tensor:
+    rating = torch.from_numpy(np.nan_to_num(gs.rating, nan=0.0)).to(device)
+    mask = torch.from_numpy(gs.mask).to(device)
+    if cfg.loss == "pairwise":
+        rows, ca, cb = pair_positions(gs)
+        ra, rb = gs.rating[rows, ca], gs.rating[rows, cb]
+        keep = ra != rb
+        rows, ca, cb = rows[keep], ca[keep], cb[keep]
+        y = torch.from_numpy(np.where(ra[keep] > rb[keep], 1.0, -1.0).astype(np.float32)).to(device)
+        r = torch.from_numpy(rows).to(device)
+        s = scores[r, torch.from_numpy(ca).to(device)] - scores[r, torch.from_numpy(cb).to(device)]
+        return F.softplus(-y * s).mean()
+    if cfg.loss == "bce":
+        return F.binary_cross_entropy_with_logits(scores[mask], rating[mask])
+    # ce: the unique best candidate of each group-step
+    masked = torch.where(mask, rating, torch.full_like(rating, -1.0))
+    best = masked.max(dim=1, keepdim=True).values
+    unique = ((masked == best) & mask).sum(dim=1) == 1
+    logits = scores.masked_fill(~mask, float("-inf"))[unique]
+    return F.cross_entropy(logits, masked[unique].argmax(dim=1))
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            tensors[f"opt.{pid}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def _restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, v in tensors.items():
+        if not name.startswith("opt."):
+            continue
+        _, pid, k = name.split(".", 2)
+        state.setdefault(int(pid), {})[k] = v
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _fingerprint(cfg: TrainConfig, mcfg: ModelConfig, g: GraphTables) -> dict[str, Any]:
+    keys = ("lr", "prediction_count", "objective", "loss", "seed", "record_per_user", "weight_decay",
+            "cold_start_rate", "eval_every", "save_every")
+    return {"train": {k: getattr(cfg, k) for k in keys}, "model": mcfg.to_dict(),
+            "data": {"interactions": g.num_interactions, "pairs": int(g.pair_a.size), "users": g.num_users,
+                     "llms": g.num_llms}}
+
+
+def train(g: GraphTables, cfg: TrainConfig, out_dir: str | Path, *, resume: bool = True,
+          callback: Callable[[int, dict[str, float]], None] | None = None,
+          device: str | None = None) -> TrainResult:
+    """Train on ``g``'s training split, validating on its valid split.
+
+    Writes ``out_dir/best`` (best validation ``objective``) and
+    ``out_dir/last`` (every ``save_every`` epochs and at the end; holds the
+    optimiser and RNG state so a killed run resumes from it).
+    ``callback(epoch, metrics)`` is called after every epoch.
+    """
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device or cfg.device)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    mcfg = model_config_for(cfg, g)
+    g.relations = mcfg.edge_types
+    model = GMTModel(mcfg).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sampler = EpochSampler(g, cfg.record_per_user, cfg.prediction_count)
+    notes: list[str] = []
+    if sampler.thin_users:
+        msg = (f"{len(sampler.thin_users)} user(s) have fewer than record_per_user={cfg.record_per_user} training "
+               f"pairs; all of their pairs are visible every epoch: {sampler.thin_users[:10]}")
+        warnings.warn(msg, stacklevel=2)
+        notes.append(msg)
+    has_valid = bool(g.pair_mask(S.SPLIT_VALID).any())
+    if not has_valid:
+        notes.append("no validation pairs: the best checkpoint is the last one")
+    history_tables = History.from_graph(g, g.split_mask(S.SPLIT_TRAIN))
+    fingerprint = _fingerprint(cfg, mcfg, g)
+    ckpt_kw = dict(users=g.user_ids, llms=g.llm_names, history=history_tables, encoder=g.encoder,
+                   rating_scale=(g.rating_min, g.rating_max))
+    higher = True
+    metric_key = "val_auc" if cfg.objective == "auc" else "val_accuracy"
+    best_metric, best_epoch = -math.inf, 0
+    history: list[dict[str, float]] = []
+    start_epoch = 1
+    resumed_from = None
+    last_dir, best_dir = out / LAST, out / BEST
+    if resume and (last_dir / TRAIN_STATE).exists():
+        start_epoch, best_metric, best_epoch, history = _resume(last_dir, model, opt, rng, fingerprint, dev)
+        resumed_from = start_epoch - 1
+        log.info("resumed from %s at epoch %d", last_dir, resumed_from)
+    qe = torch.from_numpy(g.query_emb).to(dev)
+    le = torch.from_numpy(g.llm_emb).to(dev)
+    rt = torch.from_numpy(g.rating).to(dev)
+    val_sub: Subgraph | None = None
+    epoch = start_epoch - 1
+
+    def save_last(ep: int) -> None:
+        tensors, groups = _optimizer_tensors(opt)
+        tensors["torch_rng"] = torch.get_rng_state()
+        state = {"epoch": ep, "best_metric": best_metric, "best_epoch": best_epoch, "history": history,
+                 "numpy_rng": rng.bit_generator.state, "param_groups": groups["param_groups"],
+                 "fingerprint": fingerprint}
+        save_checkpoint(last_dir, model, meta={"epoch": ep, "kind": "periodic"}, extra_files={TRAIN_STATE: tensors},
+                        extra_json={"train_state": json.loads(json.dumps(state, default=_json_default))}, **ckpt_kw)
+
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        model.train()
+        visible, pred = sampler.sample(rng)
+        if pred.size == 0:
+            raise ValueError("no trainable pairs left to predict after sampling the visible history; "
+                             "lower record_per_user or add data")
+        if cfg.loss == "pairwise":
+            gs = pairs_as_groups(g, pred)
+        else:
+            gs = group_steps(g, np.unique(np.concatenate([g.pair_a[pred], g.pair_b[pred]])))
+        sub = build_subgraph(g, visible, gs.inter[gs.mask], dev, qe, le, rt)
+        cold = rng.random(gs.size) < cfg.cold_start_rate if cfg.cold_start_rate > 0 else False
+        reps = sub.embed(model)
+        scores = score_groups(model, reps, sub, gs, cold=cold)
+        loss = _loss(cfg, scores, gs, dev)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        row: dict[str, float] = {"epoch": float(epoch), "train_loss": float(loss.detach())}
+        if has_valid and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
+            metrics, val_sub = _validate(model, g, dev, val_sub)
+            row.update(metrics)
+            value = metrics[metric_key]
+            if not math.isnan(value) and (value > best_metric if higher else value < best_metric):
+                best_metric, best_epoch = value, epoch
+                save_checkpoint(best_dir, model, meta={"epoch": epoch, metric_key: value, "kind": "best"}, **ckpt_kw)
+            history.append(row)
+        elif epoch % cfg.eval_every == 0:
+            history.append(row)
+        if callback is not None:
+            callback(epoch, row)
+        if epoch % cfg.save_every == 0 and epoch != cfg.epochs:
+            save_last(epoch)
+    save_last(epoch)
+    if not has_valid or not best_dir.exists():
+        save_checkpoint(best_dir, model, meta={"epoch": epoch, "kind": "best"}, **ckpt_kw)
+        best_epoch = epoch
+    return TrainResult(best_dir=best_dir, last_dir=last_dir, best_epoch=best_epoch,
+                       best_metric=best_metric if best_metric != -math.inf else float("nan"),
+                       objective=cfg.objective, history=history, device=str(dev),
+                       epochs_run=max(0, epoch - start_epoch + 1), wall_time_s=time.perf_counter() - t0,
+                       resumed_from=resumed_from, warnings=notes, model_config=mcfg.to_dict())
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def _resume(last_dir: Path, model: GMTModel, opt: torch.optim.Optimizer, rng: np.random.Generator,
+            fingerprint: dict[str, Any], dev: torch.device) -> tuple[int, float, int, list[dict[str, float]]]:
+    cfg = read_config(last_dir)
+    state = cfg.get("extra", {}).get("train_state")
+    if not state:
+        raise CheckpointError(f"{last_dir}: no training state to resume from")
+    if json.loads(json.dumps(fingerprint, default=_json_default)) != state["fingerprint"]:
+        raise CheckpointError(
+            f"{last_dir}: was written by a run with a different configuration or data; "
+            "remove it or train into another folder")
+    weights = load_tensors(last_dir, cfg, "model.safetensors")
+    model.load_state_dict(weights)
+    model.to(dev)
+    tensors = load_tensors(last_dir, cfg, TRAIN_STATE)
+    torch.set_rng_state(tensors.pop("torch_rng"))
+    _restore_optimizer(opt, {k: v.to(dev) if k.split(".")[-1] != "step" else v for k, v in tensors.items()},
+                       state["param_groups"])
+    rng.bit_generator.state = state["numpy_rng"]
+    return int(state["epoch"]) + 1, float(state["best_metric"]), int(state["best_epoch"]), list(state["history"])
