@@ -58,6 +58,8 @@ __all__ = [
     "RATING_TIE",
     "WINNERS",
     "QID_SEPARATOR",
+    "JUDGMENT_FILE_NAMES",
+    "RAW_CONVERTERS",
     "ConversionError",
     "ConversionStats",
     "Converted",

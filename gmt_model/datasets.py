@@ -48,7 +48,6 @@ from gmt_model.schema import (
     F_RESPONSE,
     F_TURN,
     SPLIT_FILES,
-    SPLIT_TRAIN,
     SPLITS,
 )
 from gmt_model.sources import SourceError, extract, fetch, sha256_file

@@ -50,13 +50,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from gmt_model.data import write_jsonl
 from gmt_model.schema import (
     F_CONVERSATION,
     F_ENCODER,
@@ -747,7 +748,9 @@ class DemoSpec:
         if size not in PRESETS:
             raise ValueError(f"unknown demo size {size!r}; expected one of {sorted(PRESETS)}")
         n_users, per_user = PRESETS[size]
-        return cls(n_users=n_users, n_groups_per_user=per_user, name=f"demo-{size}", **overrides)
+        kw: dict[str, Any] = {"n_users": n_users, "n_groups_per_user": per_user, "name": f"demo-{size}"}
+        kw.update(overrides)
+        return cls(**kw)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict of the spec."""
@@ -1184,8 +1187,6 @@ def write_demo_dataset(
 
     Returns the paths: keys ``training``, ``valid``, ``test``, ``raw`` and ``truth``.
     """
-    from gmt_model.data import write_jsonl
-
     spec = _resolve_spec(spec_or_size)
     if seed is not None:
         spec = replace(spec, seed=int(seed))

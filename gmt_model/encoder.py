@@ -190,16 +190,28 @@ _MODELS_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def _env(name: str, value: str) -> Iterator[None]:
-    old = os.environ.get(name)
-    os.environ[name] = value
+def _hub_offline() -> Iterator[None]:
+    """Set ``HF_HUB_OFFLINE=1`` for the duration of a load, then restore it.
+
+    huggingface_hub reads the variable once, at import, into
+    ``huggingface_hub.constants.HF_HUB_OFFLINE`` (which transformers consults);
+    so the constant is switched too, and both are restored afterwards: a later
+    opted-in download in the same process is not blocked.
+    """
+    import huggingface_hub.constants as hub_constants
+
+    old_env = os.environ.get("HF_HUB_OFFLINE")
+    old_const = hub_constants.HF_HUB_OFFLINE
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    hub_constants.HF_HUB_OFFLINE = True
     try:
         yield
     finally:
-        if old is None:
-            os.environ.pop(name, None)
+        hub_constants.HF_HUB_OFFLINE = old_const
+        if old_env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
         else:
-            os.environ[name] = old
+            os.environ["HF_HUB_OFFLINE"] = old_env
 
 
 @contextlib.contextmanager
@@ -222,12 +234,11 @@ def _load_model(source: str, device: str | None, offline: bool) -> Any:
         model = _MODELS.get(key)
         if model is not None:
             return model
-        offline_ctx = _env("HF_HUB_OFFLINE", "1") if offline else contextlib.nullcontext()
-        with offline_ctx:
-            from sentence_transformers import SentenceTransformer
+        from sentence_transformers import SentenceTransformer
 
-            with _quiet_transformers():
-                model = SentenceTransformer(source, device=device)
+        offline_ctx = _hub_offline() if offline else contextlib.nullcontext()
+        with offline_ctx, _quiet_transformers():
+            model = SentenceTransformer(source, device=device)
         _MODELS[key] = model
         return model
 

@@ -221,7 +221,7 @@ def chat_completion(
     c = httpx.Client(timeout=endpoint.timeout) if own else client
 
     def _fail(resp: httpx.Response) -> UpstreamError:
-        text = redact(resp.text[:500], [key])
+        text = redact(resp.text, [key, *(endpoint.extra_headers or {}).values()])[:500]
         return UpstreamError(
             endpoint.name, resp.status_code, f"upstream for model {endpoint.name!r} returned HTTP {resp.status_code}: {text}"
         )

@@ -199,7 +199,7 @@ class FeedbackLog:
                 check_same_thread=False,
             )
             conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA synchronous=NORMAL")  # durable with WAL at commit boundaries
+            conn.execute("PRAGMA synchronous=FULL")  # each committed append survives power loss
             self._conn = conn
             self._pid = os.getpid()
         return self._conn

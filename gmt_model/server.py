@@ -11,7 +11,8 @@ Endpoints (all JSON errors use the OpenAI shape ``{"error": {"message", "type",
   the routed model in the ``X-Routed-Model`` header; non-stream answers get
   ``model`` set to the routed LLM name and a ``routing`` object.
 * ``POST /v1/route``: route only (one query dict, or ``{"queries": [...]}``).
-* ``POST /v1/feedback``: ``router.update_user_feedback``.  The router writes
+* ``POST /v1/feedback``: ``router.update_user_feedback`` (``turn`` is passed
+  when the router's method accepts it).  The router writes
   its own feedback log when it has one (attribute ``feedback_log``); the
   server appends to ``feedback_log`` only when the router has none.
 * ``GET /v1/models``, ``GET /health``, ``GET /metrics`` (Prometheus text).
@@ -25,6 +26,7 @@ page with its assets.  Router calls run in a worker thread, one at a time
 from __future__ import annotations
 
 import hmac
+import inspect
 import json
 import logging
 import math
@@ -46,16 +48,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gmt_model.endpoints import Endpoint, MissingAPIKeyError, redact
 from gmt_model.feedback import FeedbackLog
-
-try:
-    from gmt_model.router import RoutingError
-except ModuleNotFoundError as _exc:  # router.py is written in parallel; drop this fallback once it lands
-    if _exc.name != "gmt_model.router":
-        raise
-
-    class RoutingError(ValueError):  # type: ignore[no-redef]
-        """Placeholder until ``gmt_model.router.RoutingError`` exists."""
-
+from gmt_model.errors import RoutingError
 
 __all__ = [
     "create_app",
@@ -421,6 +414,8 @@ def create_app(
         if not isinstance(ep, Endpoint):
             raise TypeError(f"endpoints[{name!r}] must be an Endpoint, got {type(ep).__name__}")
     page_html = (STATIC_DIR / "chat.html").read_text(encoding="utf-8")
+    # GMTRouter.update_user_feedback takes an optional ``turn``; pass it only to routers that accept it
+    feedback_takes_turn = "turn" in inspect.signature(router.update_user_feedback).parameters
     metrics = _Metrics()
     router_lock = threading.Lock()
 
@@ -461,8 +456,11 @@ def create_app(
         return [float(scale[0]), float(scale[1])] if scale is not None else None
 
     def upstream_failure(model: str, status: int | None, text: str, key: str | None, code: str) -> ApiError:
+        """A 502 whose message quotes the upstream, with the key and extra header values redacted."""
         metrics.bump(metrics.upstream_errors, model)
-        detail = redact(text[:500], [key])
+        ep = endpoints.get(model)
+        secrets = [key, *((ep.extra_headers or {}).values() if ep is not None else ())]
+        detail = redact(text, secrets)[:500]
         where = f"HTTP {status}" if status is not None else "no response"
         log.warning("upstream for model %s failed: %s", model, where)
         return ApiError(
@@ -543,10 +541,11 @@ def create_app(
     @app.post("/v1/feedback")
     async def feedback(request: Request) -> JSONResponse:
         fb = _validate(_FeedbackBody, await _read_json(request))
-        result = await call_router(
-            "", router.update_user_feedback,
-            user_id=fb.user_id, query=fb.query, model=fb.model, rating=fb.rating, session_id=fb.session_id,
-        )
+        kwargs: dict[str, Any] = {"user_id": fb.user_id, "query": fb.query, "model": fb.model,
+                                  "rating": fb.rating, "session_id": fb.session_id}
+        if fb.turn is not None and feedback_takes_turn:
+            kwargs["turn"] = fb.turn
+        result = await call_router("", router.update_user_feedback, **kwargs)
         logged_id = None
         if feedback_log is not None and getattr(router, "feedback_log", None) is None:
             logged_id = await anyio.to_thread.run_sync(

@@ -28,7 +28,8 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 from gmt_model.endpoints import load_endpoints
-from gmt_model.server import RoutingError, create_app
+from gmt_model.router import RoutingError
+from gmt_model.server import create_app
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

@@ -414,6 +414,8 @@ def built(tmp_path_factory):
 def test_build_jsonl_splits_per_user(built, converted):
     res, enc = built
     assert res.mode == "converted" and res.encoder_name == enc.name and res.encoder_dim == enc.dim
+    doc = json.loads(json.dumps(res.to_dict()))  # plain JSON for asset metadata
+    assert doc["conversion"]["n_groups"] == converted.stats.n_groups
     groups = {s: read_groups(p) for s, p in res.paths.items()}
     assert sum(len(g) for g in groups.values()) == converted.stats.n_groups
     train_users = Counter(g.judge for g in groups[S.SPLIT_TRAIN])
@@ -444,6 +446,7 @@ def test_release_archive_copy_and_reembed(built, tmp_path):
                                                              "path_in_archive": "data/mt_bench"})
     raw = prepare_raw("mt_bench", src, tmp_path / "raw")
     assert raw.path == tmp_path / "raw" / "extracted" / "data" / "mt_bench"
+    assert json.loads(json.dumps(raw.to_dict()))["sha256"] == hashlib.sha256(archive.read_bytes()).hexdigest()
 
     same = build_jsonl("mt_bench", raw, tmp_path / "copied", HashEncoder())
     assert same.mode == "copied"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import sqlite3
 from pathlib import Path
@@ -71,6 +72,35 @@ def test_default_loads_offline_without_network(monkeypatch: pytest.MonkeyPatch, 
     assert e.dim == 384
     v = e.encode(["offline check"])
     assert v.shape == (1, 384)
+
+
+def test_offline_mode_is_restored_after_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(encmod, "_MODELS", {})
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    seen = {}
+    real_load = encmod._load_model
+
+    def spy(source: str, device: str | None, offline: bool) -> Any:
+        from sentence_transformers import SentenceTransformer
+
+        orig_init = SentenceTransformer.__init__
+
+        def init(self: Any, *a: Any, **kw: Any) -> None:
+            seen["env"] = os.environ.get("HF_HUB_OFFLINE")
+            seen["const"] = hub_constants.HF_HUB_OFFLINE
+            orig_init(self, *a, **kw)
+
+        monkeypatch.setattr(SentenceTransformer, "__init__", init)
+        return real_load(source, device, offline)
+
+    monkeypatch.setattr(encmod, "_load_model", spy)
+    assert Encoder(cache_dir=False).dim == 384
+    assert seen == {"env": "1", "const": True}  # offline while loading
+    assert "HF_HUB_OFFLINE" not in os.environ  # and restored afterwards
+    assert hub_constants.HF_HUB_OFFLINE is False
 
 
 def test_default_aliases_share_name() -> None:

@@ -32,7 +32,8 @@ from gmt_model.endpoints import (
     load_endpoints,
 )
 from gmt_model.feedback import FeedbackLog
-from gmt_model.server import ROUTED_MODEL_HEADER, RoutingError, create_app
+from gmt_model.router import RoutingError
+from gmt_model.server import ROUTED_MODEL_HEADER, create_app
 
 TOKEN = "test-bearer-token-123"
 ALPHA_KEY = "sk-alpha-SECRET-4f1d9a"
@@ -558,6 +559,26 @@ def test_feedback_not_double_written_when_router_has_a_log(env, upstream, tmp_pa
     assert log.count() == 1 and log.read()[0].rating == 3.5
 
 
+class TurnAwareRouter(FakeRouter):
+    """Like GMTRouter: update_user_feedback also takes the turn."""
+
+    def update_user_feedback(self, user_id: str, query: str, model: str, rating: float,
+                             session_id: str | None = None, turn: int | None = None) -> dict[str, Any]:
+        out = super().update_user_feedback(user_id, query, model, rating, session_id)
+        self.feedback_calls[-1]["turn"] = turn
+        return out
+
+
+def test_feedback_passes_turn_to_routers_that_take_it():
+    router = TurnAwareRouter()
+    with TestClient(create_app(router)) as c:
+        fb = {"user_id": "u", "query": "q", "model": "beta", "rating": 4.0, "session_id": "s"}
+        assert c.post("/v1/feedback", json={**fb, "turn": 3}).status_code == 200
+        assert c.post("/v1/feedback", json=fb).status_code == 200
+        assert c.post("/v1/feedback", json={**fb, "turn": 0}).status_code == 422
+    assert [call["turn"] for call in router.feedback_calls] == [3, None]
+
+
 def test_models_and_health(stack):
     client = stack["client"]
     r = client.get("/v1/models")
@@ -578,15 +599,18 @@ def test_auth(stack):
     protected = [("GET", "/v1/models"), ("GET", "/metrics"), ("POST", "/v1/route"), ("POST", "/v1/feedback"),
                  ("POST", "/v1/chat/completions")]
     body = {"model": "router", "user": "u", "messages": [{"role": "user", "content": "hi"}]}
-    for headers in ({}, {"Authorization": "Bearer wrong-token"}, {"Authorization": f"Basic {TOKEN}"},
-                    {"Authorization": f"Bearer {TOKEN}x"}, {"Authorization": "Bearer"}):
-        for method, path in protected:
-            r = httpx.request(method, url + path, headers=headers, json=body if method == "POST" else None)
-            assert r.status_code == 401, (headers, path)
-            assert err(r)["type"] == "authentication_error" and r.headers["www-authenticate"] == "Bearer"
-    for path in ("/health", "/", "/chat", "/static/chat.js", "/static/chat.css"):
-        assert httpx.get(url + path).status_code == 200, path
-    assert httpx.get(url + "/v1/models", headers={"Authorization": f"bearer {TOKEN}"}).status_code == 200
+    n_routes = len(stack["router"].route_calls)
+    with httpx.Client(base_url=url, timeout=30) as anon:
+        for headers in ({}, {"Authorization": "Bearer wrong-token"}, {"Authorization": f"Basic {TOKEN}"},
+                        {"Authorization": f"Bearer {TOKEN}x"}, {"Authorization": "Bearer"}):
+            for method, path in protected:
+                r = anon.request(method, path, headers=headers, json=body if method == "POST" else None)
+                assert r.status_code == 401, (headers, path)
+                assert err(r)["type"] == "authentication_error" and r.headers["www-authenticate"] == "Bearer"
+        for path in ("/health", "/", "/chat", "/static/chat.js", "/static/chat.css"):
+            assert anon.get(path).status_code == 200, path
+        assert anon.get("/v1/models", headers={"Authorization": f"bearer {TOKEN}"}).status_code == 200
+    assert len(stack["router"].route_calls) == n_routes
 
 
 def test_chat_page_is_served(stack):

@@ -1,0 +1,168 @@
+"""Merging router feedback into a dataset's training split.
+
+The router appends every rating it receives to a durable feedback log
+(``gmt_model.feedback.FeedbackLog``: ``user_id, query, model, rating``, ...).
+A rating becomes training data only where it forms a *comparison*: the same
+user rated two or more different LLMs on the same query text.  Such a set
+becomes one GMTRouter group (one single-step record per rated LLM; the last
+rating of an LLM wins when it was rated twice).  Everything else stays
+"history only" (in the log and in the live router, not in the training
+data), because a group of one record compares nothing.
+
+Ratings are on the checkpoint's raw scale (the router refuses others); a
+rating outside the training split's rating range, or for an LLM the dataset
+does not know, is not merged either.  Counts of each outcome are returned.
+
+No Dagster or MLflow here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gmt_model import demo as demo_mod
+from gmt_model.data import iter_records, validate_file, write_jsonl
+from gmt_model.datasets import llm_description_map
+from gmt_model.feedback import FeedbackLog, FeedbackRecord
+from gmt_model.schema import (
+    F_CONVERSATION,
+    F_JUDGE,
+    F_MODEL,
+    F_QUERY,
+    F_QUESTION_ID,
+    F_RATING,
+    F_RESPONSE,
+    F_TURN,
+)
+
+__all__ = ["FEEDBACK_QID_PREFIX", "FeedbackMergeStats", "feedback_groups", "merge_feedback"]
+
+#: question ids of merged feedback groups start with this
+FEEDBACK_QID_PREFIX = "feedback:"
+
+
+@dataclass
+class FeedbackMergeStats:
+    """What :func:`merge_feedback` did with the feedback log."""
+
+    log_path: str | None = None
+    log_exists: bool = False
+    max_id: int = 0
+    rows_read: int = 0
+    rows_merged: int = 0  # rows that became records of comparison groups
+    rows_history_only: int = 0  # no second LLM rated by the same user on the same query
+    rows_superseded: int = 0  # an LLM rated again on the same (user, query): the last rating counts
+    rows_unknown_model: int = 0  # LLM not in the dataset
+    rows_out_of_scale: int = 0  # rating outside the training split's rating range
+    groups_added: int = 0
+    users_added: list[str] = field(default_factory=list)  # feedback users new to the dataset
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict."""
+        return asdict(self)
+
+
+def _qid(query: str) -> str:
+    return FEEDBACK_QID_PREFIX + hashlib.sha256(query.encode("utf-8")).hexdigest()[:16]
+
+
+def feedback_groups(
+    rows: Iterable[FeedbackRecord],
+    *,
+    models: Sequence[str],
+    rating_range: tuple[float, float],
+    stats: FeedbackMergeStats | None = None,
+) -> list[list[dict[str, Any]]]:
+    """Comparison groups (un-embedded record dicts) formed by feedback ``rows``.
+
+    Rows are grouped by (user, query text); within a group the last rating
+    of each LLM counts; groups with two or more LLMs are returned, in order
+    of their first row id, their records sorted by model name.
+    """
+    st = stats if stats is not None else FeedbackMergeStats()
+    known = set(models)
+    lo, hi = rating_range
+    by_key: dict[tuple[str, str], dict[str, FeedbackRecord]] = {}
+    first_id: dict[tuple[str, str], int] = {}
+    for r in rows:
+        st.rows_read += 1
+        if r.model not in known:
+            st.rows_unknown_model += 1
+            continue
+        if not lo <= r.rating <= hi:
+            st.rows_out_of_scale += 1
+            continue
+        key = (r.user_id, r.query.strip())
+        slot = by_key.setdefault(key, {})
+        first_id.setdefault(key, r.id)
+        if r.model in slot:
+            st.rows_superseded += 1
+        slot[r.model] = r  # ids ascend: the last rating wins
+    groups: list[list[dict[str, Any]]] = []
+    for key in sorted(by_key, key=lambda k: first_id[k]):
+        slot = by_key[key]
+        if len(slot) < 2:
+            st.rows_history_only += len(slot)
+            continue
+        user, query = key
+        turns = {r.turn for r in slot.values()}
+        turn = turns.pop() if len(turns) == 1 and None not in turns else 1
+        group = [
+            {F_JUDGE: user, F_MODEL: m, F_QUESTION_ID: _qid(query), F_TURN: int(turn),
+             F_CONVERSATION: [{F_QUERY: query, F_RESPONSE: None, F_RATING: float(slot[m].rating)}]}
+            for m in sorted(slot)
+        ]
+        st.rows_merged += len(group)
+        groups.append(group)
+    st.groups_added = len(groups)
+    return groups
+
+
+def merge_feedback(
+    training_path: str | os.PathLike[str],
+    feedback_path: str | os.PathLike[str] | None,
+    encoder: Any,
+    *,
+    llm_descriptions: dict[str, str] | None = None,
+) -> FeedbackMergeStats:
+    """Append the comparison groups of the feedback log to ``training_path`` (atomically).
+
+    ``encoder`` embeds the feedback queries and LLM descriptions (it must be
+    the encoder the file was written with).  A missing log is not an error:
+    nothing is merged.  The rewritten file is validated with
+    ``gmt_model.data.validate_file``.
+    """
+    st = FeedbackMergeStats(log_path=None if feedback_path is None else os.fspath(feedback_path))
+    if feedback_path is None or not Path(feedback_path).is_file():
+        return st
+    st.log_exists = True
+    summary = validate_file(training_path)
+    if summary.encoder is not None and summary.encoder != encoder.name:
+        raise ValueError(f"{training_path}: written with encoder {summary.encoder!r}, "
+                         f"cannot merge feedback embedded with {encoder.name!r}")
+    with FeedbackLog(feedback_path) as log:
+        st.max_id = log.max_id()
+        rows = log.read(0)
+    groups = feedback_groups(rows, models=summary.models,
+                             rating_range=(summary.rating_min, summary.rating_max), stats=st)
+    known_users = set(summary.judges)
+    st.users_added = sorted({g[0][F_JUDGE] for g in groups} - known_users)
+    if not groups:
+        return st
+    flat = [rec for g in groups for rec in g]
+    desc = llm_description_map(sorted({r[F_MODEL] for r in flat}), llm_descriptions)
+    embedded = demo_mod.embed_records(flat, encoder, desc)
+    path = Path(training_path)
+
+    def all_records() -> Iterable[Any]:
+        yield from iter_records(path)
+        yield from embedded
+
+    write_jsonl(path, all_records())
+    validate_file(path)
+    return st

@@ -1,0 +1,474 @@
+"""GMTRouter: personalised routing with a live user graph.
+
+The router holds the trained model, the LLM table and the rated history of
+every user (from the checkpoint, then grown by feedback).  A user's
+representation is the HeteroGNN output over that user's history; it is
+cached and recomputed only when the user's history changes, so feedback
+shapes the very next route without retraining.
+
+Under the reference relation set a user's representation depends only on
+that user's own sessions, and query / LLM nodes receive no messages, so
+routing needs one small GNN call per changed user and one predictor call
+per batch.  Under other relation sets (``full``) LLM and query nodes receive
+messages from everybody's history; the router then recomputes the whole
+history graph after feedback (exact, slower).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import schema as S
+from .checkpoint import Checkpoint, History, load_checkpoint
+from .config import RouterConfig, load_router_config
+from .errors import RoutingError
+from .graph import relation_edges
+from .model import GMTModel
+
+__all__ = ["GMTRouter", "RoutingError"]
+
+_ID_RE = re.compile(r"^[\w.@:+\-/#]{1,256}$")
+MAX_QUERY_CHARS = 100_000
+
+
+def _isolated(model: GMTModel, node_type: str, x: Tensor) -> Tensor:
+    """HeteroGNN output of nodes of ``node_type`` that have no incoming edges.
+
+    HGTConv gives such a node ``a_lin(gelu(0))`` mixed with its input by the
+    learned skip gate; LayerNorm follows (dropout is off in eval mode).
+    Equivalent to running the GNN with the node present and unconnected.
+    """
+    gnn = model.gnn
+    for conv, norms in zip(gnn.convs, gnn.norms):
+        if node_type not in conv.dst_node_types:
+            continue
+        lin = conv.out_lin.lins[node_type]
+        a = lin(torch.zeros(1, lin.in_channels, dtype=x.dtype, device=x.device))
+        alpha = conv.skip[node_type].sigmoid()
+        x = norms[node_type](alpha * a + (1 - alpha) * x)
+    return x
+
+
+@dataclass
+class _Session:
+    last_row: int = -1  # history row of the last rated turn
+    turns: int = 0
+    models: list[str] = field(default_factory=list)
+
+
+class GMTRouter:
+    """Route queries to the LLM each user is predicted to prefer.
+
+    ``GMTRouter(yaml_path)`` reads a seed-style test config;
+    ``GMTRouter.from_checkpoint(dir)``; ``GMTRouter.from_registry(uri)``.
+    """
+
+    def __init__(self, yaml_path: str | Path | None = None, *, config: RouterConfig | None = None,
+                 checkpoint: Checkpoint | None = None, encoder: Any = None) -> None:
+        if config is None:
+            if yaml_path is None:
+                raise RoutingError("GMTRouter needs a yaml_path or a RouterConfig")
+            config = load_router_config(yaml_path)
+        self.config = config
+        self.device = torch.device(config.device or "cpu")
+        ck = checkpoint if checkpoint is not None else load_checkpoint(config.checkpoint, device=self.device)
+        self.checkpoint = ck
+        self.model = ck.model.to(self.device).eval()
+        self.llms: list[str] = list(ck.llms)
+        self._llm_index = {m: i for i, m in enumerate(self.llms)}
+        cands = config.candidates or self.llms
+        unknown = [c for c in cands if c not in self._llm_index]
+        if unknown:
+            raise RoutingError(f"candidates {unknown} are not LLMs of the checkpoint {self.llms}")
+        self.candidates: list[str] = list(cands)
+        self.rating_scale: tuple[float, float] = ck.rating_scale
+        self.encoder_name = config.encoder or ck.encoder
+        self._encoder = encoder
+        self._emb_cache: dict[str, np.ndarray] = {}
+        self._lock = threading.RLock()
+        self.users: list[str] = list(ck.users)
+        self._user_index = {u: i for i, u in enumerate(self.users)}
+        h = ck.history
+        self._hist_user = list(h.user.tolist())
+        self._hist_llm = list(h.llm.tolist())
+        self._hist_rating = list(h.rating.tolist())
+        self._hist_prev = list(h.prev.tolist())
+        self._hist_emb = [h.query_emb]  # chunks, concatenated lazily
+        self._hist_n = int(h.user.size)
+        self._rows_of: dict[int, list[int]] = {}
+        for row, u in enumerate(self._hist_user):
+            self._rows_of.setdefault(u, []).append(row)
+        self._sessions: dict[tuple[str, str], _Session] = {}
+        self._user_rep: dict[int, Tensor] = {}
+        self._per_user_exact = set(self.model.cfg.edge_types) <= set(S.REFERENCE_RELATIONS)
+        self._global_reps: dict[str, Tensor] | None = None
+        self.feedback_log = None
+        if config.feedback_log:
+            from .feedback import FeedbackLog
+
+            self.feedback_log = FeedbackLog(config.feedback_log)
+        with torch.inference_mode():
+            llm_x = self.model.gnn.llm_in(torch.from_numpy(h.llm_emb).to(self.device))
+            self._llm_static = _isolated(self.model, S.LLM, llm_x)
+            cold_x = self.model.gnn.user_start[None, :]
+            self._cold_rep = _isolated(self.model, S.USER, cold_x)[0]
+
+    # ---------------------------------------------------------------- loading
+    @classmethod
+    def from_checkpoint(cls, directory: str | Path, *, device: str | None = None, encoder: Any = None,
+                        feedback_log: str | Path | None = None, candidates: Sequence[str] | None = None) -> "GMTRouter":
+        cfg = RouterConfig(checkpoint=str(directory), device=device,
+                           feedback_log=str(feedback_log) if feedback_log else None,
+                           candidates=list(candidates) if candidates else None,
+                           encoder=encoder if isinstance(encoder, str) else None)
+        return cls(config=cfg, encoder=None if isinstance(encoder, str) else encoder)
+
+    @classmethod
+    def from_registry(cls, uri: str, *, tracking_uri: str | None = None, **kw: Any) -> "GMTRouter":
+        from .registry import load_router  # imports mlflow lazily
+
+        return load_router(uri, tracking_uri=tracking_uri, **kw)
+
+    # --------------------------------------------------------------- encoding
+    @property
+    def encoder(self):
+        if self._encoder is None:
+            from .encoder import get_encoder
+
+            self._encoder = get_encoder(self.encoder_name, device=str(self.device) if self.device.type == "cuda" else None)
+            if self._encoder.dim != self.model.cfg.embed_dim:
+                raise RoutingError(f"encoder {self.encoder_name!r} gives width {self._encoder.dim}, "
+                                   f"the checkpoint expects {self.model.cfg.embed_dim}")
+        return self._encoder
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Query embeddings (one encoder call for all texts not seen before)."""
+        missing = list(dict.fromkeys(t for t in texts if t not in self._emb_cache))
+        if missing:
+            vecs = np.asarray(self.encoder.encode(missing), dtype=np.float32)
+            for t, v in zip(missing, vecs):
+                self._emb_cache[t] = v
+            if len(self._emb_cache) > 100_000:
+                for k in list(self._emb_cache)[: len(self._emb_cache) // 2]:
+                    del self._emb_cache[k]
+        return np.stack([self._emb_cache[t] for t in texts]) if texts else np.zeros((0, self.model.cfg.embed_dim), np.float32)
+
+    # ------------------------------------------------------- user histories
+    def _history_emb(self) -> np.ndarray:
+        if len(self._hist_emb) > 1:
+            self._hist_emb = [np.concatenate(self._hist_emb)]
+        return self._hist_emb[0]
+
+    def history_size(self, user_id: str) -> int:
+        u = self._user_index.get(user_id)
+        return 0 if u is None else len(self._rows_of.get(u, []))
+
+    def _subgraph_reps(self, rows: np.ndarray, users: np.ndarray, extra: dict[str, np.ndarray] | None = None
+                       ) -> dict[str, Tensor]:
+        """GNN over the history rows (local users ``users``), plus optional extra
+        context interactions (``extra``: user, llm, rating, prev, emb)."""
+        emb = self._history_emb()[rows]
+        user = np.asarray(self._hist_user, dtype=np.int64)[rows]
+        llm = np.asarray(self._hist_llm, dtype=np.int64)[rows]
+        rating = np.asarray(self._hist_rating, dtype=np.float32)[rows]
+        prev_g = np.asarray(self._hist_prev, dtype=np.int64)[rows]
+        local = {int(r): i for i, r in enumerate(rows)}
+        prev = np.array([local.get(int(p), -1) for p in prev_g], dtype=np.int64)
+        if extra is not None and extra["user"].size:
+            off = rows.size
+            emb = np.concatenate([emb, extra["emb"]])
+            user = np.concatenate([user, extra["user"]])
+            llm = np.concatenate([llm, extra["llm"]])
+            rating = np.concatenate([rating, extra["rating"]])
+            prev = np.concatenate([prev, np.where(extra["prev"] >= 0, extra["prev"] + off, -1)])
+        umap = {int(u): i for i, u in enumerate(users)}
+        u_local = np.array([umap[int(u)] for u in user], dtype=np.int64)
+        view = _HistoryView(user=u_local, llm=llm, prev=prev, n=user.size)
+        idx = np.arange(user.size)
+        edges = {}
+        for rel in self.model.cfg.edge_types:
+            src, dst = relation_edges(view, rel, idx)  # type: ignore[arg-type]
+            edges[rel] = torch.from_numpy(np.stack([src, dst])).to(self.device)
+        llm_emb = torch.from_numpy(self.checkpoint.history.llm_emb).to(self.device)
+        return self.model.embed(len(users), torch.from_numpy(emb).to(self.device), llm_emb,
+                                torch.from_numpy(rating).to(self.device), edges)
+
+    def _ensure_user_reps(self, uidx: Sequence[int]) -> None:
+        need = [u for u in dict.fromkeys(uidx) if u not in self._user_rep]
+        if not need:
+            return
+        if not self._per_user_exact:
+            self._refresh_global()
+            return
+        rows = np.array(sorted(r for u in need for r in self._rows_of.get(u, [])), dtype=np.int64)
+        users = np.array(need, dtype=np.int64)
+        reps = self._subgraph_reps(rows, users)
+        for i, u in enumerate(need):
+            self._user_rep[u] = reps[S.USER][i] if self._rows_of.get(u) else self._cold_rep
+
+    def _refresh_global(self) -> None:
+        rows = np.arange(self._hist_n)
+        users = np.arange(len(self.users))
+        reps = self._subgraph_reps(rows, users)
+        self._global_reps = reps
+        for u in range(len(self.users)):
+            self._user_rep[u] = reps[S.USER][u] if self._rows_of.get(u) else self._cold_rep
+
+    def _llm_reps(self) -> Tensor:
+        if self._per_user_exact:
+            return self._llm_static
+        if self._global_reps is None:
+            self._refresh_global()
+        assert self._global_reps is not None
+        return self._global_reps[S.LLM]
+
+    # -------------------------------------------------------------- validate
+    def _check_id(self, value: Any, field_name: str, required: bool = True) -> str | None:
+        if value is None and not required:
+            return None
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str) or not _ID_RE.match(value):
+            raise RoutingError(f"field {field_name!r}: expected an id of 1-256 letters, digits or ._@:+-/#, got {value!r}")
+        return value
+
+    def _check_query(self, q: Any, field_name: str = "query_text") -> str:
+        if not isinstance(q, str) or not q.strip():
+            raise RoutingError(f"field {field_name!r}: expected a non-empty string")
+        if len(q) > MAX_QUERY_CHARS:
+            raise RoutingError(f"field {field_name!r}: longer than {MAX_QUERY_CHARS} characters")
+        return q
+
+    def _check_candidates(self, cands: Any) -> list[str]:
+        if cands is None:
+            return self.candidates
+        if not isinstance(cands, (list, tuple)) or not cands:
+            raise RoutingError("field 'candidates': expected a non-empty list of LLM names")
+        bad = [c for c in cands if c not in self._llm_index]
+        if bad:
+            raise RoutingError(f"field 'candidates': unknown LLM(s) {bad}; known: {self.llms}")
+        return list(dict.fromkeys(cands))
+
+    def _check_rating(self, rating: Any) -> float:
+        lo, hi = self.rating_scale
+        if isinstance(rating, bool) or not isinstance(rating, (int, float)) or not math.isfinite(float(rating)):
+            raise RoutingError(f"field 'rating': expected a finite number in [{lo}, {hi}], got {rating!r}")
+        if not lo <= float(rating) <= hi:
+            raise RoutingError(f"field 'rating': {rating} is outside the rating scale [{lo}, {hi}]")
+        return float(rating)
+
+    # ---------------------------------------------------------------- routing
+    def route_single(self, query: dict[str, Any]) -> dict[str, Any]:
+        """Route one query; see :meth:`route_batch` for the fields."""
+        return self.route_batch([query])[0]
+
+    def route_batch(self, queries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Route many queries: one encoder call, one GNN call for users whose
+        representation is stale, one predictor call.
+
+        Each query: ``{"query_text", "user_id", "session_id"?, "turn"?,
+        "conversation_history"?, "candidates"?}``.  Returns per query
+        ``{"model_name", "confidence", "user_preference", "scores", "reasoning",
+        "cold_start", "history_size"}``.
+        """
+        if not isinstance(queries, (list, tuple)):
+            raise RoutingError("route_batch expects a list of query dicts")
+        parsed = []
+        for i, q in enumerate(queries):
+            if not isinstance(q, dict):
+                raise RoutingError(f"query {i}: expected a dict with query_text and user_id")
+            text = self._check_query(q.get("query_text"))
+            user = self._check_id(q.get("user_id"), "user_id")
+            session = self._check_id(q.get("session_id"), "session_id", required=False)
+            cands = self._check_candidates(q.get("candidates"))
+            turn = q.get("turn")
+            if turn is not None and (isinstance(turn, bool) or not isinstance(turn, int) or turn < 1):
+                raise RoutingError(f"field 'turn': expected an integer >= 1, got {turn!r}")
+            ctx = self._parse_history(q.get("conversation_history"))
+            parsed.append((text, user, session, cands, turn, ctx))
+        if not parsed:
+            return []
+        with self._lock, torch.inference_mode():
+            emb = self.embed([p[0] for p in parsed])
+            uidx = [self._user_index.get(p[1], -1) for p in parsed]
+            known = [u for u in uidx if u >= 0]
+            self._ensure_user_reps(known)
+            user_vecs = []
+            for (text, user, session, cands, turn, ctx), u in zip(parsed, uidx):
+                if ctx:
+                    user_vecs.append(self._context_rep(u, ctx))
+                elif u >= 0:
+                    user_vecs.append(self._user_rep[u])
+                else:
+                    user_vecs.append(self._cold_rep)
+            uv = torch.stack(user_vecs)
+            qx = self.model.gnn.query_in(torch.from_numpy(emb).to(self.device))
+            qv = _isolated(self.model, S.QUERY, qx)
+            m = max(len(p[3]) for p in parsed)
+            cand_idx = np.zeros((len(parsed), m), dtype=np.int64)
+            mask = np.zeros((len(parsed), m), dtype=bool)
+            for i, p in enumerate(parsed):
+                ids = [self._llm_index[c] for c in p[3]]
+                cand_idx[i, : len(ids)] = ids
+                mask[i, : len(ids)] = True
+            llm_vecs = self._llm_reps()[torch.from_numpy(cand_idx).to(self.device)]
+            scores = self.model.score(uv, qv, llm_vecs).float().cpu().numpy()
+            results = []
+            for i, ((text, user, session, cands, turn, ctx), u) in enumerate(zip(parsed, uidx)):
+                s = scores[i, : len(cands)]
+                results.append(self._result(user, session, turn, cands, s, u, bool(ctx)))
+            return results
+
+    def _result(self, user: str, session: str | None, turn: int | None, cands: list[str], s: np.ndarray,
+                u: int, used_ctx: bool) -> dict[str, Any]:
+        p = np.exp(s - s.max())
+        p = p / p.sum()
+        best = int(np.argmax(s))
+        others = np.delete(s, best)
+        pref = float(np.mean(1.0 / (1.0 + np.exp(-(s[best] - others))))) if others.size else 1.0
+        hist = len(self._rows_of.get(u, [])) if u >= 0 else 0
+        cold = hist == 0 and not used_ctx
+        sess_note = ""
+        if session is not None:
+            st = self._sessions.setdefault((user, session), _Session())
+            st.turns += 1
+            st.models.append(cands[best])
+            sess_note = f" in session {session} (turn {turn or st.turns})"
+        if cold:
+            reasoning = (f"Cold start: no rated history for user {user}; selected {cands[best]} as the best "
+                         f"non-personalized choice for this query{sess_note}.")
+        else:
+            extra = " and the conversation's earlier turns" if used_ctx else ""
+            reasoning = (f"Selected based on user {user}'s learned preferences ({hist} rated interactions){extra} "
+                         f"and the query{sess_note}: {cands[best]} has the highest predicted preference "
+                         f"(p={p[best]:.2f} among {len(cands)} candidates).")
+        return {
+            "model_name": cands[best],
+            "confidence": float(p[best]),
+            "user_preference": pref,
+            "scores": {c: float(x) for c, x in zip(cands, p)},
+            "reasoning": reasoning,
+            "cold_start": cold,
+            "history_size": hist,
+        }
+
+    # ------------------------------------------------------ multi-turn context
+    def _parse_history(self, hist: Any) -> list[tuple[str, str, float]]:
+        """``conversation_history`` entries that carry a model and a rating are
+        multi-turn context (rated earlier turns); others are ignored."""
+        if hist is None:
+            return []
+        if not isinstance(hist, list):
+            raise RoutingError("field 'conversation_history': expected a list")
+        out = []
+        for i, h in enumerate(hist):
+            if isinstance(h, str):
+                continue
+            if not isinstance(h, dict):
+                raise RoutingError(f"field 'conversation_history[{i}]': expected a string or an object")
+            if h.get("model") is None or h.get("rating") is None:
+                continue
+            q = self._check_query(h.get("query"), f"conversation_history[{i}].query")
+            if h["model"] not in self._llm_index:
+                raise RoutingError(f"field 'conversation_history[{i}].model': unknown LLM {h['model']!r}")
+            out.append((q, h["model"], self._check_rating(h["rating"])))
+        return out[-self.config.history_turns:]
+
+    def _context_rep(self, u: int, ctx: list[tuple[str, str, float]]) -> Tensor:
+        """User representation with the conversation's rated earlier turns added
+        as a prev-linked chain of sessions (not stored)."""
+        emb = self.embed([c[0] for c in ctx])
+        n = len(ctx)
+        lo, hi = self.rating_scale
+        span = (hi - lo) or 1.0
+        user_local = u if u >= 0 else len(self.users)
+        rows = np.array(self._rows_of.get(u, []) if u >= 0 else [], dtype=np.int64)
+        extra = {"user": np.full(n, user_local, dtype=np.int64),
+                 "llm": np.array([self._llm_index[c[1]] for c in ctx], dtype=np.int64),
+                 "rating": np.array([(c[2] - lo) / span for c in ctx], dtype=np.float32),
+                 "prev": np.arange(n, dtype=np.int64) - 1, "emb": emb}
+        if not self._per_user_exact:
+            rows = np.arange(self._hist_n)
+            users = np.arange(len(self.users) + (1 if u < 0 else 0))
+        else:
+            users = np.array([user_local], dtype=np.int64)
+        reps = self._subgraph_reps(rows, users, extra)
+        return reps[S.USER][int(np.flatnonzero(users == user_local)[0])]
+
+    # --------------------------------------------------------------- feedback
+    def update_user_feedback(self, user_id: str, query: str, model: str, rating: float,
+                             session_id: str | None = None, turn: int | None = None) -> dict[str, Any]:
+        """Add a rated interaction to the user's history (live graph) and the
+        durable feedback log; the next route for this user reflects it."""
+        t0 = time.perf_counter()
+        user_id = self._check_id(user_id, "user_id")  # type: ignore[assignment]
+        query = self._check_query(query, "query")
+        session_id = self._check_id(session_id, "session_id", required=False)
+        if not isinstance(model, str) or model not in self._llm_index:
+            raise RoutingError(f"field 'model': unknown LLM {model!r}; known: {self.llms}")
+        raw = self._check_rating(rating)
+        if turn is not None and (isinstance(turn, bool) or not isinstance(turn, int) or turn < 1):
+            raise RoutingError(f"field 'turn': expected an integer >= 1, got {turn!r}")
+        emb = self.embed([query])[0]
+        with self._lock:
+            if self.feedback_log is not None:
+                self.feedback_log.append(user_id, query, model, raw, session_id=session_id, turn=turn)
+            u = self._user_index.get(user_id)
+            if u is None:
+                u = self._user_index[user_id] = len(self.users)
+                self.users.append(user_id)
+            lo, hi = self.rating_scale
+            norm = (raw - lo) / ((hi - lo) or 1.0)
+            prev = -1
+            if session_id is not None:
+                st = self._sessions.setdefault((user_id, session_id), _Session())
+                prev = st.last_row
+            row = self._hist_n
+            self._hist_user.append(u)
+            self._hist_llm.append(self._llm_index[model])
+            self._hist_rating.append(float(norm))
+            self._hist_prev.append(prev)
+            self._hist_emb.append(emb[None, :])
+            self._hist_n += 1
+            self._rows_of.setdefault(u, []).append(row)
+            if session_id is not None:
+                self._sessions[(user_id, session_id)].last_row = row
+            if self._per_user_exact:
+                self._user_rep.pop(u, None)
+            else:
+                self._user_rep.clear()
+                self._global_reps = None
+        return {"user_id": user_id, "model": model, "rating": raw, "history_size": len(self._rows_of[u]),
+                "applied_ms": (time.perf_counter() - t0) * 1000.0}
+
+    def history(self) -> History:
+        """The current rated history (checkpoint + feedback)."""
+        with self._lock:
+            return History(user=np.asarray(self._hist_user, np.int64), llm=np.asarray(self._hist_llm, np.int64),
+                           rating=np.asarray(self._hist_rating, np.float32),
+                           prev=np.asarray(self._hist_prev, np.int64), query_emb=self._history_emb(),
+                           llm_emb=self.checkpoint.history.llm_emb)
+
+
+@dataclass
+class _HistoryView:
+    """The interaction columns :func:`graph.relation_edges` reads."""
+
+    user: np.ndarray
+    llm: np.ndarray
+    prev: np.ndarray
+    n: int
+
+    @property
+    def num_interactions(self) -> int:
+        return self.n

@@ -1,0 +1,308 @@
+"""Dagster resources: data paths, the sentence encoder and MLflow tracking.
+
+All three work with no configuration and no server: data under
+``$GMTROUTER_HOME`` (default ``<repo>/.gmtrouter``), the bundled MiniLM
+encoder, MLflow on SQLite with a local artifact folder.  Environment
+variables override the defaults (``GMTROUTER_HOME``, ``GMTROUTER_ENCODER``,
+``GMTROUTER_CACHE_DIR``, ``MLFLOW_TRACKING_URI``, ``MLFLOW_REGISTRY_URI``,
+``GMTROUTER_MLFLOW_ARTIFACTS``), and so does resource config in a run's
+config (``resources: {mlflow: {config: {tracking_uri: ...}}}``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any, Optional
+
+import dagster as dg
+
+from gmt_model.registry import default_home
+
+__all__ = [
+    "DAGSTER_RUN_TAG",
+    "ENV_ENCODER",
+    "ENV_FEEDBACK_DIR",
+    "ENV_MLFLOW_ARTIFACTS",
+    "PathsResource",
+    "EncoderResource",
+    "MLflowResource",
+    "feedback_log_path",
+    "environment_info",
+]
+
+#: MLflow run tag holding the Dagster run id (one MLflow run per Dagster run and dataset)
+DAGSTER_RUN_TAG = "dagster_run_id"
+ENV_ENCODER = "GMTROUTER_ENCODER"
+ENV_FEEDBACK_DIR = "GMTROUTER_FEEDBACK_DIR"
+ENV_MLFLOW_ARTIFACTS = "GMTROUTER_MLFLOW_ARTIFACTS"
+_REPO = Path(__file__).resolve().parents[1]
+_PARAM_MAX = 5000
+
+
+def _home(home: str | None) -> Path:
+    return Path(home).expanduser().resolve() if home else default_home()
+
+
+def feedback_log_path(dataset: str, home: str | None = None) -> Path:
+    """The feedback log of ``dataset`` that the sensor and the JSONL step read.
+
+    ``$GMTROUTER_<DATASET>_FEEDBACK_LOG`` (a file), else
+    ``$GMTROUTER_FEEDBACK_DIR/<dataset>.sqlite``, else
+    ``<data root>/feedback/<dataset>.sqlite``.
+    """
+    env = os.environ.get(f"GMTROUTER_{dataset.upper()}_FEEDBACK_LOG")
+    if env:
+        return Path(env).expanduser().resolve()
+    folder = os.environ.get(ENV_FEEDBACK_DIR)
+    base = Path(folder).expanduser().resolve() if folder else _home(home) / "feedback"
+    return base / f"{dataset}.sqlite"
+
+
+class PathsResource(dg.ConfigurableResource):
+    """Where the pipeline reads its configs and writes its data."""
+
+    home: Optional[str] = None
+    """Data root; None: $GMTROUTER_HOME, else <repo>/.gmtrouter."""
+    configs_dir: Optional[str] = None
+    """Folder of datasets.yaml and model_config_train/; None: <repo>/configs."""
+
+    def root(self) -> Path:
+        """The absolute data root."""
+        return _home(self.home)
+
+    def configs(self) -> Path:
+        """The absolute configs folder."""
+        return Path(self.configs_dir).expanduser().resolve() if self.configs_dir else _REPO / "configs"
+
+    def feedback_log(self, dataset: str) -> Path:
+        """See :func:`feedback_log_path`."""
+        return feedback_log_path(dataset, self.home)
+
+
+class EncoderResource(dg.ConfigurableResource):
+    """The sentence encoder that embeds queries and LLM descriptions."""
+
+    name: Optional[str] = None
+    """Encoder name or local folder; None: $GMTROUTER_ENCODER, else the bundled all-MiniLM-L6-v2."""
+    device: Optional[str] = None
+    """torch device for the encoder; None: sentence-transformers decides."""
+    cache_dir: Optional[str] = None
+    """Embedding cache; None: $GMTROUTER_CACHE_DIR, else <data root>/cache/encoder."""
+    home: Optional[str] = None
+
+    def resolved_name(self, override: str | None = None) -> str | None:
+        """The encoder name to use (None means the bundled default)."""
+        return override or self.name or os.environ.get(ENV_ENCODER) or None
+
+    def get(self, override: str | None = None) -> Any:
+        """A shared ``gmt_model.encoder.Encoder`` (``override`` replaces the configured name)."""
+        from gmt_model.encoder import ENV_CACHE_DIR, get_encoder
+
+        if self.cache_dir:
+            cache: str = self.cache_dir
+        elif os.environ.get(ENV_CACHE_DIR):
+            cache = os.environ[ENV_CACHE_DIR]
+        else:
+            cache = str(_home(self.home) / "cache" / "encoder")
+        return get_encoder(self.resolved_name(override), device=self.device, cache_dir=cache)
+
+
+class MLflowResource(dg.ConfigurableResource):
+    """MLflow tracking and registry: one MLflow run per Dagster run and dataset.
+
+    The run is found again by its ``dagster_run_id`` tag (``search_runs``),
+    so every asset of a Dagster run logs into the same MLflow run, in any
+    process.  Experiments are named ``<experiment_prefix>-<dataset>``.
+    """
+
+    tracking_uri: Optional[str] = None
+    """None: $MLFLOW_TRACKING_URI, else sqlite:///<data root>/mlflow/mlflow.db."""
+    registry_uri: Optional[str] = None
+    """None: $MLFLOW_REGISTRY_URI, else the tracking URI."""
+    artifact_location: Optional[str] = None
+    """Artifact root of new experiments; None: $GMTROUTER_MLFLOW_ARTIFACTS, else
+    <data root>/mlflow/artifacts for a local store (the server's default for a remote one)."""
+    experiment_prefix: str = "gmtrouter"
+    home: Optional[str] = None
+
+    # ----------------------------------------------------------------- URIs
+    def resolved_tracking_uri(self) -> str:
+        """The tracking URI in use."""
+        if self.tracking_uri:
+            return self.tracking_uri
+        if os.environ.get("MLFLOW_TRACKING_URI"):
+            return os.environ["MLFLOW_TRACKING_URI"]
+        folder = _home(self.home) / "mlflow"
+        folder.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{folder / 'mlflow.db'}"
+
+    def resolved_registry_uri(self) -> str:
+        """The registry URI in use."""
+        return self.registry_uri or os.environ.get("MLFLOW_REGISTRY_URI") or self.resolved_tracking_uri()
+
+    def resolved_artifact_location(self) -> str | None:
+        """Artifact root for new experiments (None: let a remote server decide)."""
+        if self.artifact_location:
+            return self.artifact_location
+        if os.environ.get(ENV_MLFLOW_ARTIFACTS):
+            return os.environ[ENV_MLFLOW_ARTIFACTS]
+        if self.resolved_tracking_uri().startswith(("http://", "https://", "databricks")):
+            return None
+        folder = _home(self.home) / "mlflow" / "artifacts"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder.as_uri()
+
+    def client(self) -> Any:
+        """An ``mlflow.MlflowClient`` on these URIs."""
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.resolved_tracking_uri(), registry_uri=self.resolved_registry_uri())
+
+    def activate(self) -> None:
+        """Point MLflow's fluent API (``mlflow.start_run``, ``log_model``) at these URIs."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.resolved_tracking_uri())
+        mlflow.set_registry_uri(self.resolved_registry_uri())
+
+    # ------------------------------------------------------------------ runs
+    def experiment_name(self, dataset: str) -> str:
+        """``<prefix>-<dataset>``."""
+        return f"{self.experiment_prefix}-{dataset}"
+
+    def experiment_id(self, dataset: str) -> str:
+        """The dataset's experiment, created with the local artifact root when missing."""
+        from mlflow.exceptions import MlflowException
+
+        client = self.client()
+        name = self.experiment_name(dataset)
+        exp = client.get_experiment_by_name(name)
+        if exp is not None:
+            if exp.lifecycle_stage == "deleted":
+                client.restore_experiment(exp.experiment_id)
+            return exp.experiment_id
+        try:
+            return client.create_experiment(name, artifact_location=self.resolved_artifact_location(),
+                                            tags={"dataset": dataset})
+        except MlflowException:
+            exp = client.get_experiment_by_name(name)  # created concurrently by another step
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    def run_for(self, dagster_run_id: str, dataset: str, *, job_name: str | None = None,
+                tags: Mapping[str, str] | None = None) -> str:
+        """The MLflow run of this Dagster run and dataset (created on first use; status RUNNING)."""
+        client = self.client()
+        exp_id = self.experiment_id(dataset)
+        found = client.search_runs([exp_id], filter_string=f"tags.{DAGSTER_RUN_TAG} = '{dagster_run_id}'",
+                                   max_results=1)
+        if found:
+            run = found[0]
+            if run.info.status != "RUNNING":
+                client.update_run(run.info.run_id, status="RUNNING")
+            return run.info.run_id
+        all_tags = {DAGSTER_RUN_TAG: dagster_run_id, "dataset": dataset, "dagster_job": job_name or ""}
+        all_tags.update(tags or {})
+        run = client.create_run(exp_id, tags=all_tags, run_name=f"{job_name or dataset}-{dagster_run_id[:8]}")
+        return run.info.run_id
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        """Mark the MLflow run FINISHED (or FAILED)."""
+        self.client().set_terminated(run_id, status=status)
+
+    # --------------------------------------------------------------- logging
+    def log_params(self, run_id: str, params: Mapping[str, Any], prefix: str = "") -> None:
+        """Log parameters (values as text, None as 'None', long values truncated)."""
+        from mlflow.entities import Param
+
+        items = [Param(f"{prefix}{k}", _param_text(v)) for k, v in params.items()]
+        client = self.client()
+        for i in range(0, len(items), 100):
+            client.log_batch(run_id, params=items[i:i + 100])
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float | None], step: int = 0) -> None:
+        """Log numeric metrics at ``step`` (None values skipped)."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items() if v is not None]
+        client = self.client()
+        for i in range(0, len(items), 500):
+            client.log_batch(run_id, metrics=items[i:i + 500])
+
+    def log_metric_rows(self, run_id: str, rows: list[tuple[str, float, int]]) -> None:
+        """Log many (key, value, step) metrics in batches."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, int(s)) for k, v, s in rows]
+        client = self.client()
+        for i in range(0, len(items), 500):
+            client.log_batch(run_id, metrics=items[i:i + 500])
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        """Set run tags."""
+        from mlflow.entities import RunTag
+
+        self.client().log_batch(run_id, tags=[RunTag(k, _param_text(v)) for k, v in tags.items()])
+
+    def log_artifact(self, run_id: str, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        """Upload one file."""
+        self.client().log_artifact(run_id, os.fspath(path), artifact_path)
+
+    def log_artifacts(self, run_id: str, folder: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        """Upload a folder."""
+        self.client().log_artifacts(run_id, os.fspath(folder), artifact_path)
+
+    def run_url_hint(self, run_id: str) -> str:
+        """Where to look at the run (a URL for a server, else the `mlflow ui` command)."""
+        uri = self.resolved_tracking_uri()
+        if uri.startswith(("http://", "https://")):
+            exp = self.client().get_run(run_id).info.experiment_id
+            return f"{uri.rstrip('/')}/#/experiments/{exp}/runs/{run_id}"
+        return f"mlflow ui --backend-store-uri {uri}  (run {run_id})"
+
+
+def _param_text(v: Any) -> str:
+    text = v if isinstance(v, str) else json.dumps(v, default=str, sort_keys=True)
+    return text if len(text) <= _PARAM_MAX else text[: _PARAM_MAX - 3] + "..."
+
+
+def environment_info() -> dict[str, Any]:
+    """Python, platform, CPU/GPU and package versions, the git commit if known."""
+    import torch
+
+    info: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "cuda_available": bool(torch.cuda.is_available()),
+        "torch_num_threads": torch.get_num_threads(),
+    }
+    if torch.cuda.is_available():
+        info["cuda_device"] = torch.cuda.get_device_name(0)
+        info["cuda_version"] = torch.version.cuda
+    for dist in ("gmtrouter", "dagster", "mlflow", "torch-geometric", "numpy", "pandas", "pyarrow",
+                 "sentence-transformers", "transformers"):
+        try:
+            info[f"pkg.{dist}"] = importlib_metadata.version(dist)
+        except importlib_metadata.PackageNotFoundError:
+            info[f"pkg.{dist}"] = None
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=_REPO, capture_output=True, text=True, timeout=5,
+                             check=False)
+        info["git_commit"] = out.stdout.strip() if out.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired):
+        info["git_commit"] = None
+    return info
