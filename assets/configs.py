@@ -13,7 +13,7 @@ Every field is optional; ``None`` keeps the value from ``configs/``.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 import dagster as dg
 
@@ -62,6 +62,8 @@ class JsonlConfig(dg.Config):
     """Encoder name or folder; None: the encoder resource's (all-MiniLM-L6-v2 by default)."""
     split_seed: int = 0
     """Seed of the deterministic per-user split."""
+    split_fractions: List[float] = [0.7, 0.1, 0.2]
+    """(training, valid, test) share of each user's groups (every user keeps training history)."""
     min_user_groups: int = 3
     """Users with fewer training groups are reported as thin."""
     merge_feedback: bool = True

@@ -235,6 +235,7 @@ class DataStore:
         doc.setdefault("area", area)
         doc.setdefault("committed_at", time.time())
         write_json_atomic(staged / MANIFEST, doc)
+        os.chmod(staged, 0o755)
         atomic_replace_dir(staged, target)
         return target
 

@@ -77,6 +77,7 @@ from gmt_model.splits import split_groups, split_summary, thin_users
 
 __all__ = [
     "TOPICS",
+    "TOPIC_FAMILY",
     "LLMS",
     "LLM_DESCRIPTIONS",
     "DEFAULT_QUALITY",
@@ -556,6 +557,9 @@ _BUSINESS = _Topic(
 
 _TOPIC_DEFS: tuple[_Topic, ...] = (_CODING, _MATH, _CREATIVE, _TRAVEL, _SCIENCE, _BUSINESS)
 TOPICS: tuple[str, ...] = tuple(t.name for t in _TOPIC_DEFS)
+#: topic families: taste groups pick their favourite LLM per family
+TOPIC_FAMILY: dict[str, int] = {"coding": 0, "math": 0, "science": 0,
+                                "creative_writing": 1, "travel": 1, "business_email": 1}
 _MAX_TURNS = 3
 _MAX_K = 3
 
@@ -696,13 +700,13 @@ class DemoSpec:
     light_user_fraction: float = 0.15
     k3_fraction: float = 0.2
     turn_probs: tuple[float, float, float] = (0.45, 0.35, 0.20)
-    pref_strength: float = 1.6
-    dislike_strength: float = 0.8
+    pref_strength: float = 3.0
+    dislike_strength: float = 1.0
     pref_noise: float = 0.15
     quality: tuple[float, ...] = DEFAULT_QUALITY
     followup_bonus: tuple[float, ...] = DEFAULT_FOLLOWUP_BONUS
-    conversation_noise: float = 0.6
-    turn_noise: float = 0.6
+    conversation_noise: float = 0.4
+    turn_noise: float = 0.4
     rating_scale: float = 1.0
     user_bias_sd: float = 0.25
     topic_concentration: float = 0.8
@@ -830,17 +834,23 @@ class _Plan:
 
 
 def _make_pref(spec: DemoSpec, rng: np.random.Generator) -> np.ndarray:
-    """Strong, differing per-taste preferences that cancel over taste groups."""
+    """Strong, differing per-taste preferences that cancel over taste groups.
+
+    Each taste group has a favourite and a disliked LLM for each topic family
+    (technical: coding, math, science; communication: creative writing,
+    travel, business email), distinct across groups where possible, plus
+    small per-topic variation.  So users prefer different LLMs on different
+    topics, and a user's history on one topic of a family tells its taste on
+    the others.
+    """
     n_t, n_top, n_l = spec.n_taste_groups, len(TOPICS), len(LLMS)
     raw = rng.normal(0.0, spec.pref_noise, size=(n_t, n_top, n_l))
-    for t in range(n_top):
-        # distinct favourites per taste group where possible
+    family = np.array([TOPIC_FAMILY[t] for t in TOPICS])
+    for f in np.unique(family):
         order = rng.permutation(n_l)
-        favs = [int(order[g % n_l]) for g in range(n_t)]
         for g in range(n_t):
-            raw[g, t, favs[g]] += spec.pref_strength
-            others = [x for x in range(n_l) if x != favs[g]]
-            raw[g, t, others[int(rng.integers(len(others)))]] -= spec.dislike_strength
+            raw[g, family == f, order[g % n_l]] += spec.pref_strength
+            raw[g, family == f, order[(g + 1) % n_l]] -= spec.dislike_strength
     pref = raw - raw.mean(axis=0, keepdims=True)  # cancels over taste groups
     pref = pref - pref.mean(axis=2, keepdims=True)  # zero mean over LLMs (keeps the first property)
     return pref

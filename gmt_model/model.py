@@ -25,6 +25,12 @@ class ModelConfig:
     predictor_dim: int = 256
     predictor_heads: int = 4
     personalization: bool = True
+    #: centre and scale query / LLM embeddings with statistics of the training
+    #: data (stored as buffers in the checkpoint).  Sentence-encoder outputs are
+    #: unit vectors whose entries are ~1/sqrt(d); without this the input
+    #: projections start from a signal far below their bias and training stalls.
+    #: ``False`` feeds the raw embeddings as the reference does.
+    normalize_inputs: bool = True
     relations: list[str] = field(default_factory=lambda: [S.relation_key(r) for r in S.REFERENCE_RELATIONS])
 
     def __post_init__(self) -> None:
@@ -52,7 +58,7 @@ class HeteroGNN(nn.Module):
     User and session nodes start from zero features in the method; a zero
     vector through a linear layer is its bias, so they start from a learned
     per-type vector.  Response nodes carry ``rating x ones(d)``; its linear
-    projection is ``rating * W.sum(1) + b``, computed as such.
+    projection is ``rating * W.sum(1) + b``, i.e. a ``Linear(1, h)`` of the rating.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -73,19 +79,42 @@ class HeteroGNN(nn.Module):
         self.norms = nn.ModuleList(
             nn.ModuleDict({t: nn.LayerNorm(h) for t in self.node_types}) for _ in range(cfg.num_gnn_layers))
         self.dropout = nn.Dropout(cfg.dropout)
+        d = cfg.embed_dim
+        self.register_buffer("query_mean", torch.zeros(d))
+        self.register_buffer("query_scale", torch.ones(()))
+        self.register_buffer("llm_mean", torch.zeros(d))
+        self.register_buffer("llm_scale", torch.ones(()))
+
+    @torch.no_grad()
+    def set_input_stats(self, query_emb: Tensor, llm_emb: Tensor) -> None:
+        """Fix the input normalisation from training data (no-op when disabled)."""
+        if not self.cfg.normalize_inputs:
+            return
+        for name, x in (("query", query_emb), ("llm", llm_emb)):
+            x = x.float()
+            mean = x.mean(dim=0)
+            scale = (x - mean).pow(2).mean().sqrt().clamp_min(1e-6)
+            getattr(self, f"{name}_mean").copy_(mean)
+            getattr(self, f"{name}_scale").copy_(scale)
+
+    def project_query(self, emb: Tensor) -> Tensor:
+        return self.query_in((emb - self.query_mean) / self.query_scale)
+
+    def project_llm(self, emb: Tensor) -> Tensor:
+        return self.llm_in((emb - self.llm_mean) / self.llm_scale)
 
     def input_features(self, num_users: int, num_interactions: int, query_emb: Tensor,
                        llm_emb: Tensor, rating: Tensor) -> dict[str, Tensor]:
         """Projected input features. ``rating`` must be 0 for hidden responses."""
         h = self.cfg.hidden_dim
-        # the response projection of rating * ones(d) is rating * (W @ ones) + b
-        w = self.response_in.weight[:, 0] * float(self.cfg.embed_dim)
+        # the projection of rating * ones(d) is rating * (W @ ones) + b: a learned
+        # vector scaled by the rating, i.e. a Linear(1, h) of the rating
         return {
             S.USER: self.user_start.expand(num_users, h),
             S.SESSION: self.session_start.expand(num_interactions, h),
-            S.QUERY: self.query_in(query_emb),
-            S.LLM: self.llm_in(llm_emb),
-            S.RESPONSE: rating[:, None] * w + self.response_in.bias,
+            S.QUERY: self.project_query(query_emb),
+            S.LLM: self.project_llm(llm_emb),
+            S.RESPONSE: self.response_in(rating[:, None]),
         }
 
     def forward(self, x_dict: dict[str, Tensor], edge_index_dict: dict[S.EdgeType, Tensor]) -> dict[str, Tensor]:

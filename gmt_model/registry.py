@@ -24,6 +24,7 @@ pipeline's default store ``sqlite:///$GMTROUTER_HOME/mlflow/mlflow.db``
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -246,7 +247,8 @@ def download_checkpoint(
     """Download the model ``uri`` names and return its checkpoint folder.
 
     The alias is resolved to a version first; each version is downloaded
-    once into ``dst_path`` (default ``<cache>/registry/<name>/<version>``,
+    once into ``dst_path`` (default ``<cache>/registry/<name>/v<version>-<id>``,
+    the id hashing the registry URI and the version's source and run;
     cache = ``$GMTROUTER_CACHE_DIR`` or ``~/.cache/gmtrouter``) through a
     temporary sibling folder, so a half-finished download is never used.
     """
@@ -262,7 +264,11 @@ def download_checkpoint(
         mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
     except MlflowException as exc:
         raise RegistryError(f"{uri}: not found in the registry at {r_uri} ({exc.message})") from exc
-    target = Path(dst_path) if dst_path is not None else _cache_root() / name / str(mv.version)
+    if dst_path is not None:
+        target = Path(dst_path)
+    else:  # the same name and version exist in every store: key the cache by store and model identity too
+        ident = hashlib.sha256(f"{r_uri}|{name}|{mv.version}|{mv.source}|{mv.run_id}".encode()).hexdigest()[:16]
+        target = _cache_root() / name / f"v{mv.version}-{ident}"
     if target.is_dir():
         try:
             return _checkpoint_in_model_dir(target)
@@ -271,8 +277,9 @@ def download_checkpoint(
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.download-", dir=target.parent))
     try:
-        local = download_artifacts(artifact_uri=f"models:/{name}/{mv.version}", dst_path=str(tmp),
-                                   tracking_uri=t_uri, registry_uri=r_uri)
+        # resolve through this client: MLflow's own models:/ resolution may use the global registry URI
+        source = client.get_model_version_download_uri(name, str(mv.version))
+        local = download_artifacts(artifact_uri=source, dst_path=str(tmp), tracking_uri=t_uri)
         model_dir = Path(local)
         _checkpoint_in_model_dir(model_dir)
         if target.exists():

@@ -118,7 +118,7 @@ class GMTRouter:
 
             self.feedback_log = FeedbackLog(config.feedback_log)
         with torch.inference_mode():
-            llm_x = self.model.gnn.llm_in(torch.from_numpy(h.llm_emb).to(self.device))
+            llm_x = self.model.gnn.project_llm(torch.from_numpy(h.llm_emb).to(self.device))
             self._llm_static = _isolated(self.model, S.LLM, llm_x)
             cold_x = self.model.gnn.user_start[None, :]
             self._cold_rep = _isolated(self.model, S.USER, cold_x)[0]
@@ -312,7 +312,7 @@ class GMTRouter:
                 else:
                     user_vecs.append(self._cold_rep)
             uv = torch.stack(user_vecs)
-            qx = self.model.gnn.query_in(torch.from_numpy(emb).to(self.device))
+            qx = self.model.gnn.project_query(torch.from_numpy(emb).to(self.device))
             qv = _isolated(self.model, S.QUERY, qx)
             m = max(len(p[3]) for p in parsed)
             cand_idx = np.zeros((len(parsed), m), dtype=np.int64)

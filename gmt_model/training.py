@@ -243,7 +243,10 @@ def train(g: GraphTables, cfg: TrainConfig, out_dir: str | Path, *, resume: bool
     rng = np.random.default_rng(cfg.seed)
     mcfg = model_config_for(cfg, g)
     g.relations = mcfg.edge_types
-    model = GMTModel(mcfg).to(dev)
+    model = GMTModel(mcfg)
+    train_q = g.query_emb[g.split_mask(S.SPLIT_TRAIN)]
+    model.gnn.set_input_stats(torch.from_numpy(train_q), torch.from_numpy(g.llm_emb))
+    model = model.to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sampler = EpochSampler(g, cfg.record_per_user, cfg.prediction_count)
     notes: list[str] = []

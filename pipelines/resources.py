@@ -13,12 +13,8 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import subprocess
-import sys
 import time
 from collections.abc import Mapping
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any, Optional
 
@@ -35,7 +31,6 @@ __all__ = [
     "EncoderResource",
     "MLflowResource",
     "feedback_log_path",
-    "environment_info",
 ]
 
 #: MLflow run tag holding the Dagster run id (one MLflow run per Dagster run and dataset)
@@ -275,34 +270,3 @@ class MLflowResource(dg.ConfigurableResource):
 def _param_text(v: Any) -> str:
     text = v if isinstance(v, str) else json.dumps(v, default=str, sort_keys=True)
     return text if len(text) <= _PARAM_MAX else text[: _PARAM_MAX - 3] + "..."
-
-
-def environment_info() -> dict[str, Any]:
-    """Python, platform, CPU/GPU and package versions, the git commit if known."""
-    import torch
-
-    info: dict[str, Any] = {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "cuda_available": bool(torch.cuda.is_available()),
-        "torch_num_threads": torch.get_num_threads(),
-    }
-    if torch.cuda.is_available():
-        info["cuda_device"] = torch.cuda.get_device_name(0)
-        info["cuda_version"] = torch.version.cuda
-    for dist in ("gmtrouter", "dagster", "mlflow", "torch-geometric", "numpy", "pandas", "pyarrow",
-                 "sentence-transformers", "transformers"):
-        try:
-            info[f"pkg.{dist}"] = importlib_metadata.version(dist)
-        except importlib_metadata.PackageNotFoundError:
-            info[f"pkg.{dist}"] = None
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=_REPO, capture_output=True, text=True, timeout=5,
-                             check=False)
-        info["git_commit"] = out.stdout.strip() if out.returncode == 0 else None
-    except (OSError, subprocess.TimeoutExpired):
-        info["git_commit"] = None
-    return info

@@ -1,0 +1,291 @@
+"""The asset factory: six assets and their checks per dataset.
+
+For dataset ``d`` (key prefix ``[d]``, group ``d``)::
+
+    raw_data -> gmtrouter_jsonl -> graph_parquet -> trained_model -> test_evaluation -> published_router
+
+Assets pass data through the project-local data store (``assets.storage``),
+never through an IO manager, so nothing is pickled: each asset returns a
+``MaterializeResult`` and its downstream asset reads the committed manifest.
+
+Checks (blocking: a failure stops the downstream assets):
+``gmtrouter_jsonl``: ``jsonl_valid``, ``embedding_width``;
+``graph_parquet``: ``graph_integrity``; ``trained_model``: ``finite_weights``;
+``published_router``: ``promotion_gate`` (computed by the asset itself: the
+``champion`` alias moves only when it passes; when it fails the run fails
+with the challenger registered but not promoted).
+"""
+
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import dagster as dg
+
+from pipelines.resources import EncoderResource, MLflowResource, PathsResource
+
+from . import steps
+from .configs import EvaluationConfig, GraphConfig, JsonlConfig, PublishConfig, RawDataConfig, TrainModelConfig
+from .storage import DATASETS, DataStore
+
+__all__ = ["ASSET_NAMES", "CHECK_NAMES", "build_dataset_assets", "build_dataset_checks", "asset_key"]
+
+ASSET_NAMES = ("raw_data", "gmtrouter_jsonl", "graph_parquet", "trained_model", "test_evaluation", "published_router")
+CHECK_NAMES = ("jsonl_valid", "embedding_width", "graph_integrity", "finite_weights", "promotion_gate")
+
+
+def asset_key(dataset: str, name: str) -> dg.AssetKey:
+    """``AssetKey([dataset, name])``."""
+    if name not in ASSET_NAMES:
+        raise ValueError(f"unknown asset {name!r}; expected one of {ASSET_NAMES}")
+    return dg.AssetKey([dataset, name])
+
+
+def _md(obj: Mapping[str, Any]) -> dg.MetadataValue:
+    return dg.MetadataValue.json(json.loads(json.dumps(obj, default=str)))
+
+
+def _thin_users_md(thin: Mapping[str, int], limit: int = 50) -> str:
+    if not thin:
+        return "No thin users."
+    rows = ["| user | training groups |", "|---|---:|"]
+    rows += [f"| {u} | {n} |" for u, n in sorted(thin.items(), key=lambda kv: (kv[1], kv[0]))[:limit]]
+    if len(thin) > limit:
+        rows.append(f"| ... {len(thin) - limit} more | |")
+    return "\n".join(rows)
+
+
+def _mlflow_run(mlflow: MLflowResource, context: dg.AssetExecutionContext, dataset: str) -> str:
+    return mlflow.run_for(context.run_id, dataset, job_name=context.run.job_name)
+
+
+def build_dataset_assets(dataset: str) -> list[dg.AssetsDefinition]:
+    """The six assets of ``dataset``."""
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
+    k = {n: asset_key(dataset, n) for n in ASSET_NAMES}
+    common = {"group_name": dataset}
+
+    @dg.asset(key=k["raw_data"], kinds={"python"}, description=(
+        f"Raw data of {dataset}: downloaded (resume, retries, sha256) and safely extracted, generated "
+        f"(demo) or read in place (local folder), as configs/datasets.yaml and the run config say."), **common)
+    def raw_data(context: dg.AssetExecutionContext, config: RawDataConfig, paths: PathsResource) -> dg.MaterializeResult:
+        store = DataStore(paths.root())
+        sources = config.sources_file or str(paths.configs() / "datasets.yaml")
+        m = steps.materialize_raw(dataset, store, overrides=config.overrides(), sources_file=sources,
+                                  run_id=context.run_id)
+        path = store.resolve("raw", dataset, m["path"])
+        return dg.MaterializeResult(metadata={
+            "kind": m["kind"], "source": str(m["source"]), "path": dg.MetadataValue.path(str(path)),
+            "read_in_place": m["read_in_place"], "sha256": str(m["sha256"]),
+            "bytes": int(m["files"]["bytes"]), "files": int(m["files"]["files"]),
+            "source_config": _md(m["source_config"]),
+        })
+
+    @dg.asset(key=k["gmtrouter_jsonl"], deps=[k["raw_data"]], kinds={"python"}, description=(
+        f"{dataset} as GMTRouter JSONL: judges -> users, winners -> ratings, both judged turns of a pair "
+        f"linked, queries and LLM descriptions embedded, split per user (history kept in training); "
+        f"comparisons from the feedback log merged into training."), **common)
+    def gmtrouter_jsonl(context: dg.AssetExecutionContext, config: JsonlConfig, paths: PathsResource,
+                        encoder: EncoderResource) -> dg.MaterializeResult:
+        store = DataStore(paths.root())
+        enc = encoder.get(config.encoder)
+        fb_path = None
+        if config.merge_feedback:
+            fb_path = config.feedback_log or str(paths.feedback_log(dataset))
+        if len(config.split_fractions) != 3:
+            raise ValueError(f"split_fractions: expected 3 numbers (training, valid, test), "
+                             f"got {config.split_fractions}")
+        m = steps.materialize_jsonl(dataset, store, enc, split_seed=config.split_seed,
+                                    split_fractions=tuple(config.split_fractions),
+                                    min_user_groups=config.min_user_groups, feedback_log=fb_path,
+                                    run_id=context.run_id)
+        fb = m["feedback"]
+        conv = m["conversion"] or {}
+        meta: dict[str, Any] = {
+            "encoder": m["encoder"], "embedding_dim": m["dim"], "mode": m["mode"],
+            "users": m["n_users"], "llms": m["n_llms"], "llm_names": _md({"llms": m["llms"]}),
+            "path": dg.MetadataValue.path(str(store.area("jsonl", dataset))),
+            "thin_users_count": len(m["thin_users"]),
+            "thin_users": dg.MetadataValue.md(_thin_users_md(m["thin_users"])),
+            "feedback_rows_merged": fb["rows_merged"], "feedback_rows_history_only": fb["rows_history_only"],
+            "feedback_groups_added": fb["groups_added"], "feedback": _md(fb),
+        }
+        for s, c in m["splits"].items():
+            for key, v in c.items():
+                meta[f"{s}_{key.removeprefix('n_')}"] = int(v)
+        if conv:
+            meta.update({"judges": conv["n_judges"], "questions": conv["n_questions"],
+                         "multi_turn_groups": conv["n_multi_turn_groups"], "conversion": _md(conv)})
+        return dg.MaterializeResult(metadata=meta)
+
+    @dg.asset(key=k["graph_parquet"], deps=[k["gmtrouter_jsonl"]], kinds={"parquet"}, description=(
+        f"The heterogeneous graph of {dataset} as Parquet tables (users, llms, queries, sessions, responses, "
+        f"interactions, pairs, one edge table per relation)."), **common)
+    def graph_parquet(context: dg.AssetExecutionContext, config: GraphConfig,
+                      paths: PathsResource) -> dg.MaterializeResult:
+        store = DataStore(paths.root())
+        m = steps.materialize_graph(dataset, store, relations=config.relations, run_id=context.run_id)
+        counts = m["counts"]
+        nodes = {t: counts[t] for t in ("user", "llm", "session", "query", "response")}
+        edges = {r: v for r, v in counts.items() if r.count("__") == 2}
+        table = ["| type | count |", "|---|---:|"] + [f"| {t} | {v} |" for t, v in {**nodes, **edges}.items()]
+        return dg.MaterializeResult(metadata={
+            "path": dg.MetadataValue.path(str(store.area("graph", dataset))),
+            "relations": m["relations"], "users": m["n_users"], "llms": m["n_llms"],
+            "interactions": m["n_interactions"], "groups": m["n_groups"], "pairs": m["n_pairs"],
+            "max_steps": m["max_steps"], "multi_turn_interactions": m["n_multi_turn_interactions"],
+            "node_counts": _md(nodes), "edge_counts": _md(edges),
+            "pairs_per_split": _md({key: v for key, v in counts.items() if key.startswith("pairs_")}),
+            "counts": dg.MetadataValue.md("\n".join(table)),
+        })
+
+    @dg.asset(key=k["trained_model"], deps=[k["graph_parquet"]], kinds={"pytorch"}, description=(
+        f"GMTRouter trained on {dataset} (and the user-blind ablation), CUDA when present; parameters, "
+        f"per-epoch validation metrics, curves, environment and checkpoints logged to MLflow."), **common)
+    def trained_model(context: dg.AssetExecutionContext, config: TrainModelConfig, paths: PathsResource,
+                      mlflow: MLflowResource) -> dg.MaterializeResult:
+        store = DataStore(paths.root())
+        run = _mlflow_run(mlflow, context, dataset)
+        last_logged = {"epoch": 0}
+
+        def on_epoch(name: str, epoch: int, row: Mapping[str, float]) -> None:
+            if "val_auc" in row and epoch - last_logged["epoch"] >= 25:
+                last_logged["epoch"] = epoch
+                context.log.info(f"{dataset} {name} epoch {epoch}: val_auc={row['val_auc']:.4f} "
+                                 f"train_loss={row['train_loss']:.4f}")
+
+        cfg_path = config.config_path or str(steps.default_train_config(dataset, paths.configs()))
+        try:
+            m = steps.materialize_model(
+                dataset, store, config_path=cfg_path, overrides=config.overrides(),
+                train_user_blind=config.train_user_blind, blind_epochs=config.blind_epochs, resume=config.resume,
+                run_key=context.run.root_run_id or context.run_id, tracker=mlflow, mlflow_run_id=run,
+                log_checkpoints=config.log_checkpoints, on_epoch=on_epoch, run_id=context.run_id)
+        except BaseException:
+            mlflow.finish(run, "FAILED")
+            raise
+        mlflow.finish(run)
+        folder = store.area("models", dataset)
+        blind = m["blind"] or {}
+        return dg.MaterializeResult(metadata={
+            "checkpoint": dg.MetadataValue.path(str(folder / m["checkpoint"])),
+            "curves": dg.MetadataValue.path(str(folder / m["curves"])),
+            "device": m["device"], "epochs": int(m["train_config"]["epochs"]), "epochs_run": m["epochs_run"],
+            "best_epoch": m["best_epoch"], f"best_val_{m['objective']}": float(m["best_metric"]),
+            "wall_time_s": float(m["wall_time_s"]),
+            "user_blind_best_val": float(blind.get("best_metric", float("nan"))),
+            "config_file": m["config_file"], "model_config": _md(m["model_config"]),
+            "warnings": _md({"warnings": m["warnings"]}),
+            "mlflow_run_id": run, "mlflow": mlflow.run_url_hint(run),
+        })
+
+    @dg.asset(key=k["test_evaluation"], deps=[k["trained_model"]], kinds={"python"}, description=(
+        f"Test-split evaluation of the {dataset} model beside the user-blind model, global and per-user "
+        f"Bradley-Terry and KNN baselines, with bootstrap 95% CIs; logged to MLflow."), **common)
+    def test_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, paths: PathsResource,
+                        mlflow: MLflowResource) -> dg.MaterializeResult:
+        store = DataStore(paths.root())
+        run = _mlflow_run(mlflow, context, dataset)
+        try:
+            m = steps.materialize_evaluation(dataset, store, n_resamples=config.n_resamples, seed=config.seed,
+                                             cold_start=config.cold_start, knn_k=config.knn_k, device=config.device,
+                                             tracker=mlflow, mlflow_run_id=run, run_id=context.run_id)
+        except BaseException:
+            mlflow.finish(run, "FAILED")
+            raise
+        mlflow.finish(run)
+        methods = m["methods"]
+        meta: dict[str, Any] = {
+            "report": dg.MetadataValue.md(m["markdown_text"]),
+            "summary": dg.MetadataValue.md(steps.scores_table(methods)),
+            "path": dg.MetadataValue.path(str(store.area("evaluation", dataset) / m["report"])),
+            "methods": _md(methods), "mlflow_run_id": run,
+        }
+        for name, s in methods.items():
+            meta[f"{name}_auc"] = float(s["auc"])
+            meta[f"{name}_accuracy"] = float(s["accuracy"])
+        return dg.MaterializeResult(metadata=meta)
+
+    @dg.asset(key=k["published_router"], deps=[k["test_evaluation"]], kinds={"mlflow"},
+              check_specs=[dg.AssetCheckSpec("promotion_gate", asset=k["published_router"], blocking=True,
+                                             description="The challenger beats the current champion (re-scored "
+                                                         "on this test split) and global_bt; only then does "
+                                                         "the champion alias move.")],
+              description=(f"Registers the {dataset} checkpoint as MLflow pyfunc model gmtrouter-{dataset} "
+                           f"(alias challenger), promotes it to champion when the gate passes and copies it to "
+                           f"routers/{dataset}/current."), **common)
+    def published_router(context: dg.AssetExecutionContext, config: PublishConfig, paths: PathsResource,
+                         mlflow: MLflowResource) -> dg.MaterializeResult:
+        store = DataStore(paths.root())
+        run = _mlflow_run(mlflow, context, dataset)
+        try:
+            m = steps.publish_router(dataset, store, mlflow, run, metric=config.metric,
+                                     min_gain_over_baseline=config.min_gain_over_baseline,
+                                     min_gain_over_champion=config.min_gain_over_champion,
+                                     champion_eval_resamples=config.champion_eval_resamples, run_id=context.run_id)
+        except BaseException:
+            mlflow.finish(run, "FAILED")
+            raise
+        mlflow.finish(run)
+        gate = m["gate"]
+        if gate["passed"]:
+            context.log.info(f"{m['registered_model']} v{m['version']} is the new champion")
+        else:
+            context.log.warning(f"{m['registered_model']} v{m['version']} stays challenger: "
+                                + "; ".join(gate["reasons"]))
+        gate_meta = {key: (v if v is not None else "none") for key, v in gate.items() if key != "reasons"}
+        gate_meta["reasons"] = "; ".join(gate["reasons"]) or "passed"
+        return dg.MaterializeResult(
+            metadata={
+                "registered_model": m["registered_model"], "version": m["version"], "model_uri": m["model_uri"],
+                "challenger_uri": m["challenger_uri"], "champion_uri": str(m["champion_uri"]),
+                "champion_version": str(m["champion_version"]), "promoted": gate["passed"],
+                "local_router": str(m["local_router"]), "gate": _md(gate), "mlflow_run_id": run,
+            },
+            check_results=[dg.AssetCheckResult(
+                check_name="promotion_gate", asset_key=k["published_router"], passed=bool(gate["passed"]),
+                severity=dg.AssetCheckSeverity.ERROR, metadata={**{key: str(v) for key, v in gate_meta.items()}},
+                description=None if gate["passed"] else "; ".join(gate["reasons"]))],
+        )
+
+    return [raw_data, gmtrouter_jsonl, graph_parquet, trained_model, test_evaluation, published_router]
+
+
+def build_dataset_checks(dataset: str) -> list[dg.AssetChecksDefinition]:
+    """The blocking data checks of ``dataset`` (the promotion gate lives in ``published_router``)."""
+    k = {n: asset_key(dataset, n) for n in ASSET_NAMES}
+
+    def result(passed: bool, meta: Mapping[str, Any]) -> dg.AssetCheckResult:
+        problems = list(meta.get("problems") or [])
+        md = {key: _md({key: v}) if isinstance(v, (dict, list)) else v for key, v in meta.items() if key != "problems"}
+        md["problems"] = dg.MetadataValue.md("\n".join(f"- {p}" for p in problems) or "none")
+        return dg.AssetCheckResult(passed=passed, severity=dg.AssetCheckSeverity.ERROR, metadata=md,
+                                   description=None if passed else "; ".join(problems)[:2000])
+
+    @dg.asset_check(asset=k["gmtrouter_jsonl"], name="jsonl_valid", blocking=True,
+                    description="Every split file passes the GMTRouter format validator and has groups.")
+    def jsonl_valid(paths: PathsResource) -> dg.AssetCheckResult:
+        return result(*steps.check_jsonl_valid(dataset, DataStore(paths.root())))
+
+    @dg.asset_check(asset=k["gmtrouter_jsonl"], name="embedding_width", blocking=True,
+                    description="The embedding width of every split equals the configured encoder's.")
+    def embedding_width(paths: PathsResource, encoder: EncoderResource) -> dg.AssetCheckResult:
+        store = DataStore(paths.root())
+        m = store.read_manifest("jsonl", dataset, asset="gmtrouter_jsonl")
+        # the encoder the asset used (a run-config override is recorded in the manifest)
+        return result(*steps.check_embedding_width(dataset, store, encoder.get(m.get("encoder"))))
+
+    @dg.asset_check(asset=k["graph_parquet"], name="graph_integrity", blocking=True,
+                    description="Indices in range, user and session nodes receive messages under both relation "
+                                "sets, every split has comparison pairs.")
+    def graph_integrity(paths: PathsResource) -> dg.AssetCheckResult:
+        return result(*steps.check_graph_integrity(dataset, DataStore(paths.root())))
+
+    @dg.asset_check(asset=k["trained_model"], name="finite_weights", blocking=True,
+                    description="Both checkpoints load (sha256 verified) and every weight is finite.")
+    def finite_weights(paths: PathsResource) -> dg.AssetCheckResult:
+        return result(*steps.check_finite_weights(dataset, DataStore(paths.root())))
+
+    return [jsonl_valid, embedding_width, graph_integrity, finite_weights]

@@ -1,0 +1,35 @@
+"""The one Dagster ``Definitions`` of the project (workspace.yaml and pyproject point here).
+
+Assets and checks of every dataset, jobs ``train_<dataset>``, weekly
+schedules (stopped by default), feedback sensors and the resources
+``paths``, ``encoder`` and ``mlflow`` (defaults: project-local data root,
+bundled MiniLM encoder, MLflow on SQLite; see ``pipelines.resources``).
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from assets import all_assets, all_checks
+
+from .jobs import build_jobs
+from .resources import EncoderResource, MLflowResource, PathsResource
+from .schedules import build_schedules
+from .sensors import build_sensors
+
+__all__ = ["defs", "JOBS"]
+
+JOBS = build_jobs()
+
+defs = dg.Definitions(
+    assets=all_assets(),
+    asset_checks=all_checks(),
+    jobs=list(JOBS.values()),
+    schedules=build_schedules(JOBS),
+    sensors=build_sensors(JOBS),
+    resources={
+        "paths": PathsResource(),
+        "encoder": EncoderResource(),
+        "mlflow": MLflowResource(),
+    },
+)

@@ -1,0 +1,115 @@
+"""Training protocol: sampling, leak-freedom, determinism, resume, loss variants."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gmt_model import schema as S
+from gmt_model.engine import build_subgraph
+from gmt_model.training import EpochSampler, train
+
+from conftest import quick_config
+
+
+def test_sampler_visible_and_predicted_are_disjoint(planted_graph):
+    g = planted_graph
+    s = EpochSampler(g, record_per_user=5, prediction_count=64)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        visible, pred = s.sample(rng)
+        assert pred.size == 64
+        vis = set(visible.tolist())
+        assert not vis & set(g.pair_a[pred].tolist()) and not vis & set(g.pair_b[pred].tolist())
+        assert np.all(g.pair_label[pred] != 0.5)  # ties are never predicted
+        assert np.all(g.split[visible] == 0) and np.all(g.pair_split[pred] == 0)
+        # every training user gets history (5 pairs -> >= 5 interactions each)
+        users_with_history = np.unique(g.user[visible])
+        assert users_with_history.size == s.num_train_users
+    # the visible budget is record_per_user x users (pairs), filled from the rest
+    v2, _ = s.sample(np.random.default_rng(1))
+    assert v2.size >= 5 * s.num_train_users
+
+
+def test_predicted_ratings_never_enter_the_subgraph(planted_graph):
+    g = planted_graph
+    s = EpochSampler(g, record_per_user=5, prediction_count=64)
+    visible, pred = s.sample(np.random.default_rng(0))
+    target = np.concatenate([g.pair_a[pred], g.pair_b[pred]])
+    sub = build_subgraph(g, visible, target, torch.device("cpu"))
+    hidden_local = sub.local[target]
+    assert torch.all(sub.rating[hidden_local] == 0)
+    for rel, ei in sub.edges.items():
+        for end, row in ((rel[0], ei[0]), (rel[2], ei[1])):
+            if end in S.INTERACTION_NODE_TYPES and ei.numel():
+                assert not np.isin(row.numpy(), hidden_local).any(), f"{rel} reaches a predicted interaction"
+
+
+def test_thin_users_warned_not_crashed(planted_graph, tmp_path):
+    with pytest.warns(UserWarning, match="fewer than record_per_user=100"):
+        res = train(planted_graph, quick_config(epochs=2, record_per_user=100, eval_every=1), tmp_path, resume=False)
+    assert any("record_per_user" in w for w in res.warnings)
+
+
+def test_deterministic_for_a_seed_on_cpu(planted_graph, tmp_path):
+    cfg = quick_config(epochs=6, eval_every=3, save_every=100)
+    a = train(planted_graph, cfg, tmp_path / "a", resume=False)
+    b = train(planted_graph, cfg, tmp_path / "b", resume=False)
+    wa, wb = load_file(str(a.last_dir / "model.safetensors")), load_file(str(b.last_dir / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    assert a.history == b.history
+    c = train(planted_graph, quick_config(epochs=6, eval_every=3, save_every=100, seed=99), tmp_path / "c", resume=False)
+    wc = load_file(str(c.last_dir / "model.safetensors"))
+    assert any(not torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_resume_after_kill_matches_uninterrupted_run(planted_graph, tmp_path):
+    full = train(planted_graph, quick_config(epochs=8, eval_every=2, save_every=4), tmp_path / "full", resume=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_6(epoch, row):
+        if epoch == 6:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(planted_graph, quick_config(epochs=8, eval_every=2, save_every=4), tmp_path / "run", callback=kill_at_6)
+    resumed = train(planted_graph, quick_config(epochs=8, eval_every=2, save_every=4), tmp_path / "run")
+    assert resumed.resumed_from == 4 and resumed.epochs_run == 4
+    wf = load_file(str(full.last_dir / "model.safetensors"))
+    wr = load_file(str(resumed.last_dir / "model.safetensors"))
+    for k in wf:
+        assert torch.allclose(wf[k], wr[k], atol=1e-6), k
+    assert [r["epoch"] for r in resumed.history] == [2.0, 4.0, 6.0, 8.0]
+    np.testing.assert_allclose([r["val_auc"] for r in resumed.history], [r["val_auc"] for r in full.history], atol=1e-6)
+    # a different configuration refuses to resume from that folder
+    from gmt_model.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="different configuration"):
+        train(planted_graph, quick_config(epochs=10, eval_every=2, save_every=4, lr=1e-2), tmp_path / "run")
+
+
+@pytest.mark.parametrize("loss", ["ce", "bce"])
+def test_group_losses_train_on_k3_groups(demo_paths, tmp_path, loss):
+    from gmt_model.graph import build_graph
+
+    g = build_graph({k: v for k, v in demo_paths.items() if k in S.SPLITS})
+    assert (np.bincount(g.group) > 4).any()  # the demo has K=3 groups with multi-turn records
+    res = train(g, quick_config(epochs=4, eval_every=2, loss=loss), tmp_path, resume=False)
+    assert np.isfinite([r["train_loss"] for r in res.history]).all()
+
+
+def test_full_relation_schema_trains_and_learns(planted_graph, tmp_path):
+    from gmt_model.checkpoint import load_checkpoint
+    from gmt_model.evaluation import evaluate
+
+    res = train(planted_graph, quick_config(relations="full", epochs=60, eval_every=10), tmp_path, resume=False)
+    ck = load_checkpoint(res.best_dir)
+    assert len(ck.config.edge_types) == 22
+    report = evaluate(ck.model, planted_graph, baselines=False, cold_start=False, n_resamples=50)
+    assert report.methods["gmtrouter"].auc > 0.8
