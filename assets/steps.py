@@ -7,7 +7,7 @@ returns its manifest (a JSON-able dict).  The Dagster assets in
 ``MaterializeResult`` metadata.  MLflow logging goes through a *tracker*
 (``pipelines.resources.MLflowResource``: ``log_params``, ``log_metrics``,
 ``log_metric_rows``, ``log_artifact(s)``, ``set_tags``, ``client``,
-``activate``).
+``fluent``).
 
 No Dagster import here.
 """
@@ -624,12 +624,12 @@ def publish_router(dataset: str, store: DataStore, tracker: Any, mlflow_run_id: 
     base = float(methods[GLOBAL_BT][metric]) if GLOBAL_BT in methods else float("nan")
     name = registered_model_name(dataset)
     cfg = read_config(ckpt)
-    tracker.activate()
-    if mlflow.active_run() is not None:
-        mlflow.end_run()
-    with mlflow.start_run(run_id=mlflow_run_id):
-        info = log_router_model(ckpt, registered_model_name=name, metadata={
-            "dataset": dataset, "encoder": cfg["encoder"], "llms": cfg["llms"], "dagster_run_id": run_id})
+    with tracker.fluent():
+        if mlflow.active_run() is not None:
+            mlflow.end_run()
+        with mlflow.start_run(run_id=mlflow_run_id):
+            info = log_router_model(ckpt, registered_model_name=name, metadata={
+                "dataset": dataset, "encoder": cfg["encoder"], "llms": cfg["llms"], "dagster_run_id": run_id})
     version = str(info.registered_model_version)
     client = tracker.client()
     client.set_registered_model_alias(name, CHALLENGER, version)

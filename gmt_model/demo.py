@@ -675,7 +675,7 @@ def _template_space(topic_idx: int) -> int:
 # --------------------------------------------------------------------------
 #: preset name -> (n_users, mean groups per user); about 3.85 interactions per group
 PRESETS: dict[str, tuple[int, float]] = {
-    "tiny": (24, 16.0),  # ~1.5k interactions
+    "tiny": (80, 16.0),  # ~5k interactions (tests)
     "small": (100, 26.0),  # ~10k
     "medium": (800, 32.5),  # ~100k
     "large": (5000, 52.0),  # ~1M
@@ -747,7 +747,7 @@ class DemoSpec:
 
     @classmethod
     def preset(cls, size: str, **overrides: Any) -> DemoSpec:
-        """A named size: "tiny" (~1.5k interactions, for tests), "small" (~10k),
+        """A named size: "tiny" (~5k interactions, for tests), "small" (~10k),
         "medium" (~100k) or "large" (~1M).  Keyword overrides replace fields."""
         if size not in PRESETS:
             raise ValueError(f"unknown demo size {size!r}; expected one of {sorted(PRESETS)}")

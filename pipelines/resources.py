@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
@@ -161,12 +162,36 @@ class MLflowResource(dg.ConfigurableResource):
 
         return MlflowClient(tracking_uri=self.resolved_tracking_uri(), registry_uri=self.resolved_registry_uri())
 
-    def activate(self) -> None:
-        """Point MLflow's fluent API (``mlflow.start_run``, ``log_model``) at these URIs."""
-        import mlflow
+    @contextmanager
+    def fluent(self) -> Iterator[None]:
+        """Point MLflow's fluent API (``mlflow.start_run``, ``log_model``) at these URIs, then restore.
 
-        mlflow.set_tracking_uri(self.resolved_tracking_uri())
-        mlflow.set_registry_uri(self.resolved_registry_uri())
+        ``mlflow.set_tracking_uri`` / ``set_registry_uri`` also export
+        ``MLFLOW_TRACKING_URI`` / ``MLFLOW_REGISTRY_URI`` to the process
+        environment (for subprocesses); both the module state and the
+        environment are put back afterwards, so one run's store never leaks
+        into later runs or child processes.
+        """
+        import mlflow
+        from mlflow.tracking._model_registry import utils as registry_utils
+        from mlflow.tracking._tracking_service import utils as tracking_utils
+
+        tracking, registry = self.resolved_tracking_uri(), self.resolved_registry_uri()
+        saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+        saved = (getattr(tracking_utils, "_tracking_uri", None), getattr(registry_utils, "_registry_uri", None))
+        mlflow.set_tracking_uri(tracking)
+        mlflow.set_registry_uri(registry)
+        try:
+            yield
+        finally:
+            if mlflow.active_run() is not None:
+                mlflow.end_run()
+            tracking_utils._tracking_uri, registry_utils._registry_uri = saved
+            for k, v in saved_env.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
     # ------------------------------------------------------------------ runs
     def experiment_name(self, dataset: str) -> str:

@@ -236,7 +236,7 @@ def test_generation_is_deterministic_and_seeded(tiny) -> None:
 def test_tiny_size_and_record_shape(tiny) -> None:
     records, truth = tiny
     interactions = sum(len(r[F_CONVERSATION]) for r in records)
-    assert 1000 <= interactions <= 2200
+    assert 4000 <= interactions <= 6500
     for rec in records:
         assert rec[F_MODEL] in LLMS and rec["topic"] in TOPICS
         assert rec[F_TURN] == len(rec[F_CONVERSATION]) and 1 <= rec[F_TURN] <= 3

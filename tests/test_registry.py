@@ -52,13 +52,25 @@ def register(tmp: Path, ckpt: Path, name: str) -> tuple[str, str]:
     return uri, version
 
 
+def isolate_mlflow(mp: pytest.MonkeyPatch) -> None:
+    """Undo, after the test, what mlflow.set_tracking_uri / set_registry_uri leave behind
+    (module state and the exported MLFLOW_* environment variables)."""
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        mp.setenv(k, "")  # records the original value (or its absence) for undo
+        mp.delenv(k)
+    mp.setattr(tracking_utils, "_tracking_uri", None)
+    mp.setattr(registry_utils, "_registry_uri", None)
+
+
 @pytest.fixture()
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("GMTROUTER_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("GMTROUTER_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    isolate_mlflow(monkeypatch)
     return tmp_path
 
 
