@@ -111,8 +111,9 @@ def materialize_raw(dataset: str, store: DataStore, *, overrides: Mapping[str, A
                     sources_file: str | os.PathLike[str] | None = None, run_id: str = "") -> dict[str, Any]:
     """Fetch / generate ``dataset``'s raw data; commit ``raw/<dataset>``.
 
-    Downloads land in the persistent ``downloads/<dataset>`` folder (so a
-    partial download resumes and a verified one is reused); archives are
+    Downloads land in the persistent ``downloads/<dataset>`` folder (unless
+    the source sets ``download_dir``), so a partial download resumes and a
+    verified one is reused (with ``sha256`` set); archives are
     extracted into the staging folder, single downloaded files are copied
     into it, local folders are read in place.  Any error (missing source,
     checksum mismatch, truncated or unsafe archive) leaves the previous
@@ -403,6 +404,7 @@ def materialize_model(dataset: str, store: DataStore, *, config_path: str | os.P
                                            "interactions": g.num_interactions, "pairs": int(g.pair_a.size),
                                            "encoder": g.encoder, "dim": g.dim}, prefix="data.")
         tracker.log_params(mlflow_run_id, env, prefix="env.")
+        tracker.log_params(mlflow_run_id, _data_params(dataset, store), prefix="data.")
 
     def cb(name: str) -> Callable[[int, Mapping[str, float]], None] | None:
         return None if on_epoch is None else (lambda e, r: on_epoch(name, e, r))
@@ -473,6 +475,22 @@ def materialize_model(dataset: str, store: DataStore, *, config_path: str | os.P
         store.commit(tmp, "models", dataset, manifest)
     shutil.rmtree(work, ignore_errors=True)
     return manifest
+
+
+def _data_params(dataset: str, store: DataStore) -> dict[str, Any]:
+    """Where the training data came from (raw source, split settings, feedback merged)."""
+    out: dict[str, Any] = {}
+    raw_p, jsonl_p = store.manifest_path("raw", dataset), store.manifest_path("jsonl", dataset)
+    if raw_p.is_file():
+        raw = store.read_manifest("raw", dataset)
+        out.update({"source_kind": raw.get("kind"), "source": raw.get("source"), "source_sha256": raw.get("sha256")})
+    if jsonl_p.is_file():
+        j = store.read_manifest("jsonl", dataset)
+        out.update({"split_seed": j.get("split_seed"), "split_fractions": j.get("split_fractions"),
+                    "thin_users": len(j.get("thin_users") or {}),
+                    "feedback_rows_merged": (j.get("feedback") or {}).get("rows_merged"),
+                    **{f"{s}_groups": c.get("n_groups") for s, c in (j.get("splits") or {}).items()}})
+    return out
 
 
 def _finite_or_none(x: float | None) -> float | None:

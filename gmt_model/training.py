@@ -118,7 +118,9 @@ class EpochSampler:
         budget = self.r * self.num_train_users
         if chosen.size < budget:
             rest = order[rank >= self.r]
-            fill = rng.permutation(rest)[: budget - chosen.size]
+            # fill up to the budget, but leave at least prediction_count pairs to predict
+            room = max(0, min(budget - chosen.size, rest.size - self.k))
+            fill = rng.permutation(rest)[:room]
             chosen = np.concatenate([chosen, fill])
         vis_pairs = self.pairs[chosen]
         visible = np.unique(np.concatenate([g.pair_a[vis_pairs], g.pair_b[vis_pairs]]))
@@ -233,12 +235,25 @@ def train(g: GraphTables, cfg: TrainConfig, out_dir: str | Path, *, resume: bool
     Writes ``out_dir/best`` (best validation ``objective``) and
     ``out_dir/last`` (every ``save_every`` epochs and at the end; holds the
     optimiser and RNG state so a killed run resumes from it).
-    ``callback(epoch, metrics)`` is called after every epoch.
+    ``callback(epoch, metrics)`` is called after every epoch.  On CPU the run
+    is bit-for-bit deterministic for a seed (deterministic scatter kernels).
     """
-    t0 = time.perf_counter()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device or cfg.device)
+    was, was_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    if dev.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have a deterministic implementation.*")
+            return _train(g, cfg, Path(out_dir), resume, callback, dev)
+    finally:
+        torch.use_deterministic_algorithms(was, warn_only=was_warn)
+
+
+def _train(g: GraphTables, cfg: TrainConfig, out: Path, resume: bool,
+           callback: Callable[[int, dict[str, float]], None] | None, dev: torch.device) -> TrainResult:
+    t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     mcfg = model_config_for(cfg, g)
@@ -253,7 +268,7 @@ def train(g: GraphTables, cfg: TrainConfig, out_dir: str | Path, *, resume: bool
     if sampler.thin_users:
         msg = (f"{len(sampler.thin_users)} user(s) have fewer than record_per_user={cfg.record_per_user} training "
                f"pairs; all of their pairs are visible every epoch: {sampler.thin_users[:10]}")
-        warnings.warn(msg, stacklevel=2)
+        warnings.warn(msg, stacklevel=4)
         notes.append(msg)
     has_valid = bool(g.pair_mask(S.SPLIT_VALID).any())
     if not has_valid:

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import os
 
+from typing import TYPE_CHECKING
+
 import dagster as dg
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+
+if TYPE_CHECKING:  # the type define_asset_job returns
+    from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from assets.storage import DATASETS
 
@@ -50,7 +54,7 @@ def executor_from_env() -> dg.ExecutorDefinition:
     raise ValueError(f"{ENV_EXECUTOR}={name!r}: expected one of {EXECUTORS}")
 
 
-def build_jobs() -> dict[str, UnresolvedAssetJobDefinition]:
+def build_jobs() -> dict[str, "UnresolvedAssetJobDefinition"]:
     """One asset job per dataset, selecting that dataset's group (assets and their checks)."""
     executor = executor_from_env()
     return {

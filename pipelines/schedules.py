@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from typing import TYPE_CHECKING
+
 import dagster as dg
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+
+if TYPE_CHECKING:  # the type define_asset_job returns
+    from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 __all__ = ["schedule_name", "build_schedules"]
 
@@ -15,7 +19,7 @@ def schedule_name(dataset: str) -> str:
     return f"weekly_retrain_{dataset}"
 
 
-def build_schedules(jobs: Mapping[str, UnresolvedAssetJobDefinition]) -> list[dg.ScheduleDefinition]:
+def build_schedules(jobs: Mapping[str, "UnresolvedAssetJobDefinition"]) -> list[dg.ScheduleDefinition]:
     """Sundays, one hour apart per dataset (02:00 UTC onwards), default status STOPPED."""
     return [
         dg.ScheduleDefinition(

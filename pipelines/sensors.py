@@ -13,8 +13,12 @@ the training data.
 import os
 from collections.abc import Mapping
 
+from typing import TYPE_CHECKING
+
 import dagster as dg
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+
+if TYPE_CHECKING:  # the type define_asset_job returns
+    from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from gmt_model.feedback import FeedbackLog
 
@@ -57,7 +61,7 @@ def _cursor(text: str | None) -> int:
     return value
 
 
-def build_feedback_sensor(dataset: str, job: UnresolvedAssetJobDefinition, *, min_new_records: int | None = None,
+def build_feedback_sensor(dataset: str, job: "UnresolvedAssetJobDefinition", *, min_new_records: int | None = None,
                           minimum_interval_seconds: int = 60,
                           default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
                           ) -> dg.SensorDefinition:
@@ -91,6 +95,6 @@ def build_feedback_sensor(dataset: str, job: UnresolvedAssetJobDefinition, *, mi
     return _feedback_sensor
 
 
-def build_sensors(jobs: Mapping[str, UnresolvedAssetJobDefinition]) -> list[dg.SensorDefinition]:
+def build_sensors(jobs: Mapping[str, "UnresolvedAssetJobDefinition"]) -> list[dg.SensorDefinition]:
     """One feedback sensor per dataset."""
     return [build_feedback_sensor(ds, job) for ds, job in jobs.items()]

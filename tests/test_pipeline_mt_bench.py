@@ -104,7 +104,7 @@ def assert_evaluation_reported(home, result, meta: dict) -> None:
 
 
 def test_split_form_chain(home) -> None:
-    result = run_chain(home, {"kind": "mt_bench_split", "url": MT_BENCH.as_uri()}, epochs=20)
+    result = run_chain(home, {"kind": "mt_bench_split", "url": MT_BENCH.as_uri()}, epochs=10)
     assert result.success, failure_text(result)
     meta = materializations(result)
     raw, j, g = meta["raw_data"], meta["gmtrouter_jsonl"], meta["graph_parquet"]
@@ -121,7 +121,7 @@ def test_split_form_chain(home) -> None:
     checks = {ev.event_specific_data.check_name: ev.event_specific_data.passed for ev in result.all_events
               if ev.event_type_value == "ASSET_CHECK_EVALUATION"}
     assert checks == {"jsonl_valid": True, "embedding_width": True, "graph_integrity": True, "finite_weights": True}
-    assert meta["trained_model"]["epochs_run"] == 20
+    assert meta["trained_model"]["epochs_run"] == 10
     assert_evaluation_reported(home, result, meta)
     assert math.isfinite(meta["test_evaluation"]["gmtrouter_auc"])
 

@@ -48,8 +48,8 @@ def test_predicted_ratings_never_enter_the_subgraph(planted_graph):
 
 
 def test_thin_users_warned_not_crashed(planted_graph, tmp_path):
-    with pytest.warns(UserWarning, match="fewer than record_per_user=100"):
-        res = train(planted_graph, quick_config(epochs=2, record_per_user=100, eval_every=1), tmp_path, resume=False)
+    with pytest.warns(UserWarning, match="fewer than record_per_user=20"):
+        res = train(planted_graph, quick_config(epochs=2, record_per_user=20, eval_every=1), tmp_path, resume=False)
     assert any("record_per_user" in w for w in res.warnings)
 
 
