@@ -239,15 +239,20 @@ def train(g: GraphTables, cfg: TrainConfig, out_dir: str | Path, *, resume: bool
     is bit-for-bit deterministic for a seed (deterministic scatter kernels).
     """
     dev = resolve_device(device or cfg.device)
+    import torch.utils.deterministic as det
+
     was, was_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    was_fill = det.fill_uninitialized_memory
     if dev.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
+        det.fill_uninitialized_memory = False  # NaN-filling every new tensor would double the step time
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have a deterministic implementation.*")
             return _train(g, cfg, Path(out_dir), resume, callback, dev)
     finally:
         torch.use_deterministic_algorithms(was, warn_only=was_warn)
+        det.fill_uninitialized_memory = was_fill
 
 
 def _train(g: GraphTables, cfg: TrainConfig, out: Path, resume: bool,
