@@ -201,6 +201,8 @@ class RouterConfig:
     feedback_log: str | None = None
     endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
     history_turns: int = 8
+    #: torch intra-op threads for this process (routing is many tiny ops: 1 is fastest); None leaves it
+    threads: int | None = None
     source: str | None = None
 
 
@@ -223,7 +225,8 @@ def load_router_config(path: str | Path, *, relative_to: str | Path | None = Non
     ckpt = router.get("checkpoint") or (raw.get("model_path") or {}).get("load_model_path")
     if not ckpt:
         raise ConfigError(f"{path}: model_path.load_model_path (or router.checkpoint): required, the trained checkpoint")
-    unknown = set(router) - {"checkpoint", "candidates", "encoder", "device", "feedback_log", "history_turns"}
+    unknown = set(router) - {"checkpoint", "candidates", "encoder", "device", "feedback_log", "history_turns",
+                             "threads"}
     if unknown:
         raise ConfigError(f"{path}: router: unknown keys {sorted(unknown)}")
     endpoints = raw.get("endpoints") or {}
@@ -237,5 +240,6 @@ def load_router_config(path: str | Path, *, relative_to: str | Path | None = Non
         feedback_log=_resolve(base, router.get("feedback_log")),
         endpoints=endpoints,
         history_turns=int(router.get("history_turns", 8)),
+        threads=int(router["threads"]) if router.get("threads") is not None else None,
         source=str(path),
     )

@@ -80,6 +80,8 @@ class GMTRouter:
                 raise RoutingError("GMTRouter needs a yaml_path or a RouterConfig")
             config = load_router_config(yaml_path)
         self.config = config
+        if config.threads:
+            torch.set_num_threads(int(config.threads))
         self.device = torch.device(config.device or "cpu")
         ck = checkpoint if checkpoint is not None else load_checkpoint(config.checkpoint, device=self.device)
         self.checkpoint = ck
@@ -99,14 +101,9 @@ class GMTRouter:
         self.users: list[str] = list(ck.users)
         self._user_index = {u: i for i, u in enumerate(self.users)}
         h = ck.history
-        self._hist_user = list(h.user.tolist())
-        self._hist_llm = list(h.llm.tolist())
-        self._hist_rating = list(h.rating.tolist())
-        self._hist_prev = list(h.prev.tolist())
-        self._hist_emb = [h.query_emb]  # chunks, concatenated lazily
-        self._hist_n = int(h.user.size)
+        self._hist = _GrowingHistory(h)
         self._rows_of: dict[int, list[int]] = {}
-        for row, u in enumerate(self._hist_user):
+        for row, u in enumerate(h.user.tolist()):
             self._rows_of.setdefault(u, []).append(row)
         self._sessions: dict[tuple[str, str], _Session] = {}
         self._user_rep: dict[int, Tensor] = {}
@@ -126,8 +123,9 @@ class GMTRouter:
     # ---------------------------------------------------------------- loading
     @classmethod
     def from_checkpoint(cls, directory: str | Path, *, device: str | None = None, encoder: Any = None,
-                        feedback_log: str | Path | None = None, candidates: Sequence[str] | None = None) -> "GMTRouter":
-        cfg = RouterConfig(checkpoint=str(directory), device=device,
+                        feedback_log: str | Path | None = None, candidates: Sequence[str] | None = None,
+                        threads: int | None = None) -> "GMTRouter":
+        cfg = RouterConfig(checkpoint=str(directory), device=device, threads=threads,
                            feedback_log=str(feedback_log) if feedback_log else None,
                            candidates=list(candidates) if candidates else None,
                            encoder=encoder if isinstance(encoder, str) else None)
@@ -164,11 +162,6 @@ class GMTRouter:
         return np.stack([self._emb_cache[t] for t in texts]) if texts else np.zeros((0, self.model.cfg.embed_dim), np.float32)
 
     # ------------------------------------------------------- user histories
-    def _history_emb(self) -> np.ndarray:
-        if len(self._hist_emb) > 1:
-            self._hist_emb = [np.concatenate(self._hist_emb)]
-        return self._hist_emb[0]
-
     def history_size(self, user_id: str) -> int:
         u = self._user_index.get(user_id)
         return 0 if u is None else len(self._rows_of.get(u, []))
@@ -177,13 +170,12 @@ class GMTRouter:
                        ) -> dict[str, Tensor]:
         """GNN over the history rows (local users ``users``), plus optional extra
         context interactions (``extra``: user, llm, rating, prev, emb)."""
-        emb = self._history_emb()[rows]
-        user = np.asarray(self._hist_user, dtype=np.int64)[rows]
-        llm = np.asarray(self._hist_llm, dtype=np.int64)[rows]
-        rating = np.asarray(self._hist_rating, dtype=np.float32)[rows]
-        prev_g = np.asarray(self._hist_prev, dtype=np.int64)[rows]
-        local = {int(r): i for i, r in enumerate(rows)}
-        prev = np.array([local.get(int(p), -1) for p in prev_g], dtype=np.int64)
+        hist = self._hist
+        emb, user, llm = hist.emb[rows], hist.user[rows], hist.llm[rows]
+        rating, prev_g = hist.rating[rows], hist.prev[rows]
+        local = np.full(hist.n + 1, -1, dtype=np.int64)  # slot n maps "no previous turn" (-1) to -1
+        local[rows] = np.arange(rows.size)
+        prev = local[prev_g]
         if extra is not None and extra["user"].size:
             off = rows.size
             emb = np.concatenate([emb, extra["emb"]])
@@ -217,7 +209,7 @@ class GMTRouter:
             self._user_rep[u] = reps[S.USER][i] if self._rows_of.get(u) else self._cold_rep
 
     def _refresh_global(self) -> None:
-        rows = np.arange(self._hist_n)
+        rows = np.arange(self._hist.n)
         users = np.arange(len(self.users))
         reps = self._subgraph_reps(rows, users)
         self._global_reps = reps
@@ -398,7 +390,7 @@ class GMTRouter:
                  "rating": np.array([(c[2] - lo) / span for c in ctx], dtype=np.float32),
                  "prev": np.arange(n, dtype=np.int64) - 1, "emb": emb}
         if not self._per_user_exact:
-            rows = np.arange(self._hist_n)
+            rows = np.arange(self._hist.n)
             users = np.arange(len(self.users) + (1 if u < 0 else 0))
         else:
             users = np.array([user_local], dtype=np.int64)
@@ -433,13 +425,7 @@ class GMTRouter:
             if session_id is not None:
                 st = self._sessions.setdefault((user_id, session_id), _Session())
                 prev = st.last_row
-            row = self._hist_n
-            self._hist_user.append(u)
-            self._hist_llm.append(self._llm_index[model])
-            self._hist_rating.append(float(norm))
-            self._hist_prev.append(prev)
-            self._hist_emb.append(emb[None, :])
-            self._hist_n += 1
+            row = self._hist.append(u, self._llm_index[model], float(norm), prev, emb)
             self._rows_of.setdefault(u, []).append(row)
             if session_id is not None:
                 self._sessions[(user_id, session_id)].last_row = row
@@ -454,10 +440,45 @@ class GMTRouter:
     def history(self) -> History:
         """The current rated history (checkpoint + feedback)."""
         with self._lock:
-            return History(user=np.asarray(self._hist_user, np.int64), llm=np.asarray(self._hist_llm, np.int64),
-                           rating=np.asarray(self._hist_rating, np.float32),
-                           prev=np.asarray(self._hist_prev, np.int64), query_emb=self._history_emb(),
+            hist = self._hist
+            return History(user=hist.user.copy(), llm=hist.llm.copy(), rating=hist.rating.copy(),
+                           prev=hist.prev.copy(), query_emb=hist.emb.copy(),
                            llm_emb=self.checkpoint.history.llm_emb)
+
+
+class _GrowingHistory:
+    """Rated interactions as numpy columns with amortised O(1) appends."""
+
+    def __init__(self, h: History) -> None:
+        self.n = int(h.user.size)
+        cap = max(16, self.n * 2)
+        self._user = np.zeros(cap, np.int64)
+        self._llm = np.zeros(cap, np.int64)
+        self._rating = np.zeros(cap, np.float32)
+        self._prev = np.full(cap, -1, np.int64)
+        self._emb = np.zeros((cap, h.query_emb.shape[1]), np.float32)
+        for name, src in (("_user", h.user), ("_llm", h.llm), ("_rating", h.rating), ("_prev", h.prev),
+                          ("_emb", h.query_emb)):
+            getattr(self, name)[: self.n] = src
+
+    def append(self, user: int, llm: int, rating: float, prev: int, emb: np.ndarray) -> int:
+        if self.n == self._user.shape[0]:
+            for name in ("_user", "_llm", "_rating", "_prev", "_emb"):
+                old = getattr(self, name)
+                new = np.zeros((old.shape[0] * 2,) + old.shape[1:], old.dtype)
+                new[: self.n] = old[: self.n]
+                setattr(self, name, new)
+        row = self.n
+        self._user[row], self._llm[row], self._rating[row], self._prev[row] = user, llm, rating, prev
+        self._emb[row] = emb
+        self.n += 1
+        return row
+
+    user = property(lambda self: self._user[: self.n])
+    llm = property(lambda self: self._llm[: self.n])
+    rating = property(lambda self: self._rating[: self.n])
+    prev = property(lambda self: self._prev[: self.n])
+    emb = property(lambda self: self._emb[: self.n])
 
 
 @dataclass

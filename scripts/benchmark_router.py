@@ -160,17 +160,23 @@ def measure(checkpoint: Path, work: Path, mt_bench: Path, *, iters: int, encoded
     _log(f"route_single, fresh texts through MiniLM: {encoded_iters} calls")
     enc_before = dict(getattr(router.encoder, "stats", {}))
 
+    nonce = os.urandom(6).hex()  # never-seen texts: neither the router's nor the encoder's disk cache has them
+
     def fresh(i: int) -> dict[str, Any]:
         q = pick(i)
-        q["query_text"] = f"{texts[i % len(texts)]} (variant {i} of the benchmark run {seed})"
+        q["query_text"] = f"{texts[i % len(texts)]} (variant {i}, benchmark run {nonce})"
         return q
 
-    encoded = _time_calls(lambda i: router.route_single(fresh(i)), encoded_iters, warmup=min(20, encoded_iters))
+    warm = min(20, encoded_iters)
+    encoded = _time_calls(lambda i: router.route_single(fresh(i)), encoded_iters, warmup=warm)
     res["single_encoded_p50_ms"], res["single_encoded_p99_ms"] = _pct(encoded, 50), _pct(encoded, 99)
     res["single_encoded_mean_ms"] = statistics.fmean(encoded)
     stats = getattr(router.encoder, "stats", None)
     if stats is not None:  # proves the texts really went through the model
         res["encoder_texts_encoded"] = stats["encoded"] - enc_before.get("encoded", 0)
+        if res["encoder_texts_encoded"] != encoded_iters + warm:
+            raise RuntimeError(f"expected {encoded_iters + warm} texts through MiniLM, the encoder ran "
+                               f"{res['encoder_texts_encoded']}: the encoded measurement hit a cache")
 
     for b in batch_sizes:
         _log(f"route_batch, batch {b}: {batch_reps} calls")
