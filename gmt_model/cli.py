@@ -101,12 +101,17 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _router(args: argparse.Namespace):
+    from .config import load_router_config
     from .router import GMTRouter
 
-    return GMTRouter(args.config)
+    cfg = load_router_config(args.config)
+    if getattr(args, "device", None):
+        cfg.device = args.device
+    return GMTRouter(config=cfg)
 
 
 def _read_queries(path: str) -> list[dict[str, Any]]:
+    """Queries of a JSONL file; each carries its line number under ``_line``."""
     out = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -122,6 +127,7 @@ def _read_queries(path: str) -> list[dict[str, Any]]:
                 raise SystemExit(f"error: {path}:{n}: expected an object with query_text (and user_id)")
             if "query" in q and "query_text" not in q:
                 q["query_text"] = q.pop("query")
+            q["_line"] = n
             out.append(q)
     return out
 
@@ -134,6 +140,7 @@ def _infer(args: argparse.Namespace) -> int:
         queries = [{"query_text": args.query}]
     else:
         queries = _read_queries(args.input)
+    lines = [q.pop("_line", None) for q in queries]
     for q in queries:
         q.setdefault("user_id", args.user_id)
         if args.session_id:
@@ -141,10 +148,17 @@ def _infer(args: argparse.Namespace) -> int:
     try:
         results = router.route_batch(queries)
     except RoutingError as e:
+        if args.input:  # name the offending line
+            for q, n in zip(queries, lines):
+                try:
+                    router.route_batch([q])
+                except RoutingError as line_error:
+                    raise SystemExit(f"error: {args.input}:{n}: {line_error}")
         raise SystemExit(f"error: {e}")
-    endpoints = {}
     if not args.route_only and router.config.endpoints:
-        from .endpoints import chat_completion, load_endpoints
+        import httpx
+
+        from .endpoints import MissingAPIKeyError, UpstreamError, chat_completion, load_endpoints
 
         endpoints = load_endpoints(router.config.endpoints)
         for q, r in zip(queries, results):
@@ -153,7 +167,10 @@ def _infer(args: argparse.Namespace) -> int:
                 r["response"] = None
                 r["note"] = f"no endpoint configured for {r['model_name']}: routed only"
                 continue
-            reply = chat_completion(ep, [{"role": "user", "content": q["query_text"]}])
+            try:
+                reply = chat_completion(ep, [{"role": "user", "content": q["query_text"]}])
+            except (MissingAPIKeyError, UpstreamError, httpx.HTTPError) as e:
+                raise SystemExit(f"error: calling {r['model_name']} at {ep.base_url}: {e}")
             r["response"] = reply["choices"][0]["message"]["content"]
     out = [dict(query=q["query_text"], user_id=q["user_id"], **r) for q, r in zip(queries, results)]
     text = json.dumps(out if args.input else out[0], indent=2, ensure_ascii=False)
@@ -240,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--user-id", default="anonymous")
     i.add_argument("--session-id", default=None)
     i.add_argument("--route-only", action="store_true")
+    i.add_argument("--device", default=None, help="cpu or cuda (default: router.device of the config)")
     i.set_defaults(func=_infer)
 
     f = sub.add_parser("feedback", help="record a rating (durable log + live user graph)")

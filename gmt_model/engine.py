@@ -1,9 +1,12 @@
 """Subgraph assembly and batched scoring shared by training, evaluation and routing.
 
-A *subgraph* holds every user and LLM node plus the interaction nodes of the
-visible interactions (with their ratings) and of the interactions being
-predicted (query node only matters; their ratings are zeroed and they get no
-edges).  One extra user node with no edges (index ``num_users``) is the
+A *subgraph* holds every user and LLM node plus the interaction nodes
+(session, query, response) of the *visible* interactions, with their
+ratings and edges.  The interactions being predicted are not in it at all:
+only their query representations are needed, and a query node without
+incoming edges gets exactly ``HeteroGNN.isolated`` of its projected input,
+so they are computed that way (cheaper, and their ratings are never even
+loaded).  One extra user node with no edges (index ``num_users``) is the
 "empty history" user used for cold start.
 """
 
@@ -19,15 +22,22 @@ from . import schema as S
 from .graph import GraphTables, relation_edges
 from .model import GMTModel
 
-__all__ = ["Subgraph", "build_subgraph", "GroupSteps", "group_steps", "score_groups", "pair_positions"]
+__all__ = ["Subgraph", "build_subgraph", "GroupSteps", "group_steps", "score_groups", "pair_positions",
+           "PRED_QUERY"]
+
+#: key of the predicted interactions' query representations in ``Subgraph.embed``'s output
+PRED_QUERY = "predicted_query"
 
 
 @dataclass
 class Subgraph:
     num_users: int  # including the empty-history user
-    nodes: np.ndarray  # global interaction index of each local interaction node
-    local: np.ndarray  # global -> local (-1 when absent)
+    nodes: np.ndarray  # global interaction index of each local (visible) interaction node
+    local: np.ndarray  # global -> local (-1 when not a graph node)
+    pred_nodes: np.ndarray  # global index of each predicted-only interaction
+    pred_local: np.ndarray  # global -> row of pred_nodes (-1 when absent)
     query_emb: Tensor
+    pred_query_emb: Tensor
     llm_emb: Tensor
     rating: Tensor
     edges: dict[S.EdgeType, Tensor]
@@ -37,33 +47,38 @@ class Subgraph:
         return self.num_users - 1
 
     def embed(self, model: GMTModel) -> dict[str, Tensor]:
-        return model.embed(self.num_users, self.query_emb, self.llm_emb, self.rating, self.edges)
+        reps = model.embed(self.num_users, self.query_emb, self.llm_emb, self.rating, self.edges)
+        reps[PRED_QUERY] = model.gnn.isolated(S.QUERY, model.gnn.project_query(self.pred_query_emb))
+        return reps
 
 
 def build_subgraph(g: GraphTables, visible: np.ndarray, predict: np.ndarray, device: torch.device,
                    query_emb_t: Tensor | None = None, llm_emb_t: Tensor | None = None,
                    rating_t: Tensor | None = None) -> Subgraph:
-    """``visible``/``predict``: global interaction indices (disjoint)."""
+    """``visible``: global interaction indices in the graph; ``predict``:
+    interactions to score (their queries only; those also visible are scored
+    from their graph node)."""
     visible = np.asarray(visible, dtype=np.int64)
-    predict = np.setdiff1d(np.asarray(predict, dtype=np.int64), visible, assume_unique=False)
-    nodes = np.concatenate([visible, predict])
+    predict = np.setdiff1d(np.asarray(predict, dtype=np.int64), visible)
     local = np.full(g.num_interactions, -1, dtype=np.int64)
-    local[nodes] = np.arange(nodes.size)
-    nodes_t = torch.from_numpy(nodes).to(device)
-    q = (query_emb_t[nodes_t] if query_emb_t is not None
-         else torch.from_numpy(g.query_emb[nodes]).to(device))
-    r = (rating_t[nodes_t] if rating_t is not None else torch.from_numpy(g.rating[nodes]).to(device)).clone()
-    r[visible.size:] = 0.0  # predicted ratings never enter the graph
-    llm = llm_emb_t if llm_emb_t is not None else torch.from_numpy(g.llm_emb).to(device)
+    local[visible] = np.arange(visible.size)
+    pred_local = np.full(g.num_interactions, -1, dtype=np.int64)
+    pred_local[predict] = np.arange(predict.size)
+
+    def rows(table: Tensor | None, arr: np.ndarray, idx: np.ndarray) -> Tensor:
+        if table is not None:
+            return table[torch.from_numpy(idx).to(table.device)]
+        return torch.from_numpy(np.ascontiguousarray(arr[idx])).to(device)
+
     edges: dict[S.EdgeType, Tensor] = {}
-    # interaction-owned endpoints are mapped through `local`; only visible ones get edges
-    vis_local = np.full(g.num_interactions, -1, dtype=np.int64)
-    vis_local[visible] = local[visible]
     for rel in g.relations:
-        src, dst = relation_edges(g, rel, visible, vis_local)
+        src, dst = relation_edges(g, rel, visible, local)
         edges[rel] = torch.from_numpy(np.stack([src, dst])).to(device)
-    return Subgraph(num_users=g.num_users + 1, nodes=nodes, local=local, query_emb=q, llm_emb=llm,
-                    rating=r, edges=edges)
+    llm = llm_emb_t if llm_emb_t is not None else torch.from_numpy(g.llm_emb).to(device)
+    return Subgraph(num_users=g.num_users + 1, nodes=visible, local=local, pred_nodes=predict,
+                    pred_local=pred_local, query_emb=rows(query_emb_t, g.query_emb, visible),
+                    pred_query_emb=rows(query_emb_t, g.query_emb, predict), llm_emb=llm,
+                    rating=rows(rating_t, g.rating, visible), edges=edges)
 
 
 @dataclass
@@ -116,10 +131,13 @@ def score_groups(model: GMTModel, reps: dict[str, Tensor], sub: Subgraph, gs: Gr
     device = sub.query_emb.device
     user = np.where(cold, sub.cold_user, gs.user)
     u = reps[S.USER][torch.from_numpy(np.asarray(user, dtype=np.int64)).to(device)]
-    q_local = sub.local[gs.inter[:, 0]]
-    if np.any(q_local < 0):
-        raise ValueError("query node of a scored interaction is not in the subgraph")
-    q = reps[S.QUERY][torch.from_numpy(q_local).to(device)]
+    first = gs.inter[:, 0]
+    in_graph = sub.local[first]
+    if np.any((in_graph < 0) & (sub.pred_local[first] < 0)):
+        raise ValueError("query of a scored interaction is neither visible nor predicted in the subgraph")
+    table = torch.cat([reps[S.QUERY], reps[PRED_QUERY]])
+    q_row = np.where(in_graph >= 0, in_graph, sub.nodes.size + sub.pred_local[first])
+    q = table[torch.from_numpy(q_row).to(device)]
     llm = torch.from_numpy(np.where(gs.mask, gs.llm, 0)).to(device)
     cand = reps[S.LLM][llm]  # (B, K, H)
     return model.score(u, q, cand)

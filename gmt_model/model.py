@@ -143,6 +143,20 @@ class HeteroGNN(nn.Module):
             S.RESPONSE: self.response_in(rating[:, None]),
         }
 
+    def isolated(self, node_type: str, x: Tensor) -> Tensor:
+        """Outputs of ``node_type`` nodes that have no incoming edges, from their
+        projected inputs ``x``: exactly what :meth:`forward` gives such nodes
+        (HGTConv's message sum is 0, so its output is ``a_lin(gelu(0))`` mixed
+        with the input by the skip gate; then dropout and LayerNorm)."""
+        for conv, norms in zip(self.convs, self.norms):
+            if node_type not in conv.dst_node_types:
+                continue
+            lin = conv.out_lin.lins[node_type]
+            a = lin(x.new_zeros(1, lin.in_channels))
+            alpha = conv.skip[node_type].sigmoid()
+            x = norms[node_type](self.dropout(alpha * a + (1 - alpha) * x))
+        return x
+
     def forward(self, x_dict: dict[str, Tensor], edge_index_dict: dict[S.EdgeType, Tensor]) -> dict[str, Tensor]:
         for conv, norms in zip(self.convs, self.norms):
             out = conv(x_dict, edge_index_dict)

@@ -41,24 +41,6 @@ _ID_RE = re.compile(r"^[\w.@:+\-/#]{1,256}$")
 MAX_QUERY_CHARS = 100_000
 
 
-def _isolated(model: GMTModel, node_type: str, x: Tensor) -> Tensor:
-    """HeteroGNN output of nodes of ``node_type`` that have no incoming edges.
-
-    HGTConv gives such a node ``a_lin(gelu(0))`` mixed with its input by the
-    learned skip gate; LayerNorm follows (dropout is off in eval mode).
-    Equivalent to running the GNN with the node present and unconnected.
-    """
-    gnn = model.gnn
-    for conv, norms in zip(gnn.convs, gnn.norms):
-        if node_type not in conv.dst_node_types:
-            continue
-        lin = conv.out_lin.lins[node_type]
-        a = lin(torch.zeros(1, lin.in_channels, dtype=x.dtype, device=x.device))
-        alpha = conv.skip[node_type].sigmoid()
-        x = norms[node_type](alpha * a + (1 - alpha) * x)
-    return x
-
-
 @dataclass
 class _Session:
     last_row: int = -1  # history row of the last rated turn
@@ -116,9 +98,9 @@ class GMTRouter:
             self.feedback_log = FeedbackLog(config.feedback_log)
         with torch.inference_mode():
             llm_x = self.model.gnn.project_llm(torch.from_numpy(h.llm_emb).to(self.device))
-            self._llm_static = _isolated(self.model, S.LLM, llm_x)
+            self._llm_static = self.model.gnn.isolated(S.LLM, llm_x)
             cold_x = self.model.gnn.user_start[None, :]
-            self._cold_rep = _isolated(self.model, S.USER, cold_x)[0]
+            self._cold_rep = self.model.gnn.isolated(S.USER, cold_x)[0]
 
     # ---------------------------------------------------------------- loading
     @classmethod
@@ -305,7 +287,7 @@ class GMTRouter:
                     user_vecs.append(self._cold_rep)
             uv = torch.stack(user_vecs)
             qx = self.model.gnn.project_query(torch.from_numpy(emb).to(self.device))
-            qv = _isolated(self.model, S.QUERY, qx)
+            qv = self.model.gnn.isolated(S.QUERY, qx)
             m = max(len(p[3]) for p in parsed)
             cand_idx = np.zeros((len(parsed), m), dtype=np.int64)
             mask = np.zeros((len(parsed), m), dtype=bool)

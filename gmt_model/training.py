@@ -21,6 +21,7 @@ periodic, resumable checkpoint every ``save_every`` epochs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -156,6 +157,8 @@ def predict_groups(model: GMTModel, g: GraphTables, split: str, device: torch.de
     ``split`` are never in the graph.  ``cold``: every user's history hidden.
     """
     model.eval()
+    if tuple(g.relations) != tuple(model.cfg.edge_types):
+        g = dataclasses.replace(g, relations=model.cfg.edge_types)
     target = np.flatnonzero(g.split_mask(split))
     if visible_mask is None:
         visible_mask = g.split_mask(S.SPLIT_TRAIN)
@@ -262,7 +265,7 @@ def _train(g: GraphTables, cfg: TrainConfig, out: Path, resume: bool,
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     mcfg = model_config_for(cfg, g)
-    g.relations = mcfg.edge_types
+    g = dataclasses.replace(g, relations=mcfg.edge_types)  # a view with the model's relations; arrays shared
     model = GMTModel(mcfg)
     train_q = g.query_emb[g.split_mask(S.SPLIT_TRAIN)]
     model.gnn.set_input_stats(torch.from_numpy(train_q), torch.from_numpy(g.llm_emb))

@@ -58,7 +58,7 @@ def run_one(name: str, work: Path, epochs: int, mt_bench: Path, device: str | No
 
     from gmt_model import schema as S
     from gmt_model.config import TrainConfig
-    from gmt_model.engine import build_subgraph, score_groups
+    from gmt_model.engine import PRED_QUERY, build_subgraph, score_groups
     from gmt_model.graph import build_graph
     from gmt_model.training import EpochSampler, pairs_as_groups, resolve_device, train
 
@@ -125,7 +125,7 @@ def run_one(name: str, work: Path, epochs: int, mt_bench: Path, device: str | No
                     diffs = []
                     for i in range(gs.size):
                         u = reps[S.USER][int(gs.user[i])][None]
-                        q = reps[S.QUERY][int(sub.local[gs.inter[i, 0]])][None]
+                        q = reps[PRED_QUERY][int(sub.pred_local[gs.inter[i, 0]])][None]
                         sa = model.score(u, q, reps[S.LLM][int(gs.llm[i, 0])][None, None])
                         sb = model.score(u, q, reps[S.LLM][int(gs.llm[i, 1])][None, None])
                         diffs.append(sa - sb)

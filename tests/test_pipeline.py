@@ -29,10 +29,10 @@ from pipelines.resources import EncoderResource, MLflowResource, PathsResource, 
 
 REPO = Path(__file__).resolve().parents[1]
 RAW = dg.AssetKey(["demo", "raw_data"])
-EPOCHS = 40  # enough for the demo model to beat the 1-epoch model and the global baseline
+EPOCHS = 30  # enough for the demo model to beat the 1-epoch model and the global baseline
 
 
-def chain_config(epochs: int = EPOCHS, blind_epochs: int = 10) -> dict:
+def chain_config(epochs: int = EPOCHS, blind_epochs: int = 5) -> dict:
     return {"ops": {
         "demo__raw_data": {"config": {"size": "tiny"}},
         "demo__trained_model": {"config": {"epochs": epochs, "blind_epochs": blind_epochs, "eval_every": 10,

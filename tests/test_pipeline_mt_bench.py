@@ -63,7 +63,7 @@ def run_chain(home, raw: dict, *, epochs: int, jsonl: dict | None = None, train:
     cfg = {"ops": {
         "mt_bench__raw_data": {"config": raw},
         "mt_bench__gmtrouter_jsonl": {"config": jsonl or {}},
-        "mt_bench__trained_model": {"config": {"epochs": epochs, "blind_epochs": epochs, "eval_every": 5,
+        "mt_bench__trained_model": {"config": {"epochs": epochs, "blind_epochs": 5, "eval_every": 5,
                                                "save_every": 1000, **(train or {})}},
         "mt_bench__test_evaluation": {"config": {"n_resamples": 200}},
     }}

@@ -39,12 +39,44 @@ def test_predicted_ratings_never_enter_the_subgraph(planted_graph):
     visible, pred = s.sample(np.random.default_rng(0))
     target = np.concatenate([g.pair_a[pred], g.pair_b[pred]])
     sub = build_subgraph(g, visible, target, torch.device("cpu"))
-    hidden_local = sub.local[target]
-    assert torch.all(sub.rating[hidden_local] == 0)
+    # predicted interactions are not graph nodes: no session/response node, no rating, no edge
+    assert np.all(sub.local[target] == -1) and np.all(sub.pred_local[target] >= 0)
+    assert sub.rating.shape[0] == visible.size
+    np.testing.assert_array_equal(sub.rating.numpy(), g.rating[visible])
     for rel, ei in sub.edges.items():
         for end, row in ((rel[0], ei[0]), (rel[2], ei[1])):
             if end in S.INTERACTION_NODE_TYPES and ei.numel():
-                assert not np.isin(row.numpy(), hidden_local).any(), f"{rel} reaches a predicted interaction"
+                assert row.max() < visible.size, f"{rel} reaches a non-visible interaction"
+
+
+def test_isolated_path_equals_unconnected_nodes(planted_graph):
+    """The predicted queries' shortcut equals running them through the GNN unconnected."""
+    from gmt_model.engine import PRED_QUERY
+    from gmt_model.model import GMTModel, ModelConfig
+
+    g = planted_graph
+    g.relations = S.FULL_RELATIONS  # query nodes receive messages under the full schema
+    try:
+        torch.manual_seed(0)
+        model = GMTModel(ModelConfig(embed_dim=g.dim, hidden_dim=32, predictor_dim=32, relations="full")).eval()
+        visible = np.flatnonzero(g.split_mask(S.SPLIT_TRAIN))
+        target = np.flatnonzero(g.split_mask(S.SPLIT_TEST))
+        sub = build_subgraph(g, visible, target, torch.device("cpu"))
+        with torch.no_grad():
+            reps = sub.embed(model)
+            both = np.concatenate([visible, target])
+            rating = torch.from_numpy(np.where(np.isin(both, target), 0.0, g.rating[both]).astype(np.float32))
+            from gmt_model.graph import relation_edges
+
+            local = np.full(g.num_interactions, -1)
+            local[both] = np.arange(both.size)
+            edges = {r: torch.from_numpy(np.stack(relation_edges(g, r, visible, local))) for r in S.FULL_RELATIONS}
+            full = model.embed(g.num_users + 1, torch.from_numpy(g.query_emb[both]), torch.from_numpy(g.llm_emb),
+                               rating, edges)
+        torch.testing.assert_close(reps[PRED_QUERY], full[S.QUERY][visible.size:], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(reps[S.USER], full[S.USER], atol=1e-5, rtol=1e-5)
+    finally:
+        g.relations = S.REFERENCE_RELATIONS
 
 
 def test_thin_users_warned_not_crashed(planted_graph, tmp_path):
