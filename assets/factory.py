@@ -57,7 +57,7 @@ def _thin_users_md(thin: Mapping[str, int], limit: int = 50) -> str:
 
 
 def _mlflow_run(mlflow: MLflowResource, context: dg.AssetExecutionContext, dataset: str) -> str:
-    return mlflow.run_for(context.run_id, dataset, job_name=context.run.job_name)
+    return mlflow.run_for(context.run.run_id, dataset, job_name=context.run.job_name)
 
 
 def build_dataset_assets(dataset: str) -> list[dg.AssetsDefinition]:
@@ -70,11 +70,12 @@ def build_dataset_assets(dataset: str) -> list[dg.AssetsDefinition]:
     @dg.asset(key=k["raw_data"], kinds={"python"}, description=(
         f"Raw data of {dataset}: downloaded (resume, retries, sha256) and safely extracted, generated "
         f"(demo) or read in place (local folder), as configs/datasets.yaml and the run config say."), **common)
-    def raw_data(context: dg.AssetExecutionContext, config: RawDataConfig, paths: PathsResource) -> dg.MaterializeResult:
+    def raw_data(context: dg.AssetExecutionContext, config: RawDataConfig,
+                 paths: PathsResource) -> dg.MaterializeResult:
         store = DataStore(paths.root())
         sources = config.sources_file or str(paths.configs() / "datasets.yaml")
         m = steps.materialize_raw(dataset, store, overrides=config.overrides(), sources_file=sources,
-                                  run_id=context.run_id)
+                                  run_id=context.run.run_id)
         path = store.resolve("raw", dataset, m["path"])
         return dg.MaterializeResult(metadata={
             "kind": m["kind"], "source": str(m["source"]), "path": dg.MetadataValue.path(str(path)),
@@ -100,7 +101,7 @@ def build_dataset_assets(dataset: str) -> list[dg.AssetsDefinition]:
         m = steps.materialize_jsonl(dataset, store, enc, split_seed=config.split_seed,
                                     split_fractions=tuple(config.split_fractions),
                                     min_user_groups=config.min_user_groups, feedback_log=fb_path,
-                                    run_id=context.run_id)
+                                    run_id=context.run.run_id)
         fb = m["feedback"]
         conv = m["conversion"] or {}
         meta: dict[str, Any] = {
@@ -126,7 +127,7 @@ def build_dataset_assets(dataset: str) -> list[dg.AssetsDefinition]:
     def graph_parquet(context: dg.AssetExecutionContext, config: GraphConfig,
                       paths: PathsResource) -> dg.MaterializeResult:
         store = DataStore(paths.root())
-        m = steps.materialize_graph(dataset, store, relations=config.relations, run_id=context.run_id)
+        m = steps.materialize_graph(dataset, store, relations=config.relations, run_id=context.run.run_id)
         counts = m["counts"]
         nodes = {t: counts[t] for t in ("user", "llm", "session", "query", "response")}
         edges = {r: v for r, v in counts.items() if r.count("__") == 2}
@@ -161,8 +162,8 @@ def build_dataset_assets(dataset: str) -> list[dg.AssetsDefinition]:
             m = steps.materialize_model(
                 dataset, store, config_path=cfg_path, overrides=config.overrides(),
                 train_user_blind=config.train_user_blind, blind_epochs=config.blind_epochs, resume=config.resume,
-                run_key=context.run.root_run_id or context.run_id, tracker=mlflow, mlflow_run_id=run,
-                log_checkpoints=config.log_checkpoints, on_epoch=on_epoch, run_id=context.run_id)
+                run_key=context.run.root_run_id or context.run.run_id, tracker=mlflow, mlflow_run_id=run,
+                log_checkpoints=config.log_checkpoints, on_epoch=on_epoch, run_id=context.run.run_id)
         except BaseException:
             mlflow.finish(run, "FAILED")
             raise
@@ -191,7 +192,7 @@ def build_dataset_assets(dataset: str) -> list[dg.AssetsDefinition]:
         try:
             m = steps.materialize_evaluation(dataset, store, n_resamples=config.n_resamples, seed=config.seed,
                                              cold_start=config.cold_start, knn_k=config.knn_k, device=config.device,
-                                             tracker=mlflow, mlflow_run_id=run, run_id=context.run_id)
+                                             tracker=mlflow, mlflow_run_id=run, run_id=context.run.run_id)
         except BaseException:
             mlflow.finish(run, "FAILED")
             raise
@@ -224,7 +225,7 @@ def build_dataset_assets(dataset: str) -> list[dg.AssetsDefinition]:
             m = steps.publish_router(dataset, store, mlflow, run, metric=config.metric,
                                      min_gain_over_baseline=config.min_gain_over_baseline,
                                      min_gain_over_champion=config.min_gain_over_champion,
-                                     champion_eval_resamples=config.champion_eval_resamples, run_id=context.run_id)
+                                     champion_eval_resamples=config.champion_eval_resamples, run_id=context.run.run_id)
         except BaseException:
             mlflow.finish(run, "FAILED")
             raise

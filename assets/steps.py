@@ -126,8 +126,7 @@ def materialize_raw(dataset: str, store: DataStore, *, overrides: Mapping[str, A
     with store.staging("raw", dataset) as tmp:
         res = prepare_raw(dataset, source, tmp)
         path = Path(res.path)
-        inside = _is_inside(path, tmp)
-        if path.is_file() and not inside:
+        if path.is_file() and not _is_inside(path, tmp):  # a downloaded single file: keep this run's copy
             files = tmp / "files"
             files.mkdir()
             copied = files / path.name
@@ -186,8 +185,8 @@ def _count_files(path: Path) -> dict[str, int]:
 # GMTRouter JSONL
 # --------------------------------------------------------------------------
 def materialize_jsonl(dataset: str, store: DataStore, encoder: Any, *, split_seed: int = 0,
-                      split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2), min_user_groups: int = 3, feedback_log: str | os.PathLike[str] | None = None,
-                      run_id: str = "") -> dict[str, Any]:
+                      split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2), min_user_groups: int = 3,
+                      feedback_log: str | os.PathLike[str] | None = None, run_id: str = "") -> dict[str, Any]:
     """Convert, embed and split the raw data (plus feedback comparisons); commit ``jsonl/<dataset>``."""
     raw_m = store.read_manifest("raw", dataset, asset="raw_data")
     raw = RawResult(dataset=dataset, kind=raw_m["kind"], path=store.resolve("raw", dataset, raw_m["path"]))
@@ -419,9 +418,8 @@ def materialize_model(dataset: str, store: DataStore, *, config_path: str | os.P
         if blind_epochs is not None:
             bov["epochs"] = blind_epochs
         blind_tc = load_train_config(cfg_path, bov, relative_to=REPO_ROOT)
-        g_blind = read_graph(store.area("graph", dataset))
         bbuf = _MetricBuffer(tracker, mlflow_run_id, f"{USER_BLIND}.", cb(USER_BLIND))
-        blind_res = train(g_blind, blind_tc, work / USER_BLIND, resume=resume, callback=bbuf)
+        blind_res = train(g, blind_tc, work / USER_BLIND, resume=resume, callback=bbuf)
         bbuf.flush()
     with store.staging("models", dataset) as tmp:
         copy_tree(res.best_dir, tmp / GMTROUTER)
@@ -542,8 +540,9 @@ def materialize_evaluation(dataset: str, store: DataStore, *, n_resamples: int =
     mm = store.read_manifest("models", dataset, asset="trained_model")
     g = read_graph(store.area("graph", dataset))
     ck = load_checkpoint(store.resolve("models", dataset, mm["checkpoint"]))
-    blind = load_checkpoint(store.resolve("models", dataset, mm["blind_checkpoint"])) if mm.get("blind_checkpoint") else None
-    g.relations = ck.model.cfg.edge_types
+    blind = None
+    if mm.get("blind_checkpoint"):
+        blind = load_checkpoint(store.resolve("models", dataset, mm["blind_checkpoint"]))
     rep = evaluate(ck.model, g, SPLIT_TEST, blind_model=None if blind is None else blind.model, baselines=True,
                    cold_start=cold_start, n_resamples=n_resamples, seed=seed, device=device, knn_k=knn_k)
     markdown = rep.to_markdown()
@@ -600,7 +599,6 @@ def _champion_score(dataset: str, store: DataStore, tracker: Any, name: str, ver
             g = read_graph(store.area("graph", dataset))
             if ck.model.cfg.embed_dim != g.dim:
                 raise CheckpointError(f"champion embeds width {ck.model.cfg.embed_dim}, the data {g.dim}")
-            g.relations = ck.model.cfg.edge_types
             rep = evaluate(ck.model, g, SPLIT_TEST, baselines=False, cold_start=False, n_resamples=n_resamples)
             return float(getattr(rep.methods[GMTROUTER], metric)), "re-evaluated on this test split"
         except (CheckpointError, RegistryError) as exc:
@@ -717,6 +715,7 @@ def scores_table(methods: Mapping[str, Mapping[str, Any]]) -> str:
 
     lines = ["| method | pairs | AUC [95% CI] | accuracy [95% CI] |", "|---|---:|---|---|"]
     for k, s in methods.items():
-        lines.append(f"| {k} | {s['n_pairs']} | {fmt(s['auc'], s['auc_ci'])} | {fmt(s['accuracy'], s['accuracy_ci'])} |")
+        auc, acc = fmt(s["auc"], s["auc_ci"]), fmt(s["accuracy"], s["accuracy_ci"])
+        lines.append(f"| {k} | {s['n_pairs']} | {auc} | {acc} |")
     return "\n".join(lines)
 
