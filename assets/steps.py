@@ -31,7 +31,7 @@ from typing import Any
 
 from gmt_model.checkpoint import CheckpointError, file_sha256, load_checkpoint, read_config
 from gmt_model.data import FormatError, validate_file
-from gmt_model.datasets import RawResult, build_jsonl, load_source_config, prepare_raw
+from gmt_model.datasets import RawResult, build_jsonl, copy_file_atomic, load_source_config, prepare_raw
 from gmt_model.schema import SPLIT_FILES, SPLIT_TEST, SPLITS
 
 from .feedback_merge import FeedbackMergeStats, merge_feedback
@@ -130,7 +130,7 @@ def materialize_raw(dataset: str, store: DataStore, *, overrides: Mapping[str, A
             files = tmp / "files"
             files.mkdir()
             copied = files / path.name
-            _copy_file_atomic(path, copied)
+            copy_file_atomic(path, copied)
             path = copied
         manifest = {
             "kind": res.kind,
@@ -155,19 +155,6 @@ def _is_inside(path: Path, folder: Path) -> bool:
         return True
     except ValueError:
         return False
-
-
-def _copy_file_atomic(src: Path, dest: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _count_files(path: Path) -> dict[str, int]:

@@ -69,6 +69,7 @@ __all__ = [
     "llm_description_map",
     "prepare_raw",
     "build_jsonl",
+    "copy_file_atomic",
 ]
 
 log = logging.getLogger(__name__)
@@ -548,7 +549,8 @@ def _result(dataset: str, out: Path, paths: dict[str, Path], enc: Any, group_use
     )
 
 
-def _copy_atomic(src: Path, dest: Path) -> None:
+def copy_file_atomic(src: Path, dest: Path) -> None:
+    """Copy ``src`` to ``dest`` through a temporary sibling, fsync, rename."""
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
@@ -588,7 +590,7 @@ def _build_from_splits(dataset: str, src_dir: Path, out: Path, enc: Any, descrip
         log.info("dataset %s: split files already use encoder %s; copying", dataset, enc.name)
         for s in SPLITS:
             if srcs[s].resolve() != paths[s].resolve():
-                _copy_atomic(srcs[s], paths[s])
+                copy_file_atomic(srcs[s], paths[s])
         mode = "copied"
     else:
         log.info("dataset %s: re-embedding (files use %s, encoder is %s)", dataset,

@@ -10,6 +10,9 @@ epochs run, peak RSS, and the speed-up of the batched training step over a
 reference-style step (two predictor calls per pair in a Python loop) timed in
 the same process on the same sampled batches.
 
+Training uses the seed config ``configs/model_config_train/gmtrouter.yaml`` (the reference
+protocol) with the given number of epochs.
+
 Datasets: ``demo_small`` (~10k interactions), ``demo_medium`` (~100k),
 ``mt_bench`` (the real MT-Bench human judgments converted from
 ``../shared/data/mt_bench_human`` or ``--mt-bench DIR``).
@@ -31,6 +34,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MT_BENCH = REPO.parent / "shared" / "data" / "mt_bench_human"
+SEED_CONFIG = REPO / "configs" / "model_config_train" / "gmtrouter.yaml"
 
 
 def prepare(name: str, work: Path, mt_bench: Path) -> dict[str, Path]:
@@ -57,7 +61,7 @@ def run_one(name: str, work: Path, epochs: int, mt_bench: Path, device: str | No
     import torch
 
     from gmt_model import schema as S
-    from gmt_model.config import TrainConfig
+    from gmt_model.config import load_train_config
     from gmt_model.engine import PRED_QUERY, build_subgraph, score_groups
     from gmt_model.graph import build_graph
     from gmt_model.training import EpochSampler, pairs_as_groups, resolve_device, train
@@ -68,7 +72,9 @@ def run_one(name: str, work: Path, epochs: int, mt_bench: Path, device: str | No
     t0 = time.perf_counter()
     g = build_graph(paths)
     t_graph = time.perf_counter() - t0
-    cfg = TrainConfig(epochs=epochs, eval_every=5, save_every=10**9, seed=136, device=device)
+    # the seed's training config (the reference protocol: 2 HGT layers, hidden 128, lr 5e-4,
+    # 256 predicted pairs, validation every 5 epochs), with this run's epochs
+    cfg = load_train_config(SEED_CONFIG, {"epochs": epochs, "save_every": 10**9, "device": device})
     stamps: list[float] = []
     evals: list[float] = []
 
@@ -92,6 +98,8 @@ def run_one(name: str, work: Path, epochs: int, mt_bench: Path, device: str | No
         "llms": g.num_llms,
         "training_pairs": int(g.pair_mask(S.SPLIT_TRAIN).sum()),
         "epochs": epochs,
+        "gnn_layers": res.model_config["num_gnn_layers"],
+        "hidden_dim": res.model_config["hidden_dim"],
         "device": res.device,
         "prepare_s": round(t_prep, 2),
         "graph_build_s": round(t_graph, 2),
@@ -181,7 +189,7 @@ def main() -> None:
         row = json.loads(proc.stdout.strip().splitlines()[-1])
         rows.append(row)
         print(json.dumps(row), flush=True)
-    keys = ["dataset", "interactions", "training_pairs", "epochs", "device", "epoch_ms_median",
+    keys = ["dataset", "interactions", "training_pairs", "epochs", "gnn_layers", "device", "epoch_ms_median",
             "epoch_with_validation_ms_median", "train_wall_s", "peak_rss_mb", "speedup_vs_reference_style",
             "best_val_auc"]
     print("\n| " + " | ".join(keys) + " |")
