@@ -30,6 +30,7 @@ from gmt_model.checkpoint import load_checkpoint
 from gmt_model.cli import main
 from gmt_model.demo import LLMS
 from gmt_model.feedback import FeedbackLog
+from servers import ServerThread, TenantUpstream as Upstream
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 8
@@ -40,51 +41,6 @@ KEY_ENV = "GMT_CLI_TEST_KEY"
 # ---------------------------------------------------------------------------
 # fake OpenAI-compatible upstream (one tenant per LLM name)
 # ---------------------------------------------------------------------------
-class Upstream:
-    """``POST /{tenant}/v1/chat/completions`` answers ``"<tenant> answers: <question>"``."""
-
-    def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-        app = FastAPI()
-
-        @app.post("/{tenant}/v1/chat/completions")
-        async def completions(tenant: str, request: Request) -> JSONResponse:
-            body = await request.json()
-            self.requests.append({"tenant": tenant, "auth": request.headers.get("authorization"), "body": body})
-            answer = f"{tenant} answers: {body['messages'][-1]['content']}"
-            return JSONResponse({"id": f"cmpl-{tenant}", "object": "chat.completion", "created": 1,
-                                 "model": body["model"],
-                                 "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
-                                              "finish_reason": "stop"}]})
-
-        self.app = app
-
-
-class ServerThread:
-    """uvicorn on 127.0.0.1:<free port> in a daemon thread."""
-
-    def __init__(self, app: Any) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level="warning", lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self) -> "ServerThread":
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn test server did not start")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
-
-
 @pytest.fixture(scope="module")
 def upstream():
     up = Upstream()

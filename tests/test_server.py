@@ -34,6 +34,7 @@ from gmt_model.endpoints import (
 from gmt_model.feedback import FeedbackLog
 from gmt_model.router import RoutingError
 from gmt_model.server import ROUTED_MODEL_HEADER, create_app
+from servers import ServerThread as _ServerThread
 
 TOKEN = "test-bearer-token-123"
 ALPHA_KEY = "sk-alpha-SECRET-4f1d9a"
@@ -174,31 +175,9 @@ class Upstream:
         self.app = app
 
 
-class ServerThread:
-    """Run an ASGI app with uvicorn on 127.0.0.1:<free port> in a daemon thread."""
-
-    def __init__(self, app: Any) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, log_config=None, log_level="info", lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self) -> "ServerThread":
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn test server did not start")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
+def ServerThread(app: Any) -> _ServerThread:
+    """The gmtrouter app at log level info: the tests read its logs for leaked keys."""
+    return _ServerThread(app, log_level="info")
 
 
 def make_endpoints(upstream_url: str) -> dict[str, Endpoint]:

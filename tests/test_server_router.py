@@ -25,6 +25,7 @@ from gmt_model import schema as S
 from gmt_model.endpoints import load_endpoints
 from gmt_model.router import GMTRouter
 from gmt_model.server import ROUTED_MODEL_HEADER, create_app
+from servers import ServerThread, TenantUpstream as Upstream
 
 N_FEEDBACK = 8
 
@@ -40,51 +41,6 @@ class DictEncoder:
 
     def encode(self, texts: list[str]) -> np.ndarray:
         return np.stack([self.table[t] for t in texts])
-
-
-class Upstream:
-    """``POST /{tenant}/v1/chat/completions`` answers ``"<tenant> answers: <question>"``."""
-
-    def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-        app = FastAPI()
-
-        @app.post("/{tenant}/v1/chat/completions")
-        async def completions(tenant: str, request: Request) -> JSONResponse:
-            body = await request.json()
-            self.requests.append({"tenant": tenant, "body": body})
-            answer = f"{tenant} answers: {body['messages'][-1]['content']}"
-            return JSONResponse({"id": f"cmpl-{tenant}", "object": "chat.completion", "created": 1,
-                                 "model": body["model"],
-                                 "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
-                                              "finish_reason": "stop"}]})
-
-        self.app = app
-
-
-class ServerThread:
-    """uvicorn on 127.0.0.1:<free port> in a daemon thread."""
-
-    def __init__(self, app: Any) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level="warning", lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self) -> "ServerThread":
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn test server did not start")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
 
 
 # ---------------------------------------------------------------------------
