@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -38,6 +37,7 @@ from typing import Any
 
 from gmt_model.checkpoint import atomic_replace_dir
 from gmt_model.registry import ENV_HOME, default_home
+from gmt_model.atomic import write_text_atomic
 
 __all__ = [
     "DATASETS",
@@ -81,19 +81,8 @@ class ManifestMissingError(FileNotFoundError):
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
     """Write ``obj`` as JSON: temp file in the same folder, fsync, ``os.replace``."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default, allow_nan=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+    return write_text_atomic(target, text + "\n")
 
 
 def _json_default(o: Any) -> Any:
