@@ -54,14 +54,22 @@ class History:
     prev: np.ndarray  # int64 (n,) index into this history, -1 if none
     query_emb: np.ndarray  # float32 (n, d)
     llm_emb: np.ndarray  # float32 (L, d)
+    #: int64 (n,) comparison key: rows rated together for one query (group and step); None in
+    #: checkpoints written before it existed (then derived from user + query embedding)
+    group: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.group is None:
+            self.group = derive_groups(self.user, self.query_emb)
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
         return {k: torch.from_numpy(np.ascontiguousarray(getattr(self, k))) for k in
-                ("user", "llm", "rating", "prev", "query_emb", "llm_emb")}
+                ("user", "llm", "rating", "prev", "query_emb", "llm_emb", "group")}
 
     @classmethod
     def from_tensors(cls, t: dict[str, torch.Tensor]) -> "History":
-        return cls(**{k: t[k].numpy() for k in ("user", "llm", "rating", "prev", "query_emb", "llm_emb")})
+        return cls(**{k: t[k].numpy() for k in ("user", "llm", "rating", "prev", "query_emb", "llm_emb", "group")
+                      if k in t})
 
     @classmethod
     def from_graph(cls, g, mask: np.ndarray) -> "History":
@@ -72,7 +80,24 @@ class History:
         prev = np.where(prev >= 0, local[np.maximum(prev, 0)], -1)
         return cls(user=g.user[idx].astype(np.int64), llm=g.llm[idx].astype(np.int64),
                    rating=g.rating[idx].astype(np.float32), prev=prev.astype(np.int64),
-                   query_emb=g.query_emb[idx].astype(np.float32), llm_emb=g.llm_emb.astype(np.float32))
+                   query_emb=g.query_emb[idx].astype(np.float32), llm_emb=g.llm_emb.astype(np.float32),
+                   group=comparison_keys(g, idx))
+
+
+def comparison_keys(g, idx: np.ndarray) -> np.ndarray:
+    """One key per (group, step): the interactions compared with each other."""
+    steps = int(g.step.max()) + 1 if g.step.size else 1
+    return (g.group[idx].astype(np.int64) * steps + g.step[idx].astype(np.int64)).astype(np.int64)
+
+
+def derive_groups(user: np.ndarray, query_emb: np.ndarray) -> np.ndarray:
+    """Comparison keys from (user, query embedding) for histories without a group column."""
+    if user.size == 0:
+        return np.zeros(0, np.int64)
+    q = np.ascontiguousarray(query_emb, dtype=np.float32).view(np.uint8).reshape(user.size, -1)
+    key = np.concatenate([np.asarray(user, np.int64).view(np.uint8).reshape(user.size, -1), q], axis=1)
+    _, inv = np.unique(key, axis=0, return_inverse=True)
+    return inv.reshape(-1).astype(np.int64)
 
 
 @dataclass

@@ -204,6 +204,16 @@ class RouterConfig:
     #: torch intra-op threads for this process (routing is many tiny ops: 1 is fastest); None leaves it
     threads: int | None = None
     source: str | None = None
+    #: online personalization (``gmt_model.personal.PersonalConfig`` keys); ``{enabled: false}`` = the GNN alone
+    personalization: dict[str, Any] = field(default_factory=dict)
+    #: routing policy: greedy (default), thompson (sample the user's posterior) or epsilon
+    policy: str = "greedy"
+    epsilon: float = 0.1
+    seed: int | None = None
+    #: replay the durable feedback log on start (rows newer than the checkpoint's training data)
+    replay_feedback: bool = True
+    #: seconds between reads of rows other processes appended to the log (0: every call; < 0: never)
+    feedback_sync_interval: float = 1.0
 
 
 def load_router_config(path: str | Path, *, relative_to: str | Path | None = None) -> RouterConfig:
@@ -226,9 +236,25 @@ def load_router_config(path: str | Path, *, relative_to: str | Path | None = Non
     if not ckpt:
         raise ConfigError(f"{path}: model_path.load_model_path (or router.checkpoint): required, the trained checkpoint")
     unknown = set(router) - {"checkpoint", "candidates", "encoder", "device", "feedback_log", "history_turns",
-                             "threads"}
+                             "threads", "personalization", "policy", "epsilon", "seed", "replay_feedback",
+                             "feedback_sync_interval"}
     if unknown:
         raise ConfigError(f"{path}: router: unknown keys {sorted(unknown)}")
+    policy = router.get("policy", "greedy")
+    if policy not in ("greedy", "thompson", "epsilon"):
+        raise ConfigError(f"{path}: router.policy: expected greedy, thompson or epsilon, got {policy!r}")
+    eps = router.get("epsilon", 0.1)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 <= float(eps) <= 1.0:
+        raise ConfigError(f"{path}: router.epsilon: expected a number in [0, 1], got {eps!r}")
+    pers = router.get("personalization") or {}
+    if not isinstance(pers, dict):
+        raise ConfigError(f"{path}: router.personalization: expected a mapping")
+    from .personal import PersonalConfig
+
+    try:
+        PersonalConfig.from_dict(pers, "router.personalization")
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{path}: {e}") from None
     endpoints = raw.get("endpoints") or {}
     if not isinstance(endpoints, dict):
         raise ConfigError(f"{path}: endpoints: expected a mapping of LLM name -> endpoint")
@@ -242,4 +268,10 @@ def load_router_config(path: str | Path, *, relative_to: str | Path | None = Non
         history_turns=int(router.get("history_turns", 8)),
         threads=int(router["threads"]) if router.get("threads") is not None else None,
         source=str(path),
+        personalization=dict(pers),
+        policy=str(policy),
+        epsilon=float(eps),
+        seed=int(router["seed"]) if router.get("seed") is not None else None,
+        replay_feedback=bool(router.get("replay_feedback", True)),
+        feedback_sync_interval=float(router.get("feedback_sync_interval", 1.0)),
     )

@@ -23,7 +23,7 @@ from .graph import GraphTables, relation_edges
 from .model import GMTModel
 
 __all__ = ["Subgraph", "build_subgraph", "GroupSteps", "group_steps", "score_groups", "pair_positions",
-           "PRED_QUERY"]
+           "PRED_QUERY", "score_rows", "cold_calibration"]
 
 #: key of the predicted interactions' query representations in ``Subgraph.embed``'s output
 PRED_QUERY = "predicted_query"
@@ -150,3 +150,34 @@ def pair_positions(gs: GroupSteps) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     valid = gs.mask[:, ia] & gs.mask[:, ib]
     rows, which = np.nonzero(valid)
     return rows, ia[which], ib[which]
+
+
+def score_rows(model: GMTModel, user_vecs: Tensor, query_emb: np.ndarray, llm_reps: Tensor,
+               chunk: int = 4096) -> np.ndarray:
+    """Logits (n, L) of every LLM for n (user representation, query embedding)
+    rows; the queries as isolated nodes (exact under the reference relations)."""
+    n = query_emb.shape[0]
+    out = np.zeros((n, llm_reps.shape[0]))
+    dev = llm_reps.device
+    for s0 in range(0, n, chunk):
+        q = torch.from_numpy(np.ascontiguousarray(query_emb[s0:s0 + chunk], dtype=np.float32)).to(dev)
+        qv = model.gnn.isolated(S.QUERY, model.gnn.project_query(q))
+        uv = user_vecs[s0:s0 + chunk] if user_vecs.dim() == 2 else user_vecs.expand(qv.shape[0], -1)
+        out[s0:s0 + qv.shape[0]] = model.score(uv, qv, llm_reps.expand(qv.shape[0], -1, -1)).float().cpu().numpy()
+    return out
+
+
+def cold_calibration(model: GMTModel, query_emb: np.ndarray, llm: np.ndarray, group: np.ndarray,
+                     rating: np.ndarray, llm_reps: Tensor, cold_rep: Tensor, n_llms: int, max_pairs: int = 50_000):
+    """Fit the cold-start calibration (``personal.fit_calibration``) on the
+    comparison pairs of rated rows (``group``: comparison key of each row)."""
+    from .personal import fit_calibration, group_pairs
+
+    a, b, label = group_pairs(group, rating)
+    if a.size > max_pairs:
+        keep = np.linspace(0, a.size - 1, max_pairs).astype(np.int64)
+        a, b, label = a[keep], b[keep], label[keep]
+    s = score_rows(model, cold_rep, query_emb[a], llm_reps)
+    idx = np.arange(a.size)
+    diff = s[idx, llm[a]] - s[idx, llm[b]] if a.size else np.zeros(0)
+    return fit_calibration(diff, llm[a], llm[b], label, n_llms)

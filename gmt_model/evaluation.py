@@ -14,20 +14,68 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
+
 from . import schema as S
 from .baselines import GlobalBradleyTerry, KNNQuery, PerUserBradleyTerry
-from .engine import GroupSteps
+from .checkpoint import comparison_keys
+from .engine import GroupSteps, build_subgraph, cold_calibration, score_rows
 from .graph import GraphTables
 from .metrics import EvalReport, GroupScores, MethodResult, PairSet, evaluate_pair_scores
 from .model import GMTModel
+from .personal import CrowdCalibration, PersonalConfig, QueryBasis, build_evidence, fit_posterior
 from .training import pair_scores, predict_groups, resolve_device
 
-__all__ = ["evaluate", "training_pairs", "GMTROUTER", "USER_BLIND", "BASELINE_NAMES"]
+__all__ = ["evaluate", "training_pairs", "online_scores", "GMTROUTER", "GMTROUTER_GNN", "USER_BLIND",
+           "BASELINE_NAMES"]
 
 GMTROUTER = "gmtrouter"
+GMTROUTER_GNN = "gmtrouter_gnn"
 USER_BLIND = "user_blind"
 BASELINE_NAMES = {"global_bt": "global best (Bradley-Terry)", "per_user_bt": "per-user Bradley-Terry (shrunk)",
-                  "knn_query": "KNN over query embeddings"}
+                  "knn_query": "KNN over query embeddings",
+                  GMTROUTER_GNN: "GMTRouter's GNN alone (without the online residual)"}
+
+
+@torch.inference_mode()
+def online_scores(model: GMTModel, g: GraphTables, gs: GroupSteps, scores: np.ndarray, cold: np.ndarray,
+                  cfg: PersonalConfig | None = None, device: torch.device | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, CrowdCalibration]:
+    """What the router scores for these group-steps when it holds the training
+    split as history: the GNN's ``scores`` plus each user's online residual
+    fitted on the user's training interactions, and the ``cold`` (empty
+    history) scores through the crowd calibration.  Returns (warm, cold, calibration)."""
+    cfg = cfg or PersonalConfig()
+    dev = device or torch.device("cpu")
+    train = np.flatnonzero(g.split_mask(S.SPLIT_TRAIN))
+    sub = build_subgraph(g, train, np.zeros(0, np.int64), dev)
+    reps = sub.embed(model)
+    keys = comparison_keys(g, train)
+    n_llms = g.num_llms
+    calib = cold_calibration(model, g.query_emb[train], g.llm[train], keys, g.rating[train], reps[S.LLM],
+                             reps[S.USER][sub.cold_user], n_llms)
+    safe = np.where(gs.mask, gs.llm, 0)
+    cold_out = np.where(gs.mask, calib.apply(cold, safe), cold)
+    warm = np.array(scores, dtype=np.float64)
+    if not cfg.enabled:
+        return warm, cold_out, calib
+    basis = QueryBasis(g.query_emb[train], cfg.query_dims)
+    tu = g.user[train]
+    order = np.argsort(tu, kind="stable")
+    starts = np.searchsorted(tu[order], np.arange(g.num_users + 1))
+    for u in np.unique(gs.user).tolist():
+        pos = order[starts[u]:starts[u + 1]][-cfg.window:]
+        sel = np.flatnonzero(gs.user == u)
+        if pos.size == 0:
+            warm[sel] = cold_out[sel]
+            continue
+        rows = train[pos]
+        s_hist = score_rows(model, reps[S.USER][u], g.query_emb[rows], reps[S.LLM])
+        ev = build_evidence(keys[pos], g.llm[rows], g.rating[rows], basis(g.query_emb[rows]), s_hist, cfg)
+        r = fit_posterior(ev, cfg, n_llms, basis.dims).mean.reshape(n_llms, -1)
+        zq = basis(g.query_emb[gs.inter[sel, 0]])
+        warm[sel] += np.einsum("bkj,bj->bk", r[safe[sel]], zq) * gs.mask[sel]
+    return warm, cold_out, calib
 
 
 def training_pairs(g: GraphTables) -> PairSet:
@@ -65,18 +113,23 @@ def _result(name: str, g: GraphTables, s: _Scored, n_resamples: int, seed: int) 
 
 def evaluate(model: GMTModel, g: GraphTables, split: str = S.SPLIT_TEST, *, blind_model: GMTModel | None = None,
              baselines: bool = True, cold_start: bool = True, n_resamples: int = 1000, seed: int = 0,
-             device: str | None = None, knn_k: int = 20) -> EvalReport:
+             device: str | None = None, knn_k: int = 20, personalization: PersonalConfig | None = None
+             ) -> EvalReport:
     """The evaluation report of ``model`` (and the baselines) on ``split``."""
     if not g.split_mask(split).any():
         raise ValueError(f"split {split!r} has no interactions")
     dev = resolve_device(device)
     model = model.to(dev)
     gs, scores, sub = predict_groups(model, g, split, dev)
-    methods: dict[str, MethodResult] = {GMTROUTER: _result(GMTROUTER, g, _pairs_of(g, gs, scores), n_resamples, seed)}
+    _, cs, _ = predict_groups(model, g, split, dev, cold=True, sub=sub)
+    warm, cold_cal, calib = online_scores(model, g, gs, scores, cs, personalization, dev)
+    methods: dict[str, MethodResult] = {
+        GMTROUTER: _result(GMTROUTER, g, _pairs_of(g, gs, warm), n_resamples, seed),
+        GMTROUTER_GNN: _result(GMTROUTER_GNN, g, _pairs_of(g, gs, scores), n_resamples, seed)}
     cold: dict[str, MethodResult] = {}
     if cold_start:
-        _, cs, _ = predict_groups(model, g, split, dev, cold=True, sub=sub)
-        cold[GMTROUTER] = _result(GMTROUTER, g, _pairs_of(g, gs, cs), n_resamples, seed)
+        cold[GMTROUTER] = _result(GMTROUTER, g, _pairs_of(g, gs, cold_cal), n_resamples, seed)
+        cold[GMTROUTER_GNN] = _result(GMTROUTER_GNN, g, _pairs_of(g, gs, cs), n_resamples, seed)
     if blind_model is not None:
         _, bs, _ = predict_groups(blind_model.to(dev), g, split, dev, sub=sub)
         methods[USER_BLIND] = _result(USER_BLIND, g, _pairs_of(g, gs, bs), n_resamples, seed)
@@ -92,6 +145,8 @@ def evaluate(model: GMTModel, g: GraphTables, split: str = S.SPLIT_TEST, *, blin
         for name, bl in fitted.items():
             bscore = np.asarray(bl.score(gs.user, qemb, cand), dtype=np.float64)
             methods[name] = _result(name, g, _pairs_of(g, gs, bscore), n_resamples, seed)
+            if cold_start and name == "global_bt":
+                cold[name] = methods[name]
             if cold_start and name == "per_user_bt":
                 unknown = np.full_like(gs.user, -1)
                 cscore = np.asarray(bl.score(unknown, qemb, cand), dtype=np.float64)
@@ -103,6 +158,7 @@ def evaluate(model: GMTModel, g: GraphTables, split: str = S.SPLIT_TEST, *, blin
         "group_steps": int(gs.size),
         "visible_history": S.SPLIT_TRAIN,
         "baseline_descriptions": BASELINE_NAMES,
+        "cold_start_calibration": calib.to_dict(),
     }
     return EvalReport(split=split, methods=methods, cold_start=cold, metadata=meta)
 

@@ -246,6 +246,36 @@ class FeedbackLog:
             conn.execute("COMMIT")
         return new_id
 
+    def append_many(self, rows: list[dict[str, Any]]) -> list[int]:
+        """Store several records in ONE transaction (all or none); return their ids.
+
+        Each row: the keyword arguments of :meth:`append`.  A pairwise
+        preference is two rows sharing a ``query_id``.
+        """
+        ts_now = time.time()
+        values = []
+        for row in rows:
+            values.append((
+                ts_now if row.get("ts") is None else _finite(COL_TS, row["ts"]),
+                _req_str(C_USER_ID, row.get("user_id")),
+                _opt_str(COL_SESSION_ID, row.get("session_id")),
+                _opt_turn(row.get("turn")),
+                _opt_str(COL_QUERY_ID, row.get("query_id")),
+                _req_str(F_QUERY, row.get("query")),
+                _req_str(F_MODEL, row.get("model")),
+                _finite(F_RATING, row.get("rating")),
+            ))
+        with self._lock:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                ids = [int(conn.execute(_INSERT_SQL, v).lastrowid) for v in values]
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        return ids
+
     # ------------------------------------------------------------------ reading
     def read(self, since_id: int = 0, limit: int | None = None) -> list[FeedbackRecord]:
         """Records with ``id > since_id`` in id order (at most ``limit`` of them)."""

@@ -12,6 +12,23 @@ routing needs one small GNN call per changed user and one predictor call
 per batch.  Under other relation sets (``full``) LLM and query nodes receive
 messages from everybody's history; the router then recomputes the whole
 history graph after feedback (exact, slower).
+
+On top of the GNN, each user has an online residual (``gmt_model.personal``):
+a Bayesian logistic model over LLM indicators and LLM x query features whose
+mixture prior lets a user be crowd-like or idiosyncratic; it converges to
+what the user told us, whatever the GNN says.  Unknown users get the
+crowd-calibrated cold-start scores.  The routing policy is greedy, Thompson
+sampling from the user's posterior, or epsilon-greedy.
+
+Consistency model of the feedback log: every process applies its own
+feedback at once (read-your-writes), appends it to the shared SQLite log,
+and applies rows that other processes appended within
+``feedback_sync_interval`` seconds (on its next call after that).  A router
+that starts replays the log rows newer than its checkpoint's training data
+(``meta.feedback_through_id``) in id order, so a restarted router routes as
+the one before it; processes that have applied the same rows agree (the
+routing depends on the set of rows, up to float rounding, not on the order
+in which different users' rows arrived).
 """
 
 from __future__ import annotations
@@ -20,6 +37,7 @@ import math
 import re
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -34,6 +52,8 @@ from .config import RouterConfig, load_router_config
 from .errors import RoutingError
 from .graph import relation_edges
 from .model import GMTModel
+from .personal import (POLICIES, CrowdCalibration, PersonalConfig, Posterior, QueryBasis, build_evidence,
+                       fit_calibration, fit_posterior)
 
 __all__ = ["GMTRouter", "RoutingError"]
 
@@ -101,16 +121,45 @@ class GMTRouter:
             self._llm_static = self.model.gnn.isolated(S.LLM, llm_x)
             cold_x = self.model.gnn.user_start[None, :]
             self._cold_rep = self.model.gnn.isolated(S.USER, cold_x)[0]
+        # online personalization
+        try:
+            self.personal = PersonalConfig.from_dict(config.personalization, "router.personalization")
+        except (TypeError, ValueError) as e:
+            raise RoutingError(str(e)) from None
+        if config.policy not in POLICIES:
+            raise RoutingError(f"router.policy: expected one of {POLICIES}, got {config.policy!r}")
+        self.policy = config.policy
+        self.epsilon = float(config.epsilon)
+        self._rng = np.random.default_rng(config.seed)
+        self._basis = QueryBasis(h.query_emb, self.personal.query_dims)
+        self._post: dict[int, Posterior] = {}
+        self._prior = fit_posterior(build_evidence(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0),
+                                                   np.zeros((0, self._basis.dims + 1)),
+                                                   np.zeros((0, len(self.llms))), self.personal),
+                                    self.personal, len(self.llms), self._basis.dims)
+        self._group_key: dict[tuple[str, str], int] = {}
+        self._next_group = int(h.group.max()) + 1 if h.group is not None and h.group.size else 0
+        self.calibration = self._fit_calibration()
+        # durable feedback: replay what is newer than the training data, then follow other processes
+        self.feedback_through_id = int(ck.meta.get("feedback_through_id", 0) or 0)
+        self._synced_id = self.feedback_through_id
+        self._own_ids: set[int] = set()
+        self._last_sync = 0.0
+        self.replayed = 0
+        if self.feedback_log is not None and config.replay_feedback:
+            self.replayed = self.sync_feedback(force=True)
 
     # ---------------------------------------------------------------- loading
     @classmethod
     def from_checkpoint(cls, directory: str | Path, *, device: str | None = None, encoder: Any = None,
                         feedback_log: str | Path | None = None, candidates: Sequence[str] | None = None,
-                        threads: int | None = None) -> "GMTRouter":
+                        threads: int | None = None, **options: Any) -> "GMTRouter":
+        """``options``: the other ``RouterConfig`` fields (``policy``, ``epsilon``, ``seed``,
+        ``personalization``, ``replay_feedback``, ``feedback_sync_interval``, ``history_turns``)."""
         cfg = RouterConfig(checkpoint=str(directory), device=device, threads=threads,
                            feedback_log=str(feedback_log) if feedback_log else None,
                            candidates=list(candidates) if candidates else None,
-                           encoder=encoder if isinstance(encoder, str) else None)
+                           encoder=encoder if isinstance(encoder, str) else None, **options)
         return cls(config=cfg, encoder=None if isinstance(encoder, str) else encoder)
 
     @classmethod
@@ -273,6 +322,7 @@ class GMTRouter:
         if not parsed:
             return []
         with self._lock, torch.inference_mode():
+            self._maybe_sync()
             emb = self.embed([p[0] for p in parsed])
             uidx = [self._user_index.get(p[1], -1) for p in parsed]
             known = [u for u in uidx if u >= 0]
@@ -296,18 +346,45 @@ class GMTRouter:
                 cand_idx[i, : len(ids)] = ids
                 mask[i, : len(ids)] = True
             llm_vecs = self._llm_reps()[torch.from_numpy(cand_idx).to(self.device)]
-            scores = self.model.score(uv, qv, llm_vecs).float().cpu().numpy()
+            scores = self.model.score(uv, qv, llm_vecs).float().cpu().numpy().astype(np.float64)
+            z = self._basis(emb)
             results = []
             for i, ((text, user, session, cands, turn, ctx), u) in enumerate(zip(parsed, uidx)):
+                c_idx = cand_idx[i, : len(cands)]
                 s = scores[i, : len(cands)]
-                results.append(self._result(user, session, turn, cands, s, u, bool(ctx)))
+                hist = len(self._rows_of.get(u, [])) if u >= 0 else 0
+                post = None
+                if self.personal.enabled:
+                    if hist == 0 and not ctx:
+                        s = self.calibration.apply(s, c_idx)
+                        post = self._prior
+                    else:
+                        post = self._posterior(u) if hist > 0 else self._prior
+                        s = s + self._residual(post.mean, c_idx, z[i])
+                choice = self._choose(s, post, c_idx, z[i])
+                results.append(self._result(user, session, turn, cands, s, u, bool(ctx), choice, post))
             return results
 
+    def _residual(self, r: np.ndarray, c_idx: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """Residual logits of the candidates ``c_idx`` for query features ``z``."""
+        return r.reshape(len(self.llms), -1)[c_idx] @ z
+
+    def _choose(self, s: np.ndarray, post: Posterior | None, c_idx: np.ndarray, z: np.ndarray) -> int:
+        """The policy's choice among the candidates (``s``: the posterior-mean scores)."""
+        if self.policy == "thompson" and post is not None:
+            sampled = s - self._residual(post.mean, c_idx, z) + self._residual(post.sample(self._rng), c_idx, z)
+            return int(np.argmax(sampled))
+        if self.policy == "epsilon" and s.size > 1 and self._rng.random() < self.epsilon:
+            return int(self._rng.integers(s.size))
+        return int(np.argmax(s))
+
     def _result(self, user: str, session: str | None, turn: int | None, cands: list[str], s: np.ndarray,
-                u: int, used_ctx: bool) -> dict[str, Any]:
+                u: int, used_ctx: bool, choice: int | None = None, post: Posterior | None = None) -> dict[str, Any]:
         p = np.exp(s - s.max())
         p = p / p.sum()
-        best = int(np.argmax(s))
+        greedy = int(np.argmax(s))
+        best = greedy if choice is None else int(choice)
+        explore = best != greedy
         others = np.delete(s, best)
         pref = float(np.mean(1.0 / (1.0 + np.exp(-(s[best] - others))))) if others.size else 1.0
         hist = len(self._rows_of.get(u, [])) if u >= 0 else 0
@@ -319,13 +396,21 @@ class GMTRouter:
             st.models.append(cands[best])
             sess_note = f" in session {session} (turn {turn or st.turns})"
         if cold:
-            reasoning = (f"Cold start: no rated history for user {user}; selected {cands[best]} as the best "
-                         f"non-personalized choice for this query{sess_note}.")
+            reasoning = (f"Cold start: no rated history for user {user}; {cands[greedy]} is the best "
+                         f"non-personalized choice for this query (crowd-calibrated){sess_note}.")
         else:
             extra = " and the conversation's earlier turns" if used_ctx else ""
-            reasoning = (f"Selected based on user {user}'s learned preferences ({hist} rated interactions){extra} "
-                         f"and the query{sess_note}: {cands[best]} has the highest predicted preference "
-                         f"(p={p[best]:.2f} among {len(cands)} candidates).")
+            own = ""
+            if post is not None and post.n:
+                own = (f"; the user's own votes ({post.n}) weigh in, "
+                       f"{'a taste unlike the crowd' if post.p_wide > 0.5 else 'close to the crowd'} "
+                       f"(p={post.p_wide:.2f})")
+            reasoning = (f"Selected based on user {user}'s learned preferences ({hist} rated interactions){extra}"
+                         f"{own} and the query{sess_note}: {cands[greedy]} has the highest predicted preference "
+                         f"(p={p[greedy]:.2f} among {len(cands)} candidates).")
+        if explore:
+            reasoning += (f" Exploratory choice ({self.policy}): routed to {cands[best]} instead of {cands[greedy]} "
+                          f"so the user can rate an alternative.")
         return {
             "model_name": cands[best],
             "confidence": float(p[best]),
@@ -334,7 +419,50 @@ class GMTRouter:
             "reasoning": reasoning,
             "cold_start": cold,
             "history_size": hist,
+            "exploration": explore,
+            "policy": self.policy,
         }
+
+    # ------------------------------------------------------ online residual
+    def _history_scores(self, u: int, rows: np.ndarray) -> np.ndarray:
+        """GNN logits (n, L) of every LLM for the queries of the user's history rows."""
+        if rows.size == 0:
+            return np.zeros((0, len(self.llms)))
+        emb = torch.from_numpy(np.ascontiguousarray(self._hist.emb[rows])).to(self.device)
+        qv = self.model.gnn.isolated(S.QUERY, self.model.gnn.project_query(emb))
+        llm = self._llm_reps()
+        uv = self._user_rep[u]
+        n = rows.size
+        return self.model.score(uv.expand(n, -1), qv, llm.expand(n, -1, -1)).float().cpu().numpy().astype(np.float64)
+
+    def _posterior(self, u: int) -> Posterior:
+        post = self._post.get(u)
+        if post is None:
+            rows = np.asarray(self._rows_of.get(u, [])[-self.personal.window:], dtype=np.int64)
+            self._ensure_user_reps([u])
+            h = self._hist
+            ev = build_evidence(h.group[rows], h.llm[rows], h.rating[rows], self._basis(h.emb[rows]),
+                                self._history_scores(u, rows), self.personal)
+            post = fit_posterior(ev, self.personal, len(self.llms), self._basis.dims)
+            self._post[u] = post
+        return post
+
+    def posterior(self, user_id: str) -> Posterior | None:
+        """The user's residual posterior (None for a user without rated history)."""
+        u = self._user_index.get(user_id)
+        if u is None or not self._rows_of.get(u):
+            return None
+        with self._lock, torch.inference_mode():
+            return self._posterior(u)
+
+    def _fit_calibration(self) -> CrowdCalibration:
+        """Cold-start calibration on the checkpoint history's comparison pairs."""
+        from .engine import cold_calibration
+
+        h = self._hist
+        with torch.inference_mode():
+            return cold_calibration(self.model, h.emb, h.llm, h.group, h.rating, self._llm_reps(), self._cold_rep,
+                                    len(self.llms))
 
     # ------------------------------------------------------ multi-turn context
     def _parse_history(self, hist: Any) -> list[tuple[str, str, float]]:
@@ -380,44 +508,138 @@ class GMTRouter:
         return reps[S.USER][int(np.flatnonzero(users == user_local)[0])]
 
     # --------------------------------------------------------------- feedback
+    def _check_turn(self, turn: Any) -> int | None:
+        if turn is not None and (isinstance(turn, bool) or not isinstance(turn, int) or turn < 1):
+            raise RoutingError(f"field 'turn': expected an integer >= 1, got {turn!r}")
+        return turn
+
+    def _check_model(self, model: Any, field_name: str = "model") -> str:
+        if not isinstance(model, str) or model not in self._llm_index:
+            raise RoutingError(f"field {field_name!r}: unknown LLM {model!r}; known: {self.llms}")
+        return model
+
     def update_user_feedback(self, user_id: str, query: str, model: str, rating: float,
                              session_id: str | None = None, turn: int | None = None) -> dict[str, Any]:
         """Add a rated interaction to the user's history (live graph) and the
-        durable feedback log; the next route for this user reflects it."""
+        durable feedback log; the next route for this user reflects it.
+
+        Two ratings of different LLMs for the same query text are a comparison."""
         t0 = time.perf_counter()
         user_id = self._check_id(user_id, "user_id")  # type: ignore[assignment]
         query = self._check_query(query, "query")
         session_id = self._check_id(session_id, "session_id", required=False)
-        if not isinstance(model, str) or model not in self._llm_index:
-            raise RoutingError(f"field 'model': unknown LLM {model!r}; known: {self.llms}")
+        model = self._check_model(model)
         raw = self._check_rating(rating)
-        if turn is not None and (isinstance(turn, bool) or not isinstance(turn, int) or turn < 1):
-            raise RoutingError(f"field 'turn': expected an integer >= 1, got {turn!r}")
+        turn = self._check_turn(turn)
         emb = self.embed([query])[0]
         with self._lock:
+            self._maybe_sync()
+            ids = None
             if self.feedback_log is not None:
-                self.feedback_log.append(user_id, query, model, raw, session_id=session_id, turn=turn)
-            u = self._user_index.get(user_id)
-            if u is None:
-                u = self._user_index[user_id] = len(self.users)
-                self.users.append(user_id)
-            lo, hi = self.rating_scale
-            norm = (raw - lo) / ((hi - lo) or 1.0)
-            prev = -1
-            if session_id is not None:
-                st = self._sessions.setdefault((user_id, session_id), _Session())
-                prev = st.last_row
-            row = self._hist.append(u, self._llm_index[model], float(norm), prev, emb)
-            self._rows_of.setdefault(u, []).append(row)
-            if session_id is not None:
-                self._sessions[(user_id, session_id)].last_row = row
-            if self._per_user_exact:
-                self._user_rep.pop(u, None)
-            else:
-                self._user_rep.clear()
-                self._global_reps = None
+                ids = [self.feedback_log.append(user_id, query, model, raw, session_id=session_id, turn=turn)]
+                self._own_ids.update(ids)
+            u = self._apply(user_id, query, model, raw, session_id, None, emb)
         return {"user_id": user_id, "model": model, "rating": raw, "history_size": len(self._rows_of[u]),
-                "applied_ms": (time.perf_counter() - t0) * 1000.0}
+                "feedback_id": ids[0] if ids else None, "applied_ms": (time.perf_counter() - t0) * 1000.0}
+
+    def update_user_preference(self, user_id: str, query: str, preferred: str, rejected: str,
+                               session_id: str | None = None, turn: int | None = None) -> dict[str, Any]:
+        """Pairwise feedback: for this query the user preferred ``preferred`` over
+        ``rejected``.  Stored as two log rows in one transaction (top and bottom
+        of the rating scale, one comparison key) and applied at once."""
+        t0 = time.perf_counter()
+        user_id = self._check_id(user_id, "user_id")  # type: ignore[assignment]
+        query = self._check_query(query, "query")
+        session_id = self._check_id(session_id, "session_id", required=False)
+        preferred = self._check_model(preferred, "preferred")
+        rejected = self._check_model(rejected, "rejected")
+        if preferred == rejected:
+            raise RoutingError("field 'rejected': must differ from 'preferred'")
+        turn = self._check_turn(turn)
+        lo, hi = self.rating_scale
+        key = f"pref:{uuid.uuid4().hex}"
+        emb = self.embed([query])[0]
+        rows = [dict(user_id=user_id, query=query, model=preferred, rating=hi, session_id=session_id, turn=turn,
+                     query_id=key),
+                dict(user_id=user_id, query=query, model=rejected, rating=lo, session_id=session_id, turn=turn,
+                     query_id=key)]
+        with self._lock:
+            self._maybe_sync()
+            ids = None
+            if self.feedback_log is not None:
+                ids = self.feedback_log.append_many(rows)
+                self._own_ids.update(ids)
+            for r in rows:
+                u = self._apply(user_id, query, r["model"], r["rating"], session_id, key, emb)
+        return {"user_id": user_id, "preferred": preferred, "rejected": rejected, "feedback_ids": ids,
+                "history_size": len(self._rows_of[u]), "applied_ms": (time.perf_counter() - t0) * 1000.0}
+
+    def _apply(self, user_id: str, query: str, model: str, raw: float, session_id: str | None,
+               query_id: str | None, emb: np.ndarray, link_session: bool = True) -> int:
+        """Append one rated interaction to the live history (caller holds the lock)."""
+        u = self._user_index.get(user_id)
+        if u is None:
+            u = self._user_index[user_id] = len(self.users)
+            self.users.append(user_id)
+        lo, hi = self.rating_scale
+        norm = (raw - lo) / ((hi - lo) or 1.0)
+        gkey = (user_id, query_id if query_id else "text:" + query)
+        group = self._group_key.get(gkey)
+        if group is None:
+            group = self._group_key[gkey] = self._next_group
+            self._next_group += 1
+        prev = -1
+        st = None
+        if session_id is not None:
+            st = self._sessions.setdefault((user_id, session_id), _Session())
+            prev = st.last_row
+            if query_id is not None and st.last_row >= 0 and self._hist.group[st.last_row] == group:
+                prev = int(self._hist.prev[st.last_row])  # both sides of one comparison follow the same turn
+        row = self._hist.append(u, self._llm_index[model], float(norm), prev, emb, group)
+        self._rows_of.setdefault(u, []).append(row)
+        if st is not None and (query_id is None or st.last_row < 0 or self._hist.group[st.last_row] != group):
+            st.last_row = row
+        if self._per_user_exact:
+            self._user_rep.pop(u, None)
+            self._post.pop(u, None)
+        else:
+            self._user_rep.clear()
+            self._post.clear()
+            self._global_reps = None
+        return u
+
+    def _maybe_sync(self) -> None:
+        iv = self.config.feedback_sync_interval
+        if self.feedback_log is None or iv < 0:
+            return
+        if time.monotonic() - self._last_sync >= iv:
+            self.sync_feedback()
+
+    def sync_feedback(self, force: bool = False) -> int:
+        """Apply the log rows appended (by any process) since the last sync, in id
+        order, skipping this router's own; returns how many were applied."""
+        if self.feedback_log is None:
+            return 0
+        with self._lock:
+            rows = self.feedback_log.read(since_id=self._synced_id)
+            self._last_sync = time.monotonic()
+            todo = [r for r in rows if r.id not in self._own_ids]
+            applied = 0
+            if todo:
+                valid = [r for r in todo if r.model in self._llm_index]
+                emb = self.embed(list(dict.fromkeys(r.query for r in valid)))
+                by_text = {t: i for i, t in enumerate(dict.fromkeys(r.query for r in valid))}
+                lo, hi = self.rating_scale
+                for r in valid:
+                    if not (isinstance(r.user_id, str) and _ID_RE.match(r.user_id)):
+                        continue
+                    raw = min(max(float(r.rating), lo), hi)
+                    self._apply(r.user_id, r.query, r.model, raw, r.session_id, r.query_id, emb[by_text[r.query]])
+                    applied += 1
+            if rows:
+                self._synced_id = rows[-1].id
+                self._own_ids = {i for i in self._own_ids if i > self._synced_id}
+            return applied
 
     def history(self) -> History:
         """The current rated history (checkpoint + feedback)."""
@@ -425,7 +647,7 @@ class GMTRouter:
             hist = self._hist
             return History(user=hist.user.copy(), llm=hist.llm.copy(), rating=hist.rating.copy(),
                            prev=hist.prev.copy(), query_emb=hist.emb.copy(),
-                           llm_emb=self.checkpoint.history.llm_emb)
+                           llm_emb=self.checkpoint.history.llm_emb, group=hist.group.copy())
 
 
 class _GrowingHistory:
@@ -439,13 +661,14 @@ class _GrowingHistory:
         self._rating = np.zeros(cap, np.float32)
         self._prev = np.full(cap, -1, np.int64)
         self._emb = np.zeros((cap, h.query_emb.shape[1]), np.float32)
+        self._group = np.zeros(cap, np.int64)
         for name, src in (("_user", h.user), ("_llm", h.llm), ("_rating", h.rating), ("_prev", h.prev),
-                          ("_emb", h.query_emb)):
+                          ("_emb", h.query_emb), ("_group", h.group)):
             getattr(self, name)[: self.n] = src
 
-    def append(self, user: int, llm: int, rating: float, prev: int, emb: np.ndarray) -> int:
+    def append(self, user: int, llm: int, rating: float, prev: int, emb: np.ndarray, group: int) -> int:
         if self.n == self._user.shape[0]:
-            for name in ("_user", "_llm", "_rating", "_prev", "_emb"):
+            for name in ("_user", "_llm", "_rating", "_prev", "_emb", "_group"):
                 old = getattr(self, name)
                 new = np.zeros((old.shape[0] * 2,) + old.shape[1:], old.dtype)
                 new[: self.n] = old[: self.n]
@@ -453,6 +676,7 @@ class _GrowingHistory:
         row = self.n
         self._user[row], self._llm[row], self._rating[row], self._prev[row] = user, llm, rating, prev
         self._emb[row] = emb
+        self._group[row] = group
         self.n += 1
         return row
 
@@ -461,6 +685,7 @@ class _GrowingHistory:
     rating = property(lambda self: self._rating[: self.n])
     prev = property(lambda self: self._prev[: self.n])
     emb = property(lambda self: self._emb[: self.n])
+    group = property(lambda self: self._group[: self.n])
 
 
 @dataclass

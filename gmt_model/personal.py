@@ -1,0 +1,350 @@
+"""Online personalization on top of the GNN: a per-user Bayesian logistic residual.
+
+The GNN is the prior.  For each user with rated interactions, the final score
+of LLM ``m`` for a query ``q`` is::
+
+    s(u, q, m) = s_gnn(u, q, m) + r_u . phi(q, m)
+
+``phi(q, m)`` is the one-hot of ``m`` times ``[1, z(q)]``, where ``z(q)`` is
+the query embedding projected on the first ``query_dims`` principal
+components of the training queries (unit variance): a per-LLM bias plus a
+per-LLM, topic-dependent term.
+
+``r_u`` has a two-component Gaussian-mixture prior: a tight component (the
+user is like the crowd the GNN learned from: the residual stays near 0 and
+the noise of a few votes cannot move routing much) and a wide one (the user
+has a taste no training user had: the residual can grow as large as the
+evidence demands).  Each component's posterior is a Laplace approximation
+found by Newton's method; the components are re-weighted by their
+approximate marginal likelihoods, so the evidence decides which prior
+applies.  As votes accumulate the wide component's posterior concentrates
+on the user's own stated preferences, whatever the GNN says.
+
+Evidence, from the user's rated interactions:
+
+* pairs: two LLMs rated differently for the same query (same comparison
+  group): ``P(a beats b) = sigmoid(s_a - s_b + r.(phi_a - phi_b))``;
+* single ratings (a query with one rated LLM): the rating, centred on the
+  user's mean rating, is a soft label for "this LLM beats the average
+  candidate", with weight ``point_weight``.
+
+Cold start (an empty history) uses :class:`CrowdCalibration`:
+``alpha * s_cold + c_m``, fitted on the training pairs, which contains global
+Bradley-Terry as the special case ``alpha = 0``; so an unknown user's routing
+is at least as good as the crowd's Bradley-Terry on the training data.
+
+numpy only; no torch here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+
+__all__ = ["PersonalConfig", "QueryBasis", "Evidence", "Posterior", "fit_posterior", "CrowdCalibration",
+           "fit_calibration", "centre_ratings", "build_evidence", "group_pairs", "POLICIES"]
+
+POLICIES = ("greedy", "thompson", "epsilon")
+
+
+@dataclass
+class PersonalConfig:
+    """Settings of the online part (``router.personalization`` in the test config)."""
+
+    enabled: bool = True
+    tight: float = 0.15  # prior std (logit units) of the crowd-like component
+    wide: float = 3.0  # prior std of the idiosyncratic component
+    p_wide: float = 0.1  # prior weight of the idiosyncratic component
+    query_dims: int = 4  # principal components of the query embedding in phi
+    query_scale: float = 0.5  # prior std of the query terms relative to the LLM terms
+    point_weight: float = 0.5  # weight of a single rating relative to a pair
+    window: int = 400  # most recent rated interactions of a user the residual is fitted on
+    newton_iters: int = 30
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None, where: str = "personalization") -> "PersonalConfig":
+        raw = dict(raw or {})
+        names = {f.name for f in fields(cls)}
+        unknown = set(raw) - names
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(names)}")
+        cfg = cls(**raw)
+        for k in ("tight", "wide", "query_scale"):
+            v = getattr(cfg, k)
+            if not isinstance(v, (int, float)) or not v > 0 or not math.isfinite(v):
+                raise ValueError(f"{where}.{k}: expected a positive number, got {v!r}")
+        if not 0.0 <= cfg.p_wide <= 1.0:
+            raise ValueError(f"{where}.p_wide: expected a number in [0, 1], got {cfg.p_wide!r}")
+        if cfg.point_weight < 0:
+            raise ValueError(f"{where}.point_weight: expected >= 0, got {cfg.point_weight!r}")
+        if int(cfg.query_dims) < 0 or int(cfg.window) < 1:
+            raise ValueError(f"{where}: query_dims >= 0 and window >= 1 required")
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class QueryBasis:
+    """``z(q)``: the query embedding on the first principal components of the
+    training queries, scaled to unit variance (deterministic)."""
+
+    def __init__(self, query_emb: np.ndarray, dims: int, max_rows: int = 20_000) -> None:
+        q = np.asarray(query_emb, dtype=np.float64)
+        self.dims = int(min(dims, q.shape[1], max(q.shape[0] - 1, 0)))
+        self.mean = q.mean(axis=0) if q.shape[0] else np.zeros(q.shape[1])
+        if self.dims == 0:
+            self.comp = np.zeros((0, q.shape[1]))
+            self.scale = np.ones(0)
+            return
+        if q.shape[0] > max_rows:
+            q = q[np.linspace(0, q.shape[0] - 1, max_rows).astype(np.int64)]
+        _, s, vt = np.linalg.svd(q - self.mean, full_matrices=False)
+        self.comp = vt[: self.dims]
+        sd = s[: self.dims] / math.sqrt(max(q.shape[0] - 1, 1))
+        self.scale = np.where(sd > 1e-9, sd, 1.0)
+        # a fixed sign per component (SVD's sign is arbitrary)
+        flip = np.sign(self.comp[np.arange(self.dims), np.abs(self.comp).argmax(axis=1)])
+        self.comp = self.comp * flip[:, None]
+
+    def __call__(self, emb: np.ndarray) -> np.ndarray:
+        """(n, d) embeddings -> (n, 1 + dims): ``[1, z]``."""
+        e = np.asarray(emb, dtype=np.float64).reshape(-1, self.mean.shape[0])
+        z = (e - self.mean) @ self.comp.T / self.scale if self.dims else np.zeros((e.shape[0], 0))
+        return np.concatenate([np.ones((e.shape[0], 1)), z], axis=1)
+
+
+@dataclass
+class Evidence:
+    """Observations of one user, as rows of a logistic model ``sigmoid(offset + x . r)``.
+
+    ``x``: (n, L * (1 + dims)) feature differences; ``offset``: the GNN's
+    logit; ``y``: (soft) labels in [0, 1]; ``w``: weights.
+    """
+
+    x: np.ndarray
+    offset: np.ndarray
+    y: np.ndarray
+    w: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return int(self.y.size)
+
+
+@dataclass
+class Posterior:
+    """Mixture posterior of one user's residual (flattened ``(L, 1 + dims)``)."""
+
+    means: list[np.ndarray]  # per component
+    covs_chol: list[np.ndarray]  # lower Cholesky factor of each component's posterior covariance
+    weights: np.ndarray  # posterior component weights
+    n: int  # observations used
+
+    @property
+    def mean(self) -> np.ndarray:
+        return sum(w * m for w, m in zip(self.weights, self.means))
+
+    def sample(self, rng: np.random.Generator) -> np.ndarray:
+        c = int(rng.choice(len(self.means), p=self.weights))
+        return self.means[c] + self.covs_chol[c] @ rng.standard_normal(self.means[c].size)
+
+    @property
+    def p_wide(self) -> float:
+        return float(self.weights[-1])
+
+
+def _prior_precision(cfg: PersonalConfig, n_llms: int, dims: int, std: float) -> np.ndarray:
+    per = np.r_[1.0, np.full(dims, cfg.query_scale)] * std
+    return np.tile(1.0 / per ** 2, n_llms)
+
+
+def _newton(ev: Evidence, prec: np.ndarray, iters: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """MAP of the logistic model with prior N(0, diag(1/prec)); returns (r, H, f(r))."""
+    r = np.zeros(prec.size)
+    x, o, y, w = ev.x, ev.offset, ev.y, ev.w
+
+    def objective(rv: np.ndarray) -> float:
+        t = o + x @ rv
+        # -[y log s(t) + (1-y) log s(-t)] = softplus(t) - y t
+        return float(np.sum(w * (np.logaddexp(0.0, t) - y * t)) + 0.5 * np.sum(prec * rv * rv))
+
+    f = objective(r)
+    h = np.diag(prec)
+    for _ in range(iters):
+        t = o + x @ r
+        p = 0.5 * (1.0 + np.tanh(0.5 * t))
+        g = x.T @ (w * (p - y)) + prec * r
+        h = (x.T * (w * p * (1.0 - p))) @ x + np.diag(prec)
+        step = np.linalg.solve(h, g)
+        lr = 1.0
+        while True:  # backtracking: the objective is convex, Newton may overshoot on separable data
+            cand = r - lr * step
+            fc = objective(cand)
+            if fc <= f + 1e-12 or lr < 1e-4:
+                break
+            lr *= 0.5
+        done = abs(f - fc) < 1e-9 * max(1.0, abs(f))
+        r, f = cand, fc
+        if done:
+            break
+    t = o + x @ r
+    p = 0.5 * (1.0 + np.tanh(0.5 * t))
+    h = (x.T * (w * p * (1.0 - p))) @ x + np.diag(prec)
+    return r, h, f
+
+
+def fit_posterior(ev: Evidence, cfg: PersonalConfig, n_llms: int, dims: int) -> Posterior:
+    """The mixture posterior of one user's residual given the evidence."""
+    comps = [(1.0 - cfg.p_wide, cfg.tight), (cfg.p_wide, cfg.wide)]
+    means, chols, logz = [], [], []
+    for prior_w, std in comps:
+        prec = _prior_precision(cfg, n_llms, dims, std)
+        if ev.n:
+            r, h, f = _newton(ev, prec, cfg.newton_iters)
+        else:
+            r, h, f = np.zeros(prec.size), np.diag(prec), 0.0
+        lh = np.linalg.cholesky(h)
+        # Laplace: log p(D) ~ -f(r) - 1/2 log|H| + 1/2 log|P|
+        lz = -f - np.sum(np.log(np.diag(lh))) + 0.5 * np.sum(np.log(prec))
+        logz.append(math.log(prior_w) + lz if prior_w > 0 else -math.inf)
+        means.append(r)
+        # covariance H^-1 = L^-T L^-1: its Cholesky-like factor for sampling is L^-T
+        chols.append(np.linalg.solve(lh.T, np.eye(h.shape[0])))
+    lz = np.array(logz)
+    wts = np.exp(lz - lz.max())
+    wts /= wts.sum()
+    return Posterior(means=means, covs_chol=chols, weights=wts, n=ev.n)
+
+
+def build_evidence(group: np.ndarray, llm: np.ndarray, rating: np.ndarray, z: np.ndarray, scores: np.ndarray,
+                   cfg: PersonalConfig) -> Evidence:
+    """Evidence of one user's rated interactions (oldest first).
+
+    ``group``: comparison key of each row (rows of one query rated together);
+    ``llm``, ``rating`` (normalised); ``z``: (n, 1 + dims) query features;
+    ``scores``: (n, L) the GNN's logits of every LLM for the row's query.
+    A later rating of the same LLM in the same group replaces an earlier one.
+    """
+    n, n_llms = scores.shape
+    k = z.shape[1]
+    d = n_llms * k
+    # last rating of each (group, llm)
+    key = np.asarray(group, np.int64) * (n_llms + 1) + np.asarray(llm, np.int64)
+    _, last_rev = np.unique(key[::-1], return_index=True)
+    keep = np.sort(n - 1 - last_rev)
+    g, m, r = np.asarray(group)[keep], np.asarray(llm)[keep], np.asarray(rating, np.float64)[keep]
+    order = np.argsort(g, kind="stable")
+    g, m, r, rows = g[order], m[order], r[order], keep[order]
+    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+    sizes = np.diff(np.r_[starts, g.size])
+    xs, offs, ys, ws = [], [], [], []
+    # pairs inside groups of size >= 2
+    multi = starts[sizes >= 2]
+    msz = sizes[sizes >= 2]
+    ia, ib = [], []
+    for s0, sz in zip(multi.tolist(), msz.tolist()):
+        a, b = np.triu_indices(sz, 1)
+        ia.append(a + s0)
+        ib.append(b + s0)
+    if ia:
+        a, b = np.concatenate(ia), np.concatenate(ib)
+        diff = r[a] != r[b]
+        a, b = a[diff], b[diff]
+        row = rows[a]
+        x = np.zeros((a.size, d))
+        cols = np.arange(k)
+        x[np.arange(a.size)[:, None], m[a][:, None] * k + cols] += z[row]
+        x[np.arange(a.size)[:, None], m[b][:, None] * k + cols] -= z[row]
+        xs.append(x)
+        offs.append(scores[row, m[a]] - scores[row, m[b]])
+        ys.append((r[a] > r[b]).astype(np.float64))
+        ws.append(np.ones(a.size))
+    # single ratings: this LLM against the average LLM
+    single = starts[sizes == 1]
+    if single.size and cfg.point_weight > 0:
+        row = rows[single]
+        x = np.zeros((single.size, d))
+        x -= np.tile(z[row], (1, n_llms)) / n_llms
+        cols = np.arange(k)
+        x[np.arange(single.size)[:, None], m[single][:, None] * k + cols] += z[row]
+        xs.append(x)
+        offs.append(scores[row, m[single]] - scores[row].mean(axis=1))
+        ys.append(centre_ratings(r[single]))
+        ws.append(np.full(single.size, float(cfg.point_weight)))
+    if not xs:
+        return Evidence(x=np.zeros((0, d)), offset=np.zeros(0), y=np.zeros(0), w=np.zeros(0))
+    return Evidence(x=np.concatenate(xs), offset=np.concatenate(offs), y=np.concatenate(ys), w=np.concatenate(ws))
+
+
+def group_pairs(group: np.ndarray, rating: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair of rows rated together (same ``group``) with different
+    ratings: (row_a, row_b, label), label 1 when a was rated higher."""
+    group = np.asarray(group, np.int64)
+    order = np.argsort(group, kind="stable")
+    g = group[order]
+    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]]) if g.size else np.zeros(0, np.int64)
+    sizes = np.diff(np.r_[starts, g.size])
+    ia, ib = [], []
+    for k in np.unique(sizes[sizes >= 2]).tolist():
+        s0 = starts[sizes == k]
+        a, b = np.triu_indices(k, 1)
+        ia.append((s0[:, None] + a[None, :]).ravel())
+        ib.append((s0[:, None] + b[None, :]).ravel())
+    if not ia:
+        z = np.zeros(0, np.int64)
+        return z, z, np.zeros(0)
+    a, b = order[np.concatenate(ia)], order[np.concatenate(ib)]
+    r = np.asarray(rating, np.float64)
+    keep = r[a] != r[b]
+    a, b = a[keep], b[keep]
+    return a, b, (r[a] > r[b]).astype(np.float64)
+
+
+def centre_ratings(y: np.ndarray, pseudo: float = 2.0) -> np.ndarray:
+    """Single ratings (normalised to [0, 1]) as soft labels centred on the
+    user's mean (shrunk to the scale's midpoint by ``pseudo`` observations)."""
+    y = np.asarray(y, dtype=np.float64)
+    if y.size == 0:
+        return y
+    mean = (y.sum() + 0.5 * pseudo) / (y.size + pseudo)
+    return np.clip(0.5 + (y - mean), 0.0, 1.0)
+
+
+@dataclass
+class CrowdCalibration:
+    """Cold-start scores ``alpha * s_cold + bias[m]`` (logit units)."""
+
+    alpha: float
+    bias: np.ndarray  # (L,)
+
+    def apply(self, scores: np.ndarray, llm: np.ndarray) -> np.ndarray:
+        return self.alpha * np.asarray(scores, dtype=np.float64) + self.bias[np.asarray(llm)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"alpha": float(self.alpha), "bias": [float(b) for b in self.bias]}
+
+
+def fit_calibration(diff: np.ndarray, llm_a: np.ndarray, llm_b: np.ndarray, label: np.ndarray, n_llms: int,
+                    l2: float = 1e-2, iters: int = 50) -> CrowdCalibration:
+    """Fit ``P(a beats b) = sigmoid(alpha * diff + bias_a - bias_b)`` on non-tied
+    training pairs (``diff`` = cold-start score of a minus that of b).  With
+    ``alpha = 0`` this is global Bradley-Terry, so the fit is never worse
+    than it on these pairs."""
+    keep = np.asarray(label) != 0.5
+    diff, llm_a, llm_b = np.asarray(diff, np.float64)[keep], np.asarray(llm_a)[keep], np.asarray(llm_b)[keep]
+    y = np.asarray(label, np.float64)[keep]
+    if y.size == 0:
+        return CrowdCalibration(alpha=1.0, bias=np.zeros(n_llms))
+    n = y.size
+    x = np.zeros((n, 1 + n_llms))
+    x[:, 0] = diff
+    x[np.arange(n), 1 + llm_a] += 1.0
+    x[np.arange(n), 1 + llm_b] -= 1.0
+    ev = Evidence(x=x, offset=np.zeros(n), y=y, w=np.ones(n))
+    r, _, _ = _newton(ev, np.full(1 + n_llms, l2), iters)
+    bias = r[1:] - r[1:].mean()
+    return CrowdCalibration(alpha=float(r[0]), bias=bias)
