@@ -33,7 +33,9 @@ Comparisons are never merged when no human compared them: several
 comparisons sharing ``(judge, question_id, turn)`` (e.g. different model
 pairs) get distinct question ids (``"81"``, ``"81#2"``, ``"81#3"``, ...), so
 grouping consecutive records by ``(question_id, turn, judge)`` cannot join
-them.  Identical repeated judgments (also with the sides swapped) are
+them (the output is sorted, so such comparisons are written next to each
+other; the reader accepts a key that comes back after other keys as a
+separate group, but two neighbouring runs of one key are one group).  Identical repeated judgments (also with the sides swapped) are
 dropped; contradicting ones are reported in :class:`ConversionStats`, and
 handled as ``on_conflict`` says.  Output order is deterministic: question,
 turn, judge, model pair.

@@ -4,7 +4,11 @@ The format (``../shared/design/gmtrouter.md`` section 1) is one JSON object
 per line, a *record*: one model's conversation for one
 ``(question_id, turn, judge)``.  Consecutive records sharing that key form a
 *group* of K >= 2 records (the models that answered the same question for the
-same user).  Every rule the reader checks raises :class:`FormatError`, which
+same user).  As in the reference reader, only consecutiveness makes a group:
+a key that comes back later in the file, after other keys, starts a new,
+separate group (one judge comparing several model pairs on the same
+question, as in the MT-Bench human votes); :class:`FileSummary` counts such
+groups as ``n_repeated_keys``.  Every rule the reader checks raises :class:`FormatError`, which
 names the file, the 1-based line, the field and what was expected.
 
 Field names come from :mod:`gmt_model.schema`.  In error messages a turn of a
@@ -13,7 +17,7 @@ conversation is addressed by its 0-based list index, JSON-path style:
 
 Reading is streaming: :func:`iter_records` holds one record and
 :func:`iter_groups` one group at a time (plus the set of group keys already
-seen, to reject a key that reappears non-consecutively).
+seen, to count the keys that reappear).
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ __all__ = [
     "write_jsonl",
 ]
 
-#: The "field" named by errors about group structure (size, consecutiveness).
+#: The "field" named by errors about group structure (size).
 GROUP_KEY_FIELD = f"({F_QUESTION_ID}, {F_TURN}, {F_JUDGE})"
 
 _MISSING: Any = object()
@@ -174,12 +178,18 @@ class Record:
 
 @dataclass(slots=True)
 class Group:
-    """K >= ``min_group_size`` consecutive records sharing (question_id, turn, judge)."""
+    """K >= ``min_group_size`` consecutive records sharing (question_id, turn, judge).
+
+    ``repeat`` counts the earlier groups of the same file with the same key
+    (0 for the first): a key that comes back after other keys is a separate
+    comparison, never merged with the earlier group.
+    """
 
     question_id: str
     turn: int
     judge: str
     records: list[Record]
+    repeat: int = 0
 
     @property
     def first_line(self) -> int:
@@ -211,6 +221,7 @@ class FileSummary:
     models: list[str]
     max_conversation_len: int
     n_pairs: int = 0  # comparison pairs: per group and step, K choose 2 (ties included)
+    n_repeated_keys: int = 0  # groups whose (question_id, turn, judge) already formed an earlier group
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON-able dict of the summary."""
@@ -568,14 +579,16 @@ def iter_groups(
     :func:`iter_records`, checks that each group has at least
     ``min_group_size`` records, distinct models, equal conversation lengths
     and the same query text at every turn (and the same query embedding when
-    ``check_query_emb``), and that no key reappears after its group ended.
-    A group is yielded once it is complete and valid; an error further on
+    ``check_query_emb``).  A key may come back later in the file, after
+    other keys: as in the reference reader, that run is a separate group
+    (its ``repeat`` says how many groups with that key came before).  A
+    group is yielded once it is complete and valid; an error further on
     raises :class:`FormatError` when iteration reaches it.
     """
     if not _is_int(min_group_size) or min_group_size < 1:
         raise ValueError(f"min_group_size must be an integer >= 1, got {min_group_size!r}")
     path_s = os.fspath(path)
-    seen: dict[tuple[str, int, str], int] = {}
+    seen: dict[tuple[str, int, str], int] = {}  # key -> groups with that key so far
     group: Group | None = None
     models: set[str] = set()
     for rec in iter_records(path, rating_scale=rating_scale):
@@ -589,15 +602,9 @@ def iter_groups(
             _check_size(group, min_group_size, path_s)
             done, group = group, None
             yield done
-        earlier = seen.get(key)
-        if earlier is not None:
-            raise FormatError(
-                path_s, rec.line, GROUP_KEY_FIELD,
-                f"expected records sharing ({_key_text(key)}) to be consecutive: that key already "
-                f"formed the group starting at line {earlier}, and reappears at line {rec.line}",
-            )
-        seen[key] = rec.line
-        group = Group(question_id=rec.question_id, turn=rec.turn, judge=rec.judge, records=[rec])
+        repeat = seen.get(key, 0)
+        seen[key] = repeat + 1
+        group = Group(question_id=rec.question_id, turn=rec.turn, judge=rec.judge, records=[rec], repeat=repeat)
         models = {rec.model}
     if group is not None:
         _check_size(group, min_group_size, path_s)
@@ -618,9 +625,11 @@ def validate_file(
 ) -> FileSummary:
     """Check a whole file (every rule of :func:`iter_groups`) and summarise it.
 
-    Streams; keeps only counters and the sets of judges and models.
+    Streams; keeps only counters, the sets of judges and models and the set
+    of group keys.  ``n_repeated_keys`` counts the groups whose key already
+    formed an earlier group (accepted: a separate comparison).
     """
-    n_records = n_groups = n_interactions = n_pairs = max_len = 0
+    n_records = n_groups = n_interactions = n_pairs = max_len = n_repeated = 0
     dim = 0
     encoder: str | None = None
     rmin, rmax = math.inf, -math.inf
@@ -630,6 +639,7 @@ def validate_file(
         path, rating_scale=rating_scale, min_group_size=min_group_size, check_query_emb=check_query_emb
     ):
         n_groups += 1
+        n_repeated += group.repeat > 0
         k = len(group.records)
         steps = len(group.records[0].conversation)
         n_pairs += steps * k * (k - 1) // 2
@@ -648,7 +658,7 @@ def validate_file(
     return FileSummary(
         path=os.fspath(path), n_records=n_records, n_groups=n_groups, n_interactions=n_interactions,
         dim=dim, encoder=encoder, rating_min=rmin, rating_max=rmax, judges=sorted(judges),
-        models=sorted(models), max_conversation_len=max_len, n_pairs=n_pairs,
+        models=sorted(models), max_conversation_len=max_len, n_pairs=n_pairs, n_repeated_keys=n_repeated,
     )
 
 

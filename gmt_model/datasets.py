@@ -452,6 +452,62 @@ def _key(rec: Mapping[str, Any]) -> tuple[str, int, str]:
     return (str(rec[F_QUESTION_ID]), int(rec[F_TURN]), str(rec[F_JUDGE]))
 
 
+def _separate_equal_keys(order: list[int], keys: Sequence[tuple[str, int, str]], split: str) -> list[int]:
+    """``order`` (group indices of one split file) rearranged so no two neighbours share a key.
+
+    Groups are runs of consecutive records, so two groups with the same
+    ``(question_id, turn, judge)`` written next to each other would read
+    back as one group.  Groups that already alternate keep their order; a
+    group that would touch its twin is moved to the next place where it does
+    not.  When only twins are left at the end, the split is rearranged as a
+    whole (most frequent key first, in file order within a key); when that
+    is impossible too (one key holds more than half the split's groups),
+    ``ValueError`` says so.
+    """
+    out = list(order)
+    i = 1
+    while i < len(out):
+        k = keys[out[i]]
+        if k != keys[out[i - 1]]:
+            i += 1
+            continue
+        j = next((j for j in range(i + 1, len(out)) if keys[out[j]] != k), None)
+        if j is None:
+            return _interleave(out, keys, split)
+        out.insert(i, out.pop(j))  # the moved group differs from both new neighbours
+        i += 1
+    return out
+
+
+def _interleave(order: list[int], keys: Sequence[tuple[str, int, str]], split: str) -> list[int]:
+    """Any arrangement of ``order`` without equal neighbouring keys (greedy by remaining count)."""
+    import heapq
+
+    by_key: dict[tuple[str, int, str], list[int]] = {}
+    for x in order:
+        by_key.setdefault(keys[x], []).append(x)
+    k, members = max(by_key.items(), key=lambda kv: len(kv[1]))
+    if 2 * len(members) > len(order) + 1:
+        raise ValueError(
+            f"the {split} split holds {len(members)} of its {len(order)} comparisons with the same "
+            f"(question_id={k[0]!r}, turn={k[1]}, judge={k[2]!r}): they cannot all be kept apart, and written "
+            f"next to each other they would read back as one group (use other split fractions or another seed)")
+    first = {key: n for n, key in enumerate(by_key)}
+    heap = [(-len(v), first[key], key) for key, v in by_key.items()]
+    heapq.heapify(heap)
+    pos = {key: 0 for key in by_key}
+    out: list[int] = []
+    held = None
+    while heap:
+        count, rank, key = heapq.heappop(heap)
+        out.append(by_key[key][pos[key]])
+        pos[key] += 1
+        if held is not None:
+            heapq.heappush(heap, held)
+        held = (count + 1, rank, key) if count + 1 < 0 else None
+    return out
+
+
 def _resolve_encoder(encoder: Any) -> Any:
     if encoder is None or isinstance(encoder, (str, os.PathLike)):
         from gmt_model.encoder import get_encoder
@@ -509,9 +565,6 @@ def build_jsonl(
 
     bounds = _group_bounds(records)
     keys = [_key(records[s]) for s, _ in bounds]
-    if len(set(keys)) != len(keys):
-        dup = next(k for k in keys if keys.count(k) > 1)
-        raise ValueError(f"dataset {dataset!r}: group key {dup} appears in two places; groups must be unique")
     group_users = [k[2] for k in keys]
     split_of = split_groups(group_users, fractions, seed=seed)
     for s in SPLITS:
@@ -522,7 +575,8 @@ def build_jsonl(
     embedded = demo_mod.embed_records(records, enc, llm_description_map(models, descriptions))
     paths: dict[str, Path] = {}
     for s in SPLITS:
-        rows = [embedded[i] for (a, b), sp in zip(bounds, split_of) if sp == s for i in range(a, b)]
+        order = _separate_equal_keys([j for j, sp in enumerate(split_of) if sp == s], keys, s)
+        rows = [embedded[i] for j in order for i in range(bounds[j][0], bounds[j][1])]
         paths[s] = out / SPLIT_FILES[s]
         write_jsonl(paths[s], rows)
     return _result(dataset, out, paths, enc, group_users, list(split_of), min_user_groups, "converted",

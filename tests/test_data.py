@@ -270,15 +270,68 @@ def test_different_query_embedding_only_checked_on_request(tmp_path: Path) -> No
     expect_error(path, 2, f"{F_CONVERSATION}[1].{F_QUERY_EMB}", check_query_emb=True)
 
 
-def test_non_consecutive_repeated_key(tmp_path: Path) -> None:
-    recs = group(1) + group(2) + group(1, models=("m3", "m4"))
-    err = expect_error(write_lines(tmp_path / "d.jsonl", recs), 5, GROUP_KEY_FIELD)
-    assert "line 1" in err.expected and "line 5" in err.expected and "consecutive" in err.expected
+def test_repeated_key_later_in_the_file_is_a_separate_group(tmp_path: Path) -> None:
+    """As in the reference reader, only consecutiveness makes a group: a key that
+    comes back after other keys starts a new group, never merged with the first."""
+    recs = (group(1) + group(2) + group(1, models=("m3", "m4")) + group(2, models=("m1", "m3"))
+            + group(1, models=("m1", "m3")))
+    path = write_lines(tmp_path / "d.jsonl", recs)
+    groups = read_groups(path)
+    assert [(g.question_id, g.first_line, g.repeat) for g in groups] == [
+        ("1", 1, 0), ("2", 3, 0), ("1", 5, 1), ("2", 7, 1), ("1", 9, 2)]
+    assert [[r.model for r in g.records] for g in groups] == [
+        ["m1", "m2"], ["m1", "m2"], ["m3", "m4"], ["m1", "m3"], ["m1", "m3"]]
+    s = validate_file(path)
+    assert (s.n_groups, s.n_records, s.n_pairs, s.n_repeated_keys) == (5, 10, 5, 3)
+    assert validate_file(write_lines(tmp_path / "plain.jsonl", group(1) + group(2))).n_repeated_keys == 0
 
 
 def test_int_and_str_ids_are_the_same_key(tmp_path: Path) -> None:
     recs = group(7) + group(8) + group("7", models=("m3", "m4"))
-    expect_error(write_lines(tmp_path / "d.jsonl", recs), 5, GROUP_KEY_FIELD)
+    groups = read_groups(write_lines(tmp_path / "d.jsonl", recs))
+    assert [(g.question_id, g.repeat) for g in groups] == [("7", 0), ("8", 0), ("7", 1)]
+
+
+#: The 14 human votes on MT-Bench question 81, turn 1, in the order of
+#: ../shared/data/mt_bench_human/human_judgments.jsonl: expert_24 and expert_0
+#: each compare two model pairs on the same question, with other judges between.
+MT_BENCH_81_TURN_1 = [
+    ("author_2", "alpaca-13b", "gpt-3.5-turbo", "model_b"),
+    ("expert_17", "alpaca-13b", "gpt-3.5-turbo", "model_b"),
+    ("expert_0", "alpaca-13b", "vicuna-13b-v1.2", "model_b"),
+    ("expert_37", "claude-v1", "alpaca-13b", "model_a"),
+    ("expert_27", "claude-v1", "llama-13b", "model_a"),
+    ("expert_24", "gpt-3.5-turbo", "alpaca-13b", "model_a"),
+    ("expert_45", "gpt-3.5-turbo", "alpaca-13b", "tie"),
+    ("expert_11", "gpt-3.5-turbo", "claude-v1", "model_b"),
+    ("expert_24", "gpt-3.5-turbo", "vicuna-13b-v1.2", "model_b"),
+    ("author_3", "gpt-4", "llama-13b", "model_a"),
+    ("expert_43", "gpt-4", "llama-13b", "model_a"),
+    ("expert_3", "gpt-4", "vicuna-13b-v1.2", "tie"),
+    ("expert_0", "vicuna-13b-v1.2", "llama-13b", "model_a"),
+    ("expert_10", "vicuna-13b-v1.2", "llama-13b", "model_a"),
+]
+
+
+def mt_bench_shaped_records(votes: list[tuple[str, str, str, str]] = MT_BENCH_81_TURN_1) -> list[dict[str, Any]]:
+    """One group of two records per vote, question id and turn unchanged (the release's shape)."""
+    score = {"model_a": (1.0, 0.0), "model_b": (0.0, 1.0), "tie": (0.5, 0.5)}
+    out = []
+    for judge, a, b, winner in votes:
+        for model, rating in zip((a, b), score[winner]):
+            out.append(make_rec(81, 1, judge, model, ratings=[rating]))
+    return out
+
+
+def test_real_mt_bench_shape_one_judge_several_pairs(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "mt.jsonl", mt_bench_shaped_records())
+    groups = read_groups(path)
+    assert len(groups) == len(MT_BENCH_81_TURN_1)
+    assert [(g.judge, *(r.model for r in g.records)) for g in groups] == [v[:3] for v in MT_BENCH_81_TURN_1]
+    assert [g.repeat for g in groups if g.judge in ("expert_0", "expert_24")] == [0, 0, 1, 1]
+    s = validate_file(path)
+    assert (s.n_groups, s.n_pairs, s.n_repeated_keys) == (14, 14, 2)
+    assert len(s.judges) == 12
 
 
 def test_duplicate_model_within_group(tmp_path: Path) -> None:
