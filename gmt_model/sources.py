@@ -7,6 +7,15 @@ file only appears (by ``os.replace``) once it is complete and, when a sha256
 is configured, verified.  A file that fails verification is removed; a good
 file fetched earlier under the same name is never touched by a failed fetch.
 
+An HTML page is never saved as data.  Google Drive answers a large file with
+an HTML confirmation page ("can't scan this file for viruses"); ``fetch``
+follows that page's download form (action plus hidden inputs: ``confirm``,
+``uuid``, ...) or its ``confirm=`` link, keeping Drive's cookies, and fails
+with a clear :class:`SourceError` when the page has neither.  Any other HTML
+answer is refused.  A file whose name promises an archive or Parquet file
+(``.tar.gz``, ``.zip``, ``.parquet``, ...) must start with that format's
+magic bytes (gzip: ``1f 8b``).
+
 ``extract`` unpacks tar (plain, gz, bz2, xz) and zip archives into a
 temporary sibling folder after checking every member (no absolute paths, no
 ``..``, no links leaving the target, no device files), then swaps the result
@@ -18,7 +27,10 @@ Only the standard library is used (``urllib``, ``tarfile``, ``zipfile``).
 from __future__ import annotations
 
 import hashlib
+import html
+import html.parser
 import http.client
+import http.cookiejar
 import json
 import logging
 import lzma
@@ -48,6 +60,26 @@ _CHUNK = 1 << 16
 _RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 #: HTTP status codes meaning "nothing there": the configuration must change
 _MISSING_STATUS = frozenset({404, 410})
+#: at most this many HTML confirmation pages are followed for one download
+_MAX_PAGES = 3
+#: at most this much of an HTML page is read (confirmation pages are a few KB)
+_PAGE_LIMIT = 1 << 20
+#: Google Drive hosts (their HTML pages get Drive-specific error messages)
+_DRIVE_HOSTS = ("drive.google.com", "drive.usercontent.google.com", "docs.google.com")
+#: file-name endings -> (format, accepted leading bytes)
+_MAGIC: tuple[tuple[str, str, tuple[bytes, ...]], ...] = (
+    (".tar.gz", "gzip", (b"\x1f\x8b",)),
+    (".tgz", "gzip", (b"\x1f\x8b",)),
+    (".gz", "gzip", (b"\x1f\x8b",)),
+    (".tar.bz2", "bzip2", (b"BZh",)),
+    (".tbz2", "bzip2", (b"BZh",)),
+    (".bz2", "bzip2", (b"BZh",)),
+    (".tar.xz", "xz", (b"\xfd7zXZ\x00",)),
+    (".txz", "xz", (b"\xfd7zXZ\x00",)),
+    (".xz", "xz", (b"\xfd7zXZ\x00",)),
+    (".zip", "zip", (b"PK\x03\x04", b"PK\x05\x06")),
+    (".parquet", "Parquet", (b"PAR1",)),
+)
 
 
 class SourceError(RuntimeError):
@@ -218,6 +250,113 @@ def _parse_content_range(value: str | None) -> tuple[int | None, int | None, int
     return start, end, total
 
 
+def _expected_magic(name: str) -> tuple[str, tuple[bytes, ...]] | None:
+    """(format, accepted leading bytes) promised by a file name, or None."""
+    low = name.lower()
+    for suffix, fmt, magics in _MAGIC:
+        if low.endswith(suffix):
+            return fmt, magics
+    return None
+
+
+def _looks_like_html(head: bytes) -> bool:
+    start = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    return start.startswith((b"<!doctype html", b"<html", b"<head", b"<body", b"<meta", b"<title", b"<!--"))
+
+
+class _FollowPage(Exception):
+    """Internal: the answer was a confirmation page; fetch ``url`` instead."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.url = url
+
+
+class _PageParser(html.parser.HTMLParser):
+    """Title, forms (action, method, named inputs) and links of an HTML page."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.title = ""
+        self._in_title = False
+        self.forms: list[dict] = []
+        self.links: list[str] = []
+        self._form: dict | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k.lower(): (v or "") for k, v in attrs}
+        if tag == "title":
+            self._in_title = True
+        elif tag == "form":
+            self._form = {"action": a.get("action", ""), "method": a.get("method", "get").lower(),
+                          "id": a.get("id", ""), "inputs": []}
+            self.forms.append(self._form)
+        elif tag == "input" and self._form is not None and a.get("name"):
+            if a.get("type", "text").lower() not in ("submit", "button", "image", "reset"):
+                self._form["inputs"].append((a["name"], a.get("value", "")))
+        elif tag == "a" and a.get("href"):
+            self.links.append(a["href"])
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "title":
+            self._in_title = False
+        elif tag == "form":
+            self._form = None
+
+    def handle_data(self, data: str) -> None:
+        if self._in_title:
+            self.title += data
+
+
+def _confirm_link(page_url: str, parser: _PageParser) -> str | None:
+    """The download URL a Drive confirmation page points at, or None."""
+    for form in parser.forms:
+        names = {n for n, _ in form["inputs"]}
+        if "confirm" not in names and form["id"] != "download-form":
+            continue
+        if form["method"] not in ("", "get"):
+            continue
+        action = urllib.parse.urljoin(page_url, form["action"] or page_url)
+        parts = urllib.parse.urlsplit(action)
+        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        query = [(k, v) for k, v in query if k not in names] + form["inputs"]
+        target = urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query), fragment=""))
+        if parts.scheme in ("http", "https") and "confirm" in dict(query):
+            return target
+    for href in parser.links:
+        target = urllib.parse.urljoin(page_url, href)
+        parts = urllib.parse.urlsplit(target)
+        if parts.scheme in ("http", "https") and "confirm" in dict(urllib.parse.parse_qsl(parts.query)):
+            return urllib.parse.urlunsplit(parts._replace(fragment=""))
+    return None
+
+
+def _html_answer(url: str, page_url: str, body: bytes, config_key: str | None) -> _FollowPage:
+    """A followable confirmation page -> _FollowPage; anything else raises SourceError."""
+    parser = _PageParser()
+    try:
+        parser.feed(body.decode("utf-8", "replace"))
+        parser.close()
+    except Exception:  # noqa: BLE001 (a broken page is simply not followable)
+        pass
+    link = _confirm_link(page_url, parser)
+    if link is not None:
+        return _FollowPage(link)
+    title = " ".join(parser.title.split())[:120] or "no title"
+    hosts = {urllib.parse.urlsplit(u).hostname or "" for u in (url, page_url)}
+    text = body.decode("utf-8", "replace")
+    drive = bool(hosts & set(_DRIVE_HOSTS)) or any(
+        m in text for m in ("Google Drive", "uc-download-link", "download-form", "download_warning"))
+    if drive:
+        raise SourceError(
+            f"Google Drive returned a confirmation page that could not be followed for {url} (page "
+            f"{title!r} at {page_url}: no download form or confirm link; the file may be over its download "
+            f"quota or no longer shared); nothing was saved. Download the file in a browser and set "
+            f"{config_key or 'the source'} to its local path")
+    raise SourceError(f"{url} returned an HTML page ({title!r} at {page_url}) instead of the file; "
+                      f"nothing was saved; {_hint(config_key)}")
+
+
 def _fetch_http(url: str, dest: Path, expected: str | None, *, retries: int,
                 timeout: float, backoff: float, config_key: str | None) -> Path:
     part = dest.with_name(dest.name + ".part")
@@ -232,20 +371,41 @@ def _fetch_http(url: str, dest: Path, expected: str | None, *, retries: int,
         part.unlink(missing_ok=True)
         meta = {"url": url}
     meta_path.write_text(json.dumps(meta))
-
-    last_error: str = ""
-    for attempt in range(retries + 1):
-        if attempt:
-            delay = backoff * (2 ** (attempt - 1))
-            log.warning("retrying %s in %.1fs (attempt %d/%d): %s", url, delay,
-                        attempt + 1, retries + 1, last_error)
-            if delay > 0:
-                time.sleep(delay)
-        try:
-            _http_attempt(url, part, meta, meta_path, timeout, config_key)
-        except _Retry as exc:
-            last_error = str(exc)
-            continue
+    # one cookie jar per download: Drive's confirmation flow may rely on its cookies
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    magic = _expected_magic(dest.name)
+    try:
+        current = url
+        pages = 0
+        attempt = 0
+        last_error: str = ""
+        while True:
+            try:
+                _http_attempt(opener, url, current, part, meta, meta_path, timeout, config_key, magic)
+            except _FollowPage as page:
+                pages += 1
+                if pages > _MAX_PAGES:
+                    raise SourceError(f"{url}: got {pages} confirmation pages in a row (last link {page.url}); "
+                                      f"nothing was saved; {_hint(config_key)}") from None
+                log.info("following the confirmation page of %s to %s", url, page.url)
+                current = page.url
+                continue
+            except _Retry as exc:
+                last_error = str(exc)
+                attempt += 1
+                if attempt > retries:
+                    kept = (f"; the partial file {part} is kept and the next fetch resumes it"
+                            if part.exists() and part.stat().st_size else "")
+                    raise SourceError(f"could not download {url} after {retries + 1} attempts: {last_error}{kept}") \
+                        from None
+                delay = backoff * (2 ** (attempt - 1))
+                log.warning("retrying %s in %.1fs (attempt %d/%d): %s", url, delay,
+                            attempt + 1, retries + 1, last_error)
+                if delay > 0:
+                    time.sleep(delay)
+                continue
+            break
+        _check_magic(part, magic, url, config_key)
         try:
             _verify(part, expected, url)
         finally:
@@ -254,13 +414,35 @@ def _fetch_http(url: str, dest: Path, expected: str | None, *, retries: int,
         os.replace(part, dest)
         meta_path.unlink(missing_ok=True)
         return dest
-    raise SourceError(f"could not download {url} after {retries + 1} attempts: {last_error}; "
-                      f"the partial file {part} is kept and the next fetch resumes it")
+    except SourceError:
+        # keep a partial download worth resuming; leave nothing else behind
+        if not part.exists() or part.stat().st_size == 0:
+            part.unlink(missing_ok=True)
+            meta_path.unlink(missing_ok=True)
+        raise
 
 
-def _http_attempt(url: str, part: Path, meta: dict, meta_path: Path, timeout: float,
-                  config_key: str | None) -> None:
-    """One request: append to ``part`` until the body is complete."""
+def _check_magic(path: Path, magic: tuple[str, tuple[bytes, ...]] | None, url: str,
+                 config_key: str | None) -> None:
+    """Refuse (and remove) a downloaded file that does not start as its name promises."""
+    if magic is None or not path.exists():
+        return
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if not head.startswith(magic[1]):
+        path.unlink(missing_ok=True)
+        raise SourceError(_not_format(url, magic[0], head, config_key))
+
+
+def _not_format(url: str, fmt: str, head: bytes, config_key: str | None) -> str:
+    return (f"{url} sent data that is not a {fmt} file (it starts with {head[:16]!r}); "
+            f"nothing was saved; {_hint(config_key)}")
+
+
+def _http_attempt(opener: urllib.request.OpenerDirector, url: str, current: str, part: Path, meta: dict,
+                  meta_path: Path, timeout: float, config_key: str | None,
+                  magic: tuple[str, tuple[bytes, ...]] | None) -> None:
+    """One request to ``current`` (``url`` or a confirmation link): append to ``part``."""
     offset = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": "gmtrouter-fetch/1", "Accept-Encoding": "identity"}
     if offset:
@@ -269,9 +451,9 @@ def _http_attempt(url: str, part: Path, meta: dict, meta_path: Path, timeout: fl
         validator = etag if etag and not etag.startswith("W/") else meta.get("last_modified")
         if validator:
             headers["If-Range"] = validator
-    req = urllib.request.Request(url, headers=headers)
+    req = urllib.request.Request(current, headers=headers)
     try:
-        resp = urllib.request.urlopen(req, timeout=timeout)
+        resp = opener.open(req, timeout=timeout)
     except urllib.error.HTTPError as exc:
         exc.close()
         if exc.code == 416 and offset:
@@ -293,10 +475,25 @@ def _http_attempt(url: str, part: Path, meta: dict, meta_path: Path, timeout: fl
 
     with resp:
         status = resp.status
+        ctype = (resp.headers.get("Content-Type") or "").lower()
         etag = resp.headers.get("ETag")
         last_modified = resp.headers.get("Last-Modified")
         length_header = resp.headers.get("Content-Length")
         length = int(length_header) if length_header and length_header.isdigit() else None
+        try:
+            head = resp.read(_CHUNK)
+        except (ConnectionError, TimeoutError, socket.timeout, http.client.HTTPException) as exc:
+            raise _Retry(f"connection lost before the first bytes: {exc!r}") from exc
+        fresh = status != 206
+        promised = magic is not None and fresh and head.startswith(magic[1])
+        if not promised and ("html" in ctype or _looks_like_html(head)):
+            try:
+                body = head + resp.read(_PAGE_LIMIT)
+            except (ConnectionError, TimeoutError, socket.timeout, http.client.HTTPException):
+                body = head
+            raise _html_answer(url, resp.geturl() or current, body, config_key)
+        if magic is not None and fresh and not promised:
+            raise SourceError(_not_format(url, magic[0], head, config_key))
         if status == 206:
             start, _, total = _parse_content_range(resp.headers.get("Content-Range"))
             if start != offset:
@@ -314,12 +511,11 @@ def _http_attempt(url: str, part: Path, meta: dict, meta_path: Path, timeout: fl
         written = offset
         try:
             with open(part, mode) as out:
-                while True:
-                    chunk = resp.read(_CHUNK)
-                    if not chunk:
-                        break
+                chunk = head
+                while chunk:
                     out.write(chunk)
                     written += len(chunk)
+                    chunk = resp.read(_CHUNK)
                 out.flush()
                 os.fsync(out.fileno())
         except (ConnectionError, TimeoutError, socket.timeout, http.client.HTTPException) as exc:

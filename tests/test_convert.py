@@ -377,7 +377,15 @@ def test_source_config_defaults_env_and_overrides(tmp_path):
     mt = load_source_config("mt_bench", env={})
     assert mt.kind == "mt_bench_hf" and mt.url.startswith("https://huggingface.co/datasets/lmsys/")
     g = load_source_config("gsm8k", env={})
-    assert g.kind == "gmtrouter_release" and g.url is None and g.path_in_archive == "data/gsm8k"
+    # the authors' release archive on Google Drive (link from the GMTRouter README) is the default
+    assert g.kind == "gmtrouter_release" and g.path_in_archive == "data/gsm8k"
+    assert g.url == "https://drive.google.com/uc?export=download&id=1l-sAXV7i08S9sjJw1_UyvD0mP56QSIKt"
+    assert g.filename == "GMTRouter_dataset.tar.gz"
+    # without a URL, the error says which key or variable to set
+    cfg = tmp_path / "datasets.yaml"
+    cfg.write_text("datasets:\n  gsm8k: {kind: gmtrouter_release, path_in_archive: data/gsm8k}\n")
+    g = load_source_config("gsm8k", cfg, env={})
+    assert g.url is None
     with pytest.raises(SourceError) as ei:
         prepare_raw("gsm8k", g, tmp_path / "raw")
     msg = str(ei.value)

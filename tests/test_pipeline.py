@@ -467,14 +467,15 @@ def test_jsonl_merges_feedback_comparisons(tmp_path: Path, cache: Path) -> None:
 # --------------------------------------------------------------------------
 def test_run_job_reports_a_missing_source(tmp_path: Path, cache: Path) -> None:
     env = {**os.environ, **_env_for(tmp_path, cache)}
-    for k in ("GMTROUTER_CHATBOT_ARENA_URL", "GMTROUTER_RELEASE_URL"):
-        env.pop(k, None)
+    env.pop("GMTROUTER_CHATBOT_ARENA_URL", None)
+    # the default is the authors' Google Drive archive; no network in tests: point it at a missing file
+    env["GMTROUTER_RELEASE_URL"] = str(tmp_path / "missing" / "GMTRouter_dataset.tar.gz")
     proc = subprocess.run([sys.executable, "-m", "pipelines.run_job", "train_chatbot_arena"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out
     assert "FAILED chatbot_arena__raw_data" in out
-    assert "has no source URL: set datasets.chatbot_arena.url" in out and "GMTROUTER_RELEASE_URL" in out
+    assert "does not exist" in out and "datasets.chatbot_arena.url" in out and "GMTROUTER_RELEASE_URL" in out
     assert "mlflow ui --backend-store-uri sqlite:///" in out
 
 

@@ -362,3 +362,210 @@ def test_not_an_archive(tmp_path):
     assert not (tmp_path / "t").exists()
     assert sha256_file(junk) == _sha(b"this is not an archive at all")
     assert os.listdir(tmp_path) == ["junk.tar.gz"]
+
+
+# --------------------------------------------------------------------------
+# Google Drive: the confirmation page for large files (a local mimic)
+# --------------------------------------------------------------------------
+DRIVE_ID = "1l-sAXV7i08S9sjJw1_UyvD0mP56QSIKt"
+RELEASE = "GMTRouter_dataset.tar.gz"
+
+# the shape of drive.usercontent.google.com's answer for a file too large to scan
+_FORM_PAGE = """<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title>
+<meta http-equiv="content-type" content="text/html; charset=utf-8"/></head><body>
+<div class="uc-main"><div id="uc-text"><p class="uc-warning-caption">Google Drive can't scan this file for viruses.</p>
+<p class="uc-warning-subcaption"><span class="uc-name-size"><a href="/open?id={id}">{name}</a> (1.2G)</span>
+is too large for Google to scan for viruses. Would you still like to download this file?</p>
+<form id="download-form" action="{base}/download" method="get">
+<input type="submit" id="uc-download-link" class="goog-inline-block jfk-button" value="Download anyway"/>
+<input type="hidden" name="id" value="{id}"><input type="hidden" name="export" value="download">
+<input type="hidden" name="confirm" value="t"><input type="hidden" name="uuid" value="{uuid}">
+</form></div></div></body></html>"""
+
+# the older drive.google.com shape: a link with confirm=<token> and a download_warning cookie
+_LINK_PAGE = """<html><head><title>Google Drive - Virus scan warning</title></head><body>
+<a id="uc-download-link" href="/uc?export=download&amp;confirm={token}&amp;id={id}">Download anyway</a>
+</body></html>"""
+
+_QUOTA_PAGE = """<!DOCTYPE html><html><head><title>Google Drive - Quota exceeded</title></head><body>
+<p>Too many users have viewed or downloaded this file recently. Please try accessing the file again later.</p>
+</body></html>"""
+
+_ERROR_PAGE = """<!DOCTYPE html><html lang=en><meta charset=utf-8><title>Error 502 (Server Error)!!1</title>
+<p><b>502.</b> That's an error. The server encountered a temporary error.</p></html>"""
+
+
+class _Drive:
+    """``/uc?export=download&id=ID`` -> 303 -> ``/download?id=ID&export=download`` -> confirmation
+    page -> ``/download?...&confirm=t&uuid=U`` -> the archive (mode ``form``); other modes
+    answer as the test needs."""
+
+    def __init__(self, payload: bytes, mode: str = "form") -> None:
+        self.payload = payload
+        self.mode = mode
+        self.uuid = "5f2c7f9e-0000-4000-8000-000000000001"
+        self.token = "AbCd"
+        self.requests: list[str] = []
+        self.base = ""
+
+    def handler(self):
+        drive = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def _send(self, status: int, body: bytes = b"", ctype: str | None = None, **headers: str) -> None:
+                self.send_response(status)
+                if ctype:
+                    self.send_header("Content-Type", ctype)
+                for k, v in headers.items():
+                    self.send_header(k.replace("_", "-"), v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _html(self, text: str, **headers: str) -> None:
+                self._send(200, text.encode(), "text/html; charset=utf-8", **headers)
+
+            def _file(self) -> None:
+                self._send(200, drive.payload, "application/x-gzip",
+                           Content_Disposition=f'attachment; filename="{RELEASE}"')
+
+            def do_GET(self) -> None:  # noqa: N802
+                drive.requests.append(self.path)
+                from urllib.parse import parse_qs, urlsplit
+
+                url = urlsplit(self.path)
+                q = {k: v[0] for k, v in parse_qs(url.query).items()}
+                if url.path == "/error.tar.gz":
+                    return self._html(_ERROR_PAGE)
+                if url.path == "/sniff.tar.gz":  # HTML sent as binary
+                    return self._send(200, _ERROR_PAGE.encode(), "application/octet-stream")
+                if url.path == "/notgzip.tar.gz":
+                    return self._send(200, b"PK\x03\x04 not a gzip stream", "application/octet-stream")
+                if q.get("id") != DRIVE_ID:
+                    return self._send(404)
+                if drive.mode == "link":
+                    cookie = self.headers.get("Cookie") or ""
+                    if url.path == "/uc" and q.get("confirm") == drive.token and drive.token in cookie:
+                        return self._file()
+                    return self._html(_LINK_PAGE.format(token=drive.token, id=DRIVE_ID),
+                                      Set_Cookie=f"download_warning_{DRIVE_ID}={drive.token}; Path=/")
+                if url.path == "/uc":
+                    return self._send(303, Location=f"{drive.base}/download?id={DRIVE_ID}&export=download")
+                if url.path != "/download":
+                    return self._send(404)
+                if drive.mode == "quota":
+                    return self._html(_QUOTA_PAGE)
+                if drive.mode == "nolink":  # the form lost its confirm input and id
+                    return self._html(_FORM_PAGE.format(base=drive.base, id=DRIVE_ID, name=RELEASE, uuid="")
+                                      .replace('id="download-form"', "")
+                                      .replace('<input type="hidden" name="confirm" value="t">', ""))
+                if drive.mode == "loop" or q.get("confirm") != "t" or q.get("uuid") != drive.uuid:
+                    return self._html(_FORM_PAGE.format(base=drive.base, id=DRIVE_ID, name=RELEASE, uuid=drive.uuid))
+                return self._file()
+
+        return Handler
+
+
+@pytest.fixture()
+def drive():
+    """A local stand-in for Google Drive on 127.0.0.1; its URLs have the real URL's shape."""
+    tgz = io.BytesIO()
+    with tarfile.open(fileobj=tgz, mode="w:gz") as tf:
+        for name, data in (("data/mt_bench/readme.txt", b"release"),):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    state = _Drive(tgz.getvalue())
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), state.handler())
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    state.base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        yield state
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+
+
+def _drive_url(drive: _Drive) -> str:
+    """The configured release URL with the Drive host replaced by the local mimic."""
+    from gmt_model.datasets import load_source_config
+
+    real = load_source_config("mmlu", env={}).url
+    assert real == f"https://drive.google.com/uc?export=download&id={DRIVE_ID}"
+    return real.replace("https://drive.google.com", drive.base)
+
+
+def test_drive_confirmation_form_is_followed(drive, tmp_path):
+    out = fetch(_drive_url(drive), tmp_path, filename=RELEASE, sha256=_sha(drive.payload), backoff=0)
+    assert out == tmp_path / RELEASE and out.read_bytes() == drive.payload
+    assert [r.split("?")[0] for r in drive.requests] == ["/uc", "/download", "/download"]
+    assert f"confirm=t" in drive.requests[-1] and f"uuid={drive.uuid}" in drive.requests[-1]
+    assert os.listdir(tmp_path) == [RELEASE]
+    assert (extract(out, tmp_path / "x") / "data/mt_bench/readme.txt").read_bytes() == b"release"
+
+
+def test_drive_confirm_link_with_cookie_is_followed(drive, tmp_path):
+    drive.mode = "link"
+    out = fetch(_drive_url(drive), tmp_path, filename=RELEASE, backoff=0)
+    assert out.read_bytes() == drive.payload
+    assert f"confirm={drive.token}" in drive.requests[-1]
+    assert os.listdir(tmp_path) == [RELEASE]
+
+
+@pytest.mark.parametrize("mode", ["nolink", "quota"])
+def test_drive_page_without_a_usable_link_fails_clearly(drive, tmp_path, mode):
+    drive.mode = mode
+    with pytest.raises(SourceError) as ei:
+        fetch(_drive_url(drive), tmp_path, filename=RELEASE, backoff=0, config_key="datasets.mmlu.url")
+    msg = str(ei.value)
+    assert msg.startswith("Google Drive returned a confirmation page that could not be followed")
+    assert "nothing was saved" in msg and "datasets.mmlu.url" in msg and "Google Drive - " in msg
+    assert os.listdir(tmp_path) == []  # no archive, no .part, no .part.json
+
+
+def test_drive_pages_that_never_end_are_refused(drive, tmp_path):
+    drive.mode = "loop"
+    with pytest.raises(SourceError, match="confirmation pages in a row"):
+        fetch(_drive_url(drive), tmp_path, filename=RELEASE, backoff=0)
+    assert os.listdir(tmp_path) == []
+    assert len(drive.requests) == 5  # /uc, the page, then three follows
+
+
+@pytest.mark.parametrize("path, match", [
+    ("/error.tar.gz", "returned an HTML page"),  # text/html error page
+    ("/sniff.tar.gz", "returned an HTML page"),  # HTML under a binary content type
+    ("/notgzip.tar.gz", "not a gzip file"),  # not HTML, but not what the name promises
+])
+def test_html_or_wrong_format_is_never_saved(drive, tmp_path, path, match):
+    earlier = tmp_path / "error.tar.gz"
+    with pytest.raises(SourceError, match=match) as ei:
+        fetch(f"{drive.base}{path}", tmp_path, retries=2, backoff=0, config_key="datasets.gsm8k.url")
+    assert "nothing was saved" in str(ei.value) and "datasets.gsm8k.url" in str(ei.value)
+    assert os.listdir(tmp_path) == []
+    assert len(drive.requests) == 1  # refused at once, not retried
+    # a good file fetched earlier under the same name survives
+    earlier.write_bytes(b"\x1f\x8bgood")
+    with pytest.raises(SourceError):
+        fetch(f"{drive.base}/error.tar.gz", tmp_path, backoff=0)
+    assert os.listdir(tmp_path) == ["error.tar.gz"] and earlier.read_bytes() == b"\x1f\x8bgood"
+
+
+def test_release_source_downloads_through_the_drive_page(drive, tmp_path):
+    """The configured release source, its host pointed at the mimic: fetched, extracted, found."""
+    from gmt_model.datasets import load_source_config, prepare_raw
+
+    src = load_source_config("mmlu", env={"GMTROUTER_RELEASE_URL": _drive_url(drive)},
+                             overrides={"path_in_archive": "data/mt_bench"})
+    assert src.kind == "gmtrouter_release" and src.filename == RELEASE
+    with pytest.raises(SourceError, match="lacks"):  # the mimic's archive holds no split files
+        prepare_raw("mmlu", src, tmp_path / "raw")
+    assert (tmp_path / "raw" / "download" / RELEASE).read_bytes() == drive.payload
+    assert (tmp_path / "raw" / "extracted" / "data" / "mt_bench" / "readme.txt").is_file()
+    assert [r.split("?")[0] for r in drive.requests] == ["/uc", "/download", "/download"]
