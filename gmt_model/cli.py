@@ -17,7 +17,7 @@ __all__ = ["main"]
 def _train(args: argparse.Namespace) -> int:
     from .config import load_train_config
     from .graph import build_graph
-    from .training import train
+    from .training import ResumeMismatchError, train
 
     overrides: dict[str, Any] = {}
     if args.device:
@@ -42,10 +42,15 @@ def _train(args: argparse.Namespace) -> int:
         f"test pairs: {c['pairs_test']}")
     out_root = Path(args.out) if args.out else Path(cfg.checkpoint_root) / cfg.dataset_name
     bar = None
-    if not args.quiet:
-        from tqdm import tqdm
 
-        bar = tqdm(total=cfg.epochs, desc="training", unit="epoch", file=sys.stderr)
+    def on_start(done: int) -> None:
+        nonlocal bar
+        if done:
+            log(f"resuming from epoch {done} ({out_root / 'last'}; --no-resume starts again from scratch)")
+        if not args.quiet:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.epochs, initial=done, desc="training", unit="epoch", file=sys.stderr)
 
     def on_epoch(epoch: int, row: dict[str, float]) -> None:
         if bar is not None:
@@ -53,20 +58,40 @@ def _train(args: argparse.Namespace) -> int:
             if "val_auc" in row:
                 bar.set_postfix(loss=f"{row['train_loss']:.4f}", val_auc=f"{row['val_auc']:.4f}")
 
-    result = train(g, cfg, out_root, resume=not args.no_resume, callback=on_epoch)
-    if bar is not None:
-        bar.close()
-    from .checkpoint import atomic_replace_dir
-
+    try:
+        result = train(g, cfg, out_root, resume=not args.no_resume, callback=on_epoch, on_start=on_start)
+    except ResumeMismatchError as e:
+        raise SystemExit(f"error: {e.folder} holds a run with a different configuration or data "
+                         f"({'; '.join(e.changes[:6])}): use --no-resume to retrain from scratch, "
+                         f"or --out to train into another folder") from None
+    finally:
+        if bar is not None:
+            bar.close()
     target = cfg.model_dir
-    if target.resolve() != result.best_dir.resolve():
+
+    def publish() -> None:
+        """Copy the best checkpoint to model_dir (atomically), unless it is that folder."""
+        if target.resolve() == result.best_dir.resolve():
+            return
         import shutil
+
+        from .checkpoint import atomic_replace_dir
 
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         shutil.rmtree(tmp)
         shutil.copytree(result.best_dir, tmp)
         atomic_replace_dir(tmp, target)
+
+    if result.already_trained:
+        # a finished run of this configuration: its result stays as it is
+        print(f"already trained ({result.resumed_from} epochs): use --no-resume to retrain", file=sys.stderr)
+        if not target.exists():  # the earlier run ended before copying it
+            publish()
+        print(json.dumps({"already_trained": True, "epochs": result.resumed_from, "best_epoch": result.best_epoch,
+                          f"best_val_{cfg.objective}": result.best_metric, "model": str(target)}, indent=2))
+        return 0
+    publish()
     summary = {"best_epoch": result.best_epoch, f"best_val_{cfg.objective}": result.best_metric,
                "device": result.device, "wall_time_s": round(result.wall_time_s, 2), "model": str(target)}
     if "test" in paths and not args.skip_test:
@@ -155,6 +180,13 @@ def _infer(args: argparse.Namespace) -> int:
                 except RoutingError as line_error:
                     raise SystemExit(f"error: {args.input}:{n}: {line_error}")
         raise SystemExit(f"error: {e}")
+    if not args.route_only and not router.config.endpoints:
+        note = (f"routed only: no endpoints are configured in {args.config} (add an 'endpoints' section to get "
+                "answers; --route-only silences this note)")
+        print(f"note: {note}", file=sys.stderr)
+        for r in results:
+            r["response"] = None
+            r["note"] = note
     if not args.route_only and router.config.endpoints:
         import httpx
 
@@ -187,12 +219,30 @@ def _infer(args: argparse.Namespace) -> int:
 def _feedback(args: argparse.Namespace) -> int:
     from .router import RoutingError
 
+    rating = args.model is not None or args.rating is not None
+    pairwise = args.preferred is not None or args.rejected is not None
+    if rating == pairwise:
+        raise SystemExit("error: give either --model and --rating (a rating) or --preferred and --rejected "
+                         "(a pairwise preference)" + (", not both" if rating else ""))
+    needed = ("--model", "--rating") if rating else ("--preferred", "--rejected")
+    missing = [flag for flag in needed if getattr(args, flag[2:]) is None]
+    if missing:
+        raise SystemExit(f"error: {missing[0]} is required with {needed[1] if missing[0] == needed[0] else needed[0]}")
     router = _router(args)
     if router.feedback_log is None:
         raise SystemExit(f"error: {args.config}: router.feedback_log is not set; feedback would not be stored")
     try:
-        res = router.update_user_feedback(args.user_id, args.query, args.model, args.rating,
-                                          session_id=args.session_id)
+        if rating:
+            kw: dict[str, Any] = {"session_id": args.session_id}
+            if args.turn is not None:
+                kw["turn"] = args.turn
+            res = router.update_user_feedback(args.user_id, args.query, args.model, args.rating, **kw)
+        else:
+            update = getattr(router, "update_user_preference", None)
+            if update is None:
+                raise SystemExit("error: this version of the router does not take pairwise preferences")
+            res = update(args.user_id, args.query, args.preferred, args.rejected, session_id=args.session_id,
+                         turn=args.turn)
     except RoutingError as e:
         raise SystemExit(f"error: {e}")
     print(json.dumps(res, indent=2))
@@ -200,15 +250,62 @@ def _feedback(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace, chat: bool = False) -> int:
-    from .endpoints import load_endpoints
-    from .server import create_app, run_server
+    import dataclasses
 
-    router = _router(args)
+    from .config import RouterConfig, checkpoint_dir_from_model_path, load_router_config
+    from .endpoints import load_endpoints
+    from .server import (ModelReloader, RouterHolder, ServerConfigError, checkpoint_source, create_app,
+                         load_api_keys, registry_source, run_server)
+
+    if args.config is None and args.model is None:
+        raise SystemExit("error: give --config (the router YAML) and/or --model "
+                         "(models:/<name>@<alias>, models:/<name>/<version> or a checkpoint folder)")
+    cfg = load_router_config(args.config) if args.config else None
+    if args.model is not None and args.model.startswith("models:/"):
+        resolve = registry_source(args.model, args.tracking_uri)
+    else:
+        folder = checkpoint_dir_from_model_path(args.model) if args.model is not None else Path(cfg.checkpoint)
+        resolve = checkpoint_source(folder)
+
+    def build(ref: Any, current: Any = None) -> Any:
+        from .router import GMTRouter
+
+        if ref.location.startswith("models:/"):
+            from .registry import download_checkpoint
+
+            ckpt = str(download_checkpoint(ref.location, args.tracking_uri))
+        else:
+            ckpt = ref.location
+        rc = dataclasses.replace(cfg, checkpoint=ckpt) if cfg is not None else RouterConfig(checkpoint=ckpt)
+        if getattr(args, "device", None):
+            rc.device = args.device
+        return GMTRouter(config=rc)
+
+    keys_file = args.api_keys or os.environ.get("GMTROUTER_API_KEYS_FILE") or None
+    api_keys = load_api_keys(keys_file) if keys_file else None
+    identity_header = args.identity_header or os.environ.get("GMTROUTER_IDENTITY_HEADER") or None
     token = os.environ.get(args.auth_token_env) if args.auth_token_env else None
-    app = create_app(router, endpoints=load_endpoints(router.config.endpoints or {}), auth_token=token,
-                     feedback_log=router.feedback_log)
+    admin_token = os.environ.get(args.admin_token_env) if args.admin_token_env else None
+    if admin_token is not None and len(admin_token.strip()) < 8:
+        raise ServerConfigError(f"environment variable {args.admin_token_env}: the admin token must have at least "
+                                "8 characters")
+    ref = resolve()
+    router = build(ref)
+    holder = RouterHolder(router, {"uri": ref.uri, "version": ref.version, "location": ref.location})
+    reloader = ModelReloader(holder, resolve, build, interval=args.reload_interval)
+    app = create_app(reloader=reloader, endpoints=load_endpoints((cfg.endpoints if cfg else None) or {}),
+                     auth_token=token or None, feedback_log=router.feedback_log, admin_token=admin_token,
+                     api_keys=api_keys, identity_header=identity_header)
     url = f"http://{args.host}:{args.port}"
-    print(f"gmtrouter {'chat page' if chat else 'server'} on {url}{'/chat' if chat else ''}", flush=True)
+    extras = []
+    if args.reload_interval > 0:
+        extras.append(f"checking for a new version every {args.reload_interval:g} s")
+    if admin_token:
+        extras.append("POST /admin/reload enabled")
+    if api_keys is not None or identity_header:
+        extras.append("identity enforced")
+    print(f"gmtrouter {'chat page' if chat else 'server'} on {url}{'/chat' if chat else ''}: serving {ref.uri} "
+          f"version {ref.version}" + (f" ({'; '.join(extras)})" if extras else ""), flush=True)
     run_server(app, args.host, args.port)
     return 0
 
@@ -224,9 +321,16 @@ def _demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gmtrouter", description="GMTRouter: personalized LLM routing")
     p.add_argument("--log-level", default="WARNING")
+    p.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
+    # --debug also after the verb (gmtrouter infer ... --debug)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="verb", required=True)
 
-    t = sub.add_parser("train", help="train from a seed-style training config")
+    def verb(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kw)
+
+    t = verb("train", help="train from a seed-style training config")
     t.add_argument("--router", default="gmtrouter", help=argparse.SUPPRESS)  # LLMRouter compatibility
     t.add_argument("--config", required=True)
     t.add_argument("--device", default=None, help="cpu, cuda, cuda:0 (default: cuda when available)")
@@ -238,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resamples", type=int, default=1000)
     t.set_defaults(func=_train)
 
-    e = sub.add_parser("evaluate", help="evaluation report (GMTRouter vs baselines) on a split")
+    e = verb("evaluate", help="evaluation report (GMTRouter vs baselines) on a split")
     e.add_argument("--config", required=True)
     e.add_argument("--checkpoint", default=None)
     e.add_argument("--blind", default=None, help="checkpoint of a user-blind model to report beside")
@@ -247,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--resamples", type=int, default=1000)
     e.set_defaults(func=_evaluate)
 
-    i = sub.add_parser("infer", help="route (and answer) queries")
+    i = verb("infer", help="route (and answer) queries")
     i.add_argument("--router", default="gmtrouter", help=argparse.SUPPRESS)
     i.add_argument("--config", required=True)
     src = i.add_mutually_exclusive_group(required=True)
@@ -260,26 +364,47 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--device", default=None, help="cpu or cuda (default: router.device of the config)")
     i.set_defaults(func=_infer)
 
-    f = sub.add_parser("feedback", help="record a rating (durable log + live user graph)")
+    f = verb("feedback", help="record a rating (durable log + live user graph)")
     f.add_argument("--config", required=True)
     f.add_argument("--user-id", required=True)
     f.add_argument("--query", required=True)
-    f.add_argument("--model", required=True)
-    f.add_argument("--rating", type=float, required=True)
+    f.add_argument("--model", default=None, help="the LLM that answered (with --rating)")
+    f.add_argument("--rating", type=float, default=None, help="the user's rating of that answer")
+    f.add_argument("--preferred", default=None, help="pairwise: the LLM whose answer the user preferred ...")
+    f.add_argument("--rejected", default=None, help="... over this LLM's answer (instead of --model/--rating)")
     f.add_argument("--session-id", default=None)
+    f.add_argument("--turn", type=int, default=None, help="the turn of the session the feedback is about")
     f.set_defaults(func=_feedback)
 
     for name, chat in (("chat", True), ("serve", False)):
-        s = sub.add_parser(name, help="chat page" if chat else "OpenAI-compatible routing server")
+        s = verb(name, help="chat page" if chat else "OpenAI-compatible routing server")
         s.add_argument("--router", default="gmtrouter", help=argparse.SUPPRESS)
-        s.add_argument("--config", required=True)
+        s.add_argument("--config", default=None,
+                       help="router YAML (checkpoint, candidates, feedback log, endpoints); optional with --model")
+        s.add_argument("--model", default=None,
+                       help="models:/<name>@<alias> (MLflow registry) or a checkpoint folder; overrides the "
+                            "config's checkpoint")
+        s.add_argument("--tracking-uri", default=None,
+                       help="MLflow tracking URI for --model models:/... (default: $MLFLOW_TRACKING_URI)")
+        s.add_argument("--reload-interval", type=float, default=0.0, metavar="SECONDS",
+                       help="check the model source for a new version every SECONDS (0: only on POST "
+                            "/admin/reload)")
         s.add_argument("--host", default="127.0.0.1")
         s.add_argument("--port", type=int, default=8080 if chat else 8000)
         s.add_argument("--auth-token-env", default="GMTROUTER_AUTH_TOKEN",
-                       help="environment variable holding the bearer token (unset: no auth)")
+                       help="environment variable holding the shared bearer token (unset: no auth)")
+        s.add_argument("--admin-token-env", default="GMTROUTER_ADMIN_TOKEN",
+                       help="environment variable holding the token of POST /admin/reload (unset: disabled)")
+        s.add_argument("--api-keys", default=None, metavar="FILE",
+                       help="JSON/YAML {api_key: user_id}: per-user keys, the user id comes from the key "
+                            "(default: $GMTROUTER_API_KEYS_FILE)")
+        s.add_argument("--identity-header", default=None, metavar="NAME",
+                       help="trust this header (set by an authenticating proxy) as the user id, e.g. "
+                            "X-Authenticated-User (default: $GMTROUTER_IDENTITY_HEADER)")
+        s.add_argument("--device", default=None, help="cpu or cuda (default: router.device of the config)")
         s.set_defaults(func=lambda a, chat=chat: _serve(a, chat=chat))
 
-    d = sub.add_parser("demo", help="write the offline demo dataset (GMTRouter JSONL splits)")
+    d = verb("demo", help="write the offline demo dataset (GMTRouter JSONL splits)")
     d.add_argument("--out", default="./data/demo")
     d.add_argument("--size", default="tiny", choices=["tiny", "small", "medium", "large"])
     d.add_argument("--seed", type=int, default=0)
@@ -288,14 +413,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one verb.  Bad input, configuration, data or checkpoints print one line
+    (``error: <file:line: field: what>``) on stderr and exit with status 2; ``--debug``
+    shows the traceback instead."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    from .config import ConfigError
+    from .errors import one_line, readable_error_types
 
     try:
         return int(args.func(args) or 0)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if args.debug or not isinstance(e, readable_error_types()):
+            raise
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
 
 

@@ -108,10 +108,10 @@ class FakeRouter:
         if not user_id or not query:
             raise RoutingError("user_id and query must be non-empty")
         if model not in self.candidates:
-            raise RoutingError(f"unknown model {model!r}")
+            raise RoutingError(f"field 'model': unknown model {model!r}")  # the real router's message shape
         lo, hi = self.rating_scale
         if not lo <= rating <= hi:
-            raise RoutingError(f"rating {rating} outside [{lo}, {hi}]")
+            raise RoutingError(f"field 'rating': {rating} outside [{lo}, {hi}]")
         self.feedback_calls.append(
             {"user_id": user_id, "query": query, "model": model, "rating": rating, "session_id": session_id}
         )
@@ -365,7 +365,7 @@ def test_concrete_model_bypasses_routing(stack):
     assert up.requests[-1]["headers"]["authorization"] == f"Bearer {ALPHA_KEY}"
 
 
-def test_streaming_passes_chunks_through_in_order(stack):
+def test_streaming_relays_chunks_in_order_with_the_routed_model(stack):
     up = stack["upstream"]
     up.gate.clear()
     question = "GATED stream me something"
@@ -385,22 +385,26 @@ def test_streaming_passes_chunks_through_in_order(stack):
             received = [line for line in raw.decode().split("\n") if line]
     # the upstream held its last chunk until we had seen the first: real streaming, no buffering
     assert up.gate_seen[-1] is True
-    assert raw == b"".join(up.sent_chunks[-len(received):])  # byte-identical, in order
+    sent = [json.loads(c[len(b"data: "):]) for c in up.sent_chunks[-len(received):-1]]
     assert received[-1] == "data: [DONE]"
-    pieces = [json.loads(line[len("data: "):])["choices"][0]["delta"]["content"] for line in received[:-1]]
+    got = [json.loads(line[len("data: "):]) for line in received[:-1]]
+    pieces = [c["choices"][0]["delta"]["content"] for c in got]
     assert "".join(pieces) == f"alpha answers (alpha-up-v1): {question[::-1]}"
     assert len(pieces) == len(question.split(" ")) + 3
-    assert json.loads(received[0][len("data: "):])["model"] == "alpha-up-v1"  # nothing rewritten
+    # each chunk carries the routed model's name, as the non-streamed answer does; nothing else changes
+    assert {c["model"] for c in sent} == {"alpha-up-v1"} and {c["model"] for c in got} == {"alpha"}
+    assert [{**c, "model": "alpha"} for c in sent] == got
 
 
 def test_missing_endpoint_key_and_upstream_errors(stack):
     client = stack["client"]
     r = chat(client, [{"role": "user", "content": "ask gamma please"}], user="u-err")
-    assert r.status_code == 503
+    # a configuration problem, not worth a retry: a 4xx (OpenAI clients retry 408/409/429/5xx)
+    assert r.status_code == 404 and r.headers["x-should-retry"] == "false"
     e = err(r)
-    assert e["code"] == "endpoint_not_configured" and "'gamma'" in e["message"]
+    assert e["code"] == "endpoint_not_configured" and "'gamma'" in e["message"] and e["param"] == "model"
     r = client.post("/v1/chat/completions", json={"model": "delta", "messages": [{"role": "user", "content": "x"}]})
-    assert r.status_code == 503 and err(r)["code"] == "api_key_missing"
+    assert r.status_code == 503 and err(r)["code"] == "api_key_missing" and r.headers["x-should-retry"] == "false"
     assert "GMT_TEST_UNSET_KEY_VAR" in err(r)["message"]
     for stream in (False, True):
         r = client.post("/v1/chat/completions",
@@ -430,7 +434,7 @@ def test_bad_requests(stack):
     client, router = stack["client"], stack["router"]
     n = len(router.route_calls)
     r = chat(client, [], user="u")
-    assert r.status_code == 422 and "messages" in err(r)["message"]
+    assert r.status_code == 400 and "messages" in err(r)["message"] and err(r)["param"] == "messages"
     r = chat(client, [{"role": "user", "content": "hi"}])
     assert r.status_code == 400 and err(r)["param"] == "user" and "'user'" in err(r)["message"]
     r = chat(client, [{"role": "system", "content": "only system"}], user="u")
@@ -446,7 +450,13 @@ def test_bad_requests(stack):
     r = client.post("/v1/chat/completions", content=b"")
     assert r.status_code == 400 and "empty" in err(r)["message"]
     r = client.post("/v1/chat/completions", json={"model": "router", "user": 5, "messages": [{"role": "user"}]})
-    assert r.status_code == 422 and "user" in err(r)["message"]
+    assert r.status_code == 400 and "user" in err(r)["message"] and err(r)["param"] == "user"
+    r = chat(client, [{"role": "user", "content": "hi"}], user="u", stream="yes")  # a JSON boolean only
+    assert r.status_code == 400 and err(r)["param"] == "stream"
+    r = chat(client, [{"role": "user", "content": "hi"}], user="u", stream=1)
+    assert r.status_code == 400 and err(r)["param"] == "stream"
+    r = chat(client, [{"role": "user", "content": "hi"}, {"role": ""}], user="u")
+    assert r.status_code == 400 and err(r)["param"] == "messages[1].role"
     big = {"model": "router", "user": "u", "messages": [{"role": "user", "content": "x" * 30_000}]}
     r = client.post("/v1/chat/completions", json=big)
     assert r.status_code == 413 and err(r)["code"] == "request_too_large"
@@ -481,11 +491,13 @@ def test_route_single_and_batch(stack):
     r = client.post("/v1/route", json={"query_text": "x", "user_id": "u", "candidates": ["nope"]})
     assert r.status_code == 400 and err(r)["code"] == "routing_error" and "nope" in err(r)["message"]
     r = client.post("/v1/route", json={"query_text": "x", "user_id": "u", "colour": "red"})
-    assert r.status_code == 422 and "colour" in err(r)["message"]
+    assert r.status_code == 400 and "colour" in err(r)["message"] and err(r)["param"] == "colour"
     r = client.post("/v1/route", json={"query_text": "x"})
-    assert r.status_code == 422 and "user_id" in err(r)["message"]
+    assert r.status_code == 400 and "user_id" in err(r)["message"] and err(r)["param"] == "user_id"
     r = client.post("/v1/route", json={"queries": []})
-    assert r.status_code == 422 and "queries" in err(r)["message"]
+    assert r.status_code == 400 and "queries" in err(r)["message"] and err(r)["param"] == "queries"
+    r = client.post("/v1/route", json={"queries": [{"query_text": "x", "user_id": "u", "turn": "2"}]})
+    assert r.status_code == 400 and err(r)["param"] == "queries[0].turn"
 
 
 def test_feedback_reaches_router_and_changes_routing(stack):
@@ -511,17 +523,17 @@ def test_feedback_reaches_router_and_changes_routing(stack):
 
     n_calls, n_log = len(router.feedback_calls), log.count()
     bad = [
-        ({**fb, "model": "nope"}, 400, "unknown model"),
-        ({**fb, "rating": 9}, 400, "outside"),
-        ({**fb, "rating": "5"}, 422, "rating"),
-        ({k: v for k, v in fb.items() if k != "query"}, 422, "query"),
-        ({**fb, "user_id": ""}, 422, "user_id"),
-        ({**fb, "extra": 1}, 422, "extra"),
+        ({**fb, "model": "nope"}, "unknown model", "model"),
+        ({**fb, "rating": 9}, "outside", "rating"),
+        ({**fb, "rating": "5"}, "rating", "rating"),
+        ({k: v for k, v in fb.items() if k != "query"}, "query", "query"),
+        ({**fb, "user_id": ""}, "user_id", "user_id"),
+        ({**fb, "extra": 1}, "extra", "extra"),
     ]
-    for payload, status, needle in bad:
+    for payload, needle, param in bad:
         r = client.post("/v1/feedback", json=payload)
-        assert r.status_code == status, (payload, r.text)
-        assert needle in err(r)["message"]
+        assert r.status_code == 400, (payload, r.text)
+        assert needle in err(r)["message"] and err(r)["param"] == param, r.text
     assert len(router.feedback_calls) == n_calls and log.count() == n_log
 
 
@@ -554,7 +566,7 @@ def test_feedback_passes_turn_to_routers_that_take_it():
         fb = {"user_id": "u", "query": "q", "model": "beta", "rating": 4.0, "session_id": "s"}
         assert c.post("/v1/feedback", json={**fb, "turn": 3}).status_code == 200
         assert c.post("/v1/feedback", json=fb).status_code == 200
-        assert c.post("/v1/feedback", json={**fb, "turn": 0}).status_code == 422
+        assert c.post("/v1/feedback", json={**fb, "turn": 0}).status_code == 400
     assert [call["turn"] for call in router.feedback_calls] == [3, None]
 
 
@@ -608,7 +620,7 @@ def test_metrics_count_requests_routing_and_feedback(stack):
     client = stack["client"]
     m0 = client.get("/metrics").text
     r200 = metric(m0, "gmtrouter_requests_total", method="POST", path="/v1/route", status="200")
-    r422 = metric(m0, "gmtrouter_requests_total", method="POST", path="/v1/route", status="422")
+    r400 = metric(m0, "gmtrouter_requests_total", method="POST", path="/v1/route", status="400")
     lat = metric(m0, "gmtrouter_routing_latency_seconds_count", kind="single")
     inf = metric(m0, "gmtrouter_routing_latency_seconds_bucket", kind="single", le="+Inf")
     fbn = metric(m0, "gmtrouter_feedback_total")
@@ -616,7 +628,7 @@ def test_metrics_count_requests_routing_and_feedback(stack):
     unauth = metric(m0, "gmtrouter_requests_total", method="GET", path="/v1/models", status="401")
     assert client.post("/v1/route", json={"query_text": "q", "user_id": "u-m"}).status_code == 200
     assert client.post("/v1/route", json={"query_text": "q", "user_id": "u-m"}).status_code == 200
-    assert client.post("/v1/route", json={"query_text": "q"}).status_code == 422
+    assert client.post("/v1/route", json={"query_text": "q"}).status_code == 400
     assert client.post("/v1/feedback", json={"user_id": "u-m", "query": "q", "model": "alpha",
                                              "rating": 2}).status_code == 200
     assert chat(client, [{"role": "user", "content": "code"}], user="u-m2").status_code == 200
@@ -625,7 +637,7 @@ def test_metrics_count_requests_routing_and_feedback(stack):
     assert m1.headers["content-type"].startswith("text/plain")
     t = m1.text
     assert metric(t, "gmtrouter_requests_total", method="POST", path="/v1/route", status="200") == r200 + 2
-    assert metric(t, "gmtrouter_requests_total", method="POST", path="/v1/route", status="422") == r422 + 1
+    assert metric(t, "gmtrouter_requests_total", method="POST", path="/v1/route", status="400") == r400 + 1
     assert metric(t, "gmtrouter_requests_total", method="GET", path="/v1/models", status="401") == unauth + 1
     assert metric(t, "gmtrouter_routing_latency_seconds_count", kind="single") == lat + 3
     assert metric(t, "gmtrouter_routing_latency_seconds_bucket", kind="single", le="+Inf") == inf + 3

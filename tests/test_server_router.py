@@ -187,36 +187,51 @@ def test_feedback_over_http_changes_routing_without_retraining(client, router, p
 def test_bad_requests_get_4xx_with_a_message(client, router, planted_graph):
     q = planted_graph.query_text[0]
     user_msg = [{"role": "user", "content": q}]
-    cases: list[tuple[str, Any, int, str]] = [
-        ("/v1/route", b"", 400, "empty"),
-        ("/v1/route", b"{not json", 400, "not valid JSON"),
-        ("/v1/route", b"[1, 2]", 400, "JSON object"),
-        ("/v1/route", {"query_text": q}, 422, "user_id"),
-        ("/v1/route", {"query_text": q, "user_id": "bad-user", "extra": 1}, 422, "extra"),
-        ("/v1/route", {"query_text": "   ", "user_id": "bad-user"}, 400, "query_text"),
-        ("/v1/route", {"query_text": q, "user_id": "bad user id"}, 400, "user_id"),
-        ("/v1/route", {"query_text": q, "user_id": "bad-user", "candidates": ["gpt-99"]}, 400, "gpt-99"),
-        ("/v1/route", {"query_text": q, "user_id": "bad-user", "turn": 0}, 422, "turn"),
-        ("/v1/route", {"queries": []}, 422, "queries"),
+    # (path, body, status, message fragment, param: the field as the client named it)
+    cases: list[tuple[str, Any, int, str, str | None]] = [
+        ("/v1/route", b"", 400, "empty", None),
+        ("/v1/route", b"{not json", 400, "not valid JSON", None),
+        ("/v1/route", b"[1, 2]", 400, "JSON object", None),
+        ("/v1/route", {"query_text": q}, 400, "user_id", "user_id"),
+        ("/v1/route", {"query_text": q, "user_id": "bad-user", "extra": 1}, 400, "extra", "extra"),
+        ("/v1/route", {"query_text": "   ", "user_id": "bad-user"}, 400, "query_text", "query_text"),
+        ("/v1/route", {"query_text": q, "user_id": "bad user id"}, 400, "user_id", "user_id"),
+        ("/v1/route", {"query_text": q, "user_id": "bad-user", "candidates": ["gpt-99"]}, 400, "gpt-99",
+         "candidates"),
+        ("/v1/route", {"query_text": q, "user_id": "bad-user", "turn": 0}, 400, "turn", "turn"),
+        ("/v1/route", {"queries": []}, 400, "queries", "queries"),
         ("/v1/feedback", {"user_id": "bad-user", "query": q, "model": "m0", "rating": 99.0}, 400,
-         "outside the rating scale"),
-        ("/v1/feedback", {"user_id": "bad-user", "query": q, "model": "m0", "rating": "5"}, 422, "rating"),
-        ("/v1/feedback", {"user_id": "bad-user", "query": q, "model": "gpt-99", "rating": 3.0}, 400, "gpt-99"),
-        ("/v1/feedback", {"user_id": "bad-user", "model": "m0", "rating": 3.0}, 422, "query"),
-        ("/v1/chat/completions", {"model": "router", "messages": user_msg}, 400, "user"),
-        ("/v1/chat/completions", {"model": "gpt-99", "user": "bad-user", "messages": user_msg}, 404, "gpt-99"),
-        ("/v1/chat/completions", {"model": "router", "user": "bad-user", "messages": []}, 422, "messages"),
+         "outside the rating scale", "rating"),
+        ("/v1/feedback", {"user_id": "bad-user", "query": q, "model": "m0", "rating": "5"}, 400, "rating", "rating"),
+        ("/v1/feedback", {"user_id": "bad-user", "query": q, "model": "gpt-99", "rating": 3.0}, 400, "gpt-99",
+         "model"),
+        ("/v1/feedback", {"user_id": "bad-user", "model": "m0", "rating": 3.0}, 400, "query", "query"),
+        ("/v1/feedback", {"user": "bad user id", "query": q, "model": "m0", "rating": 3.0}, 400, "'user'", "user"),
+        ("/v1/chat/completions", {"model": "router", "messages": user_msg}, 400, "user", "user"),
+        # the router checks the id; the error names the client's field 'user', not the router's 'user_id'
+        ("/v1/chat/completions", {"model": "router", "user": "bad user id", "messages": user_msg}, 400, "'user'",
+         "user"),
+        ("/v1/chat/completions", {"model": "gpt-99", "user": "bad-user", "messages": user_msg}, 404, "gpt-99",
+         "model"),
+        ("/v1/chat/completions", {"model": "router", "user": "bad-user", "messages": []}, 400, "messages",
+         "messages"),
+        ("/v1/chat/completions", {"model": "router", "user": "bad-user", "stream": "yes", "messages": user_msg}, 400,
+         "stream", "stream"),
         ("/v1/chat/completions", {"model": "router", "user": "bad-user",
-                                  "messages": [{"role": "system", "content": "be brief"}]}, 400, "role 'user'"),
+                                  "messages": [{"role": "system", "content": "be brief"}]}, 400, "role 'user'",
+         "messages"),
     ]
     n_log = router.feedback_log.count()
-    for path, body, status, fragment in cases:
+    for path, body, status, fragment, param in cases:
         if isinstance(body, bytes):
             resp = client.post(path, content=body, headers={"Content-Type": "application/json"})
         else:
             resp = client.post(path, json=body)
         assert resp.status_code == status, (path, body, resp.status_code, resp.text)
-        msg = resp.json()["error"]["message"]
-        assert fragment in msg, (path, body, msg)
+        error = resp.json()["error"]
+        assert fragment in error["message"], (path, body, error)
+        assert error["param"] == param, (path, body, error)
+        if param == "user":
+            assert "user_id" not in error["message"], error
     assert router.feedback_log.count() == n_log  # nothing stored
     assert router.history_size("bad-user") == 0
