@@ -311,6 +311,26 @@ def load_router(
     return GMTRouter.from_checkpoint(ckpt, **router_kw)
 
 
+def resolve_model_version(uri: str, tracking_uri: str | None = None, *, registry_uri: str | None = None) -> str:
+    """The version ``models:/<name>@<alias>`` names now (``models:/<name>/<v>``: ``v``), downloading nothing.
+
+    The serving router polls this to notice a moved alias.  Raises
+    ``RegistryError`` when the registry cannot be reached or has no such model.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    name, alias, version = parse_model_uri(uri)
+    t_uri = tracking_uri or default_tracking_uri()
+    r_uri = registry_uri or t_uri
+    client = MlflowClient(tracking_uri=t_uri, registry_uri=r_uri)
+    try:
+        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    except MlflowException as exc:
+        raise RegistryError(f"{uri}: not found in the registry at {r_uri} ({exc.message})") from exc
+    return str(mv.version)
+
+
 # --------------------------------------------------------------------------
 # the pyfunc model
 # --------------------------------------------------------------------------
