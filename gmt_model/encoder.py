@@ -597,7 +597,14 @@ def _build_export(src: Path, variant: str, fingerprint: str, onnx_dir: Path, fin
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it private; the export is a shared cache
-        os.rename(tmp, final)  # atomic: readers see no folder or a complete one
+        try:
+            os.rename(tmp, final)  # atomic: readers see no folder or a complete one
+        except OSError:
+            # another builder won the race (possible only where file locks do not work): keep theirs if valid
+            if _check_export(final, variant, fingerprint) is not None:
+                raise
+            log.info("ONNX %s export %s was made by another process meanwhile; using it", variant, final)
+            return
         log.info("ONNX %s export of %s ready in %.1f s (min cosine to torch %.5f): %s", variant, src,
                  time.perf_counter() - started, cosine, final)
     finally:
