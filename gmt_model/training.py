@@ -17,6 +17,12 @@ Every epoch (one optimiser step, as in the reference):
 Validation every ``eval_every`` epochs (all training interactions visible,
 validation ratings hidden); the best checkpoint by ``objective`` and a
 periodic, resumable checkpoint every ``save_every`` epochs.
+
+Re-running into the same folder resumes: a killed run continues from its
+last periodic checkpoint (``on_start`` hears how many epochs were done); a
+finished run is not trained again (``TrainResult.already_trained``; nothing
+is written); a run with another configuration or data refuses to resume with
+:class:`ResumeMismatchError`, which names what changed.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import dataclasses
 import json
 import logging
 import math
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -44,7 +51,7 @@ from .metrics import pairwise_accuracy, pairwise_auc
 from .model import GMTModel, ModelConfig
 
 __all__ = ["TrainResult", "train", "model_config_for", "resolve_device", "predict_groups", "pair_scores",
-           "EpochSampler"]
+           "EpochSampler", "ResumeMismatchError"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +93,25 @@ class TrainResult:
     resumed_from: int | None = None
     warnings: list[str] = field(default_factory=list)
     model_config: dict[str, Any] = field(default_factory=dict)
+    #: the folder already held a finished run of this configuration: nothing was trained or written
+    already_trained: bool = False
+
+
+class ResumeMismatchError(CheckpointError):
+    """The run folder holds a periodic checkpoint of another configuration or data.
+
+    ``folder`` is that checkpoint; ``changes`` lists ``"key: old -> new"``.
+    """
+
+    def __init__(self, folder: Path, changes: list[str]) -> None:
+        self.folder = Path(folder)
+        self.changes = list(changes)
+        what = "; ".join(self.changes[:6]) + (f"; and {len(self.changes) - 6} more" if len(self.changes) > 6 else "")
+        super().__init__(f"{self.folder}: was written by a run with a different configuration or data ({what}); "
+                         "train with resume=False to start again from scratch, or into another folder")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.folder, self.changes))
 
 
 class EpochSampler:
@@ -232,7 +258,7 @@ def _fingerprint(cfg: TrainConfig, mcfg: ModelConfig, g: GraphTables) -> dict[st
 
 def train(g: GraphTables, cfg: TrainConfig, out_dir: str | Path, *, resume: bool = True,
           callback: Callable[[int, dict[str, float]], None] | None = None,
-          device: str | None = None) -> TrainResult:
+          device: str | None = None, on_start: Callable[[int], None] | None = None) -> TrainResult:
     """Train on ``g``'s training split, validating on its valid split.
 
     Writes ``out_dir/best`` (best validation ``objective``) and
@@ -240,6 +266,15 @@ def train(g: GraphTables, cfg: TrainConfig, out_dir: str | Path, *, resume: bool
     optimiser and RNG state so a killed run resumes from it).
     ``callback(epoch, metrics)`` is called after every epoch.  On CPU the run
     is bit-for-bit deterministic for a seed (deterministic scatter kernels).
+
+    ``resume``: continue from ``out_dir/last`` when it exists (a killed run
+    resumes where it was saved, exactly; ``on_start(epochs_done)`` is called
+    once before the first epoch, with 0 for a fresh start).  When that
+    checkpoint already reached ``cfg.epochs`` nothing is trained or written
+    and the result has ``already_trained=True``.  A checkpoint of another
+    configuration or data raises :class:`ResumeMismatchError`.
+    ``resume=False`` starts from scratch (an earlier ``last`` is removed first,
+    so a kill cannot leave a mix of two runs to resume from).
     """
     dev = resolve_device(device or cfg.device)
     import torch.utils.deterministic as det
@@ -252,14 +287,15 @@ def train(g: GraphTables, cfg: TrainConfig, out_dir: str | Path, *, resume: bool
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have a deterministic implementation.*")
-            return _train(g, cfg, Path(out_dir), resume, callback, dev)
+            return _train(g, cfg, Path(out_dir), resume, callback, dev, on_start)
     finally:
         torch.use_deterministic_algorithms(was, warn_only=was_warn)
         det.fill_uninitialized_memory = was_fill
 
 
 def _train(g: GraphTables, cfg: TrainConfig, out: Path, resume: bool,
-           callback: Callable[[int, dict[str, float]], None] | None, dev: torch.device) -> TrainResult:
+           callback: Callable[[int, dict[str, float]], None] | None, dev: torch.device,
+           on_start: Callable[[int], None] | None = None) -> TrainResult:
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -295,7 +331,18 @@ def _train(g: GraphTables, cfg: TrainConfig, out: Path, resume: bool,
     if resume and (last_dir / TRAIN_STATE).exists():
         start_epoch, best_metric, best_epoch, history = _resume(last_dir, model, opt, rng, fingerprint, dev)
         resumed_from = start_epoch - 1
-        log.info("resumed from %s at epoch %d", last_dir, resumed_from)
+        if resumed_from >= cfg.epochs and best_dir.exists():
+            log.info("%s: already trained (%d epochs); nothing to do", out, resumed_from)
+            return TrainResult(best_dir=best_dir, last_dir=last_dir, best_epoch=best_epoch,
+                               best_metric=best_metric if best_metric != -math.inf else float("nan"),
+                               objective=cfg.objective, history=history, device=str(dev), epochs_run=0,
+                               wall_time_s=time.perf_counter() - t0, resumed_from=resumed_from, warnings=notes,
+                               model_config=mcfg.to_dict(), already_trained=True)
+        log.info("resuming from epoch %d (%s)", resumed_from, last_dir)
+    elif not resume and last_dir.exists():
+        shutil.rmtree(last_dir)  # a fresh run: never resume into a mix of this run and an older one
+    if on_start is not None:
+        on_start(start_epoch - 1)
     qe = torch.from_numpy(g.query_emb).to(dev)
     le = torch.from_numpy(g.llm_emb).to(dev)
     rt = torch.from_numpy(g.rating).to(dev)
@@ -345,7 +392,7 @@ def _train(g: GraphTables, cfg: TrainConfig, out: Path, resume: bool,
         if epoch % cfg.save_every == 0 and epoch != cfg.epochs:
             save_last(epoch)
     save_last(epoch)
-    if not has_valid or not best_dir.exists():
+    if not has_valid or best_epoch == 0 or not best_dir.exists():
         save_checkpoint(best_dir, model, meta={"epoch": epoch, "kind": "best"}, **ckpt_kw)
         best_epoch = epoch
     return TrainResult(best_dir=best_dir, last_dir=last_dir, best_epoch=best_epoch,
@@ -353,6 +400,17 @@ def _train(g: GraphTables, cfg: TrainConfig, out: Path, resume: bool,
                        objective=cfg.objective, history=history, device=str(dev),
                        epochs_run=max(0, epoch - start_epoch + 1), wall_time_s=time.perf_counter() - t0,
                        resumed_from=resumed_from, warnings=notes, model_config=mcfg.to_dict())
+
+
+def _changes(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """``"key: old -> new"`` for every leaf that differs between two fingerprints."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for k in list(old) + [k for k in new if k not in old]:
+            key = f"{prefix}.{k}" if prefix else str(k)
+            out += _changes(old.get(k, "<unset>"), new.get(k, "<unset>"), key)
+        return out
+    return [] if old == new else [f"{prefix}: {old!r} -> {new!r}"]
 
 
 def _json_default(o: Any) -> Any:
@@ -369,10 +427,9 @@ def _resume(last_dir: Path, model: GMTModel, opt: torch.optim.Optimizer, rng: np
     state = cfg.get("extra", {}).get("train_state")
     if not state:
         raise CheckpointError(f"{last_dir}: no training state to resume from")
-    if json.loads(json.dumps(fingerprint, default=_json_default)) != state["fingerprint"]:
-        raise CheckpointError(
-            f"{last_dir}: was written by a run with a different configuration or data; "
-            "remove it or train into another folder")
+    now = json.loads(json.dumps(fingerprint, default=_json_default))
+    if now != state["fingerprint"]:
+        raise ResumeMismatchError(last_dir, _changes(state["fingerprint"], now))
     weights = load_tensors(last_dir, cfg, "model.safetensors")
     model.load_state_dict(weights)
     model.to(dev)

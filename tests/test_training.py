@@ -109,21 +109,72 @@ def test_resume_after_kill_matches_uninterrupted_run(planted_graph, tmp_path):
         if epoch == 6:
             raise Killed
 
+    starts: list[int] = []
     with pytest.raises(Killed):
-        train(planted_graph, quick_config(epochs=8, eval_every=2, save_every=4), tmp_path / "run", callback=kill_at_6)
-    resumed = train(planted_graph, quick_config(epochs=8, eval_every=2, save_every=4), tmp_path / "run")
-    assert resumed.resumed_from == 4 and resumed.epochs_run == 4
+        train(planted_graph, quick_config(epochs=8, eval_every=2, save_every=4), tmp_path / "run", callback=kill_at_6,
+              on_start=starts.append)
+    epochs: list[int] = []
+    resumed = train(planted_graph, quick_config(epochs=8, eval_every=2, save_every=4), tmp_path / "run",
+                    on_start=starts.append, callback=lambda e, r: epochs.append(e))
+    assert starts == [0, 4]  # a fresh start, then "resuming from epoch 4"
+    assert epochs == [5, 6, 7, 8]
+    assert resumed.resumed_from == 4 and resumed.epochs_run == 4 and not resumed.already_trained
     wf = load_file(str(full.last_dir / "model.safetensors"))
     wr = load_file(str(resumed.last_dir / "model.safetensors"))
     for k in wf:
         assert torch.allclose(wf[k], wr[k], atol=1e-6), k
     assert [r["epoch"] for r in resumed.history] == [2.0, 4.0, 6.0, 8.0]
     np.testing.assert_allclose([r["val_auc"] for r in resumed.history], [r["val_auc"] for r in full.history], atol=1e-6)
-    # a different configuration refuses to resume from that folder
+    # a different configuration refuses to resume from that folder, and says what changed
     from gmt_model.checkpoint import CheckpointError
+    from gmt_model.training import ResumeMismatchError
 
-    with pytest.raises(CheckpointError, match="different configuration"):
+    with pytest.raises(CheckpointError, match="different configuration") as ei:
         train(planted_graph, quick_config(epochs=10, eval_every=2, save_every=4, lr=1e-2), tmp_path / "run")
+    assert isinstance(ei.value, ResumeMismatchError)
+    assert ei.value.changes == ["train.lr: 0.002 -> 0.01"] and ei.value.folder == tmp_path / "run" / "last"
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_rerun_of_a_finished_run_trains_nothing_and_writes_nothing(planted_graph, tmp_path):
+    cfg = quick_config(epochs=4, eval_every=2, save_every=2)
+    first = train(planted_graph, cfg, tmp_path, resume=False)
+    assert first.epochs_run == 4 and not first.already_trained
+    before = _snapshot(tmp_path)
+    calls: list = []
+    again = train(planted_graph, cfg, tmp_path, callback=lambda e, r: calls.append(e), on_start=calls.append)
+    assert again.already_trained and again.epochs_run == 0 and again.resumed_from == 4 and calls == []
+    assert (again.best_epoch, again.best_metric, again.history) == (first.best_epoch, first.best_metric,
+                                                                     first.history)
+    assert again.best_dir == first.best_dir
+    assert _snapshot(tmp_path) == before  # not a byte, not a timestamp changed
+    # more epochs than were run: resumes where the finished run ended
+    more = train(planted_graph, quick_config(epochs=6, eval_every=2, save_every=2), tmp_path, on_start=calls.append)
+    assert calls == [4] and more.epochs_run == 2 and not more.already_trained
+
+
+def test_fresh_start_leaves_no_older_run_to_resume(planted_graph, tmp_path):
+    """resume=False removes an older `last` first: a kill then cannot look like a finished run."""
+    cfg = quick_config(epochs=4, eval_every=2, save_every=100)
+    train(planted_graph, cfg, tmp_path, resume=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill(epoch, row):
+        if epoch == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(planted_graph, cfg, tmp_path, resume=False, callback=kill)
+    assert not (tmp_path / "last").exists()
+    starts: list[int] = []
+    res = train(planted_graph, cfg, tmp_path, on_start=starts.append)
+    assert starts == [0] and res.epochs_run == 4 and not res.already_trained
 
 
 @pytest.mark.parametrize("loss", ["ce", "bce"])
