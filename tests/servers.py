@@ -3,6 +3,7 @@ OpenAI-compatible upstream with one tenant per LLM name (127.0.0.1 only)."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -10,7 +11,7 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 
 class ServerThread:
@@ -41,7 +42,9 @@ class ServerThread:
 
 class TenantUpstream:
     """``POST /{tenant}/v1/chat/completions`` answers ``"<tenant> answers: <question>"``
-    and records every request (tenant, Authorization header, body)."""
+    and records every request (tenant, Authorization header, body); with ``stream: true``
+    the answer comes as SSE chunks (one per word, then ``[DONE]``), each naming the
+    upstream's own model."""
 
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
@@ -53,6 +56,17 @@ class TenantUpstream:
             body = await request.json()
             self.requests.append({"tenant": tenant, "auth": request.headers.get("authorization"), "body": body})
             answer = f"{tenant} answers: {body['messages'][-1]['content']}"
+            if body.get("stream") is True:
+                def events():
+                    for i, word in enumerate(answer.split(" ")):
+                        chunk = {"id": f"cmpl-{tenant}", "object": "chat.completion.chunk", "created": 1,
+                                 "model": body["model"],
+                                 "choices": [{"index": 0, "delta": {"content": word if i == 0 else " " + word},
+                                              "finish_reason": None}]}
+                        yield f"data: {json.dumps(chunk)}\n\n"
+                    yield "data: [DONE]\n\n"
+
+                return StreamingResponse(events(), media_type="text/event-stream")
             return JSONResponse({"id": f"cmpl-{tenant}", "object": "chat.completion", "created": 1,
                                  "model": body["model"],
                                  "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
