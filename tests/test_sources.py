@@ -506,7 +506,7 @@ def test_drive_confirmation_form_is_followed(drive, tmp_path):
     out = fetch(_drive_url(drive), tmp_path, filename=RELEASE, sha256=_sha(drive.payload), backoff=0)
     assert out == tmp_path / RELEASE and out.read_bytes() == drive.payload
     assert [r.split("?")[0] for r in drive.requests] == ["/uc", "/download", "/download"]
-    assert f"confirm=t" in drive.requests[-1] and f"uuid={drive.uuid}" in drive.requests[-1]
+    assert "confirm=t" in drive.requests[-1] and f"uuid={drive.uuid}" in drive.requests[-1]
     assert os.listdir(tmp_path) == [RELEASE]
     assert (extract(out, tmp_path / "x") / "data/mt_bench/readme.txt").read_bytes() == b"release"
 
