@@ -1158,7 +1158,7 @@ def create_app(
     @app.post("/v1/feedback")
     async def feedback(request: Request) -> JSONResponse:
         fb = _validate(_FeedbackBody, await _read_json(request))
-        user_param = "user" if fb.user is not None else "user_id"
+        user_param = "user_id" if fb.user is None and fb.user_id is not None else "user"
         if fb.user is not None and fb.user_id is not None and fb.user != fb.user_id:
             raise ApiError(400, "fields 'user' and 'user_id' differ; send one of them", param="user_id")
         named = fb.user if fb.user is not None else fb.user_id
