@@ -17,8 +17,12 @@ with the challenger registered but not promoted).
 """
 
 
+import base64
 import json
+import time
+import warnings
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -56,6 +60,36 @@ def _thin_users_md(thin: Mapping[str, int], limit: int = 50) -> str:
     return "\n".join(rows)
 
 
+#: largest PNG embedded into asset metadata (base64 in the event log); bigger ones are linked only
+_PNG_EMBED_MAX_BYTES = 400_000
+
+
+def _png_md(path: Path, alt: str) -> dg.MetadataValue:
+    """A PNG shown inline in the Dagster UI: Markdown with the image as a base64 data URI."""
+    data = path.read_bytes()
+    if len(data) > _PNG_EMBED_MAX_BYTES:
+        return dg.MetadataValue.md(f"{alt}: {path} ({len(data)} bytes, too large to embed)")
+    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(data).decode('ascii')})")
+
+
+class _TrainingProgress:
+    """Per-epoch callback: a progress line per model every 25 epochs or 15 s (at validation epochs)."""
+
+    def __init__(self, context: dg.AssetExecutionContext, dataset: str, every_epochs: int = 25,
+                 every_s: float = 15.0) -> None:
+        self.context, self.dataset, self.every_epochs, self.every_s = context, dataset, every_epochs, every_s
+        self.last: dict[str, tuple[int, float]] = {}
+
+    def __call__(self, name: str, epoch: int, row: Mapping[str, float]) -> None:
+        now = time.monotonic()
+        last_epoch, last_t = self.last.setdefault(name, (0, now))
+        if "val_auc" not in row or (epoch - last_epoch < self.every_epochs and now - last_t < self.every_s):
+            return
+        self.last[name] = (epoch, now)
+        self.context.log.info(f"{self.dataset} {name} epoch {epoch}: val_auc={row['val_auc']:.4f} "
+                              f"train_loss={row['train_loss']:.4f}")
+
+
 def _mlflow_run(mlflow: MLflowResource, context: dg.AssetExecutionContext, dataset: str) -> str:
     return mlflow.run_for(context.run.run_id, dataset, job_name=context.run.job_name)
 
@@ -70,12 +104,22 @@ def build_dataset_assets(dataset: str) -> list[dg.AssetsDefinition]:
     @dg.asset(key=k["raw_data"], kinds={"python"}, description=(
         f"Raw data of {dataset}: downloaded (resume, retries, sha256) and safely extracted, generated "
         f"(demo) or read in place (local folder), as configs/datasets.yaml and the run config say."), **common)
-    def raw_data(context: dg.AssetExecutionContext, config: RawDataConfig,
-                 paths: PathsResource) -> dg.MaterializeResult:
+    def raw_data(context: dg.AssetExecutionContext, config: RawDataConfig, paths: PathsResource,
+                 mlflow: MLflowResource) -> dg.MaterializeResult:
         store = DataStore(paths.root())
+        # the run's MLflow run opens here, at the first step: a tracking server that is down fails the
+        # run now (MLflowResource checks it before the step), not after embedding and graph building
+        run = _mlflow_run(mlflow, context, dataset)
         sources = config.sources_file or str(paths.configs() / "datasets.yaml")
-        m = steps.materialize_raw(dataset, store, overrides=config.overrides(), sources_file=sources,
-                                  run_id=context.run.run_id)
+        try:
+            m = steps.materialize_raw(dataset, store, overrides=config.overrides(), sources_file=sources,
+                                      run_id=context.run.run_id)
+            mlflow.log_params(run, {"kind": m["kind"], "source": m["source"], "sha256": m["sha256"]},
+                              prefix="raw.")
+        except BaseException:
+            mlflow.finish(run, "FAILED")
+            raise
+        mlflow.finish(run)
         path = store.resolve("raw", dataset, m["path"])
         return dg.MaterializeResult(metadata={
             "kind": m["kind"], "source": str(m["source"]), "path": dg.MetadataValue.path(str(path)),
@@ -98,11 +142,19 @@ def build_dataset_assets(dataset: str) -> list[dg.AssetsDefinition]:
         if len(config.split_fractions) != 3:
             raise ValueError(f"split_fractions: expected 3 numbers (training, valid, test), "
                              f"got {config.split_fractions}")
+        context.log.info(f"{dataset}: converting, embedding ({enc.name}) and splitting the raw data"
+                         + (f"; merging feedback from {fb_path}" if fb_path else ""))
+        t0 = time.perf_counter()
         m = steps.materialize_jsonl(dataset, store, enc, split_seed=config.split_seed,
                                     split_fractions=tuple(config.split_fractions),
                                     min_user_groups=config.min_user_groups, feedback_log=fb_path,
                                     run_id=context.run.run_id)
         fb = m["feedback"]
+        context.log.info(f"{dataset}: {m['n_users']} users, {m['n_llms']} LLMs, "
+                         + ", ".join(f"{s} {c['n_groups']} groups" for s, c in m["splits"].items())
+                         + ("; no feedback log" if m.get("feedback_through_id") is None else
+                            f"; feedback log rows 1..{m['feedback_through_id']} read, {fb['rows_merged']} merged")
+                         + f"; {time.perf_counter() - t0:.1f} s")
         conv = m["conversion"] or {}
         meta: dict[str, Any] = {
             "encoder": m["encoder"], "embedding_dim": m["dim"], "mode": m["mode"],
@@ -112,6 +164,7 @@ def build_dataset_assets(dataset: str) -> list[dg.AssetsDefinition]:
             "thin_users": dg.MetadataValue.md(_thin_users_md(m["thin_users"])),
             "feedback_rows_merged": fb["rows_merged"], "feedback_rows_history_only": fb["rows_history_only"],
             "feedback_groups_added": fb["groups_added"], "feedback": _md(fb),
+            "feedback_through_id": "none" if m.get("feedback_through_id") is None else int(m["feedback_through_id"]),
         }
         for s, c in m["splits"].items():
             for key, v in c.items():
@@ -149,30 +202,37 @@ def build_dataset_assets(dataset: str) -> list[dg.AssetsDefinition]:
                       mlflow: MLflowResource) -> dg.MaterializeResult:
         store = DataStore(paths.root())
         run = _mlflow_run(mlflow, context, dataset)
-        last_logged = {"epoch": 0}
-
-        def on_epoch(name: str, epoch: int, row: Mapping[str, float]) -> None:
-            if "val_auc" in row and epoch - last_logged["epoch"] >= 25:
-                last_logged["epoch"] = epoch
-                context.log.info(f"{dataset} {name} epoch {epoch}: val_auc={row['val_auc']:.4f} "
-                                 f"train_loss={row['train_loss']:.4f}")
-
+        progress = _TrainingProgress(context, dataset)
         cfg_path = config.config_path or str(steps.default_train_config(dataset, paths.configs()))
+        context.log.info(f"{dataset}: training GMTRouter" + (" and the user-blind ablation"
+                                                             if config.train_user_blind else "")
+                         + f" ({cfg_path}, overrides {config.overrides() or 'none'})")
         try:
-            m = steps.materialize_model(
-                dataset, store, config_path=cfg_path, overrides=config.overrides(),
-                train_user_blind=config.train_user_blind, blind_epochs=config.blind_epochs, resume=config.resume,
-                run_key=context.run.root_run_id or context.run.run_id, tracker=mlflow, mlflow_run_id=run,
-                log_checkpoints=config.log_checkpoints, on_epoch=on_epoch, run_id=context.run.run_id)
+            with warnings.catch_warnings(record=True) as caught:
+                m = steps.materialize_model(
+                    dataset, store, config_path=cfg_path, overrides=config.overrides(),
+                    train_user_blind=config.train_user_blind, blind_epochs=config.blind_epochs,
+                    resume=config.resume, run_key=context.run.root_run_id or context.run.run_id, tracker=mlflow,
+                    mlflow_run_id=run, log_checkpoints=config.log_checkpoints, on_epoch=progress,
+                    run_id=context.run.run_id)
         except BaseException:
             mlflow.finish(run, "FAILED")
             raise
+        finally:
+            # warnings (e.g. thin users, once per model) go to the run log once each, not to stderr
+            for text in dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught):
+                context.log.warning(text)
         mlflow.finish(run)
         folder = store.area("models", dataset)
         blind = m["blind"] or {}
+        context.log.info(f"{dataset}: best validation {m['objective']} {float(m['best_metric']):.4f} at epoch "
+                         f"{m['best_epoch']} ({m['device']}, {float(m['wall_time_s']):.1f} s)")
         return dg.MaterializeResult(metadata={
             "checkpoint": dg.MetadataValue.path(str(folder / m["checkpoint"])),
+            "training_curves": _png_md(folder / m["curves"], "training curves"),
             "curves": dg.MetadataValue.path(str(folder / m["curves"])),
+            "feedback_through_id": ("none" if m.get("feedback_through_id") is None
+                                    else int(m["feedback_through_id"])),
             "device": m["device"], "epochs": int(m["train_config"]["epochs"]), "epochs_run": m["epochs_run"],
             "best_epoch": m["best_epoch"], f"best_val_{m['objective']}": float(m["best_metric"]),
             "wall_time_s": float(m["wall_time_s"]),
@@ -189,6 +249,8 @@ def build_dataset_assets(dataset: str) -> list[dg.AssetsDefinition]:
                         mlflow: MLflowResource) -> dg.MaterializeResult:
         store = DataStore(paths.root())
         run = _mlflow_run(mlflow, context, dataset)
+        context.log.info(f"{dataset}: evaluating on the test split beside the baselines "
+                         f"({config.n_resamples} bootstrap resamples)")
         try:
             m = steps.materialize_evaluation(dataset, store, n_resamples=config.n_resamples, seed=config.seed,
                                              cold_start=config.cold_start, knn_k=config.knn_k, device=config.device,

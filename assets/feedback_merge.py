@@ -52,7 +52,7 @@ class FeedbackMergeStats:
 
     log_path: str | None = None
     log_exists: bool = False
-    max_id: int = 0
+    max_id: int = 0  # the largest id read: every row up to it was considered (``feedback_through_id``)
     rows_read: int = 0
     rows_merged: int = 0  # rows that became records of comparison groups
     rows_history_only: int = 0  # no second LLM rated by the same user on the same query
@@ -61,10 +61,14 @@ class FeedbackMergeStats:
     rows_out_of_scale: int = 0  # rating outside the training split's rating range
     groups_added: int = 0
     users_added: list[str] = field(default_factory=list)  # feedback users new to the dataset
+    #: ids of rows read but not in the training data (history only, unknown LLM, out of scale); not in to_dict
+    unmerged_ids: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict."""
-        return asdict(self)
+        """Plain JSON-able dict (without the id list)."""
+        out = asdict(self)
+        out.pop("unmerged_ids")
+        return out
 
 
 def _qid(query: str) -> str:
@@ -93,9 +97,11 @@ def feedback_groups(
         st.rows_read += 1
         if r.model not in known:
             st.rows_unknown_model += 1
+            st.unmerged_ids.append(int(r.id))
             continue
         if not lo <= r.rating <= hi:
             st.rows_out_of_scale += 1
+            st.unmerged_ids.append(int(r.id))
             continue
         key = (r.user_id, r.query.strip())
         slot = by_key.setdefault(key, {})
@@ -108,6 +114,7 @@ def feedback_groups(
         slot = by_key[key]
         if len(slot) < 2:
             st.rows_history_only += len(slot)
+            st.unmerged_ids.extend(int(r.id) for r in slot.values())
             continue
         user, query = key
         turns = {r.turn for r in slot.values()}
@@ -120,6 +127,7 @@ def feedback_groups(
         st.rows_merged += len(group)
         groups.append(group)
     st.groups_added = len(groups)
+    st.unmerged_ids.sort()
     return groups
 
 
@@ -146,8 +154,8 @@ def merge_feedback(
         raise ValueError(f"{training_path}: written with encoder {summary.encoder!r}, "
                          f"cannot merge feedback embedded with {encoder.name!r}")
     with FeedbackLog(feedback_path) as log:
-        st.max_id = log.max_id()
-        rows = log.read(0)
+        rows = log.read(0)  # one snapshot: max_id is the largest id of exactly these rows
+    st.max_id = max((int(r.id) for r in rows), default=0)
     groups = feedback_groups(rows, models=summary.models,
                              rating_range=(summary.rating_min, summary.rating_max), stats=st)
     known_users = set(summary.judges)

@@ -56,6 +56,7 @@ __all__ = [
     "check_graph_integrity",
     "check_finite_weights",
     "environment_info",
+    "feedback_checkpoint_meta",
     "scores_table",
 ]
 
@@ -203,6 +204,9 @@ def materialize_jsonl(dataset: str, store: DataStore, encoder: Any, *, split_see
             "min_user_groups": res.min_user_groups,
             "conversion": _conversion_summary(conv) if conv else None,
             "feedback": fb.to_dict(),
+            # the router replays feedback-log rows newer than this (absent: no log was merged: replay all)
+            "feedback_through_id": fb.max_id if fb.log_exists else None,
+            "feedback_unmerged_ids": list(fb.unmerged_ids) if fb.log_exists else [],
             "split_seed": split_seed,
             "split_fractions": list(split_fractions),
             "raw_kind": raw_m["kind"],
@@ -296,6 +300,8 @@ def materialize_graph(dataset: str, store: DataStore, *, relations: str = "full"
             "dim": g.dim,
             "rating_scale": [g.rating_min, g.rating_max],
             "tables": sorted(p.name for p in tmp.glob("*.parquet")),
+            "feedback_through_id": jm.get("feedback_through_id"),
+            "feedback_unmerged_ids": list(jm.get("feedback_unmerged_ids") or []),
             "dagster_run_id": run_id,
         }
         store.commit(tmp, "graph", dataset, manifest)
@@ -379,6 +385,7 @@ def materialize_model(dataset: str, store: DataStore, *, config_path: str | os.P
     ov = {"dataset_name": dataset, **dict(overrides or {})}
     tc = load_train_config(cfg_path, ov, relative_to=REPO_ROOT)
     g = read_graph(store.area("graph", dataset))
+    ckpt_meta = feedback_checkpoint_meta(store.read_manifest("graph", dataset, asset="graph_parquet"))
     work = store.training_dir(dataset, run_key)
     env = environment_info()
     if tracker is not None and mlflow_run_id:
@@ -396,7 +403,7 @@ def materialize_model(dataset: str, store: DataStore, *, config_path: str | os.P
         return None if on_epoch is None else (lambda e, r: on_epoch(name, e, r))
 
     buf = _MetricBuffer(tracker, mlflow_run_id, "", cb(GMTROUTER))
-    res = train(g, tc, work / GMTROUTER, resume=resume, callback=buf)
+    res = train(g, tc, work / GMTROUTER, resume=resume, callback=buf, meta=ckpt_meta)
     buf.flush()
     blind_res = None
     blind_tc = None
@@ -406,7 +413,7 @@ def materialize_model(dataset: str, store: DataStore, *, config_path: str | os.P
             bov["epochs"] = blind_epochs
         blind_tc = load_train_config(cfg_path, bov, relative_to=REPO_ROOT)
         bbuf = _MetricBuffer(tracker, mlflow_run_id, f"{USER_BLIND}.", cb(USER_BLIND))
-        blind_res = train(g, blind_tc, work / USER_BLIND, resume=resume, callback=bbuf)
+        blind_res = train(g, blind_tc, work / USER_BLIND, resume=resume, callback=bbuf, meta=ckpt_meta)
         bbuf.flush()
     with store.staging("models", dataset) as tmp:
         copy_tree(res.best_dir, tmp / GMTROUTER)
@@ -434,6 +441,7 @@ def materialize_model(dataset: str, store: DataStore, *, config_path: str | os.P
             "device": res.device,
             "wall_time_s": res.wall_time_s,
             "warnings": res.warnings,
+            "feedback_through_id": ckpt_meta.get("feedback_through_id"),
             "checkpoint_sha256": file_sha256(res.best_dir / "config.json"),
             "blind": None if blind_res is None else {
                 "best_epoch": blind_res.best_epoch, "best_metric": blind_res.best_metric,
@@ -462,6 +470,21 @@ def materialize_model(dataset: str, store: DataStore, *, config_path: str | os.P
     return manifest
 
 
+def feedback_checkpoint_meta(graph_manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The checkpoint ``meta`` that tells the router which feedback-log rows the training data holds.
+
+    ``feedback_through_id``: every log row with an id up to it was read when the training data was cut
+    (the router replays only newer rows); ``feedback_unmerged_ids``: the rows up to it that are not in
+    the training data (no comparison formed, unknown LLM, rating out of scale).  Empty when no feedback
+    log was merged (the router then replays every row).
+    """
+    through = graph_manifest.get("feedback_through_id")
+    if through is None:
+        return {}
+    return {"feedback_through_id": int(through),
+            "feedback_unmerged_ids": [int(i) for i in graph_manifest.get("feedback_unmerged_ids") or []]}
+
+
 def _data_params(dataset: str, store: DataStore) -> dict[str, Any]:
     """Where the training data came from (raw source, split settings, feedback merged)."""
     out: dict[str, Any] = {}
@@ -474,6 +497,7 @@ def _data_params(dataset: str, store: DataStore) -> dict[str, Any]:
         out.update({"split_seed": j.get("split_seed"), "split_fractions": j.get("split_fractions"),
                     "thin_users": len(j.get("thin_users") or {}),
                     "feedback_rows_merged": (j.get("feedback") or {}).get("rows_merged"),
+                    "feedback_through_id": j.get("feedback_through_id"),
                     **{f"{s}_groups": c.get("n_groups") for s, c in (j.get("splits") or {}).items()}})
     return out
 
@@ -639,6 +663,7 @@ def publish_router(dataset: str, store: DataStore, tracker: Any, mlflow_run_id: 
     for k, v in {"dataset": dataset, "dagster_run_id": run_id, "mlflow_run_id": mlflow_run_id,
                  f"test_{metric}": new, f"global_bt_{metric}": base, "encoder": cfg["encoder"].get("name"),
                  "checkpoint_sha256": mm.get("checkpoint_sha256"),
+                 "feedback_through_id": mm.get("feedback_through_id"),
                  **{f"test_{mm_}": methods[GMTROUTER][mm_] for mm_ in ("auc", "accuracy") if mm_ != metric}}.items():
         client.set_model_version_tag(name, version, k, str(v))
     try:

@@ -444,6 +444,12 @@ def build_graph(
     return g
 
 
+def _writable(a: np.ndarray) -> np.ndarray:
+    """``a`` itself when writable, else a copy: Arrow's zero-copy arrays are read-only, and torch.from_numpy
+    warns about (and must not write to) those."""
+    return a if a.flags.writeable else a.copy()
+
+
 def read_graph(directory: str | Path, *, relations: str | Sequence | None = None) -> GraphTables:
     """Load a graph written by :meth:`GraphTables.write_parquet`."""
     d = Path(directory)
@@ -461,7 +467,8 @@ def read_graph(directory: str | Path, *, relations: str | Sequence | None = None
     def emb(tbl: pa.Table) -> np.ndarray:
         col = tbl.column(S.C_EMBEDDING).combine_chunks()
         width = col.type.list_size
-        return np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, width)
+        return _writable(np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+                         .reshape(-1, width))
 
     users = load(S.T_USERS)
     llms = load(S.T_LLMS)
@@ -471,7 +478,7 @@ def read_graph(directory: str | Path, *, relations: str | Sequence | None = None
     pairs = load(S.T_PAIRS)
 
     def col(tbl: pa.Table, name: str, dtype) -> np.ndarray:
-        return np.asarray(tbl.column(name).to_numpy(), dtype=dtype)
+        return _writable(np.asarray(tbl.column(name).to_numpy(), dtype=dtype))
 
     rels = S.resolve_relations(relations if relations is not None else meta["relations"])
     g = GraphTables(

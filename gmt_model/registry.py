@@ -31,6 +31,8 @@ import re
 import shutil
 import tempfile
 from importlib import metadata as importlib_metadata
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -47,15 +49,19 @@ __all__ = [
     "RegistryError",
     "default_home",
     "default_tracking_uri",
+    "ensure_sqlite_folder",
     "default_artifact_uri",
     "registered_model_name",
     "parse_model_uri",
     "pip_requirements",
     "write_model_code",
     "model_signature",
+    "input_example",
+    "quiet_mlflow",
     "log_router_model",
     "download_checkpoint",
     "load_router",
+    "resolve_model_version",
     "routes_to_frame",
     "get_pyfunc_class",
     "GMTRouterPyfunc",
@@ -101,11 +107,21 @@ def default_tracking_uri(home: str | os.PathLike[str] | None = None) -> str:
     """``MLFLOW_TRACKING_URI`` if set, else SQLite under the data root (folder created)."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env and home is None:
-        return env
+        return ensure_sqlite_folder(env)
     root = Path(home).expanduser().resolve() if home is not None else default_home()
     folder = root / "mlflow"
     folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def ensure_sqlite_folder(uri: str) -> str:
+    """Create the folder of a ``sqlite:///`` store (SQLite creates the file, not its folder); return ``uri``."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix):
+        path = uri[len(prefix):].split("?", 1)[0]
+        if path and path != ":memory:":
+            Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    return uri
 
 
 def default_artifact_uri(home: str | os.PathLike[str] | None = None) -> str:
@@ -195,19 +211,45 @@ def log_router_model(
     from .checkpoint import read_config
 
     ckpt = Path(checkpoint_dir)
-    read_config(ckpt)  # refuses a folder that is not a checkpoint
-    with tempfile.TemporaryDirectory(prefix="gmtrouter-pyfunc-") as tmp:
+    cfg = read_config(ckpt)  # refuses a folder that is not a checkpoint
+    with tempfile.TemporaryDirectory(prefix="gmtrouter-pyfunc-") as tmp, quiet_mlflow():
         code = write_model_code(Path(tmp) / "gmtrouter_pyfunc.py")
+        # MLflow routes the input example through the logged model before it registers it (a real check
+        # that the published model loads and routes) and stores it beside the signature
         return mlflow.pyfunc.log_model(
             name=name,
             python_model=str(code),
             artifacts={CHECKPOINT_ARTIFACT: str(ckpt)},
             pip_requirements=pip_requirements(),
             signature=model_signature(),
+            input_example=input_example(cfg.get("users") or []),
             registered_model_name=registered_model_name,
             metadata=dict(metadata or {}),
             await_registration_for=await_registration_for,
         )
+
+
+def input_example(users: Sequence[str] = ()) -> Any:
+    """A one-row input frame for the pyfunc model (a known user of the checkpoint when there is one)."""
+    import pandas as pd
+
+    user = str(users[0]) if users else "user_0001"
+    return pd.DataFrame([{"user_id": user, "query_text": "Explain quantum computing simply",
+                          "session_id": "example-session", "turn": 1}])
+
+
+@contextmanager
+def quiet_mlflow() -> Iterator[None]:
+    """No MLflow artifact progress bars while inside (unless MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR is set)."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    if key in os.environ:
+        yield
+        return
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        os.environ.pop(key, None)
 
 
 # --------------------------------------------------------------------------
@@ -279,7 +321,8 @@ def download_checkpoint(
     try:
         # resolve through this client: MLflow's own models:/ resolution may use the global registry URI
         source = client.get_model_version_download_uri(name, str(mv.version))
-        local = download_artifacts(artifact_uri=source, dst_path=str(tmp), tracking_uri=t_uri)
+        with quiet_mlflow():
+            local = download_artifacts(artifact_uri=source, dst_path=str(tmp), tracking_uri=t_uri)
         model_dir = Path(local)
         _checkpoint_in_model_dir(model_dir)
         if target.exists():
@@ -386,6 +429,7 @@ def get_pyfunc_class() -> type:
     if _PYFUNC_CLASS is not None:
         return _PYFUNC_CLASS
     import mlflow.pyfunc
+    import pandas as pd
 
     class GMTRouterPyfunc(mlflow.pyfunc.PythonModel):
         """Routes (user_id, query_text) rows with the checkpoint in the model's artifacts.
@@ -413,6 +457,11 @@ def get_pyfunc_class() -> type:
                 raise RuntimeError("GMTRouterPyfunc: load_context has not run")
             rows = _rows_from_input(model_input)
             return routes_to_frame(rows, self.router.route_batch(rows))
+
+        # real types, not strings (this module postpones annotations), set before the class exists: MLflow
+        # reads them when the subclass is created (no "add type hints" warning; a DataFrame hint leaves the
+        # input validation to the signature)
+        predict.__annotations__ = {"model_input": pd.DataFrame, "return": pd.DataFrame}
 
     GMTRouterPyfunc.__module__ = __name__
     GMTRouterPyfunc.__qualname__ = "GMTRouterPyfunc"

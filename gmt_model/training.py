@@ -258,7 +258,8 @@ def _fingerprint(cfg: TrainConfig, mcfg: ModelConfig, g: GraphTables) -> dict[st
 
 def train(g: GraphTables, cfg: TrainConfig, out_dir: str | Path, *, resume: bool = True,
           callback: Callable[[int, dict[str, float]], None] | None = None,
-          device: str | None = None, on_start: Callable[[int], None] | None = None) -> TrainResult:
+          device: str | None = None, meta: dict[str, Any] | None = None,
+          on_start: Callable[[int], None] | None = None) -> TrainResult:
     """Train on ``g``'s training split, validating on its valid split.
 
     Writes ``out_dir/best`` (best validation ``objective``) and
@@ -275,6 +276,8 @@ def train(g: GraphTables, cfg: TrainConfig, out_dir: str | Path, *, resume: bool
     configuration or data raises :class:`ResumeMismatchError`.
     ``resume=False`` starts from scratch (an earlier ``last`` is removed first,
     so a kill cannot leave a mix of two runs to resume from).
+    ``meta`` is added to every checkpoint's ``config.json`` ``meta`` (e.g. the pipeline's
+    ``feedback_through_id``).
     """
     dev = resolve_device(device or cfg.device)
     import torch.utils.deterministic as det
@@ -287,7 +290,7 @@ def train(g: GraphTables, cfg: TrainConfig, out_dir: str | Path, *, resume: bool
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have a deterministic implementation.*")
-            return _train(g, cfg, Path(out_dir), resume, callback, dev, on_start)
+            return _train(g, cfg, Path(out_dir), resume, callback, dev, dict(meta or {}), on_start)
     finally:
         torch.use_deterministic_algorithms(was, warn_only=was_warn)
         det.fill_uninitialized_memory = was_fill
@@ -295,6 +298,7 @@ def train(g: GraphTables, cfg: TrainConfig, out_dir: str | Path, *, resume: bool
 
 def _train(g: GraphTables, cfg: TrainConfig, out: Path, resume: bool,
            callback: Callable[[int, dict[str, float]], None] | None, dev: torch.device,
+           extra_meta: dict[str, Any] | None = None,
            on_start: Callable[[int], None] | None = None) -> TrainResult:
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -355,7 +359,8 @@ def _train(g: GraphTables, cfg: TrainConfig, out: Path, resume: bool,
         state = {"epoch": ep, "best_metric": best_metric, "best_epoch": best_epoch, "history": history,
                  "numpy_rng": rng.bit_generator.state, "param_groups": groups["param_groups"],
                  "fingerprint": fingerprint}
-        save_checkpoint(last_dir, model, meta={"epoch": ep, "kind": "periodic"}, extra_files={TRAIN_STATE: tensors},
+        save_checkpoint(last_dir, model, meta={**(extra_meta or {}), "epoch": ep, "kind": "periodic"},
+                        extra_files={TRAIN_STATE: tensors},
                         extra_json={"train_state": json.loads(json.dumps(state, default=_json_default))}, **ckpt_kw)
 
     for epoch in range(start_epoch, cfg.epochs + 1):
@@ -383,7 +388,8 @@ def _train(g: GraphTables, cfg: TrainConfig, out: Path, resume: bool,
             value = metrics[metric_key]
             if not math.isnan(value) and (value > best_metric if higher else value < best_metric):
                 best_metric, best_epoch = value, epoch
-                save_checkpoint(best_dir, model, meta={"epoch": epoch, metric_key: value, "kind": "best"}, **ckpt_kw)
+                save_checkpoint(best_dir, model, meta={**(extra_meta or {}), "epoch": epoch, metric_key: value,
+                                                       "kind": "best"}, **ckpt_kw)
             history.append(row)
         elif epoch % cfg.eval_every == 0:
             history.append(row)
@@ -393,7 +399,7 @@ def _train(g: GraphTables, cfg: TrainConfig, out: Path, resume: bool,
             save_last(epoch)
     save_last(epoch)
     if not has_valid or best_epoch == 0 or not best_dir.exists():
-        save_checkpoint(best_dir, model, meta={"epoch": epoch, "kind": "best"}, **ckpt_kw)
+        save_checkpoint(best_dir, model, meta={**(extra_meta or {}), "epoch": epoch, "kind": "best"}, **ckpt_kw)
         best_epoch = epoch
     return TrainResult(best_dir=best_dir, last_dir=last_dir, best_epoch=best_epoch,
                        best_metric=best_metric if best_metric != -math.inf else float("nan"),

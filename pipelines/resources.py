@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 import dagster as dg
 
-from gmt_model.registry import default_home
+from gmt_model.registry import default_home, ensure_sqlite_folder
 
 __all__ = [
     "DAGSTER_RUN_TAG",
@@ -31,6 +31,7 @@ __all__ = [
     "PathsResource",
     "EncoderResource",
     "MLflowResource",
+    "MLflowUnavailableError",
     "feedback_log_path",
 ]
 
@@ -133,9 +134,9 @@ class MLflowResource(dg.ConfigurableResource):
     def resolved_tracking_uri(self) -> str:
         """The tracking URI in use."""
         if self.tracking_uri:
-            return self.tracking_uri
+            return ensure_sqlite_folder(self.tracking_uri)
         if os.environ.get("MLFLOW_TRACKING_URI"):
-            return os.environ["MLFLOW_TRACKING_URI"]
+            return ensure_sqlite_folder(os.environ["MLFLOW_TRACKING_URI"])
         folder = _home(self.home) / "mlflow"
         folder.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{folder / 'mlflow.db'}"
@@ -155,6 +156,21 @@ class MLflowResource(dg.ConfigurableResource):
         folder = _home(self.home) / "mlflow" / "artifacts"
         folder.mkdir(parents=True, exist_ok=True)
         return folder.as_uri()
+
+    def check_available(self, timeout: float = 10.0) -> None:
+        """Fail fast, with one clear line, when a tracking *server* cannot serve this run.
+
+        MLflow's own client retries a dead server for minutes; this asks the server for an experiment
+        once (a request that reads its backend store) and raises :class:`MLflowUnavailableError`
+        naming the URI and the cause. File and SQLite stores are not checked.
+        """
+        for uri in dict.fromkeys((self.resolved_tracking_uri(), self.resolved_registry_uri())):
+            if uri.startswith(("http://", "https://")):
+                _check_server(uri, timeout)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Dagster calls this before each step that uses MLflow: check the server first."""
+        self.check_available()
 
     def client(self) -> Any:
         """An ``mlflow.MlflowClient`` on these URIs."""
@@ -290,6 +306,40 @@ class MLflowResource(dg.ConfigurableResource):
             exp = self.client().get_run(run_id).info.experiment_id
             return f"{uri.rstrip('/')}/#/experiments/{exp}/runs/{run_id}"
         return f"mlflow ui --backend-store-uri {uri}  (run {run_id})"
+
+
+class MLflowUnavailableError(RuntimeError):
+    """The MLflow tracking server is down, unreachable, or its backend store fails."""
+
+
+def _check_server(uri: str, timeout: float) -> None:
+    import base64
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    url = (f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name?"
+           + urllib.parse.urlencode({"experiment_name": "Default"}))
+    req = urllib.request.Request(url, headers={"Accept": "application/json"})
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    elif user and password:
+        req.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+    hint = "start it (bash scripts/services.sh up) or point MLFLOW_TRACKING_URI at a running server"
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - the configured server
+            resp.read()
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:  # the store answered: no experiment of that name
+            return
+        body = exc.read(300).decode("utf-8", "replace").strip().replace("\n", " ")
+        raise MLflowUnavailableError(f"MLflow tracking server {uri} answers HTTP {exc.code} (its backend store "
+                                     f"may be down): {body[:200]}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise MLflowUnavailableError(f"MLflow tracking server {uri} is not reachable ({reason}); {hint}") from None
 
 
 def _param_text(v: Any) -> str:

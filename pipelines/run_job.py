@@ -3,34 +3,44 @@
     python -m pipelines.run_job train_demo
     python -m pipelines.run_job train_mt_bench -c configs/pipeline/mt_bench_local.yaml
 
-``DAGSTER_HOME`` defaults to ``<repo>/.dagster_home`` (created with an empty
-``dagster.yaml``), so the run shows up in ``dagster-webserver -w
-workspace.yaml`` / ``dagster dev`` started with the same ``DAGSTER_HOME``.
-Equivalent to ``DAGSTER_HOME=$PWD/.dagster_home dagster job execute -m
-pipelines.definitions -j JOB [-c FILE]`` but with the in-process executor,
-a summary at the end and exit status 1 when the run fails.
+``DAGSTER_HOME`` defaults to ``<repo>/.dagster_home`` (created with
+``deploy/dagster.local.yaml`` as its ``dagster.yaml``), so the run shows up in
+``dagster-webserver -w workspace.yaml`` / ``dagster dev`` started with the same
+``DAGSTER_HOME``.  Equivalent to ``dagster job execute -j JOB [-c FILE]`` in the
+activated venv, plus a summary at the end (the test table, the published
+version, the underlying error of each failed step) and exit status 1 when the
+run fails, 2 when it cannot start (e.g. Dagster's storage is unreachable).
+The console shows INFO and above; ``--log-level DEBUG`` shows every event.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["REPO", "ensure_dagster_home", "load_run_config", "main"]
+from gmt_model.atomic import write_text_atomic
+
+__all__ = ["REPO", "LOCAL_INSTANCE_YAML", "ensure_dagster_home", "load_run_config", "error_chain", "main"]
 
 REPO = Path(__file__).resolve().parents[1]
+#: dagster.yaml of a new local instance (telemetry off, INFO console)
+LOCAL_INSTANCE_YAML = REPO / "deploy" / "dagster.local.yaml"
+_FALLBACK_INSTANCE_YAML = "telemetry:\n  enabled: false\npython_logs:\n  python_log_level: INFO\n"
 
 
 def ensure_dagster_home() -> Path:
-    """``$DAGSTER_HOME`` (default ``<repo>/.dagster_home``) with a ``dagster.yaml`` (empty if new)."""
+    """``$DAGSTER_HOME`` (default ``<repo>/.dagster_home``) with a ``dagster.yaml`` (the local template if new)."""
     home = Path(os.environ.get("DAGSTER_HOME") or REPO / ".dagster_home").expanduser().resolve()
     home.mkdir(parents=True, exist_ok=True)
     cfg = home / "dagster.yaml"
-    if not cfg.exists():
-        cfg.write_text("", encoding="utf-8")
+    if not cfg.exists() or cfg.stat().st_size == 0:
+        text = (LOCAL_INSTANCE_YAML.read_text(encoding="utf-8") if LOCAL_INSTANCE_YAML.is_file()
+                else _FALLBACK_INSTANCE_YAML)
+        write_text_atomic(cfg, text)
     os.environ["DAGSTER_HOME"] = str(home)
     return home
 
@@ -60,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.run_job", description=__doc__.split("\n\n")[0])
     parser.add_argument("job", help="train_demo, train_mt_bench, train_chatbot_arena, train_gsm8k or train_mmlu")
     parser.add_argument("-c", "--config", action="append", default=[], help="run config YAML (repeatable)")
+    parser.add_argument("--log-level", default=os.environ.get("GMTROUTER_LOG_LEVEL", "INFO"),
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="console threshold (default INFO, or $GMTROUTER_LOG_LEVEL); the run's event log "
+                             "keeps every event either way")
     args = parser.parse_args(argv)
     home = ensure_dagster_home()
 
@@ -70,12 +84,49 @@ def main(argv: list[str] | None = None) -> int:
     names = sorted(j.name for j in JOBS.values())
     if args.job not in names:
         parser.error(f"unknown job {args.job!r}; expected one of {names}")
-    run_config = load_run_config(args.config)
-    with dg.DagsterInstance.get() as instance:
-        result = defs.resolve_job_def(args.job).execute_in_process(run_config=run_config, instance=instance,
-                                                                   raise_on_error=False)
+    try:
+        run_config = load_run_config(args.config)
+    except (OSError, ValueError) as exc:  # yaml.YAMLError is a ValueError
+        print(f"error: run config: {exc}", file=sys.stderr)
+        return 2
+    run_config.setdefault("loggers", {"console": {"config": {"log_level": args.log_level}}})
+    try:
+        instance = dg.DagsterInstance.get()
+    except Exception as exc:  # noqa: BLE001 - e.g. dagster-postgres storage that is down: one line, no traceback
+        print(f"error: cannot open the Dagster instance (DAGSTER_HOME={home}): {_one_line(exc)}", file=sys.stderr)
+        return 2
+    with instance:
+        try:
+            result = defs.resolve_job_def(args.job).execute_in_process(run_config=run_config, instance=instance,
+                                                                       raise_on_error=False)
+        except Exception as exc:  # noqa: BLE001 - storage lost during the run, invalid run config, ...
+            print(f"error: {args.job} could not run: {_one_line(exc)}", file=sys.stderr)
+            return 2
         _summary(result, home)
     return 0 if result.success else 1
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:600]}"
+
+
+def error_chain(err: Any) -> list[str]:
+    """``Class: message`` of a step's error and of each error it was raised from, Dagster's wrappers left out.
+
+    ``err`` is Dagster's ``SerializableErrorInfo`` (``cls_name``, ``message``, ``cause``, ``context``).
+    """
+    out: list[str] = []
+    seen = 0
+    while err is not None and seen < 10:
+        seen += 1
+        cls = getattr(err, "cls_name", None) or "Error"
+        msg = " ".join(str(getattr(err, "message", "") or "").split())
+        msg = re.sub(rf"^[\w.]*\b{re.escape(cls)}: ", "", msg)  # "mlflow.exceptions.MlflowException: ..."
+        if not cls.startswith("Dagster"):
+            out.append(f"{cls}: {msg}"[:1000])
+        err = getattr(err, "cause", None) or getattr(err, "context", None)
+    return out
 
 
 def _summary(result: Any, dagster_home: Path) -> None:
@@ -93,9 +144,12 @@ def _summary(result: Any, dagster_home: Path) -> None:
                   f"champion={md['champion_uri'].value}, local copy={md['local_router'].value}")
     for ev in result.all_events:
         if ev.event_type_value == "STEP_FAILURE":
-            print(f"\nFAILED {ev.step_key}: {ev.message}", file=sys.stderr)
             err = getattr(ev.event_specific_data, "error", None)
-            if err is not None:
+            chain = error_chain(err) if err is not None else []
+            print(f"\nFAILED {ev.step_key}: {chain[0] if chain else ev.message}", file=sys.stderr)
+            for line in chain[1:]:
+                print(f"  caused by {line}", file=sys.stderr)
+            if not chain and err is not None:
                 print(err.message.strip(), file=sys.stderr)
     print("\nwhere to look:")
     print(f"  data:    {PathsResource().root()}")

@@ -37,4 +37,52 @@ if [ "${GMTROUTER_SKIP_BROWSER:-0}" != "1" ] && ! command -v chromedriver >/dev/
     echo "[setup] chromium/chromedriver not found; the browser test will be skipped" >&2
   fi
 fi
-echo "[setup] ready: .venv ($(.venv/bin/python --version))"
+# The activated venv carries the project's environment: the literal `dagster job execute -j train_demo`
+# (Dagster's CLI reads every option from DAGSTER_CLI_<COMMAND>_<SUBCOMMAND>_<OPTION>), the local Dagster
+# instance, and the MLflow store that the docs' `mlflow.pyfunc.load_model("models:/...")` reads.
+# The block between the markers is rewritten on every run (idempotent).
+repo=$(pwd -P)
+if [ ! -s .dagster_home/dagster.yaml ]; then
+  mkdir -p .dagster_home
+  cp deploy/dagster.local.yaml .dagster_home/dagster.yaml
+fi
+mkdir -p .gmtrouter/mlflow
+activate=.venv/bin/activate
+begin='# >>> gmtrouter environment (scripts/setup.sh) >>>'
+end='# <<< gmtrouter environment (scripts/setup.sh) <<<'
+if grep -qF "$begin" "$activate"; then
+  sed -i "\\|^$begin\$|,\\|^$end\$|d" "$activate"
+fi
+{
+  echo "$begin"
+  sed "s|@REPO@|$repo|g" <<'BLOCK'
+# Exported on activation unless already set in the shell; `deactivate` removes what was set here.
+# Data root: $GMTROUTER_HOME (default @REPO@/.gmtrouter). The service deployment's values come from
+# `source .gmtrouter/services/env` after `bash scripts/services.sh up` (docs/deploy.md).
+for _gmtrouter_v in ${_GMTROUTER_SET_VARS:-}; do unset "$_gmtrouter_v"; done
+_GMTROUTER_SET_VARS=""
+_gmtrouter_default () {
+    eval "_gmtrouter_cur=\${$1:-}"
+    if [ -z "$_gmtrouter_cur" ]; then
+        export "$1=$2"
+        _GMTROUTER_SET_VARS="$_GMTROUTER_SET_VARS $1"
+    fi
+}
+_gmtrouter_default DAGSTER_CLI_JOB_EXECUTE_MODULE_NAME pipelines.definitions
+_gmtrouter_default DAGSTER_HOME "@REPO@/.dagster_home"
+_gmtrouter_default MLFLOW_TRACKING_URI "sqlite:///${GMTROUTER_HOME:-@REPO@/.gmtrouter}/mlflow/mlflow.db"
+unset -f _gmtrouter_default
+unset _gmtrouter_v _gmtrouter_cur
+if [ -n "${BASH_VERSION:-}${ZSH_VERSION:-}" ]; then  # the venv part of activate just redefined deactivate
+    eval "_gmtrouter_venv_$(typeset -f deactivate)"
+    deactivate () {
+        for _gmtrouter_v in ${_GMTROUTER_SET_VARS:-}; do unset "$_gmtrouter_v"; done
+        unset _GMTROUTER_SET_VARS _gmtrouter_v
+        _gmtrouter_venv_deactivate "$@"
+        if [ ! "${1:-}" = "nondestructive" ]; then unset -f _gmtrouter_venv_deactivate; fi
+    }
+fi
+BLOCK
+  echo "$end"
+} >> "$activate"
+echo "[setup] ready: .venv ($(.venv/bin/python --version)); \`source .venv/bin/activate\` sets the project's environment"

@@ -117,6 +117,11 @@ def failure_text(result) -> str:
     return "\n".join(parts)
 
 
+def sqlite_uri(folder: Path) -> str:
+    """A throw-away SQLite MLflow store in ``folder`` (raw_data opens the run's MLflow run)."""
+    return f"sqlite:///{folder / 'mlflow-test.db'}"
+
+
 def mlflow_client(data: Path):
     uri = f"sqlite:///{data / 'mlflow' / 'mlflow.db'}"
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -326,7 +331,8 @@ def test_good_archive_source_works(archives, tmp_path: Path, cache: Path) -> Non
     assets = build_dataset_assets("demo")[:1]
     res = dg.materialize(
         assets, instance=dg.DagsterInstance.ephemeral(),
-        resources={"paths": PathsResource(home=str(tmp_path / "data"))},
+        resources={"paths": PathsResource(home=str(tmp_path / "data")),
+                   "mlflow": MLflowResource(home=str(tmp_path / "data"), tracking_uri=sqlite_uri(tmp_path))},
         run_config={"ops": {"demo__raw_data": {"config": {
             "kind": "jsonl_splits", "url": archives["good"].as_uri(), "path_in_archive": "data/demo",
             "sha256": hashlib.sha256(archives["good"].read_bytes()).hexdigest()}}}})
@@ -436,7 +442,8 @@ def test_jsonl_merges_feedback_comparisons(tmp_path: Path, cache: Path) -> None:
     assets = build_dataset_assets("demo")[:2]
     res = dg.materialize(
         assets, instance=dg.DagsterInstance.ephemeral(),
-        resources={"paths": PathsResource(home=str(data)), "encoder": EncoderResource(cache_dir=str(cache))},
+        resources={"paths": PathsResource(home=str(data)), "encoder": EncoderResource(cache_dir=str(cache)),
+                   "mlflow": MLflowResource(home=str(data), tracking_uri=sqlite_uri(tmp_path))},
         run_config={"ops": {"demo__raw_data": {"config": {"size": "tiny"}},
                             "demo__gmtrouter_jsonl": {"config": {"feedback_log": str(fb)}}}})
     assert res.success
@@ -452,6 +459,21 @@ def test_jsonl_merges_feedback_comparisons(tmp_path: Path, cache: Path) -> None:
         ("user_0001", LLMS[0], 3.0), ("user_0001", LLMS[1], 1.0),
         ("fb_new_user", LLMS[0], 1.0), ("fb_new_user", LLMS[1], 5.0), ("fb_new_user", LLMS[2], 4.0)])
     assert all(len(r["conversation"][0]["query_emb"]) == 384 for r in fb_rows)
+    # the training data records how far into the log it reads; the checkpoint carries it for the router's replay
+    jm = json.loads((data / "jsonl" / "demo" / "manifest.json").read_text())
+    assert jm["feedback_through_id"] == 9 and jm["feedback_unmerged_ids"] == [7, 8, 9]
+    assert meta["feedback_through_id"] == 9
+    mlf = MLflowResource(home=str(data), tracking_uri=sqlite_uri(tmp_path))
+    trained = dg.materialize(
+        build_dataset_assets("demo")[2:4], instance=dg.DagsterInstance.ephemeral(),
+        resources={"paths": PathsResource(home=str(data)), "mlflow": mlf},
+        run_config={"ops": {"demo__trained_model": {"config": {"epochs": 2, "eval_every": 1, "save_every": 1000,
+                                                               "train_user_blind": False,
+                                                               "log_checkpoints": False}}}})
+    assert trained.success
+    ck_meta = json.loads((data / "models" / "demo" / "gmtrouter" / "config.json").read_text())["meta"]
+    assert ck_meta["feedback_through_id"] == 9 and ck_meta["feedback_unmerged_ids"] == [7, 8, 9]
+    assert materializations(trained)["trained_model"]["feedback_through_id"] == 9
     # without merging, the same build has no feedback rows
     res2 = dg.materialize(
         assets[1:], instance=dg.DagsterInstance.ephemeral(),
@@ -460,6 +482,8 @@ def test_jsonl_merges_feedback_comparisons(tmp_path: Path, cache: Path) -> None:
     assert res2.success
     text = (data / "jsonl" / "demo" / "training_set.jsonl").read_text()
     assert "feedback:" not in text and len(text.splitlines()) == len(rows) - len(fb_rows)
+    jm2 = json.loads((data / "jsonl" / "demo" / "manifest.json").read_text())
+    assert jm2["feedback_through_id"] is None  # nothing merged: the router replays every row
 
 
 # --------------------------------------------------------------------------

@@ -1,0 +1,486 @@
+#!/usr/bin/env bash
+# A production-like deployment of gmtrouter on one machine, every service on 127.0.0.1:
+#
+#   postgres           PostgreSQL (Debian package; installed with apt-get when missing and running as root),
+#                      databases `dagster` (run, event-log and schedule storage) and `mlflow` (tracking + registry)
+#   mlflow             `mlflow server` on PostgreSQL, serving artifacts from a local folder (--serve-artifacts)
+#   dagster-daemon     schedules, the feedback sensors and the run queue (dagster-postgres storage)
+#   dagster-webserver  the Dagster UI on the same storage
+#   router             `gmtrouter serve --model models:/gmtrouter-<dataset>@champion --reload-interval N`:
+#                      pulls the champion from the tracking server and follows the alias (waits for a first
+#                      champion before it starts)
+#
+# Usage:
+#   bash scripts/services.sh up     [SERVICE...]   start what is not running (idempotent; concurrent calls wait)
+#   bash scripts/services.sh status [SERVICE...]   exit 0 only when every service answers
+#   bash scripts/services.sh down   [SERVICE...]   stop what `up` started (nothing else)
+#   bash scripts/services.sh env                   print the client environment (also in <dir>/env)
+#
+# Everything lives under one folder, $GMTROUTER_SERVICES_DIR (default $GMTROUTER_HOME/services, i.e.
+# .gmtrouter/services): env (client environment, mode 600), state (ports, database password), logs/, pids/,
+# pg/ (the PostgreSQL cluster), mlflow/artifacts/, dagster_home/dagster.yaml, router.yaml, lock.
+# Clients: `source .gmtrouter/services/env`, then `dagster job execute -j train_demo`,
+# mlflow.pyfunc.load_model("models:/gmtrouter-demo@champion"), the UIs at $GMTROUTER_DAGSTER_URL and
+# $MLFLOW_TRACKING_URI.  Settings (environment, first `up` only for ports): GMTROUTER_HOME,
+# GMTROUTER_SERVICES_DIR, GMTROUTER_{PG,MLFLOW,DAGSTER,ROUTER}_PORT (default: free ports),
+# GMTROUTER_SERVE_DATASET (demo), GMTROUTER_RELOAD_INTERVAL (30 s), GMTROUTER_RETRAIN_MIN_FEEDBACK,
+# GMTROUTER_SENSOR_INTERVAL, GMTROUTER_TRIGGERED_RUN_CONFIG, GMTROUTER_ADMIN_TOKEN.  See docs/deploy.md.
+#
+# Exit status: 0 ok; 1 failure; 3 PostgreSQL is not installed and cannot be installed here.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
+VENV=${GMTROUTER_VENV:-$REPO/.venv}
+ALL_SERVICES=(postgres mlflow dagster-daemon dagster-webserver router)
+EXIT_NO_POSTGRES=3
+
+die() { echo "services: error: $*" >&2; exit 1; }
+say() { echo "services: $*"; }
+
+home=${GMTROUTER_HOME:-$REPO/.gmtrouter}
+mkdir -p "$home"
+GMTROUTER_HOME=$(cd "$home" && pwd -P)
+DIR=${GMTROUTER_SERVICES_DIR:-$GMTROUTER_HOME/services}
+mkdir -p "$DIR"
+DIR=$(cd "$DIR" && pwd -P)
+LOGS=$DIR/logs
+PIDS=$DIR/pids
+STATE=$DIR/state
+ENVFILE=$DIR/env
+mkdir -p "$LOGS" "$PIDS"
+
+[ -x "$VENV/bin/python" ] || die "no virtual environment at $VENV: run bash scripts/setup.sh first"
+PY=$VENV/bin/python
+
+# ------------------------------------------------------------------ processes
+proc_start_time() {  # PID -> the kernel's start time of that process (field 22 of /proc/PID/stat)
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }  # the command name may hold spaces; fields after it are plain
+  # shellcheck disable=SC2086
+  set -- $stat
+  echo "${20}"
+}
+
+pid_of() {  # SERVICE -> its PID when the process that `up` started is still alive (same PID and start time)
+  local f=$PIDS/$1.pid pid start now
+  [ -f "$f" ] || return 1
+  read -r pid start < "$f" || return 1
+  [ -n "${pid:-}" ] && [ -n "${start:-}" ] || return 1
+  now=$(proc_start_time "$pid") || return 1
+  [ "$now" = "$start" ] || return 1
+  echo "$pid"
+}
+
+record_pid() {  # SERVICE PID
+  local start
+  start=$(proc_start_time "$2") || die "$1: process $2 exited at once; see $LOGS/$1.log"
+  echo "$2 $start" > "$PIDS/$1.pid.tmp"
+  mv -f "$PIDS/$1.pid.tmp" "$PIDS/$1.pid"
+}
+
+launch() {  # SERVICE CMD...: run CMD in its own session (process group), output to the service's log
+  local svc=$1
+  shift
+  echo "=== $(date -u +%FT%TZ) starting $svc" >> "$LOGS/$svc.log"
+  setsid "$@" >> "$LOGS/$svc.log" 2>&1 < /dev/null 9>&- &  # 9: the lock, not for the service
+  record_pid "$svc" "$!"
+}
+
+stop_group() {  # SERVICE: SIGTERM to its process group, SIGKILL after 20 s
+  local svc=$1 pid i
+  pid=$(pid_of "$svc") || { rm -f "$PIDS/$svc.pid"; return 0; }
+  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+  for i in $(seq 1 100); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.2
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    say "$svc (pid $pid) did not stop on SIGTERM within 20 s; killing it"
+    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+  fi
+  # children that left the group die with their session leader's group above; wait for stragglers
+  for i in $(seq 1 50); do
+    pgrep -g "$pid" >/dev/null 2>&1 || break
+    sleep 0.2
+  done
+  rm -f "$PIDS/$svc.pid"
+  say "$svc stopped (pid $pid)"
+}
+
+wait_until() {  # SECONDS SERVICE CMD...: poll CMD every second while SERVICE's process lives
+  local limit=$1 svc=$2 i
+  shift 2
+  for i in $(seq 1 "$limit"); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    pid_of "$svc" >/dev/null || { echo "services: $svc exited; last lines of $LOGS/$svc.log:" >&2;
+                                 tail -n 15 "$LOGS/$svc.log" >&2; return 1; }
+    sleep 1
+  done
+  return 1
+}
+
+free_ports() {  # N -> N distinct free TCP ports on 127.0.0.1
+  "$PY" - "$1" <<'PYEOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+PYEOF
+}
+
+# ------------------------------------------------------------------ state (ports, password)
+load_state() {
+  if [ ! -f "$STATE" ]; then
+    local ports pw
+    read -r -a ports <<< "$(free_ports 4)"
+    pw=$("$PY" -c 'import secrets; print(secrets.token_urlsafe(24))')
+    umask 077
+    cat > "$STATE.tmp" <<EOF
+PG_PORT=${GMTROUTER_PG_PORT:-${ports[0]}}
+MLFLOW_PORT=${GMTROUTER_MLFLOW_PORT:-${ports[1]}}
+DAGSTER_PORT=${GMTROUTER_DAGSTER_PORT:-${ports[2]}}
+ROUTER_PORT=${GMTROUTER_ROUTER_PORT:-${ports[3]}}
+PG_USER=gmtrouter
+PG_PASSWORD=$pw
+EOF
+    mv -f "$STATE.tmp" "$STATE"
+    umask 022
+  fi
+  # shellcheck disable=SC1090
+  . "$STATE"
+  DATASET=${GMTROUTER_SERVE_DATASET:-demo}
+  RELOAD=${GMTROUTER_RELOAD_INTERVAL:-30}
+  MLFLOW_URL=http://127.0.0.1:$MLFLOW_PORT
+  DAGSTER_URL=http://127.0.0.1:$DAGSTER_PORT
+  ROUTER_URL=http://127.0.0.1:$ROUTER_PORT
+  MODEL_URI=models:/gmtrouter-$DATASET@champion
+}
+
+write_env() {  # the client environment (and the services' own)
+  umask 077
+  cat > "$ENVFILE.tmp" <<EOF
+# gmtrouter services ($DIR), written by scripts/services.sh: \`source $ENVFILE\`
+export GMTROUTER_HOME='$GMTROUTER_HOME'
+export GMTROUTER_SERVICES_DIR='$DIR'
+export DAGSTER_HOME='$DIR/dagster_home'
+export DAGSTER_CLI_JOB_EXECUTE_MODULE_NAME=pipelines.definitions
+export MLFLOW_TRACKING_URI='$MLFLOW_URL'
+export GMTROUTER_PG_HOST=127.0.0.1
+export GMTROUTER_PG_PORT=$PG_PORT
+export GMTROUTER_PG_USER=$PG_USER
+export GMTROUTER_PG_PASSWORD='$PG_PASSWORD'
+export GMTROUTER_PG_DAGSTER_DB=dagster
+export GMTROUTER_PG_MLFLOW_DB=mlflow
+export GMTROUTER_DAGSTER_URL='$DAGSTER_URL'
+export GMTROUTER_ROUTER_URL='$ROUTER_URL'
+export GMTROUTER_SERVE_MODEL='$MODEL_URI'
+EOF
+  mv -f "$ENVFILE.tmp" "$ENVFILE"
+  umask 022
+}
+
+service_env() {  # the environment every service process starts with
+  # shellcheck disable=SC1090
+  . "$ENVFILE"
+  export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} TRANSFORMERS_OFFLINE=${TRANSFORMERS_OFFLINE:-1}
+  export TOKENIZERS_PARALLELISM=false OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+  export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false
+  export PATH="$VENV/bin:$PATH"
+}
+
+# ------------------------------------------------------------------ PostgreSQL
+PG_BIN=""
+find_pg_bin() {
+  local d
+  d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+  if [ -n "$d" ] && [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ]; then PG_BIN=$d; return 0; fi
+  return 1
+}
+
+install_postgres() {
+  find_pg_bin && return 0
+  if [ "$(id -u)" != "0" ]; then
+    echo "services: PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb) and this is not root:" \
+         "install the Debian package postgresql (apt-get install postgresql) and run again" >&2
+    exit $EXIT_NO_POSTGRES
+  fi
+  command -v apt-get >/dev/null 2>&1 || {
+    echo "services: PostgreSQL is not installed and there is no apt-get to install it with" >&2
+    exit $EXIT_NO_POSTGRES
+  }
+  say "installing PostgreSQL (Debian package postgresql) with apt-get"
+  # no default cluster on port 5432: this deployment runs its own cluster under $DIR
+  if [ ! -e /etc/postgresql-common/createcluster.conf ]; then
+    mkdir -p /etc/postgresql-common
+    echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.conf
+  fi
+  if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+          -o Dpkg::Options::=--force-confold postgresql; } >> "$LOGS/apt.log" 2>&1; then
+    echo "services: PostgreSQL is not installed and apt-get could not install it (see $LOGS/apt.log)" >&2
+    exit $EXIT_NO_POSTGRES
+  fi
+  find_pg_bin || { echo "services: apt-get installed postgresql but no initdb was found" >&2; exit $EXIT_NO_POSTGRES; }
+}
+
+as_pg() {  # CMD...: as the postgres user when root (initdb refuses root), else as ourselves
+  if [ "$(id -u)" = "0" ]; then
+    runuser -u postgres -- "$@"
+  else
+    "$@"
+  fi
+}
+
+pg_ready() { as_pg "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" -d postgres -U postgres; }
+
+pg_psql() {  # SQL: as the superuser over the cluster's own socket
+  as_pg "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$DIR/pg/socket" -p "$PG_PORT" -U postgres -d postgres -c "$1"
+}
+
+up_postgres() {
+  install_postgres
+  local data=$DIR/pg/data
+  if [ -f "$data/postmaster.pid" ] && pg_ready; then
+    [ -f "$PIDS/postgres.pid" ] && pid_of postgres >/dev/null || record_pid postgres "$(head -n 1 "$data/postmaster.pid")"
+    say "postgres already running on 127.0.0.1:$PG_PORT"
+    return 0
+  fi
+  mkdir -p "$DIR/pg/socket"
+  touch "$LOGS/postgres.log"
+  if [ "$(id -u)" = "0" ]; then
+    id postgres >/dev/null 2>&1 || die "no 'postgres' user (it comes with the Debian package postgresql)"
+    chown -R postgres:postgres "$DIR/pg" "$LOGS/postgres.log"
+    runuser -u postgres -- test -x "$DIR/pg" -a -w "$DIR/pg" || die "the postgres user cannot reach $DIR/pg (a" \
+      "parent folder is not searchable by other users); set GMTROUTER_SERVICES_DIR to a folder it can reach"
+  fi
+  if [ ! -f "$data/PG_VERSION" ]; then
+    say "initdb $data"
+    rm -rf "$data"
+    as_pg "$PG_BIN/initdb" -D "$data" -U postgres -E UTF8 --no-locale --auth-local=trust \
+      --auth-host=scram-sha-256 >> "$LOGS/postgres.log" 2>&1 || die "initdb failed; see $LOGS/postgres.log"
+  fi
+  as_pg "$PG_BIN/pg_ctl" -D "$data" -l "$LOGS/postgres.log" -w -t 60 \
+    -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $DIR/pg/socket" start > /dev/null 9>&- \
+    || die "PostgreSQL did not start; see $LOGS/postgres.log"
+  record_pid postgres "$(head -n 1 "$data/postmaster.pid")"
+  if [ ! -f "$DIR/pg/.provisioned" ]; then
+    pg_psql "DO \$\$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$PG_USER') THEN
+               CREATE ROLE $PG_USER LOGIN PASSWORD '$PG_PASSWORD'; END IF; END \$\$;"
+    for db in dagster mlflow; do
+      if [ -z "$(as_pg "$PG_BIN/psql" -X -tA -h "$DIR/pg/socket" -p "$PG_PORT" -U postgres -d postgres \
+                 -c "SELECT 1 FROM pg_database WHERE datname = '$db'")" ]; then
+        pg_psql "CREATE DATABASE $db OWNER $PG_USER"
+      fi
+    done
+    touch "$DIR/pg/.provisioned"
+  fi
+  say "postgres on 127.0.0.1:$PG_PORT (databases dagster, mlflow; logs $LOGS/postgres.log)"
+}
+
+down_postgres() {
+  find_pg_bin || return 0
+  local data=$DIR/pg/data
+  if pid_of postgres >/dev/null; then
+    as_pg "$PG_BIN/pg_ctl" -D "$data" -m fast -w -t 60 stop > /dev/null || stop_group postgres
+    rm -f "$PIDS/postgres.pid"
+    say "postgres stopped"
+  else
+    rm -f "$PIDS/postgres.pid"
+  fi
+}
+
+# ------------------------------------------------------------------ MLflow, Dagster, router
+up_mlflow() {
+  if pid_of mlflow >/dev/null; then say "mlflow already running at $MLFLOW_URL"; return 0; fi
+  mkdir -p "$DIR/mlflow/artifacts"
+  (
+    service_env
+    # the password stays out of the command line (ps): mlflow reads the store URI from the environment
+    export MLFLOW_BACKEND_STORE_URI="postgresql+psycopg2://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/mlflow"
+    cd "$DIR/mlflow"
+    launch mlflow "$VENV/bin/mlflow" server --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 \
+      --serve-artifacts --artifacts-destination "$DIR/mlflow/artifacts"
+  )
+  wait_until 180 "mlflow" curl -fsS "$MLFLOW_URL/health" \
+    || die "mlflow server did not answer at $MLFLOW_URL/health within 180 s; see $LOGS/mlflow.log"
+  say "mlflow at $MLFLOW_URL (store postgresql://127.0.0.1:$PG_PORT/mlflow, artifacts $DIR/mlflow/artifacts)"
+}
+
+write_dagster_home() {
+  mkdir -p "$DIR/dagster_home"
+  cp "$REPO/deploy/dagster.postgres.yaml" "$DIR/dagster_home/dagster.yaml.tmp"
+  mv -f "$DIR/dagster_home/dagster.yaml.tmp" "$DIR/dagster_home/dagster.yaml"
+}
+
+up_dagster_daemon() {
+  if pid_of dagster-daemon >/dev/null; then say "dagster-daemon already running"; return 0; fi
+  write_dagster_home
+  ( service_env; cd "$REPO"; launch dagster-daemon "$VENV/bin/dagster-daemon" run -w "$REPO/workspace.yaml" )
+  say "dagster-daemon started (logs $LOGS/dagster-daemon.log)"
+}
+
+up_dagster_webserver() {
+  if pid_of dagster-webserver >/dev/null; then say "dagster-webserver already running at $DAGSTER_URL"; return 0; fi
+  write_dagster_home
+  ( service_env; cd "$REPO"; launch dagster-webserver "$VENV/bin/dagster-webserver" -w "$REPO/workspace.yaml" \
+      -h 127.0.0.1 -p "$DAGSTER_PORT" )
+  wait_until 180 "dagster-webserver" curl -fsS "$DAGSTER_URL/server_info" \
+    || die "dagster-webserver did not answer at $DAGSTER_URL within 180 s; see $LOGS/dagster-webserver.log"
+  say "dagster-webserver at $DAGSTER_URL"
+}
+
+champion_exists() {
+  curl -fsS -G "$MLFLOW_URL/api/2.0/mlflow/registered-models/alias" \
+    --data-urlencode "name=gmtrouter-$DATASET" --data-urlencode "alias=champion" > /dev/null 2>&1
+}
+
+write_router_config() {
+  cat > "$DIR/router.yaml.tmp" <<EOF
+# Router settings of the service deployment (scripts/services.sh). The model served is
+# --model $MODEL_URI (from the tracking server); checkpoint (the pipeline's local copy of the
+# champion) is what \`gmtrouter serve --config\` alone would load.
+router:
+  checkpoint: $GMTROUTER_HOME/routers/$DATASET/current
+  device: cpu
+  threads: 1
+  feedback_log: $GMTROUTER_HOME/feedback/$DATASET.sqlite
+endpoints: {}
+EOF
+  mv -f "$DIR/router.yaml.tmp" "$DIR/router.yaml"
+}
+
+up_router() {
+  if pid_of router >/dev/null; then say "router already running at $ROUTER_URL"; return 0; fi
+  write_router_config
+  mkdir -p "$GMTROUTER_HOME/feedback"
+  (
+    service_env
+    cd "$REPO"
+    # waits (in the background) for a first champion, then becomes the server; --reload-interval follows
+    # the alias from then on, re-applying the feedback logged since the new model's training data was cut
+    launch router bash -c '
+      name=$1 alias=$2; shift 2
+      until curl -fsS -G "$MLFLOW_TRACKING_URI/api/2.0/mlflow/registered-models/alias" \
+              --data-urlencode "name=$name" --data-urlencode "alias=$alias" >/dev/null 2>&1; do
+        echo "waiting for models:/$name@$alias in $MLFLOW_TRACKING_URI"; sleep 3
+      done
+      exec "$@"' router-wait "gmtrouter-$DATASET" champion \
+      "$VENV/bin/gmtrouter" serve --config "$DIR/router.yaml" --model "$MODEL_URI" \
+      --reload-interval "$RELOAD" --host 127.0.0.1 --port "$ROUTER_PORT"
+  )
+  if champion_exists; then
+    wait_until 180 "router" curl -fsS "$ROUTER_URL/health" \
+      || die "router did not answer at $ROUTER_URL/health within 180 s; see $LOGS/router.log"
+    say "router at $ROUTER_URL serving $MODEL_URI (checks for a new champion every $RELOAD s)"
+  else
+    say "router waits for a first $MODEL_URI (run the train_$DATASET job); it will listen on $ROUTER_URL"
+  fi
+}
+
+down_service() {  # SERVICE
+  case $1 in
+    postgres) down_postgres ;;
+    *) stop_group "$1" ;;
+  esac
+}
+
+# ------------------------------------------------------------------ status
+check() {  # SERVICE -> 0 when it answers; prints one line
+  local svc=$1 pid
+  if ! pid=$(pid_of "$svc"); then
+    echo "$svc: not running"
+    return 1
+  fi
+  case $svc in
+    postgres)
+      find_pg_bin && pg_ready || { echo "$svc: pid $pid, not accepting connections on 127.0.0.1:$PG_PORT"; return 1; } ;;
+    mlflow)
+      curl -fsS -m 10 "$MLFLOW_URL/health" >/dev/null 2>&1 \
+        || { echo "$svc: pid $pid, no answer at $MLFLOW_URL/health"; return 1; }
+      # the backend store answers too (Default experiment lookup goes to PostgreSQL)
+      curl -fsS -m 10 -G "$MLFLOW_URL/api/2.0/mlflow/experiments/get-by-name" \
+        --data-urlencode "experiment_name=Default" >/dev/null 2>&1 \
+        || { echo "$svc: pid $pid, $MLFLOW_URL answers but its backend store does not"; return 1; } ;;
+    dagster-webserver)
+      curl -fsS -m 10 "$DAGSTER_URL/server_info" >/dev/null 2>&1 \
+        || { echo "$svc: pid $pid, no answer at $DAGSTER_URL"; return 1; } ;;
+    dagster-daemon)
+      local out
+      out=$(curl -fsS -m 20 -H 'Content-Type: application/json' "$DAGSTER_URL/graphql" \
+            -d '{"query":"{ instance { daemonHealth { allDaemonStatuses { daemonType healthy required } } } }"}' \
+            2>/dev/null) || { echo "$svc: pid $pid, health unknown (the webserver does not answer)"; return 1; }
+      "$PY" -c '
+import json, sys
+st = json.loads(sys.argv[1])["data"]["instance"]["daemonHealth"]["allDaemonStatuses"]
+bad = [s["daemonType"] for s in st if s["required"] and not s["healthy"]]
+sys.exit(1 if bad or not st else 0)' "$out" \
+        || { echo "$svc: pid $pid, heartbeats missing: $out"; return 1; } ;;
+    router)
+      local h
+      h=$(curl -fsS -m 10 "$ROUTER_URL/health" 2>/dev/null) \
+        || { if champion_exists; then echo "$svc: pid $pid, no answer at $ROUTER_URL/health";
+             else echo "$svc: pid $pid, waiting for a first $MODEL_URI"; fi; return 1; }
+      echo "$svc: pid $pid, $ROUTER_URL $h"
+      return 0 ;;
+  esac
+  echo "$svc: pid $pid, ok"
+}
+
+# ------------------------------------------------------------------ main
+cmd=${1:-status}
+shift || true
+if [ $# -gt 0 ]; then
+  services=("$@")
+  for s in "${services[@]}"; do
+    case " ${ALL_SERVICES[*]} " in *" $s "*) ;; *) die "unknown service '$s'; expected one of: ${ALL_SERVICES[*]}";; esac
+  done
+else
+  services=("${ALL_SERVICES[@]}")
+fi
+
+case $cmd in
+  up)
+    exec 9> "$DIR/lock"
+    flock -w 900 9 || die "another services.sh holds $DIR/lock for more than 900 s"
+    load_state
+    write_env
+    for s in "${services[@]}"; do
+      case $s in
+        postgres) up_postgres ;;
+        mlflow) up_mlflow ;;
+        dagster-daemon) up_dagster_daemon ;;
+        dagster-webserver) up_dagster_webserver ;;
+        router) up_router ;;
+      esac
+    done
+    say "client environment: source $ENVFILE"
+    ;;
+  down)
+    exec 9> "$DIR/lock"
+    flock -w 900 9 || die "another services.sh holds $DIR/lock for more than 900 s"
+    [ -f "$STATE" ] || { say "nothing to stop in $DIR"; exit 0; }
+    load_state
+    # dependants first
+    for ((i = ${#ALL_SERVICES[@]} - 1; i >= 0; i--)); do
+      s=${ALL_SERVICES[$i]}
+      case " ${services[*]} " in *" $s "*) down_service "$s" ;; esac
+    done
+    ;;
+  status)
+    [ -f "$STATE" ] || { echo "no services in $DIR (bash scripts/services.sh up)"; exit 1; }
+    load_state
+    rc=0
+    for s in "${services[@]}"; do check "$s" || rc=1; done
+    exit $rc
+    ;;
+  env)
+    [ -f "$ENVFILE" ] || die "no $ENVFILE yet (bash scripts/services.sh up)"
+    cat "$ENVFILE"
+    ;;
+  *)
+    die "usage: bash scripts/services.sh up|status|down [SERVICE...] | env"
+    ;;
+esac
