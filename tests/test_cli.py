@@ -294,3 +294,47 @@ def test_feedback_without_a_log_is_refused(trained, tmp_path):
     msg = _exit_message(["feedback", "--config", str(cfg), "--user-id", "erin", "--query", "Hi",
                          "--model", "gpt-4o", "--rating", "3"])
     assert "feedback_log" in msg and str(cfg) in msg
+
+
+def test_infer_without_endpoints_says_it_only_routed(trained, route_yaml, capsys):
+    capsys.readouterr()
+    assert main(["infer", "--config", str(route_yaml), "--query", "Plan a picnic.", "--user-id", "gus"]) == 0
+    cap = capsys.readouterr()
+    out = json.loads(cap.out)
+    assert out["model_name"] in LLMS and out["response"] is None
+    assert "routed only" in out["note"] and "endpoints" in out["note"] and str(route_yaml) in out["note"]
+    assert cap.err.startswith("note: routed only")
+    capsys.readouterr()
+    out = json.loads(_run_main(["infer", "--config", str(route_yaml), "--query", "Plan a picnic.", "--route-only"],
+                               capsys))
+    assert "note" not in out and "response" not in out  # --route-only asked for exactly that
+
+
+def test_feedback_pairwise_and_turn(trained, route_yaml, tmp_path, capsys):
+    from gmt_model.router import GMTRouter
+
+    if not hasattr(GMTRouter, "update_user_preference"):
+        pytest.skip("GMTRouter.update_user_preference has not landed yet")
+    lo, hi = load_checkpoint(trained["model_dir"]).rating_scale
+    fb_path = tmp_path / "feedback.sqlite"
+    base = ["feedback", "--config", str(route_yaml), "--user-id", "fay", "--query", "Plan a picnic.",
+            "--session-id", "s-9", "--turn", "2"]
+    res = json.loads(_run_main(base + ["--preferred", "gpt-4o", "--rejected", "mistral-large"], capsys))
+    assert res["preferred"] == "gpt-4o" and res["rejected"] == "mistral-large" and len(res["feedback_ids"]) == 2
+    recs = FeedbackLog(fb_path).read()
+    assert [(r.id, r.model, r.rating, r.session_id, r.turn) for r in recs] == [
+        (res["feedback_ids"][0], "gpt-4o", hi, "s-9", 2), (res["feedback_ids"][1], "mistral-large", lo, "s-9", 2)]
+    rated = json.loads(_run_main(base + ["--model", "gpt-4o", "--rating", str(lo)], capsys))
+    assert rated["feedback_id"] == FeedbackLog(fb_path).max_id() and FeedbackLog(fb_path).read()[-1].turn == 2
+    # bad: both forms, half a pair, the same model twice, an unknown one: one message, nothing stored
+    n = FeedbackLog(fb_path).count()
+    for extra, needle in (
+        (["--preferred", "gpt-4o", "--rejected", "mistral-large", "--model", "gpt-4o", "--rating", "3"], "not both"),
+        (["--preferred", "gpt-4o"], "--rejected"),
+        (["--preferred", "gpt-4o", "--rejected", "gpt-4o"], "rejected"),
+        (["--preferred", "gpt-99", "--rejected", "gpt-4o"], "gpt-99"),
+        ([], "--preferred"),
+    ):
+        msg = _exit_message(base + extra)
+        assert msg.startswith("error: ") and needle in msg, (extra, msg)
+    assert FeedbackLog(fb_path).count() == n
