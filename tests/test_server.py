@@ -670,3 +670,27 @@ def test_create_app_rejects_bad_settings():
         create_app(FakeRouter(), auth_token="  ")
     with pytest.raises(TypeError, match="endpoints"):
         create_app(FakeRouter(), endpoints={"alpha": {"base_url": "http://x"}})  # type: ignore[dict-item]
+
+
+def test_sse_rewriter_sets_the_model_in_every_event_whatever_the_chunking():
+    from gmt_model.server import _SSEModelRewriter
+
+    events = [
+        b'data: {"id": "1", "model": "up-name", "choices": [{"delta": {"content": "h\xc3\xa9"}}]}\n\n',
+        b': a comment\r\n\r\n',
+        b'event: ping\ndata: {"model": "up-name", "x": 1}\r\n\r\n',
+        b'data: {"no_model": true}\n\n',
+        b'data: not json\n\n',
+        b'data: [DONE]\n\n',
+    ]
+    raw = b"".join(events)
+    for size in (1, 7, len(raw)):
+        rw = _SSEModelRewriter("routed")
+        out = b"".join(rw.feed(raw[i:i + size]) for i in range(0, len(raw), size)) + rw.flush()
+        parts = out.split(b"\n\n")
+        assert json.loads(out.split(b"\n\n")[0][len(b"data: "):]) == {
+            "id": "1", "model": "routed", "choices": [{"delta": {"content": "hé"}}]}
+        assert b': a comment\r\n\r\n' in out and b'event: ping\ndata: {"model": "routed", "x": 1}\r\n\r\n' in out
+        assert out.endswith(b'data: {"no_model": true}\n\ndata: not json\n\ndata: [DONE]\n\n'), parts
+    rw = _SSEModelRewriter("routed")  # an unterminated last event is still passed on (rewritten)
+    assert rw.feed(b'data: {"model": "x"}') == b"" and rw.flush() == b'data: {"model": "routed"}'
