@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from .model import GMTModel, ModelConfig
 
-__all__ = ["Checkpoint", "History", "CheckpointError", "save_checkpoint", "load_checkpoint", "file_sha256",
+__all__ = ["Checkpoint", "History", "CheckpointError", "save_checkpoint", "load_checkpoint", "file_sha256", "update_meta",
            "atomic_replace_dir"]
 
 FORMAT = "gmtrouter-checkpoint/1"
@@ -173,6 +173,18 @@ def save_checkpoint(directory: str | Path, model: GMTModel, *, users: list[str],
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
+
+
+def update_meta(directory: str | Path, values: dict[str, Any]) -> None:
+    """Merge ``values`` into a checkpoint's ``config.json`` meta (atomic rewrite;
+    the other files and their digests are unchanged)."""
+    d = Path(directory)
+    cfg = read_config(d)
+    cfg["meta"] = {**cfg.get("meta", {}), **values}
+    fd, tmp = tempfile.mkstemp(prefix=f".{CONFIG}.", suffix=".tmp", dir=str(d))
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(cfg, indent=2, sort_keys=True))
+    os.replace(tmp, d / CONFIG)
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:

@@ -167,17 +167,29 @@ def score_rows(model: GMTModel, user_vecs: Tensor, query_emb: np.ndarray, llm_re
     return out
 
 
-def cold_calibration(model: GMTModel, query_emb: np.ndarray, llm: np.ndarray, group: np.ndarray,
-                     rating: np.ndarray, llm_reps: Tensor, cold_rep: Tensor, n_llms: int, max_pairs: int = 50_000):
-    """Fit the cold-start calibration (``personal.fit_calibration``) on the
-    comparison pairs of rated rows (``group``: comparison key of each row)."""
-    from .personal import fit_calibration, group_pairs
+def cold_calibration(model: GMTModel, g: GraphTables, device: torch.device, max_pairs: int = 50_000):
+    """The cold-start calibration of ``model`` on ``g``: Bradley-Terry strengths
+    from the training pairs, the weight of the cold-start GNN from the
+    validation pairs (none: 0)."""
+    from .checkpoint import comparison_keys
+    from .personal import fit_bias, fit_calibration, group_pairs
 
-    a, b, label = group_pairs(group, rating)
-    if a.size > max_pairs:
-        keep = np.linspace(0, a.size - 1, max_pairs).astype(np.int64)
-        a, b, label = a[keep], b[keep], label[keep]
-    s = score_rows(model, cold_rep, query_emb[a], llm_reps)
+    def pairs(split: str):
+        idx = np.flatnonzero(g.split_mask(split))
+        a, b, label = group_pairs(comparison_keys(g, idx), g.rating[idx])
+        if a.size > max_pairs:
+            keep = np.linspace(0, a.size - 1, max_pairs).astype(np.int64)
+            a, b, label = a[keep], b[keep], label[keep]
+        return idx[a], idx[b], label
+
+    a, b, label = pairs(S.SPLIT_TRAIN)
+    bias = fit_bias(g.llm[a], g.llm[b], label, g.num_llms)
+    a, b, label = pairs(S.SPLIT_VALID)
+    if a.size == 0:
+        return fit_calibration(bias, np.zeros(0), a, b, label)
+    sub = build_subgraph(g, np.flatnonzero(g.split_mask(S.SPLIT_TRAIN)), np.zeros(0, np.int64), device)
+    with torch.inference_mode():
+        reps = sub.embed(model)
+        s = score_rows(model, reps[S.USER][sub.cold_user], g.query_emb[a], reps[S.LLM])
     idx = np.arange(a.size)
-    diff = s[idx, llm[a]] - s[idx, llm[b]] if a.size else np.zeros(0)
-    return fit_calibration(diff, llm[a], llm[b], label, n_llms)
+    return fit_calibration(bias, s[idx, g.llm[a]] - s[idx, g.llm[b]], g.llm[a], g.llm[b], label)

@@ -44,7 +44,8 @@ def online_scores(model: GMTModel, g: GraphTables, gs: GroupSteps, scores: np.nd
     """What the router scores for these group-steps when it holds the training
     split as history: the GNN's ``scores`` plus each user's online residual
     fitted on the user's training interactions, and the ``cold`` (empty
-    history) scores through the crowd calibration.  Returns (warm, cold, calibration)."""
+    history) scores through the crowd calibration (``engine.cold_calibration``,
+    which training stores in the checkpoint).  Returns (warm, cold, calibration)."""
     cfg = cfg or PersonalConfig()
     dev = device or torch.device("cpu")
     train = np.flatnonzero(g.split_mask(S.SPLIT_TRAIN))
@@ -52,8 +53,7 @@ def online_scores(model: GMTModel, g: GraphTables, gs: GroupSteps, scores: np.nd
     reps = sub.embed(model)
     keys = comparison_keys(g, train)
     n_llms = g.num_llms
-    calib = cold_calibration(model, g.query_emb[train], g.llm[train], keys, g.rating[train], reps[S.LLM],
-                             reps[S.USER][sub.cold_user], n_llms)
+    calib = cold_calibration(model, g, dev)
     safe = np.where(gs.mask, gs.llm, 0)
     cold_out = np.where(gs.mask, calib.apply(cold, safe), cold)
     warm = np.array(scores, dtype=np.float64)

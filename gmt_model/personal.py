@@ -29,9 +29,10 @@ Evidence, from the user's rated interactions:
   candidate", with weight ``point_weight``.
 
 Cold start (an empty history) uses :class:`CrowdCalibration`:
-``alpha * s_cold + c_m``, fitted on the training pairs, which contains global
-Bradley-Terry as the special case ``alpha = 0``; so an unknown user's routing
-is at least as good as the crowd's Bradley-Terry on the training data.
+``alpha * s_cold + c_m``: ``c`` is the crowd's Bradley-Terry fitted on the
+training pairs and ``alpha >= 0`` weighs the GNN's cold-start scores by how
+much they add on held-out (validation) pairs; ``alpha = 0`` is exactly the
+crowd's Bradley-Terry, so an unknown user never gets less than the crowd.
 
 numpy only; no torch here.
 """
@@ -45,7 +46,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["PersonalConfig", "QueryBasis", "Evidence", "Posterior", "fit_posterior", "CrowdCalibration",
-           "fit_calibration", "centre_ratings", "build_evidence", "group_pairs", "POLICIES"]
+           "fit_calibration", "fit_bias", "centre_ratings", "build_evidence", "group_pairs", "POLICIES"]
 
 POLICIES = ("greedy", "thompson", "epsilon")
 
@@ -328,23 +329,29 @@ class CrowdCalibration:
         return {"alpha": float(self.alpha), "bias": [float(b) for b in self.bias]}
 
 
-def fit_calibration(diff: np.ndarray, llm_a: np.ndarray, llm_b: np.ndarray, label: np.ndarray, n_llms: int,
-                    l2: float = 1e-2, iters: int = 50) -> CrowdCalibration:
-    """Fit ``P(a beats b) = sigmoid(alpha * diff + bias_a - bias_b)`` on non-tied
-    training pairs (``diff`` = cold-start score of a minus that of b).  With
-    ``alpha = 0`` this is global Bradley-Terry, so the fit is never worse
-    than it on these pairs."""
+def fit_bias(llm_a: np.ndarray, llm_b: np.ndarray, label: np.ndarray, n_llms: int, l2: float = 1e-2) -> np.ndarray:
+    """Global Bradley-Terry strengths (centred) from non-tied pairs."""
     keep = np.asarray(label) != 0.5
-    diff, llm_a, llm_b = np.asarray(diff, np.float64)[keep], np.asarray(llm_a)[keep], np.asarray(llm_b)[keep]
+    a, b, y = np.asarray(llm_a)[keep], np.asarray(llm_b)[keep], np.asarray(label, np.float64)[keep]
+    if y.size == 0:
+        return np.zeros(n_llms)
+    x = np.zeros((y.size, n_llms))
+    x[np.arange(y.size), a] += 1.0
+    x[np.arange(y.size), b] -= 1.0
+    r, _, _ = _newton(Evidence(x=x, offset=np.zeros(y.size), y=y, w=np.ones(y.size)), np.full(n_llms, l2), 50)
+    return r - r.mean()
+
+
+def fit_calibration(bias: np.ndarray, diff: np.ndarray, llm_a: np.ndarray, llm_b: np.ndarray,
+                    label: np.ndarray, l2: float = 1e-2) -> CrowdCalibration:
+    """``alpha`` of ``sigmoid(alpha * diff + bias_a - bias_b)`` on held-out pairs
+    (``diff``: cold-start score of a minus b), clipped at 0: the cold-start
+    GNN only counts where it adds to the crowd's Bradley-Terry ``bias``."""
+    keep = np.asarray(label) != 0.5
     y = np.asarray(label, np.float64)[keep]
     if y.size == 0:
-        return CrowdCalibration(alpha=1.0, bias=np.zeros(n_llms))
-    n = y.size
-    x = np.zeros((n, 1 + n_llms))
-    x[:, 0] = diff
-    x[np.arange(n), 1 + llm_a] += 1.0
-    x[np.arange(n), 1 + llm_b] -= 1.0
-    ev = Evidence(x=x, offset=np.zeros(n), y=y, w=np.ones(n))
-    r, _, _ = _newton(ev, np.full(1 + n_llms, l2), iters)
-    bias = r[1:] - r[1:].mean()
-    return CrowdCalibration(alpha=float(r[0]), bias=bias)
+        return CrowdCalibration(alpha=0.0, bias=np.asarray(bias, np.float64))
+    d = np.asarray(diff, np.float64)[keep]
+    off = bias[np.asarray(llm_a)[keep]] - bias[np.asarray(llm_b)[keep]]
+    r, _, _ = _newton(Evidence(x=d[:, None], offset=off, y=y, w=np.ones(y.size)), np.array([l2]), 50)
+    return CrowdCalibration(alpha=float(max(r[0], 0.0)), bias=np.asarray(bias, np.float64))

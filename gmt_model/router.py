@@ -53,7 +53,7 @@ from .errors import RoutingError
 from .graph import relation_edges
 from .model import GMTModel
 from .personal import (POLICIES, CrowdCalibration, PersonalConfig, Posterior, QueryBasis, build_evidence,
-                       fit_calibration, fit_posterior)
+                       fit_bias, fit_posterior, group_pairs)
 
 __all__ = ["GMTRouter", "RoutingError"]
 
@@ -456,13 +456,14 @@ class GMTRouter:
             return self._posterior(u)
 
     def _fit_calibration(self) -> CrowdCalibration:
-        """Cold-start calibration on the checkpoint history's comparison pairs."""
-        from .engine import cold_calibration
-
+        """Cold-start calibration: the one training stored in the checkpoint, else
+        the crowd's Bradley-Terry on the checkpoint history's comparison pairs."""
+        stored = self.checkpoint.meta.get("cold_calibration")
+        if isinstance(stored, dict) and len(stored.get("bias", [])) == len(self.llms):
+            return CrowdCalibration(alpha=float(stored["alpha"]), bias=np.asarray(stored["bias"], np.float64))
         h = self._hist
-        with torch.inference_mode():
-            return cold_calibration(self.model, h.emb, h.llm, h.group, h.rating, self._llm_reps(), self._cold_rep,
-                                    len(self.llms))
+        a, b, label = group_pairs(h.group, h.rating)
+        return CrowdCalibration(alpha=0.0, bias=fit_bias(h.llm[a], h.llm[b], label, len(self.llms)))
 
     # ------------------------------------------------------ multi-turn context
     def _parse_history(self, hist: Any) -> list[tuple[str, str, float]]:

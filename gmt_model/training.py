@@ -401,11 +401,22 @@ def _train(g: GraphTables, cfg: TrainConfig, out: Path, resume: bool,
     if not has_valid or best_epoch == 0 or not best_dir.exists():
         save_checkpoint(best_dir, model, meta={**(extra_meta or {}), "epoch": epoch, "kind": "best"}, **ckpt_kw)
         best_epoch = epoch
+    _store_cold_calibration(best_dir, g, dev)
     return TrainResult(best_dir=best_dir, last_dir=last_dir, best_epoch=best_epoch,
                        best_metric=best_metric if best_metric != -math.inf else float("nan"),
                        objective=cfg.objective, history=history, device=str(dev),
                        epochs_run=max(0, epoch - start_epoch + 1), wall_time_s=time.perf_counter() - t0,
                        resumed_from=resumed_from, warnings=notes, model_config=mcfg.to_dict())
+
+
+def _store_cold_calibration(best_dir: Path, g: GraphTables, dev: torch.device) -> None:
+    """The best model's cold-start calibration (crowd Bradley-Terry + validated weight
+    of the cold-start GNN) into its checkpoint, for the router."""
+    from .checkpoint import load_checkpoint, update_meta
+    from .engine import cold_calibration
+
+    ck = load_checkpoint(best_dir, device=dev)
+    update_meta(best_dir, {"cold_calibration": cold_calibration(ck.model, g, dev).to_dict()})
 
 
 def _changes(old: Any, new: Any, prefix: str = "") -> list[str]:
