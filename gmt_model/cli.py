@@ -262,6 +262,9 @@ def _serve(args: argparse.Namespace, chat: bool = False) -> int:
                          "(models:/<name>@<alias>, models:/<name>/<version> or a checkpoint folder)")
     cfg = load_router_config(args.config) if args.config else None
     if args.model is not None and args.model.startswith("models:/"):
+        # MLflow retries an unreachable tracking server for minutes by default; a reload check should
+        # report it (and try again at the next check) sooner. An explicit setting wins.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
         resolve = registry_source(args.model, args.tracking_uri)
     else:
         folder = checkpoint_dir_from_model_path(args.model) if args.model is not None else Path(cfg.checkpoint)

@@ -8,6 +8,7 @@ command line and the environment (issue 9 items 3 and 11).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ def served(monkeypatch):
     for var in ("GMTROUTER_AUTH_TOKEN", "GMTROUTER_ADMIN_TOKEN", "GMTROUTER_API_KEYS_FILE",
                 "GMTROUTER_IDENTITY_HEADER"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")  # serve --model models:/ keeps a setting (and
+    # the test leaves the process environment as it was)
     return out
 
 
@@ -83,6 +86,7 @@ def test_serve_a_registry_alias(served, tmp_path, monkeypatch):
     uri = "models:/gmtrouter-demo@champion"
     assert main(["serve", "--config", str(cfg), "--model", uri, "--tracking-uri", "http://127.0.0.1:5000"]) == 0
     assert seen == [(uri, "http://127.0.0.1:5000")]
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "5"
     app = served["app"]
     with TestClient(app) as c:
         assert c.get("/health").json()["model"] | {"loaded_at": 0, "reload": 0} == {
