@@ -124,6 +124,41 @@ def materialize_raw(dataset: str, store: DataStore, *, overrides: Mapping[str, A
     source = load_source_config(dataset, cfg_file, dict(overrides or {}))
     if source.kind != "demo" and not source.download_dir:
         source = dataclasses.replace(source, download_dir=str(store.downloads(dataset)))
+    dl_dir = Path(source.download_dir) if source.download_dir else None
+    before = _file_states(dl_dir)
+    try:
+        return _materialize_raw(dataset, store, source, run_id)
+    except BaseException:
+        _remove_refused_downloads(dl_dir, before)
+        raise
+
+
+def _file_states(folder: Path | None) -> dict[str, tuple[int, int]]:
+    """name -> (size, mtime) of the files directly in ``folder``."""
+    if folder is None or not folder.is_dir():
+        return {}
+    out = {}
+    for p in folder.iterdir():
+        if p.is_file():
+            st = p.stat()
+            out[p.name] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def _remove_refused_downloads(folder: Path | None, before: Mapping[str, tuple[int, int]]) -> None:
+    """After a failed fetch/extract, delete the files this attempt added or rewrote in the download folder
+    (a refused archive must not be reused, nor pile up), keeping partial transfers (``.part``) to resume."""
+    for name, state in _file_states(folder).items():
+        if before.get(name) == state or name.endswith((".part", ".part.json")):
+            continue
+        try:
+            (folder / name).unlink()  # type: ignore[operator]
+            log.info("removed the refused download %s", folder / name)  # type: ignore[operator]
+        except OSError:
+            pass
+
+
+def _materialize_raw(dataset: str, store: DataStore, source: Any, run_id: str) -> dict[str, Any]:
     with store.staging("raw", dataset) as tmp:
         res = prepare_raw(dataset, source, tmp)
         path = Path(res.path)

@@ -129,6 +129,21 @@ def error_chain(err: Any) -> list[str]:
     return out
 
 
+def _error_of(ev: Any) -> Any:
+    data = ev.event_specific_data
+    return getattr(data, "error", None) or getattr(getattr(data, "engine_event_data", None), "error", None)
+
+
+def _print_failure(what: str, ev: Any) -> None:
+    err = _error_of(ev)
+    chain = error_chain(err) if err is not None else []
+    print(f"\nFAILED {what}: {chain[0] if chain else ev.message}", file=sys.stderr)
+    for line in chain[1:]:
+        print(f"  caused by {line}", file=sys.stderr)
+    if not chain and err is not None:
+        print(err.message.strip(), file=sys.stderr)
+
+
 def _summary(result: Any, dagster_home: Path) -> None:
     from pipelines.resources import MLflowResource, PathsResource
 
@@ -142,15 +157,18 @@ def _summary(result: Any, dagster_home: Path) -> None:
         if key.endswith("published_router"):
             print(f"\n{key}: {md['registered_model'].value} v{md['version'].value}, promoted={md['promoted'].value}, "
                   f"champion={md['champion_uri'].value}, local copy={md['local_router'].value}")
+    step_failed = False
     for ev in result.all_events:
         if ev.event_type_value == "STEP_FAILURE":
-            err = getattr(ev.event_specific_data, "error", None)
-            chain = error_chain(err) if err is not None else []
-            print(f"\nFAILED {ev.step_key}: {chain[0] if chain else ev.message}", file=sys.stderr)
-            for line in chain[1:]:
-                print(f"  caused by {line}", file=sys.stderr)
-            if not chain and err is not None:
-                print(err.message.strip(), file=sys.stderr)
+            step_failed = True
+            _print_failure(ev.step_key, ev)
+    if not result.success and not step_failed:
+        # a failure before any step ran (resources are set up for the whole run in-process: e.g. the
+        # MLflow server is down), reported on the run's failure event or an engine event
+        for ev in result.all_events:
+            if ev.event_type_value in ("RUN_FAILURE", "PIPELINE_FAILURE", "ENGINE_EVENT") and _error_of(ev):
+                _print_failure(result.job_def.name, ev)
+                break
     print("\nwhere to look:")
     print(f"  data:    {PathsResource().root()}")
     print(f"  Dagster: DAGSTER_HOME={dagster_home} dagster-webserver -w workspace.yaml -h 127.0.0.1 -p 3000")

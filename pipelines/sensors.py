@@ -6,7 +6,9 @@ Each evaluation counts the records after the sensor's cursor; at
 ``min_new_records`` or more (``$GMTROUTER_RETRAIN_MIN_FEEDBACK``, default 50)
 it requests one ``train_<dataset>`` run and moves the cursor to the log's
 largest id.  The JSONL step of that run merges the log's comparisons into
-the training data.
+the training data.  Evaluations run every ``$GMTROUTER_SENSOR_INTERVAL``
+seconds (default 60) under the daemon; the requested runs take their run
+config from ``$GMTROUTER_TRIGGERED_RUN_CONFIG`` (``pipelines.triggers``).
 """
 
 
@@ -23,11 +25,27 @@ if TYPE_CHECKING:  # the type define_asset_job returns
 from gmt_model.feedback import FeedbackLog
 
 from .resources import PathsResource
+from .triggers import triggered_run_config
 
-__all__ = ["ENV_MIN_FEEDBACK", "DEFAULT_MIN_FEEDBACK", "sensor_name", "build_feedback_sensor", "build_sensors"]
+__all__ = ["ENV_MIN_FEEDBACK", "ENV_SENSOR_INTERVAL", "DEFAULT_MIN_FEEDBACK", "DEFAULT_SENSOR_INTERVAL",
+           "sensor_name", "sensor_interval", "build_feedback_sensor", "build_sensors"]
 
 ENV_MIN_FEEDBACK = "GMTROUTER_RETRAIN_MIN_FEEDBACK"
+ENV_SENSOR_INTERVAL = "GMTROUTER_SENSOR_INTERVAL"
 DEFAULT_MIN_FEEDBACK = 50
+DEFAULT_SENSOR_INTERVAL = 60
+
+
+def sensor_interval() -> int:
+    """Seconds between sensor evaluations: ``$GMTROUTER_SENSOR_INTERVAL`` (default 60, at least 1)."""
+    raw = os.environ.get(ENV_SENSOR_INTERVAL, "").strip() or str(DEFAULT_SENSOR_INTERVAL)
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{ENV_SENSOR_INTERVAL}={raw!r}: expected a whole number of seconds") from None
+    if value < 1:
+        raise ValueError(f"{ENV_SENSOR_INTERVAL}={value}: expected at least 1 second")
+    return value
 
 
 def sensor_name(dataset: str) -> str:
@@ -62,12 +80,14 @@ def _cursor(text: str | None) -> int:
 
 
 def build_feedback_sensor(dataset: str, job: "UnresolvedAssetJobDefinition", *, min_new_records: int | None = None,
-                          minimum_interval_seconds: int = 60,
+                          minimum_interval_seconds: int | None = None,
                           default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
                           ) -> dg.SensorDefinition:
     """The feedback sensor of ``dataset`` targeting ``job``."""
 
-    @dg.sensor(name=sensor_name(dataset), job=job, minimum_interval_seconds=minimum_interval_seconds,
+    interval = sensor_interval() if minimum_interval_seconds is None else minimum_interval_seconds
+
+    @dg.sensor(name=sensor_name(dataset), job=job, minimum_interval_seconds=interval,
                default_status=default_status,
                description=f"Requests {job.name} when the {dataset} feedback log has enough new records.")
     def _feedback_sensor(context: dg.SensorEvaluationContext, paths: PathsResource):
@@ -84,7 +104,7 @@ def build_feedback_sensor(dataset: str, job: "UnresolvedAssetJobDefinition", *, 
                                  f"retraining needs {threshold}")
         context.log.info(f"{dataset}: {new} new feedback records (ids {since + 1}..{max_id}); requesting {job.name}")
         return dg.SensorResult(
-            run_requests=[dg.RunRequest(run_key=f"{dataset}-feedback-{max_id}",
+            run_requests=[dg.RunRequest(run_key=f"{dataset}-feedback-{max_id}", run_config=triggered_run_config(),
                                         tags={"gmtrouter/trigger": "feedback",
                                               "gmtrouter/feedback_since_id": str(since),
                                               "gmtrouter/feedback_max_id": str(max_id),

@@ -101,7 +101,7 @@ stop_group() {  # SERVICE: SIGTERM to its process group, SIGKILL after 20 s
   fi
   # children that left the group die with their session leader's group above; wait for stragglers
   for i in $(seq 1 50); do
-    pgrep -g "$pid" >/dev/null 2>&1 || break
+    kill -0 -- "-$pid" 2>/dev/null || break  # any process left in the group?
     sleep 0.2
   done
   rm -f "$PIDS/$svc.pid"
@@ -130,6 +130,20 @@ for _ in range(int(sys.argv[1])):
     socks.append(s)
 print(" ".join(str(s.getsockname()[1]) for s in socks))
 PYEOF
+}
+
+http() {  # URL [JSON-BODY]: GET (POST with a body); print the response; status 0 on 2xx (no curl needed)
+  "$PY" -c '
+import sys, urllib.request
+data = sys.argv[2].encode() if len(sys.argv) > 2 else None
+req = urllib.request.Request(sys.argv[1], data=data, headers={"Content-Type": "application/json"})
+try:
+    with urllib.request.urlopen(req, timeout=20) as resp:
+        sys.stdout.write(resp.read().decode("utf-8", "replace"))
+except Exception as exc:
+    sys.stderr.write(f"{sys.argv[1]}: {exc}\n")
+    sys.exit(1)
+' "$@"
 }
 
 # ------------------------------------------------------------------ state (ports, password)
@@ -304,7 +318,7 @@ up_mlflow() {
     launch mlflow "$VENV/bin/mlflow" server --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 \
       --serve-artifacts --artifacts-destination "$DIR/mlflow/artifacts"
   )
-  wait_until 180 "mlflow" curl -fsS "$MLFLOW_URL/health" \
+  wait_until 180 "mlflow" http "$MLFLOW_URL/health" \
     || die "mlflow server did not answer at $MLFLOW_URL/health within 180 s; see $LOGS/mlflow.log"
   say "mlflow at $MLFLOW_URL (store postgresql://127.0.0.1:$PG_PORT/mlflow, artifacts $DIR/mlflow/artifacts)"
 }
@@ -327,14 +341,14 @@ up_dagster_webserver() {
   write_dagster_home
   ( service_env; cd "$REPO"; launch dagster-webserver "$VENV/bin/dagster-webserver" -w "$REPO/workspace.yaml" \
       -h 127.0.0.1 -p "$DAGSTER_PORT" )
-  wait_until 180 "dagster-webserver" curl -fsS "$DAGSTER_URL/server_info" \
+  wait_until 180 "dagster-webserver" http "$DAGSTER_URL/server_info" \
     || die "dagster-webserver did not answer at $DAGSTER_URL within 180 s; see $LOGS/dagster-webserver.log"
   say "dagster-webserver at $DAGSTER_URL"
 }
 
 champion_exists() {
-  curl -fsS -G "$MLFLOW_URL/api/2.0/mlflow/registered-models/alias" \
-    --data-urlencode "name=gmtrouter-$DATASET" --data-urlencode "alias=champion" > /dev/null 2>&1
+  http "$MLFLOW_URL/api/2.0/mlflow/registered-models/alias?name=gmtrouter-$DATASET&alias=champion" \
+    > /dev/null 2>&1
 }
 
 write_router_config() {
@@ -362,17 +376,18 @@ up_router() {
     # waits (in the background) for a first champion, then becomes the server; --reload-interval follows
     # the alias from then on, re-applying the feedback logged since the new model's training data was cut
     launch router bash -c '
-      name=$1 alias=$2; shift 2
-      until curl -fsS -G "$MLFLOW_TRACKING_URI/api/2.0/mlflow/registered-models/alias" \
-              --data-urlencode "name=$name" --data-urlencode "alias=$alias" >/dev/null 2>&1; do
+      py=$1 name=$2 alias=$3; shift 3
+      until "$py" -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=20)" \
+              "$MLFLOW_TRACKING_URI/api/2.0/mlflow/registered-models/alias?name=$name&alias=$alias" \
+              >/dev/null 2>&1; do
         echo "waiting for models:/$name@$alias in $MLFLOW_TRACKING_URI"; sleep 3
       done
-      exec "$@"' router-wait "gmtrouter-$DATASET" champion \
+      exec "$@"' router-wait "$PY" "gmtrouter-$DATASET" champion \
       "$VENV/bin/gmtrouter" serve --config "$DIR/router.yaml" --model "$MODEL_URI" \
       --reload-interval "$RELOAD" --host 127.0.0.1 --port "$ROUTER_PORT"
   )
   if champion_exists; then
-    wait_until 180 "router" curl -fsS "$ROUTER_URL/health" \
+    wait_until 180 "router" http "$ROUTER_URL/health" \
       || die "router did not answer at $ROUTER_URL/health within 180 s; see $LOGS/router.log"
     say "router at $ROUTER_URL serving $MODEL_URI (checks for a new champion every $RELOAD s)"
   else
@@ -398,19 +413,18 @@ check() {  # SERVICE -> 0 when it answers; prints one line
     postgres)
       find_pg_bin && pg_ready || { echo "$svc: pid $pid, not accepting connections on 127.0.0.1:$PG_PORT"; return 1; } ;;
     mlflow)
-      curl -fsS -m 10 "$MLFLOW_URL/health" >/dev/null 2>&1 \
+      http "$MLFLOW_URL/health" >/dev/null 2>&1 \
         || { echo "$svc: pid $pid, no answer at $MLFLOW_URL/health"; return 1; }
       # the backend store answers too (Default experiment lookup goes to PostgreSQL)
-      curl -fsS -m 10 -G "$MLFLOW_URL/api/2.0/mlflow/experiments/get-by-name" \
-        --data-urlencode "experiment_name=Default" >/dev/null 2>&1 \
+      http "$MLFLOW_URL/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default" >/dev/null 2>&1 \
         || { echo "$svc: pid $pid, $MLFLOW_URL answers but its backend store does not"; return 1; } ;;
     dagster-webserver)
-      curl -fsS -m 10 "$DAGSTER_URL/server_info" >/dev/null 2>&1 \
+      http "$DAGSTER_URL/server_info" >/dev/null 2>&1 \
         || { echo "$svc: pid $pid, no answer at $DAGSTER_URL"; return 1; } ;;
     dagster-daemon)
       local out
-      out=$(curl -fsS -m 20 -H 'Content-Type: application/json' "$DAGSTER_URL/graphql" \
-            -d '{"query":"{ instance { daemonHealth { allDaemonStatuses { daemonType healthy required } } } }"}' \
+      out=$(http "$DAGSTER_URL/graphql" \
+            '{"query":"{ instance { daemonHealth { allDaemonStatuses { daemonType healthy required } } } }"}' \
             2>/dev/null) || { echo "$svc: pid $pid, health unknown (the webserver does not answer)"; return 1; }
       "$PY" -c '
 import json, sys
@@ -420,7 +434,7 @@ sys.exit(1 if bad or not st else 0)' "$out" \
         || { echo "$svc: pid $pid, heartbeats missing: $out"; return 1; } ;;
     router)
       local h
-      h=$(curl -fsS -m 10 "$ROUTER_URL/health" 2>/dev/null) \
+      h=$(http "$ROUTER_URL/health" 2>/dev/null) \
         || { if champion_exists; then echo "$svc: pid $pid, no answer at $ROUTER_URL/health";
              else echo "$svc: pid $pid, waiting for a first $MODEL_URI"; fi; return 1; }
       echo "$svc: pid $pid, $ROUTER_URL $h"

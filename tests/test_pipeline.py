@@ -1,6 +1,7 @@
 """The Dagster pipeline on tiny demo data: definitions, the whole chain in-process with a temporary
 DAGSTER_HOME and SQLite MLflow, the published model loaded back through MLflow, bad sources, the
-promotion gate, the feedback sensor and merge, and `dagster job execute` as a subprocess."""
+promotion gate, the feedback sensor and merge, and `pipelines.run_job` as a subprocess (the literal
+`dagster job execute -j train_demo`: tests/test_dagster_cli.py)."""
 
 from __future__ import annotations
 
@@ -324,6 +325,8 @@ def test_bad_source_fails_raw_and_keeps_earlier_materializations(chain, archives
     assert chain.instance.get_latest_materialization_event(RAW).run_id == last.run_id
     assert not [p for p in chain.data.rglob("*staging*")]
     assert not (chain.data.parent / "escape.txt").exists() and not (chain.data / "escape.txt").exists()
+    # a refused download is not kept (to be reused, or to pile up)
+    assert not [p for p in (chain.data / "downloads").rglob("*") if p.is_file()]
 
 
 def test_good_archive_source_works(archives, tmp_path: Path, cache: Path) -> None:
@@ -499,34 +502,9 @@ def test_run_job_reports_a_missing_source(tmp_path: Path, cache: Path) -> None:
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out
     assert "FAILED chatbot_arena__raw_data" in out
+    # the summary names the underlying error, not Dagster's wrapper
+    summary = proc.stderr[proc.stderr.index("FAILED chatbot_arena__raw_data"):]
+    assert summary.startswith("FAILED chatbot_arena__raw_data: SourceError: "), summary[:500]
+    assert "DagsterExecutionStepExecutionError" not in summary
     assert "does not exist" in out and "datasets.chatbot_arena.url" in out and "GMTROUTER_RELEASE_URL" in out
     assert "mlflow ui --backend-store-uri sqlite:///" in out
-
-
-def test_dagster_job_execute_train_demo_subprocess(tmp_path: Path, cache: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    env = {**os.environ, **_env_for(tmp_path, cache)}
-    cfg = chain_config(epochs=3)
-    cfg["ops"]["demo__trained_model"]["config"].update({"train_user_blind": False, "eval_every": 1})
-    cfg["ops"]["demo__test_evaluation"]["config"]["n_resamples"] = 30
-    # this test is about the command line, not model quality: let any model through the gate
-    cfg["ops"]["demo__published_router"]["config"]["min_gain_over_baseline"] = -1.0
-    run_config = tmp_path / "run_config.yaml"
-    run_config.write_text(yaml.safe_dump(cfg))
-    dagster = Path(sys.executable).with_name("dagster")
-    proc = subprocess.run([str(dagster), "job", "execute", "-m", "pipelines.definitions", "-j", "train_demo",
-                           "-c", str(run_config)], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-4000:]
-    assert "RUN_SUCCESS" in out
-    monkeypatch.setenv("DAGSTER_HOME", env["DAGSTER_HOME"])
-    with dg.DagsterInstance.get() as instance:  # the subprocess's instance
-        runs = instance.get_runs()
-        assert [(r.job_name, r.status.value) for r in runs] == [("train_demo", "SUCCESS")]
-        run_id = runs[0].run_id
-    client = mlflow_client(tmp_path / "data")
-    assert str(client.get_model_version_by_alias("gmtrouter-demo", "champion").version) == "1"
-    assert (tmp_path / "data" / "routers" / "demo" / "current" / "config.json").is_file()
-    exp = MLflowResource(home=str(tmp_path / "data")).experiment_name("demo")
-    mlruns = client.search_runs([client.get_experiment_by_name(exp).experiment_id])
-    assert len(mlruns) == 1 and mlruns[0].data.tags["dagster_run_id"] == run_id
