@@ -243,14 +243,13 @@ def build_evidence(group: np.ndarray, llm: np.ndarray, rating: np.ndarray, z: np
     starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
     sizes = np.diff(np.r_[starts, g.size])
     xs, offs, ys, ws = [], [], [], []
-    # pairs inside groups of size >= 2
-    multi = starts[sizes >= 2]
-    msz = sizes[sizes >= 2]
+    # pairs inside groups of size >= 2 (vectorised per group size)
     ia, ib = [], []
-    for s0, sz in zip(multi.tolist(), msz.tolist()):
+    for sz in np.unique(sizes[sizes >= 2]).tolist():
+        s0 = starts[sizes == sz]
         a, b = np.triu_indices(sz, 1)
-        ia.append(a + s0)
-        ib.append(b + s0)
+        ia.append((s0[:, None] + a[None, :]).ravel())
+        ib.append((s0[:, None] + b[None, :]).ravel())
     if ia:
         a, b = np.concatenate(ia), np.concatenate(ib)
         diff = r[a] != r[b]

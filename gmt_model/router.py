@@ -425,15 +425,18 @@ class GMTRouter:
 
     # ------------------------------------------------------ online residual
     def _history_scores(self, u: int, rows: np.ndarray) -> np.ndarray:
-        """GNN logits (n, L) of every LLM for the queries of the user's history rows."""
+        """GNN logits (n, L) of every LLM for the queries of the user's history rows
+        (each distinct query scored once: both sides of a comparison share it)."""
         if rows.size == 0:
             return np.zeros((0, len(self.llms)))
-        emb = torch.from_numpy(np.ascontiguousarray(self._hist.emb[rows])).to(self.device)
+        grp = self._hist.group[rows]
+        _, first, inv = np.unique(grp, return_index=True, return_inverse=True)
+        emb = torch.from_numpy(np.ascontiguousarray(self._hist.emb[rows[first]])).to(self.device)
         qv = self.model.gnn.isolated(S.QUERY, self.model.gnn.project_query(emb))
         llm = self._llm_reps()
-        uv = self._user_rep[u]
-        n = rows.size
-        return self.model.score(uv.expand(n, -1), qv, llm.expand(n, -1, -1)).float().cpu().numpy().astype(np.float64)
+        n = first.size
+        s = self.model.score(self._user_rep[u].expand(n, -1), qv, llm.expand(n, -1, -1))
+        return s.float().cpu().numpy().astype(np.float64)[inv.reshape(-1)]
 
     def _posterior(self, u: int) -> Posterior:
         post = self._post.get(u)

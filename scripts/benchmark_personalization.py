@@ -103,11 +103,11 @@ def read_votes(paths: dict[str, Path]) -> tuple[list[Vote], dict[str, np.ndarray
                 emb.setdefault(ta.query, ta.query_emb)
                 for r, turn in ((a, ta), (b, tb)):
                     if turn.response is not None:
-                        answers.setdefault((a.question_id, t, r.model), turn.response)
+                        answers.setdefault((a.question_id.split("#")[0], t, r.model), turn.response)
                 if ta.rating is None or tb.rating is None:
                     continue
                 label = 0.5 if ta.rating == tb.rating else float(ta.rating > tb.rating)
-                votes.append(Vote(a.judge, a.question_id, t, ta.query, a.model, b.model, label))
+                votes.append(Vote(a.judge, a.question_id.split("#")[0], t, ta.query, a.model, b.model, label))
     # one vote per (judge, question, step, pair): a two-step record repeats the first step's vote
     seen, uniq = set(), []
     for v in votes:
@@ -300,8 +300,8 @@ def planted_users(votes_all: list[Vote], answers: dict, categories: dict[str, st
         per_cat = {c: {m: r for r, m in enumerate(rng.permutation(llms))} for c in cats}
         users[f"topic_{i:03d}"] = ("ranking per MT-Bench category",
                                    lambda q, a, b, pc=per_cat: float(pc[categories[q[0]]][a] < pc[categories[q[0]]][b]))
-    users["short_000"] = ("prefers shorter answers", lambda q, a, b: float(
-        len(answers[(q[0], q[1], a)]) < len(answers[(q[0], q[1], b)])))
+        users[f"short_{i:03d}"] = ("prefers shorter answers", lambda q, a, b: float(
+            len(answers[(q[0], q[1], a)]) < len(answers[(q[0], q[1], b)])))
     out = {}
     for name, (kind, taste) in users.items():
         vs = []
@@ -360,33 +360,44 @@ def part_c(ckpt: Path, votes, table, enc, llms, seed: int, n_users: int, steps: 
     return out
 
 
-def part_d(ckpt: Path, votes, table, enc, llms, n: int = 300):
+def part_d(ckpt: Path, votes, table, enc, llms, levels=(0, 20, 50, 100, 300), n: int = 40):
+    """Cost of routing and of one feedback for a user who has given ``level`` votes."""
     router = make_router(ckpt, table, enc)
     items = sorted({(v.qid, v.step, v.query) for v in votes})
     rng = np.random.default_rng(0)
-    route, fb, fb_route = [], [], []
-    for i in range(n):
+
+    def vote():
         q = items[int(rng.integers(len(items)))][2]
         a, b = rng.choice(llms, size=2, replace=False).tolist()
-        t0 = time.perf_counter()
-        router.route_single({"query_text": q, "user_id": "cost_user"})
-        route.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        router.update_user_preference("cost_user", q, a, b)
-        t1 = time.perf_counter()
-        router.route_single({"query_text": q, "user_id": "cost_user"})
-        t2 = time.perf_counter()
-        fb.append(t1 - t0)
-        fb_route.append(t2 - t0)
+        return q, a, b
 
     def pct(x, p):
         return float(np.percentile(np.array(x) * 1000, p))
 
-    out = {"route_single_ms_p50": pct(route, 50), "route_single_ms_p99": pct(route, 99),
-           "feedback_ms_p50": pct(fb, 50), "feedback_ms_p99": pct(fb, 99),
-           "feedback_then_route_ms_p50": pct(fb_route, 50), "feedback_then_route_ms_p99": pct(fb_route, 99),
-           "user_votes_at_end": n}
-    print("(d) " + ", ".join(f"{k} {v:.2f}" for k, v in out.items()), flush=True)
+    out, given = {}, 0
+    for level in levels:
+        while given < level:
+            router.update_user_preference("cost_user", *vote())
+            given += 1
+        route, fb, fb_route = [], [], []
+        for _ in range(n):
+            q, a, b = vote()
+            router.route_single({"query_text": q, "user_id": "cost_user"})  # warm: posterior current
+            t0 = time.perf_counter()
+            router.route_single({"query_text": q, "user_id": "cost_user"})
+            route.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            router.update_user_preference("cost_user", q, a, b)
+            t1 = time.perf_counter()
+            router.route_single({"query_text": q, "user_id": "cost_user"})
+            t2 = time.perf_counter()
+            fb.append(t1 - t0)
+            fb_route.append(t2 - t0)
+            given += 1
+        out[level] = {"route_p50": pct(route, 50), "route_p99": pct(route, 99), "feedback_p50": pct(fb, 50),
+                      "feedback_p99": pct(fb, 99), "feedback_route_p50": pct(fb_route, 50),
+                      "feedback_route_p99": pct(fb_route, 99)}
+        print(f"(d) after {level} votes: " + ", ".join(f"{k} {v:.2f} ms" for k, v in out[level].items()), flush=True)
     return out
 
 
@@ -446,6 +457,29 @@ def split_turns(paths: dict[str, Path], out: Path) -> dict[str, Path]:
     return res
 
 
+def regret_table(res: dict, steps: int, users: int) -> str:
+    at = list(next(iter(res.values()))["at"])
+    rows = [f"#### (c) Cumulative regret over a stream of {steps} queries ({users} fixed-ranking users; regret of a "
+            "choice = its rank among the six LLMs / 5; mean over users, 95% CI at the end)", "",
+            "| policy | " + " | ".join(f"after {s}" for s in at) + " | exploratory choices |",
+            "|---|" + "---|" * (len(at) + 1)]
+    for pol, r in res.items():
+        cells = [f"{r['at'][s]:.1f}" for s in at]
+        cells[-1] += f" [{r['ci'][0]:.1f}, {r['ci'][1]:.1f}]"
+        rows.append(f"| {pol} | " + " | ".join(cells) + f" | {r['exploratory_choices']} |")
+    return "\n".join(rows) + "\n"
+
+
+def cost_table(res: dict) -> str:
+    rows = ["#### (d) Cost by the user's number of votes (one process, 1 torch thread; ms)", "",
+            "| votes given | route_single p50 / p99 | one feedback p50 / p99 | feedback + next route p50 / p99 |",
+            "|---|---|---|---|"]
+    for level, r in res.items():
+        rows.append(f"| {level} | {r['route_p50']:.2f} / {r['route_p99']:.2f} | {r['feedback_p50']:.2f} / "
+                    f"{r['feedback_p99']:.2f} | {r['feedback_route_p50']:.2f} / {r['feedback_route_p99']:.2f} |")
+    return "\n".join(rows) + "\n"
+
+
 EPOCHS = 350
 
 
@@ -500,24 +534,10 @@ def main(argv=None) -> int:
                                   f"({curve['gmtrouter'][0][2]} new users)", curve))
     if "c" in parts:
         results["c"] = part_c(ckpt, votes, table, enc, llms, 0, args.stream_users, args.stream_steps)
-        rows = ["#### (c) Cumulative regret over a stream of "
-                f"{args.stream_steps} queries ({args.stream_users} fixed-ranking users; regret of a choice = its "
-                "rank / 5; mean over users [95% CI])", "",
-                "| policy | " + " | ".join(f"after {s}" for s in results["c"]["greedy"]["at"]) + " | exploratory choices |",
-                "|---|" + "---|" * (len(results["c"]["greedy"]["at"]) + 1)]
-        for pol, r in results["c"].items():
-            at = " | ".join(f"{v:.1f}" for v in r["at"].values())
-            rows.append(f"| {pol} | {at[:at.rfind('|') + 1]} {r['cumulative_regret']:.1f} "
-                        f"[{r['ci'][0]:.1f}, {r['ci'][1]:.1f}] | {r['exploratory_choices']} |")
-        md.append("\n".join(rows) + "\n")
+        md.append(regret_table(results["c"], args.stream_steps, args.stream_users))
     if "d" in parts:
         results["d"] = part_d(ckpt, votes, table, enc, llms)
-        d = results["d"]
-        md.append("#### (d) Cost (one process, 1 torch thread)\n\n| what | p50 ms | p99 ms |\n|---|---|---|\n"
-                  f"| route_single without encoding | {d['route_single_ms_p50']:.2f} | {d['route_single_ms_p99']:.2f} |\n"
-                  f"| one pairwise feedback applied | {d['feedback_ms_p50']:.2f} | {d['feedback_ms_p99']:.2f} |\n"
-                  f"| feedback + the next route (posterior refit) | {d['feedback_then_route_ms_p50']:.2f} | "
-                  f"{d['feedback_then_route_ms_p99']:.2f} |\n")
+        md.append(cost_table(results["d"]))
     if "e" in parts:
         results["e"] = part_e(args.work, paths, list(range(136, 136 + args.seeds)))
         md.append("#### (e) Training ablations (test AUC on the pipeline's MT-Bench split)\n\n| run | " +

@@ -179,7 +179,7 @@ def test_restart_replays_the_log_and_routes_identically(planted_models, planted_
     users = [g.user_ids[1], "fresh", g.user_ids[2], "never-seen"]
     before = _routes(first, texts, users)
     restarted = make_router(planted_models, g, log)
-    assert restarted.replayed == 16
+    assert restarted.replayed == 18
     after = _routes(restarted, texts, users)
     for a, b in zip(before, after):
         assert a["model_name"] == b["model_name"] and a["history_size"] == b["history_size"]
@@ -195,7 +195,7 @@ def test_restart_replays_the_log_and_routes_identically(planted_models, planted_
     shutil.copytree(pers.best_dir, ck)
     update_meta(ck, {"feedback_through_id": 4})
     partial = GMTRouter.from_checkpoint(ck, encoder=DictEncoder(g), feedback_log=log)
-    assert partial.replayed == 12 and partial.history_size("fresh") == 12
+    assert partial.replayed == 14 and partial.history_size("fresh") == 14
 
 
 def test_processes_sharing_a_log_converge(planted_models, planted_graph, tmp_path):
@@ -206,7 +206,7 @@ def test_processes_sharing_a_log_converge(planted_models, planted_graph, tmp_pat
     texts = _feedback_script(a, g)
     b.update_user_preference("fresh", texts[30], a.llms[1], a.llms[2])  # b's own feedback, interleaved
     assert b.history_size("fresh") == 2
-    assert b.sync_feedback() == 16 and a.sync_feedback() == 2
+    assert b.sync_feedback() == 18 and a.sync_feedback() == 2
     users = ["fresh", g.user_ids[1]]
     for x, y in zip(_routes(a, texts, users), _routes(b, texts, users)):
         assert x["model_name"] == y["model_name"] and x["history_size"] == y["history_size"]
