@@ -401,31 +401,38 @@ def part_d(ckpt: Path, votes, table, enc, llms, levels=(0, 20, 50, 100, 300), n:
     return out
 
 
-def part_e(work: Path, paths, seeds: list[int]):
-    """Personalized vs user-blind; linked turns vs independent single-step records, 2 vs 3 layers."""
-    from gmt_model.evaluation import evaluate
+def part_e(work: Path, mt_bench: Path, seeds: list[int]):
+    """Personalized vs user-blind on per-judge splits with different seeds; multi-turn context (turns linked
+    as sessions vs the same turns as independent single-step records) with 2 and 3 HGT layers."""
     from gmt_model.checkpoint import load_checkpoint
+    from gmt_model.datasets import build_jsonl
+    from gmt_model.evaluation import evaluate
     from gmt_model.graph import build_graph
+    from gmt_model import schema as S
 
     res = {}
-    g = build_graph(paths)
+
+    def run(name, paths, g, overrides):
+        ck = train_router_checkpoint(paths, work / "ablation" / name, EPOCHS, overrides)
+        rep = evaluate(load_checkpoint(ck).model, g, baselines=True, cold_start=True, n_resamples=200)
+        res[name] = {**{m: rep.methods[m].auc for m in rep.methods},
+                     "cold_gmtrouter": rep.cold_start["gmtrouter"].auc, "cold_global_bt": rep.cold_start["global_bt"].auc}
+        print(f"(e) {name}: " + ", ".join(f"{m} {v:.3f}" for m, v in res[name].items()), flush=True)
+
     for seed in seeds:
-        for pers in (True, False):
-            name = f"{'pers' if pers else 'blind'}_s{seed}"
-            ck = train_router_checkpoint(paths, work / "ablation" / name, EPOCHS,
-                                         {"seed": seed, "personalization": pers})
-            rep = evaluate(load_checkpoint(ck).model, g, baselines=False, cold_start=False, n_resamples=200)
-            res[name] = {m: rep.methods[m].auc for m in rep.methods}
-            print(f"(e) {name}: " + ", ".join(f"{m} {v:.3f}" for m, v in res[name].items()), flush=True)
-    single = split_turns(paths, work / "ablation" / "single_step_data")
-    gs = build_graph(single)
-    for layers in (2, 3):
-        for kind, p, gg in (("linked", paths, g), ("single_step", single, gs)):
-            name = f"{kind}_L{layers}"
-            ck = train_router_checkpoint(p, work / "ablation" / name, EPOCHS, {"num_gnn_layers": layers})
-            rep = evaluate(load_checkpoint(ck).model, gg, baselines=False, cold_start=False, n_resamples=200)
-            res[name] = {m: rep.methods[m].auc for m in rep.methods}
-            print(f"(e) {name}: " + ", ".join(f"{m} {v:.3f}" for m, v in res[name].items()), flush=True)
+        out = work / f"mt_bench_split{seed}"
+        if not all((out / f).exists() for f in S.SPLIT_FILES.values()):
+            build_jsonl("mt_bench", mt_bench, out, seed=seed)
+        paths = {sp: out / f for sp, f in S.SPLIT_FILES.items()}
+        g = build_graph(paths)
+        run(f"split{seed}_personalized_L2", paths, g, {"num_gnn_layers": 2})
+        run(f"split{seed}_user_blind_L2", paths, g, {"num_gnn_layers": 2, "personalization": False})
+        if seed == seeds[0]:
+            run(f"split{seed}_personalized_L3", paths, g, {"num_gnn_layers": 3})
+            single = split_turns(paths, work / "ablation" / f"split{seed}_single_step_data")
+            gs = build_graph(single)
+            for layers in (2, 3):
+                run(f"split{seed}_single_step_L{layers}", single, gs, {"num_gnn_layers": layers})
     return res
 
 
@@ -539,8 +546,8 @@ def main(argv=None) -> int:
         results["d"] = part_d(ckpt, votes, table, enc, llms)
         md.append(cost_table(results["d"]))
     if "e" in parts:
-        results["e"] = part_e(args.work, paths, list(range(136, 136 + args.seeds)))
-        md.append("#### (e) Training ablations (test AUC on the pipeline's MT-Bench split)\n\n| run | " +
+        results["e"] = part_e(args.work, args.mt_bench, list(range(args.seeds)))
+        md.append("#### (e) Training ablations (test AUC on per-judge MT-Bench splits; L = HGT layers)\n\n| run | " +
                   " | ".join(next(iter(results["e"].values())).keys()) + " |\n|---|" +
                   "---|" * len(next(iter(results["e"].values()))) + "\n" +
                   "\n".join(f"| {n} | " + " | ".join(f"{v:.3f}" for v in r.values()) + " |"
