@@ -29,10 +29,11 @@ Evidence, from the user's rated interactions:
   candidate", with weight ``point_weight``.
 
 Cold start (an empty history) uses :class:`CrowdCalibration`:
-``alpha * s_cold + c_m``: ``c`` is the crowd's Bradley-Terry fitted on the
-training pairs and ``alpha >= 0`` weighs the GNN's cold-start scores by how
-much they add on held-out (validation) pairs; ``alpha = 0`` is exactly the
-crowd's Bradley-Terry, so an unknown user never gets less than the crowd.
+``alpha * s_cold + beta * c_m``: ``c`` is the crowd's Bradley-Terry fitted
+on the training pairs; ``alpha, beta >= 0`` weigh the GNN's cold-start scores
+and the crowd by how well they predict held-out (validation) pairs.  The
+crowd's Bradley-Terry alone (``alpha = 0``) is one of the fits considered, so
+an unknown user does not get less than the crowd (on held-out data).
 
 numpy only; no torch here.
 """
@@ -343,14 +344,29 @@ def fit_bias(llm_a: np.ndarray, llm_b: np.ndarray, label: np.ndarray, n_llms: in
 
 def fit_calibration(bias: np.ndarray, diff: np.ndarray, llm_a: np.ndarray, llm_b: np.ndarray,
                     label: np.ndarray, l2: float = 1e-2) -> CrowdCalibration:
-    """``alpha`` of ``sigmoid(alpha * diff + bias_a - bias_b)`` on held-out pairs
-    (``diff``: cold-start score of a minus b), clipped at 0: the cold-start
-    GNN only counts where it adds to the crowd's Bradley-Terry ``bias``."""
+    """``sigmoid(alpha * diff + beta * (bias_a - bias_b))`` with ``alpha, beta >= 0``
+    fitted on held-out pairs (``diff``: cold-start score of a minus b;
+    ``bias``: the crowd's Bradley-Terry strengths): the cold-start GNN and the
+    crowd each count as much as they predict there.  No held-out pairs:
+    the crowd's Bradley-Terry alone (``alpha = 0, beta = 1``)."""
     keep = np.asarray(label) != 0.5
     y = np.asarray(label, np.float64)[keep]
+    bias = np.asarray(bias, np.float64)
     if y.size == 0:
-        return CrowdCalibration(alpha=0.0, bias=np.asarray(bias, np.float64))
+        return CrowdCalibration(alpha=0.0, bias=bias)
     d = np.asarray(diff, np.float64)[keep]
-    off = bias[np.asarray(llm_a)[keep]] - bias[np.asarray(llm_b)[keep]]
-    r, _, _ = _newton(Evidence(x=d[:, None], offset=off, y=y, w=np.ones(y.size)), np.array([l2]), 50)
-    return CrowdCalibration(alpha=float(max(r[0], 0.0)), bias=np.asarray(bias, np.float64))
+    bt = bias[np.asarray(llm_a)[keep]] - bias[np.asarray(llm_b)[keep]]
+    x = np.stack([d, bt], axis=1)
+    best = None
+    # the non-negative optimum: the unconstrained fit, or the best fit with one weight at 0
+    for cols in ((0, 1), (1,), (0,)):
+        ev = Evidence(x=x[:, cols], offset=np.zeros(y.size), y=y, w=np.ones(y.size))
+        r, _, f = _newton(ev, np.full(len(cols), l2), 50)
+        if np.all(r >= 0) and (best is None or f < best[0]):
+            w = np.zeros(2)
+            w[list(cols)] = r
+            best = (f, w)
+    if best is None:
+        return CrowdCalibration(alpha=0.0, bias=bias)
+    alpha, beta = best[1]
+    return CrowdCalibration(alpha=float(alpha), bias=beta * bias)

@@ -137,9 +137,17 @@ def train_router_checkpoint(paths: dict[str, Path], out: Path, epochs: int, over
     from gmt_model.training import train
 
     best = out / "best"
-    if (best / "config.json").exists():
-        return best
     g = build_graph(paths)
+    if (best / "config.json").exists():
+        # a cached model: refresh its cold-start calibration with this code (cheap; training stores it)
+        import torch
+
+        from gmt_model.checkpoint import load_checkpoint, update_meta
+        from gmt_model.engine import cold_calibration
+
+        ck = load_checkpoint(best)
+        update_meta(best, {"cold_calibration": cold_calibration(ck.model, g, torch.device("cpu")).to_dict()})
+        return best
     cfg = load_train_config(SEED_CONFIG, {"epochs": epochs, "save_every": 10**9, **(overrides or {})})
     t0 = time.perf_counter()
     res = train(g, cfg, out, resume=False)
