@@ -447,9 +447,12 @@ sys.exit(1 if bad or not st else 0)' "$out" \
 cmd=${1:-status}
 shift || true
 if [ $# -gt 0 ]; then
-  services=("$@")
-  for s in "${services[@]}"; do
+  for s in "$@"; do
     case " ${ALL_SERVICES[*]} " in *" $s "*) ;; *) die "unknown service '$s'; expected one of: ${ALL_SERVICES[*]}";; esac
+  done
+  services=()
+  for s in "${ALL_SERVICES[@]}"; do  # dependency order, whatever the order given
+    case " $* " in *" $s "*) services+=("$s") ;; esac
   done
 else
   services=("${ALL_SERVICES[@]}")

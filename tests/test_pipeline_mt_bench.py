@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 MT_BENCH = (REPO.parent / "shared" / "data" / "mt_bench_human").resolve()
 SELECTION = [dg.AssetKey(["mt_bench", n]) for n in
              ("raw_data", "gmtrouter_jsonl", "graph_parquet", "trained_model", "test_evaluation")]
-METHODS = ("gmtrouter", "user_blind", "global_bt", "per_user_bt", "knn_query")
+METHODS = ("gmtrouter", "gmtrouter_gnn", "user_blind", "global_bt", "per_user_bt", "knn_query")
 
 pytestmark = pytest.mark.skipif(not (MT_BENCH / "human_judgments.jsonl").is_file(),
                                 reason=f"MT-Bench data not found at {MT_BENCH}")
