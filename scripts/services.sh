@@ -22,7 +22,7 @@
 # Clients: `source .gmtrouter/services/env`, then `dagster job execute -j train_demo`,
 # mlflow.pyfunc.load_model("models:/gmtrouter-demo@champion"), the UIs at $GMTROUTER_DAGSTER_URL and
 # $MLFLOW_TRACKING_URI.  Settings (environment, first `up` only for ports): GMTROUTER_HOME,
-# GMTROUTER_SERVICES_DIR, GMTROUTER_{PG,MLFLOW,DAGSTER,ROUTER}_PORT (default: free ports),
+# GMTROUTER_SERVICES_DIR, GMTROUTER_{PG,MLFLOW,DAGSTER,ROUTER}_PORT (default: free ports), GMTROUTER_PG_BINDIR,
 # GMTROUTER_SERVE_DATASET (demo), GMTROUTER_RELOAD_INTERVAL (30 s), GMTROUTER_RETRAIN_MIN_FEEDBACK,
 # GMTROUTER_SENSOR_INTERVAL, GMTROUTER_TRIGGERED_RUN_CONFIG, GMTROUTER_ADMIN_TOKEN.  See docs/deploy.md.
 #
@@ -208,15 +208,23 @@ service_env() {  # the environment every service process starts with
 
 # ------------------------------------------------------------------ PostgreSQL
 PG_BIN=""
-find_pg_bin() {
+find_pg_bin() {  # $GMTROUTER_PG_BINDIR, else the newest Debian /usr/lib/postgresql/<version>/bin
   local d
-  d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+  if [ -n "${GMTROUTER_PG_BINDIR:-}" ]; then
+    d=$GMTROUTER_PG_BINDIR
+  else
+    d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+  fi
   if [ -n "$d" ] && [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ]; then PG_BIN=$d; return 0; fi
   return 1
 }
 
 install_postgres() {
   find_pg_bin && return 0
+  if [ -n "${GMTROUTER_PG_BINDIR:-}" ]; then
+    echo "services: GMTROUTER_PG_BINDIR=$GMTROUTER_PG_BINDIR has no initdb and pg_ctl" >&2
+    exit $EXIT_NO_POSTGRES
+  fi
   if [ "$(id -u)" != "0" ]; then
     echo "services: PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb) and this is not root:" \
          "install the Debian package postgresql (apt-get install postgresql) and run again" >&2

@@ -35,7 +35,7 @@ import pytest
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("dagster_postgres", reason="dagster-postgres is not installed")
 
-pytestmark = [pytest.mark.services, pytest.mark.slow]
+services = pytest.mark.services  # the tests on a live deployment (the script's own checks below run everywhere)
 
 REPO = Path(__file__).resolve().parents[1]
 SERVICES = REPO / "scripts" / "services.sh"
@@ -242,8 +242,28 @@ def _mark(name: str, since: float) -> float:
 
 
 # --------------------------------------------------------------------------
+# the script alone (no deployment)
+# --------------------------------------------------------------------------
+def test_script_without_postgresql_or_services(tmp_path: Path) -> None:
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("GMTROUTER_")},
+           "GMTROUTER_HOME": str(tmp_path / "home"), "GMTROUTER_PG_BINDIR": str(tmp_path / "no-postgres")}
+    up = _services(env, "up", timeout=120)
+    assert up.returncode == EXIT_NO_POSTGRES, up.stdout + up.stderr  # the test fixture skips on this status
+    assert f"GMTROUTER_PG_BINDIR={tmp_path / 'no-postgres'} has no initdb" in up.stderr
+    st = _services(env, "status", timeout=60)
+    assert st.returncode == 1 and "postgres: not running" in st.stdout
+    down = _services(env, "down", timeout=60)
+    assert down.returncode == 0, down.stderr
+    bad = _services(env, "up", "redis", timeout=60)
+    assert bad.returncode == 1 and "unknown service 'redis'" in bad.stderr
+    assert not _processes_under(tmp_path)
+
+
+# --------------------------------------------------------------------------
 # the loop
 # --------------------------------------------------------------------------
+@services
+@pytest.mark.slow
 def test_concurrent_up_started_one_set(deployment) -> None:
     d = deployment
     said = [out for out, _ in d.outs]
@@ -286,6 +306,8 @@ def _stop_schedule(d: Deployment, sel: dict, state_id: str) -> None:
     raise AssertionError("the demo schedule does not stay stopped")
 
 
+@services
+@pytest.mark.slow
 def test_schedule_tick_runs_through_the_daemon_and_the_router_serves_the_first_champion(deployment) -> None:
     d = deployment
     sel = {**LOCATION, "scheduleName": "weekly_retrain_demo"}
@@ -326,6 +348,8 @@ def test_schedule_tick_runs_through_the_daemon_and_the_router_serves_the_first_c
     assert st.returncode == 0, st.stdout + st.stderr  # every service answers now
 
 
+@services
+@pytest.mark.slow
 def test_feedback_retrains_promotes_and_the_router_reloads(deployment) -> None:
     from gmt_model.demo import LLMS
     from gmt_model.feedback import FeedbackLog
@@ -382,6 +406,8 @@ def test_feedback_retrains_promotes_and_the_router_reloads(deployment) -> None:
     assert health["model"]["uri"] == "models:/gmtrouter-demo@champion"
 
 
+@services
+@pytest.mark.slow
 def test_rollback_moves_the_serving_router_back(deployment) -> None:
     d = deployment
     t = time.monotonic()
@@ -412,6 +438,8 @@ def _still_serving(d: Deployment, version: str) -> None:
     assert d.pid("router") == d.router_pid
 
 
+@services
+@pytest.mark.slow
 def test_mlflow_down_fails_a_run_at_once_and_the_router_keeps_its_champion(deployment) -> None:
     d = deployment
     assert _services(d.env, "down", "mlflow").returncode == 0
@@ -430,6 +458,8 @@ def test_mlflow_down_fails_a_run_at_once_and_the_router_keeps_its_champion(deplo
     assert _services(d.env, "status", "mlflow").returncode == 0
 
 
+@services
+@pytest.mark.slow
 def test_postgres_down_fails_a_run_with_one_line_and_the_router_keeps_its_champion(deployment) -> None:
     d = deployment
     assert _services(d.env, "down", "postgres").returncode == 0
@@ -447,6 +477,8 @@ def test_postgres_down_fails_a_run_with_one_line_and_the_router_keeps_its_champi
           60, every=2)
 
 
+@services
+@pytest.mark.slow
 def test_down_stops_only_what_up_started(deployment) -> None:
     d = deployment
     # a stranger whose PID lands in a pid file (a recycled PID): same number, another process
