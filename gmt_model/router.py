@@ -372,7 +372,12 @@ class GMTRouter:
     def _choose(self, s: np.ndarray, post: Posterior | None, c_idx: np.ndarray, z: np.ndarray) -> int:
         """The policy's choice among the candidates (``s``: the posterior-mean scores)."""
         if self.policy == "thompson" and post is not None:
-            sampled = s - self._residual(post.mean, c_idx, z) + self._residual(post.sample(self._rng), c_idx, z)
+            # sample the per-LLM terms of the residual; the topic terms stay at their mean (sampling them too
+            # explores on every query's noise and measured more regret)
+            mean = post.mean.reshape(len(self.llms), -1)
+            draw = post.sample(self._rng, self.personal.thompson_scale).reshape(len(self.llms), -1)
+            draw[:, 1:] = mean[:, 1:]
+            sampled = s - self._residual(mean, c_idx, z) + self._residual(draw, c_idx, z)
             return int(np.argmax(sampled))
         if self.policy == "epsilon" and s.size > 1 and self._rng.random() < self.epsilon:
             return int(self._rng.integers(s.size))
