@@ -539,12 +539,13 @@ def _quantize_int8(fp32_folder: Path, tmp: Path) -> dict[str, Any]:
     """int8 dynamic quantisation (per-channel weights) of the fp32 export."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    logging.disable(logging.WARNING)  # its "consider pre-processing" note goes to the root logger
+    previous = logging.root.manager.disable
+    logging.disable(max(previous, logging.WARNING))  # its "consider pre-processing" note goes to the root logger
     try:
         quantize_dynamic(str(fp32_folder / "model.onnx"), str(tmp / "model.onnx"),
                          weight_type=QuantType.QInt8, per_channel=True)
     finally:
-        logging.disable(logging.NOTSET)
+        logging.disable(previous)
     shutil.copyfile(fp32_folder / "tokenizer.json", tmp / "tokenizer.json")
     base = _read_json(fp32_folder / "manifest.json")
     return {k: base[k] for k in ("max_seq_length", "pooling", "normalize", "pad_token", "pad_id", "dim", "torch")}
@@ -682,7 +683,6 @@ class OnnxSentenceEncoder:
         self.session = ort.InferenceSession(str(self.folder / "model.onnx"), opts, providers=["CPUExecutionProvider"])
         self._inputs = [i.name for i in self.session.get_inputs()]
         self._dim = int(self.meta.get("dim") or self.session.get_outputs()[0].shape[-1])
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"OnnxSentenceEncoder({str(self.folder)!r}, threads={self.threads})"
