@@ -38,11 +38,17 @@ die() { echo "services: error: $*" >&2; exit 1; }
 say() { echo "services: $*"; }
 
 home=${GMTROUTER_HOME:-$REPO/.gmtrouter}
-mkdir -p "$home"
+dir=${GMTROUTER_SERVICES_DIR:-$home/services}
+if [ "${1:-status}" != "up" ] && [ ! -d "$dir" ]; then  # only `up` creates anything
+  case ${1:-status} in
+    down) echo "services: nothing to stop in $dir"; exit 0 ;;
+    status) echo "no services in $dir (bash scripts/services.sh up)"; exit 1 ;;
+    env) die "no $dir/env yet (bash scripts/services.sh up)" ;;
+  esac
+fi
+mkdir -p "$home" "$dir"
 GMTROUTER_HOME=$(cd "$home" && pwd -P)
-DIR=${GMTROUTER_SERVICES_DIR:-$GMTROUTER_HOME/services}
-mkdir -p "$DIR"
-DIR=$(cd "$DIR" && pwd -P)
+DIR=$(cd "$dir" && pwd -P)
 LOGS=$DIR/logs
 PIDS=$DIR/pids
 STATE=$DIR/state

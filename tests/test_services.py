@@ -247,6 +247,10 @@ def _mark(name: str, since: float) -> float:
 def test_script_without_postgresql_or_services(tmp_path: Path) -> None:
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("GMTROUTER_")},
            "GMTROUTER_HOME": str(tmp_path / "home"), "GMTROUTER_PG_BINDIR": str(tmp_path / "no-postgres")}
+    # before any `up`: nothing to report or stop, and nothing is created
+    assert _services(env, "status", timeout=60).returncode == 1
+    assert _services(env, "down", timeout=60).returncode == 0
+    assert not (tmp_path / "home").exists()
     up = _services(env, "up", timeout=120)
     assert up.returncode == EXIT_NO_POSTGRES, up.stdout + up.stderr  # the test fixture skips on this status
     assert f"GMTROUTER_PG_BINDIR={tmp_path / 'no-postgres'} has no initdb" in up.stderr
