@@ -70,7 +70,7 @@ class PersonalConfig:
     newton_iters: int = 30
     #: Thompson sampling draws with the posterior's standard deviation times this (Chapelle & Li 2011: < 1
     #: explores less and measured lower regret)
-    thompson_scale: float = 1.0
+    thompson_scale: float = 0.5
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None, where: str = "personalization") -> "PersonalConfig":
@@ -110,11 +110,14 @@ class QueryBasis:
             return
         if q.shape[0] > max_rows:
             q = q[np.linspace(0, q.shape[0] - 1, max_rows).astype(np.int64)]
-        _, s, vt = np.linalg.svd(q - self.mean, full_matrices=False)
-        self.comp = vt[: self.dims]
-        sd = s[: self.dims] / math.sqrt(max(q.shape[0] - 1, 1))
+        c = q - self.mean
+        # eigenvectors of the (d x d) covariance: much cheaper than an SVD of the rows
+        val, vec = np.linalg.eigh(c.T @ c / max(q.shape[0] - 1, 1))
+        top = np.argsort(val)[::-1][: self.dims]
+        self.comp = vec[:, top].T
+        sd = np.sqrt(np.maximum(val[top], 0.0))
         self.scale = np.where(sd > 1e-9, sd, 1.0)
-        # a fixed sign per component (SVD's sign is arbitrary)
+        # a fixed sign per component (the decomposition's sign is arbitrary)
         flip = np.sign(self.comp[np.arange(self.dims), np.abs(self.comp).argmax(axis=1)])
         self.comp = self.comp * flip[:, None]
 

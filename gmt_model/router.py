@@ -147,7 +147,14 @@ class GMTRouter:
         self._last_sync = 0.0
         self.replayed = 0
         if self.feedback_log is not None and config.replay_feedback:
-            self.replayed = self.sync_feedback(force=True)
+            # rows the training data read but could not use (a single rating compares nothing) are history only:
+            # replay them too
+            unmerged = sorted(int(i) for i in (ck.meta.get("feedback_unmerged_ids") or []) if int(i) <= self._synced_id)
+            if unmerged:
+                rows = [r for r in self.feedback_log.read(since_id=unmerged[0] - 1, limit=None)
+                        if r.id in set(unmerged)]
+                self.replayed += self._apply_rows(rows)
+            self.replayed += self.sync_feedback(force=True)
 
     # ---------------------------------------------------------------- loading
     @classmethod
@@ -632,23 +639,28 @@ class GMTRouter:
         with self._lock:
             rows = self.feedback_log.read(since_id=self._synced_id)
             self._last_sync = time.monotonic()
-            todo = [r for r in rows if r.id not in self._own_ids]
-            applied = 0
-            if todo:
-                valid = [r for r in todo if r.model in self._llm_index]
-                emb = self.embed(list(dict.fromkeys(r.query for r in valid)))
-                by_text = {t: i for i, t in enumerate(dict.fromkeys(r.query for r in valid))}
-                lo, hi = self.rating_scale
-                for r in valid:
-                    if not (isinstance(r.user_id, str) and _ID_RE.match(r.user_id)):
-                        continue
-                    raw = min(max(float(r.rating), lo), hi)
-                    self._apply(r.user_id, r.query, r.model, raw, r.session_id, r.query_id, emb[by_text[r.query]])
-                    applied += 1
+            applied = self._apply_rows([r for r in rows if r.id not in self._own_ids])
             if rows:
                 self._synced_id = rows[-1].id
                 self._own_ids = {i for i in self._own_ids if i > self._synced_id}
             return applied
+
+    def _apply_rows(self, rows: list) -> int:
+        """Apply feedback-log rows (in the given order); rows naming an LLM or a user id this
+        router cannot take are skipped.  Returns how many were applied."""
+        valid = [r for r in rows if r.model in self._llm_index and isinstance(r.user_id, str)
+                 and _ID_RE.match(r.user_id)]
+        if not valid:
+            return 0
+        texts = list(dict.fromkeys(r.query for r in valid))
+        emb = self.embed(texts)
+        by_text = {t: i for i, t in enumerate(texts)}
+        lo, hi = self.rating_scale
+        with self._lock:
+            for r in valid:
+                raw = min(max(float(r.rating), lo), hi)
+                self._apply(r.user_id, r.query, r.model, raw, r.session_id, r.query_id, emb[by_text[r.query]])
+        return len(valid)
 
     def history(self) -> History:
         """The current rated history (checkpoint + feedback)."""

@@ -196,6 +196,11 @@ def test_restart_replays_the_log_and_routes_identically(planted_models, planted_
     update_meta(ck, {"feedback_through_id": 4})
     partial = GMTRouter.from_checkpoint(ck, encoder=DictEncoder(g), feedback_log=log)
     assert partial.replayed == 14 and partial.history_size("fresh") == 14
+    # ... except the ones the training data could not use (single ratings): history only, replayed
+    update_meta(ck, {"feedback_unmerged_ids": [1, 2]})
+    unmerged = GMTRouter.from_checkpoint(ck, encoder=DictEncoder(g), feedback_log=log)
+    assert unmerged.replayed == 16
+    assert unmerged.history_size(g.user_ids[1]) == partial.history_size(g.user_ids[1]) + 2
 
 
 def test_processes_sharing_a_log_converge(planted_models, planted_graph, tmp_path):
