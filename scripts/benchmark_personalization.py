@@ -463,7 +463,7 @@ def split_turns(paths: dict[str, Path], out: Path) -> dict[str, Path]:
                 for t in range(steps):
                     for rec in lines[i:j]:
                         r = dict(rec)
-                        r["question_id"] = f"{rec['question_id']}#s{t}"
+                        r["question_id"] = f"{rec['question_id']}#t{rec['turn']}s{t}"
                         r["turn"] = 1
                         r["conversation"] = [rec["conversation"][t]]
                         fout.write(json.dumps(r) + "\n")
