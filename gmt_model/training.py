@@ -72,7 +72,7 @@ def resolve_device(name: str | None) -> torch.device:
 def model_config_for(cfg: TrainConfig, g: GraphTables) -> ModelConfig:
     layers = cfg.num_gnn_layers
     if layers is None:
-        layers = 3 if int(g.step.max()) > 0 else 2  # multi-turn data gets 3 layers
+        layers = 2  # measured: on MT-Bench's two-turn data 3 layers scored below 2 (docs/benchmarks.md)
     return ModelConfig(embed_dim=g.dim, hidden_dim=cfg.hidden_dim, num_gnn_layers=layers, heads=cfg.heads,
                        dropout=cfg.dropout, predictor_dim=cfg.predictor_dim, predictor_heads=cfg.predictor_heads,
                        personalization=cfg.personalization,

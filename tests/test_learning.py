@@ -20,7 +20,7 @@ from gmt_model.training import train
 def demo_report(demo_paths, tmp_path_factory):
     g = build_graph({k: v for k, v in demo_paths.items() if k in S.SPLITS})
     out = tmp_path_factory.mktemp("learning")
-    cfg = dict(epochs=150, lr=1e-3, eval_every=10, save_every=1000, seed=136)
+    cfg = dict(epochs=150, lr=1e-3, eval_every=10, save_every=1000, seed=136, num_gnn_layers=3)  # demo.yaml's depth
     pers = train(g, TrainConfig(**cfg), out / "pers", resume=False)
     blind = train(g, TrainConfig(personalization=False, **cfg), out / "blind", resume=False)
     report = evaluate(load_checkpoint(pers.best_dir).model, g, "test",
