@@ -169,10 +169,12 @@ def score_rows(model: GMTModel, user_vecs: Tensor, query_emb: np.ndarray, llm_re
 
 def cold_calibration(model: GMTModel, g: GraphTables, device: torch.device, max_pairs: int = 50_000):
     """The cold-start calibration of ``model`` on ``g``: Bradley-Terry strengths
-    from the training pairs, the weight of the cold-start GNN from the
-    validation pairs (none: 0)."""
+    from the training pairs; on the validation pairs the weights of the
+    cold-start GNN and of the crowd, then of the users' history-conditioned
+    scores against those calibrated cold-start scores (no validation pairs:
+    the crowd's Bradley-Terry for cold start, the GNN alone for users)."""
     from .checkpoint import comparison_keys
-    from .personal import fit_bias, fit_calibration, group_pairs
+    from .personal import fit_bias, fit_blend, fit_calibration, group_pairs
 
     def pairs(split: str):
         idx = np.flatnonzero(g.split_mask(split))
@@ -191,5 +193,9 @@ def cold_calibration(model: GMTModel, g: GraphTables, device: torch.device, max_
     with torch.inference_mode():
         reps = sub.embed(model)
         s = score_rows(model, reps[S.USER][sub.cold_user], g.query_emb[a], reps[S.LLM])
+        warm = score_rows(model, reps[S.USER][torch.from_numpy(g.user[a]).to(device)], g.query_emb[a], reps[S.LLM])
     idx = np.arange(a.size)
-    return fit_calibration(bias, s[idx, g.llm[a]] - s[idx, g.llm[b]], g.llm[a], g.llm[b], label)
+    la, lb = g.llm[a], g.llm[b]
+    calib = fit_calibration(bias, s[idx, la] - s[idx, lb], la, lb, label)
+    cold_cal = calib.apply(s[idx, la], la) - calib.apply(s[idx, lb], lb)
+    return fit_blend(calib, warm[idx, la] - warm[idx, lb], cold_cal, label)

@@ -59,6 +59,9 @@ def online_scores(model: GMTModel, g: GraphTables, gs: GroupSteps, scores: np.nd
     warm = np.array(scores, dtype=np.float64)
     if not cfg.enabled:
         return warm, cold_out, calib
+    warm = np.where(gs.mask, calib.blend(warm, cold, safe), warm)
+    cold_rep = reps[S.USER][sub.cold_user]
+    all_llms = np.arange(n_llms)[None, :]
     basis = QueryBasis(g.query_emb[train], cfg.query_dims)
     tu = g.user[train]
     order = np.argsort(tu, kind="stable")
@@ -71,6 +74,8 @@ def online_scores(model: GMTModel, g: GraphTables, gs: GroupSteps, scores: np.nd
             continue
         rows = train[pos]
         s_hist = score_rows(model, reps[S.USER][u], g.query_emb[rows], reps[S.LLM])
+        s_hist = calib.blend(s_hist, score_rows(model, cold_rep, g.query_emb[rows], reps[S.LLM])
+                             if calib.cold > 0 else s_hist, all_llms)
         ev = build_evidence(keys[pos], g.llm[rows], g.rating[rows], basis(g.query_emb[rows]), s_hist, cfg)
         r = fit_posterior(ev, cfg, n_llms, basis.dims).mean.reshape(n_llms, -1)
         zq = basis(g.query_emb[gs.inter[sel, 0]])

@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["PersonalConfig", "QueryBasis", "Evidence", "Posterior", "fit_posterior", "CrowdCalibration",
-           "fit_calibration", "fit_bias", "centre_ratings", "build_evidence", "group_pairs", "POLICIES"]
+           "fit_calibration", "fit_blend", "fit_nonneg_logistic", "fit_bias", "centre_ratings", "build_evidence", "group_pairs", "POLICIES"]
 
 POLICIES = ("greedy", "thompson", "epsilon")
 
@@ -349,16 +349,51 @@ def centre_ratings(y: np.ndarray, pseudo: float = 2.0) -> np.ndarray:
 
 @dataclass
 class CrowdCalibration:
-    """Cold-start scores ``alpha * s_cold + bias[m]`` (logit units)."""
+    """Cold-start scores ``alpha * s_cold + bias[m]`` (logit units), and how a user's
+    history-conditioned GNN scores are blended with them:
+    ``warm * s_gnn(u) + cold * (alpha * s_cold + bias)``."""
 
     alpha: float
     bias: np.ndarray  # (L,)
+    warm: float = 1.0
+    cold: float = 0.0
 
     def apply(self, scores: np.ndarray, llm: np.ndarray) -> np.ndarray:
         return self.alpha * np.asarray(scores, dtype=np.float64) + self.bias[np.asarray(llm)]
 
+    def blend(self, warm_scores: np.ndarray, cold_scores: np.ndarray, llm: np.ndarray) -> np.ndarray:
+        """The base scores of a user with history (``cold_scores``: uncalibrated)."""
+        out = self.warm * np.asarray(warm_scores, dtype=np.float64)
+        if self.cold:
+            out = out + self.cold * self.apply(cold_scores, llm)
+        return out
+
     def to_dict(self) -> dict[str, Any]:
-        return {"alpha": float(self.alpha), "bias": [float(b) for b in self.bias]}
+        return {"alpha": float(self.alpha), "bias": [float(b) for b in self.bias], "warm": float(self.warm),
+                "cold": float(self.cold)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CrowdCalibration":
+        return cls(alpha=float(d["alpha"]), bias=np.asarray(d["bias"], np.float64), warm=float(d.get("warm", 1.0)),
+                   cold=float(d.get("cold", 0.0)))
+
+
+def fit_nonneg_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2) -> np.ndarray | None:
+    """Weights >= 0 of ``sigmoid(x . w)`` on hard labels: the unconstrained fit or the best
+    fit with some weights at 0 (exhaustive over subsets; for a handful of columns)."""
+    from itertools import combinations
+
+    n, k = x.shape
+    best = None
+    for size in range(k, 0, -1):
+        for cols in combinations(range(k), size):
+            ev = Evidence(x=x[:, cols], offset=np.zeros(n), y=y, w=np.ones(n))
+            r, _, f = _newton(ev, np.full(len(cols), l2), 50)
+            if np.all(r >= 0) and (best is None or f < best[0]):
+                w = np.zeros(k)
+                w[list(cols)] = r
+                best = (f, w)
+    return None if best is None else best[1]
 
 
 def fit_bias(llm_a: np.ndarray, llm_b: np.ndarray, label: np.ndarray, n_llms: int, l2: float = 1e-2) -> np.ndarray:
@@ -388,17 +423,23 @@ def fit_calibration(bias: np.ndarray, diff: np.ndarray, llm_a: np.ndarray, llm_b
         return CrowdCalibration(alpha=0.0, bias=bias)
     d = np.asarray(diff, np.float64)[keep]
     bt = bias[np.asarray(llm_a)[keep]] - bias[np.asarray(llm_b)[keep]]
-    x = np.stack([d, bt], axis=1)
-    best = None
-    # the non-negative optimum: the unconstrained fit, or the best fit with one weight at 0
-    for cols in ((0, 1), (1,), (0,)):
-        ev = Evidence(x=x[:, cols], offset=np.zeros(y.size), y=y, w=np.ones(y.size))
-        r, _, f = _newton(ev, np.full(len(cols), l2), 50)
-        if np.all(r >= 0) and (best is None or f < best[0]):
-            w = np.zeros(2)
-            w[list(cols)] = r
-            best = (f, w)
-    if best is None:
+    w = fit_nonneg_logistic(np.stack([d, bt], axis=1), y, l2)
+    if w is None:
         return CrowdCalibration(alpha=0.0, bias=bias)
-    alpha, beta = best[1]
-    return CrowdCalibration(alpha=float(alpha), bias=beta * bias)
+    return CrowdCalibration(alpha=float(w[0]), bias=w[1] * bias)
+
+
+def fit_blend(calib: CrowdCalibration, warm_diff: np.ndarray, cold_cal_diff: np.ndarray, label: np.ndarray,
+              l2: float = 1e-2) -> CrowdCalibration:
+    """Weights (>= 0) of a user's history-conditioned GNN scores and of the calibrated
+    cold-start scores, fitted on held-out pairs of users with history: where the
+    history does not help, the router falls back to the population-level choice."""
+    keep = np.asarray(label) != 0.5
+    y = np.asarray(label, np.float64)[keep]
+    if y.size == 0:
+        return calib
+    x = np.stack([np.asarray(warm_diff, np.float64)[keep], np.asarray(cold_cal_diff, np.float64)[keep]], axis=1)
+    w = fit_nonneg_logistic(x, y, l2)
+    if w is None or w.sum() == 0:
+        return calib
+    return CrowdCalibration(alpha=calib.alpha, bias=calib.bias, warm=float(w[0]), cold=float(w[1]))

@@ -354,6 +354,9 @@ class GMTRouter:
                 mask[i, : len(ids)] = True
             llm_vecs = self._llm_reps()[torch.from_numpy(cand_idx).to(self.device)]
             scores = self.model.score(uv, qv, llm_vecs).float().cpu().numpy().astype(np.float64)
+            cold_scores = (self.model.score(self._cold_rep.expand(len(parsed), -1), qv, llm_vecs)
+                           .float().cpu().numpy().astype(np.float64)
+                           if self.personal.enabled and self.calibration.cold > 0 else np.zeros_like(scores))
             z = self._basis(emb)
             results = []
             for i, ((text, user, session, cands, turn, ctx), u) in enumerate(zip(parsed, uidx)):
@@ -367,6 +370,7 @@ class GMTRouter:
                         post = self._prior
                     else:
                         post = self._posterior(u) if hist > 0 else self._prior
+                        s = self.calibration.blend(s, cold_scores[i, : len(cands)], c_idx)
                         s = s + self._residual(post.mean, c_idx, z[i])
                 choice = self._choose(s, post, c_idx, z[i])
                 results.append(self._result(user, session, turn, cands, s, u, bool(ctx), choice, post))
@@ -447,8 +451,11 @@ class GMTRouter:
         qv = self.model.gnn.isolated(S.QUERY, self.model.gnn.project_query(emb))
         llm = self._llm_reps()
         n = first.size
-        s = self.model.score(self._user_rep[u].expand(n, -1), qv, llm.expand(n, -1, -1))
-        return s.float().cpu().numpy().astype(np.float64)[inv.reshape(-1)]
+        s = self.model.score(self._user_rep[u].expand(n, -1), qv, llm.expand(n, -1, -1)).float().cpu().numpy()
+        c = (self.model.score(self._cold_rep.expand(n, -1), qv, llm.expand(n, -1, -1)).float().cpu().numpy()
+             if self.calibration.cold > 0 else s)
+        s = self.calibration.blend(s, c, np.arange(len(self.llms))[None, :])
+        return np.asarray(s, dtype=np.float64)[inv.reshape(-1)]
 
     def _posterior(self, u: int) -> Posterior:
         post = self._post.get(u)
@@ -475,7 +482,7 @@ class GMTRouter:
         the crowd's Bradley-Terry on the checkpoint history's comparison pairs."""
         stored = self.checkpoint.meta.get("cold_calibration")
         if isinstance(stored, dict) and len(stored.get("bias", [])) == len(self.llms):
-            return CrowdCalibration(alpha=float(stored["alpha"]), bias=np.asarray(stored["bias"], np.float64))
+            return CrowdCalibration.from_dict(stored)
         h = self._hist
         a, b, label = group_pairs(h.group, h.rating)
         return CrowdCalibration(alpha=0.0, bias=fit_bias(h.llm[a], h.llm[b], label, len(self.llms)))
