@@ -254,6 +254,19 @@ def build_evidence(group: np.ndarray, llm: np.ndarray, rating: np.ndarray, z: np
     starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
     sizes = np.diff(np.r_[starts, g.size])
     xs, offs, ys, ws = [], [], [], []
+    cols = np.arange(k)
+
+    def add(row_a, m_a, row_b, m_b, label, weight):
+        """Comparisons 'LLM m_a on row_a's query beats LLM m_b on row_b's query'."""
+        n_ = row_a.size
+        x = np.zeros((n_, d))
+        x[np.arange(n_)[:, None], m_a[:, None] * k + cols] += z[row_a]
+        x[np.arange(n_)[:, None], m_b[:, None] * k + cols] -= z[row_b]
+        xs.append(x)
+        offs.append(scores[row_a, m_a] - scores[row_b, m_b])
+        ys.append(label)
+        ws.append(np.full(n_, weight))
+
     # pairs inside groups of size >= 2 (vectorised per group size)
     ia, ib = [], []
     for sz in np.unique(sizes[sizes >= 2]).tolist():
@@ -266,21 +279,13 @@ def build_evidence(group: np.ndarray, llm: np.ndarray, rating: np.ndarray, z: np
         diff = r[a] != r[b]
         a, b = a[diff], b[diff]
         row = rows[a]
-        x = np.zeros((a.size, d))
-        cols = np.arange(k)
-        x[np.arange(a.size)[:, None], m[a][:, None] * k + cols] += z[row]
-        x[np.arange(a.size)[:, None], m[b][:, None] * k + cols] -= z[row]
-        xs.append(x)
-        offs.append(scores[row, m[a]] - scores[row, m[b]])
-        ys.append((r[a] > r[b]).astype(np.float64))
-        ws.append(np.ones(a.size))
+        add(row, m[a], row, m[b], (r[a] > r[b]).astype(np.float64), 1.0)
     # single ratings: this LLM against the average LLM
     single = starts[sizes == 1]
     if single.size and cfg.point_weight > 0:
         row = rows[single]
         x = np.zeros((single.size, d))
         x -= np.tile(z[row], (1, n_llms)) / n_llms
-        cols = np.arange(k)
         x[np.arange(single.size)[:, None], m[single][:, None] * k + cols] += z[row]
         xs.append(x)
         offs.append(scores[row, m[single]] - scores[row].mean(axis=1))
@@ -299,15 +304,7 @@ def build_evidence(group: np.ndarray, llm: np.ndarray, rating: np.ndarray, z: np
         ok = (sm[a] != sm[b]) & (sr[a] != sr[b])
         a, b = a[ok], b[ok]
         if a.size:
-            ra, rb = srt[a], srt[b]
-            x = np.zeros((a.size, d))
-            cols = np.arange(k)
-            x[np.arange(a.size)[:, None], sm[a][:, None] * k + cols] += z[ra]
-            x[np.arange(a.size)[:, None], sm[b][:, None] * k + cols] -= z[rb]
-            xs.append(x)
-            offs.append(scores[ra, sm[a]] - scores[rb, sm[b]])
-            ys.append((sr[a] > sr[b]).astype(np.float64))
-            ws.append(np.full(a.size, float(cfg.point_weight)))
+            add(srt[a], sm[a], srt[b], sm[b], (sr[a] > sr[b]).astype(np.float64), float(cfg.point_weight))
     if not xs:
         return Evidence(x=np.zeros((0, d)), offset=np.zeros(0), y=np.zeros(0), w=np.zeros(0))
     return Evidence(x=np.concatenate(xs), offset=np.concatenate(offs), y=np.concatenate(ys), w=np.concatenate(ws))
