@@ -132,7 +132,7 @@ def test_new_user_with_a_taste_unlike_the_crowd_is_learned(planted_models, plant
     assert router.posterior("newcomer").p_wide > 0.9
 
 
-def test_unknown_user_gets_the_cold_start_choice(planted_models, planted_graph):
+def test_unknown_user_gets_the_cold_start_choice(planted_models, planted_graph, tmp_path):
     """An unknown user's scores are exactly the evaluation's calibrated cold-start scores,
     never another user's."""
     g = planted_graph
@@ -149,6 +149,20 @@ def test_unknown_user_gets_the_cold_start_choice(planted_models, planted_graph):
         p /= p.sum()
         np.testing.assert_allclose(list(r["scores"].values()), p, atol=1e-5)
         assert r["cold_start"] and r["history_size"] == 0
+    # with a calibration that uses the cold-start GNN in full (alpha 1, no crowd term) the scores are exactly
+    # the empty-history user's, not any known user's
+    pers, _ = planted_models
+    ck = tmp_path / "ck"
+    shutil.copytree(pers.best_dir, ck)
+    update_meta(ck, {"cold_calibration": {"alpha": 1.0, "bias": [0.0] * len(router.llms), "warm": 1.0, "cold": 0.0}})
+    raw = GMTRouter.from_checkpoint(ck, encoder=DictEncoder(g))
+    res_raw = raw.route_batch([{"query_text": g.query_text[gs.inter[i, 0]], "user_id": f"stranger{i}",
+                                "candidates": [g.llm_names[m] for m in gs.llm[i][gs.mask[i]]]} for i in rows])
+    for i, r in zip(rows, res_raw):
+        s = cold[i][gs.mask[i]]
+        p = np.exp(s - s.max())
+        p /= p.sum()
+        np.testing.assert_allclose(list(r["scores"].values()), p, atol=1e-5)
     # and not some user's: the known users' scores for the same queries differ
     known = router.route_batch([{"query_text": g.query_text[gs.inter[i, 0]], "user_id": g.user_ids[gs.user[i]],
                                  "candidates": [g.llm_names[m] for m in gs.llm[i][gs.mask[i]]]} for i in rows])
