@@ -73,6 +73,7 @@ __all__ = [
     "OnnxSentenceEncoder",
     "default_cache_dir",
     "default_onnx_dir",
+    "default_onnx_threads",
     "canonical_encoder_name",
     "ensure_onnx_export",
     "get_encoder",
@@ -97,7 +98,7 @@ ENV_CACHE_DIR = "GMTROUTER_CACHE_DIR"
 ENV_BACKEND = "GMTROUTER_ENCODER_BACKEND"
 #: folder of the ONNX exports (default ``<default cache dir>/onnx``)
 ENV_ONNX_DIR = "GMTROUTER_ONNX_DIR"
-#: onnxruntime intra-op threads (default 1)
+#: onnxruntime intra-op threads (default: min(2, usable cores))
 ENV_ONNX_THREADS = "GMTROUTER_ONNX_THREADS"
 CACHE_FILE_NAME = "embeddings.sqlite"
 BACKENDS = ("auto", "torch", "onnx")
@@ -105,9 +106,10 @@ BACKENDS = ("auto", "torch", "onnx")
 ONNX_FP32_MIN_COSINE = 0.999
 #: sanity floor for the int8 variant (it is a different encoder; this only catches a broken quantisation)
 ONNX_INT8_MIN_COSINE = 0.95
-#: default onnxruntime intra-op threads (see docs/benchmarks.md: 1 thread keeps the 2 shared cores free
-#: for the GNN and other requests; set GMTROUTER_ONNX_THREADS=2 on an otherwise idle machine)
-DEFAULT_ONNX_THREADS = 1
+#: most onnxruntime intra-op threads by default: min(this, usable cores).  On a quiet 2-core machine 2 threads
+#: encode an MT-Bench question in ~7 ms against ~11 ms with 1 (docs/benchmarks.md); on a machine shared with
+#: other busy jobs 1 thread is faster (set GMTROUTER_ONNX_THREADS=1)
+DEFAULT_ONNX_THREADS = 2
 
 # SQLite limits the number of bound parameters; stay well below it.
 _SQL_CHUNK = 500
@@ -317,11 +319,20 @@ def default_onnx_dir() -> Path:
     return Path(env).expanduser() if env else default_cache_dir() / "onnx"
 
 
+def default_onnx_threads() -> int:
+    """``min(DEFAULT_ONNX_THREADS, usable cores)``."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(DEFAULT_ONNX_THREADS, cores))
+
+
 def _onnx_threads(value: int | None) -> int:
     if value is None:
         raw = os.environ.get(ENV_ONNX_THREADS, "").strip()
         if not raw:
-            return DEFAULT_ONNX_THREADS
+            return default_onnx_threads()
         try:
             value = int(raw)
         except ValueError:
@@ -660,7 +671,7 @@ class OnnxSentenceEncoder:
     mean-pooled float32 embeddings.
     """
 
-    def __init__(self, folder: str | Path, *, threads: int = DEFAULT_ONNX_THREADS,
+    def __init__(self, folder: str | Path, *, threads: int = 1,
                  meta: dict[str, Any] | None = None) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
@@ -764,7 +775,8 @@ class Encoder:
         else on torch; other encoders always run on torch.  The int8 encoder
         runs on ONNX only.
     onnx_threads:
-        onnxruntime intra-op threads (``None``: ``$GMTROUTER_ONNX_THREADS``, else 1).
+        onnxruntime intra-op threads (``None``: ``$GMTROUTER_ONNX_THREADS``, else
+        :func:`default_onnx_threads`: 2 where 2 cores are usable).
     onnx_dir:
         folder of the ONNX exports (``None``: :func:`default_onnx_dir`).
     cache_dir:

@@ -13,8 +13,8 @@ then measured on CPU with ``time.perf_counter`` after warm-up:
 
 * ``route_single`` latency p50/p99 excluding query encoding (the router's
   embedding cache is pre-warmed with the query texts) and including the
-  MiniLM encoding (a fresh, never-seen text each call: numbered variants of
-  the MT-Bench questions) with the router's default encoder backend (ONNX
+  MiniLM encoding (a fresh, never-seen text each call: the MT-Bench
+  questions with a suffix " (<two random words> <call number>)", ~4 tokens) with the router's default encoder backend (ONNX
   fp32 when onnxruntime is installed, see ``gmt_model.encoder``);
 * the same ``route_single`` including encoding for each encoder backend, in
   the same process, in interleaved rounds (so a change of machine load hits
@@ -141,6 +141,16 @@ def _question_texts(mt_bench: Path, graph_texts: list[str]) -> list[str]:
     return list(dict.fromkeys(texts or graph_texts))
 
 
+def _run_tag(texts: list[str]) -> str:
+    """Two random words from the questions' vocabulary: makes each run's texts new (no cache hit) while
+    adding only ~4 tokens per query (a hex nonce adds 12-19 word pieces, inflating the encoding cost)."""
+    import random
+
+    vocab = sorted({w for t in texts for w in t.lower().split() if w.isalpha() and 3 <= len(w) <= 8})
+    rnd = random.SystemRandom()
+    return " ".join(rnd.choice(vocab) for _ in range(2))
+
+
 def measure(checkpoint: Path, work: Path, mt_bench: Path, *, iters: int, encoded_iters: int, batch_sizes: list[int],
             batch_reps: int, feedback_iters: int, seed: int = 0) -> dict[str, Any]:
     """Run all measurements on a router loaded from ``checkpoint``; returns the numbers (ms, queries/s)."""
@@ -180,11 +190,11 @@ def measure(checkpoint: Path, work: Path, mt_bench: Path, *, iters: int, encoded
     _log(f"route_single, fresh texts through MiniLM: {encoded_iters} calls")
     enc_before = dict(getattr(router.encoder, "stats", {}))
 
-    nonce = os.urandom(6).hex()  # never-seen texts: neither the router's nor the encoder's disk cache has them
+    nonce = _run_tag(texts)  # never-seen texts: neither the router's nor the encoder's disk cache has them
 
     def fresh(i: int) -> dict[str, Any]:
         q = pick(i)
-        q["query_text"] = f"{texts[i % len(texts)]} (variant {i}, benchmark run {nonce})"
+        q["query_text"] = f"{texts[i % len(texts)]} ({nonce} {i})"
         return q
 
     warm = min(20, encoded_iters)
@@ -270,7 +280,7 @@ def compare_encoder_backends(checkpoint: Path, mt_bench: Path, *, iters: int, ro
             got = r["enc"].encode(texts)
             cos = np.sum(base * got, axis=1) / (np.linalg.norm(base, axis=1) * np.linalg.norm(got, axis=1))
             r["min_cosine_vs_torch"], r["mean_cosine_vs_torch"] = float(cos.min()), float(cos.mean())
-    nonce = os.urandom(6).hex()
+    nonce = _run_tag(texts)
     per = max(1, iters // rounds)
     counter = 0
     for rnd in range(rounds):
@@ -279,7 +289,7 @@ def compare_encoder_backends(checkpoint: Path, mt_bench: Path, *, iters: int, ro
             router, users = r["router"], r["users"]
             for i in range(per + (3 if rnd == 0 else 0)):  # 3 unmeasured warm-up calls in the first round
                 counter += 1
-                q = {"query_text": f"{texts[counter % len(texts)]} (variant {counter}, backend run {nonce})",
+                q = {"query_text": f"{texts[counter % len(texts)]} ({nonce} {counter})",
                      "user_id": users[int(rng.integers(len(users)))]}
                 c0, t0 = time.process_time(), time.perf_counter()
                 router.route_single(q)
@@ -287,7 +297,7 @@ def compare_encoder_backends(checkpoint: Path, mt_bench: Path, *, iters: int, ro
                 cpu_ms = (time.process_time() - c0) * 1000.0
                 counter += 1
                 t1 = time.perf_counter()
-                r["enc"].encode([f"{texts[counter % len(texts)]} (alone {counter}, {nonce})"])
+                r["enc"].encode([f"{texts[counter % len(texts)]} ({nonce} {counter})"])
                 ems = (time.perf_counter() - t1) * 1000.0
                 if rnd > 0 or i >= 3:
                     r["route_ms"].append(ms)

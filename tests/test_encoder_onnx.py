@@ -234,7 +234,12 @@ def test_auto_picks_onnx_for_the_default_and_torch_otherwise(fp32_export: Path, 
 
 
 def test_onnx_threads_setting(fp32_export: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert Encoder(cache_dir=False).onnx_threads == 1
+    # default: 2 threads where 2 or more cores are usable, else 1
+    for cores, want in (({0}, 1), ({0, 1}, 2), ({0, 1, 2, 3}, 2)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, c=cores: c)
+        assert encmod.default_onnx_threads() == want
+        assert Encoder(cache_dir=False).onnx_threads == want
+    monkeypatch.undo()
     e = Encoder(cache_dir=False, onnx_threads=2)
     assert e.model.threads == 2 and e.model.session.get_session_options().intra_op_num_threads == 2
     monkeypatch.setenv(ENV_ONNX_THREADS, "3")
