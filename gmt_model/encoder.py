@@ -64,6 +64,7 @@ __all__ = [
     "ENV_BACKEND",
     "ENV_CACHE_DIR",
     "ENV_ONNX_DIR",
+    "ENV_ONNX_SPIN",
     "ENV_ONNX_THREADS",
     "CACHE_FILE_NAME",
     "ONNX_FP32_MIN_COSINE",
@@ -100,6 +101,9 @@ ENV_BACKEND = "GMTROUTER_ENCODER_BACKEND"
 ENV_ONNX_DIR = "GMTROUTER_ONNX_DIR"
 #: onnxruntime intra-op threads (default: min(2, usable cores))
 ENV_ONNX_THREADS = "GMTROUTER_ONNX_THREADS"
+#: ``1``: onnxruntime's worker threads spin while waiting for work (faster on an idle machine, much slower
+#: when other jobs use the cores); default ``0``
+ENV_ONNX_SPIN = "GMTROUTER_ONNX_SPIN"
 CACHE_FILE_NAME = "embeddings.sqlite"
 BACKENDS = ("auto", "torch", "onnx")
 #: an fp32 ONNX export counts as the torch encoder only if every probe sentence is at least this close
@@ -343,6 +347,17 @@ def _onnx_threads(value: int | None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{where}: expected a positive integer, got {value!r}")
     return value
+
+
+def _onnx_spin(value: bool | None) -> bool:
+    if value is not None:
+        return bool(value)
+    raw = os.environ.get(ENV_ONNX_SPIN, "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise ValueError(f"{ENV_ONNX_SPIN}={raw!r}: expected 0 or 1")
 
 
 def _requested_backend(backend: str | None) -> str:
@@ -671,7 +686,7 @@ class OnnxSentenceEncoder:
     mean-pooled float32 embeddings.
     """
 
-    def __init__(self, folder: str | Path, *, threads: int = 1,
+    def __init__(self, folder: str | Path, *, threads: int = 1, spin: bool = False,
                  meta: dict[str, Any] | None = None) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
@@ -691,12 +706,16 @@ class OnnxSentenceEncoder:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
+        self.spin = bool(spin) and self.threads > 1
+        # worker threads that spin between parallel sections win ~25% on an idle machine and lose 2x when
+        # other jobs share the cores (docs/benchmarks.md); they sleep unless asked to spin
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spin else "0")
         self.session = ort.InferenceSession(str(self.folder / "model.onnx"), opts, providers=["CPUExecutionProvider"])
         self._inputs = [i.name for i in self.session.get_inputs()]
         self._dim = int(self.meta.get("dim") or self.session.get_outputs()[0].shape[-1])
 
     def __repr__(self) -> str:
-        return f"OnnxSentenceEncoder({str(self.folder)!r}, threads={self.threads})"
+        return f"OnnxSentenceEncoder({str(self.folder)!r}, threads={self.threads}, spin={self.spin})"
 
     def get_embedding_dimension(self) -> int:
         return self._dim
@@ -732,22 +751,22 @@ class OnnxSentenceEncoder:
         return out
 
 
-_ONNX_MODELS: dict[tuple[str, int], OnnxSentenceEncoder] = {}
+_ONNX_MODELS: dict[tuple[str, int, bool], OnnxSentenceEncoder] = {}
 
 
-def _load_onnx_model(variant: str, onnx_dir: Path | None, threads: int) -> OnnxSentenceEncoder:
+def _load_onnx_model(variant: str, onnx_dir: Path | None, threads: int, spin: bool = False) -> OnnxSentenceEncoder:
     folder = ensure_onnx_export(variant, onnx_dir=onnx_dir)
-    key = (str(folder), threads)
+    key = (str(folder), threads, spin)
     with _MODELS_LOCK:
         model = _ONNX_MODELS.get(key)
     if model is not None:
         return model
     try:
-        model = OnnxSentenceEncoder(folder, threads=threads)
+        model = OnnxSentenceEncoder(folder, threads=threads, spin=spin)
     except Exception as exc:  # onnxruntime/tokenizers refuse a file the checksums let through
         log.warning("ONNX export %s failed to load (%s); rebuilding it", folder, exc)
         folder = ensure_onnx_export(variant, onnx_dir=onnx_dir, rebuild=True)
-        model = OnnxSentenceEncoder(folder, threads=threads)
+        model = OnnxSentenceEncoder(folder, threads=threads, spin=spin)
     with _MODELS_LOCK:
         return _ONNX_MODELS.setdefault(key, model)
 
@@ -777,6 +796,8 @@ class Encoder:
     onnx_threads:
         onnxruntime intra-op threads (``None``: ``$GMTROUTER_ONNX_THREADS``, else
         :func:`default_onnx_threads`: 2 where 2 cores are usable).
+    onnx_spin:
+        let onnxruntime's worker threads spin (``None``: ``$GMTROUTER_ONNX_SPIN``, else no).
     onnx_dir:
         folder of the ONNX exports (``None``: :func:`default_onnx_dir`).
     cache_dir:
@@ -810,6 +831,7 @@ class Encoder:
         backend: str | None = None,
         onnx_threads: int | None = None,
         onnx_dir: str | Path | None = None,
+        onnx_spin: bool | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -818,6 +840,7 @@ class Encoder:
         self.name = canonical_encoder_name(name_or_path)
         requested = _requested_backend(backend)
         self.onnx_threads = _onnx_threads(onnx_threads)
+        self.onnx_spin = _onnx_spin(onnx_spin)
         self.onnx_dir = Path(onnx_dir).expanduser() if onnx_dir is not None else None
         self._onnx_variant: str | None = None
         self._auto = requested == "auto"
@@ -890,7 +913,8 @@ class Encoder:
         if self._model is None:
             if self._onnx_variant is not None:
                 try:
-                    self._model = _load_onnx_model(self._onnx_variant, self.onnx_dir, self.onnx_threads)
+                    self._model = _load_onnx_model(self._onnx_variant, self.onnx_dir, self.onnx_threads,
+                                                   self.onnx_spin)
                 except Exception as exc:
                     if not self._auto:
                         if isinstance(exc, EncoderUnavailableError):
@@ -1007,7 +1031,7 @@ def get_encoder(name: str | os.PathLike[str] | None = None, **kw: Any) -> Encode
     onnx_dir = kw.get("onnx_dir")
     onnx_key = str(Path(onnx_dir).expanduser().resolve()) if onnx_dir is not None else str(default_onnx_dir())
     key = (canonical, device, cache_key, _requested_backend(kw.get("backend")), _onnx_threads(kw.get("onnx_threads")),
-           onnx_key)
+           _onnx_spin(kw.get("onnx_spin")), onnx_key)
     with _ENCODERS_LOCK:
         enc = _ENCODERS.get(key)
         if enc is None:

@@ -20,7 +20,7 @@ then measured on CPU with ``time.perf_counter`` after warm-up:
   the same process, in interleaved rounds (so a change of machine load hits
   all alike), as wall time and as process CPU time (all threads; less
   sensitive to other jobs on a shared machine): torch (sentence-transformers), ONNX fp32 with 1 and 2
-  onnxruntime threads, ONNX int8; with each backend's cosine to the torch
+  onnxruntime threads (2 also with spinning worker threads), ONNX int8; with each backend's cosine to the torch
   embeddings on the MT-Bench questions (int8 is a different encoder: a router
   must be trained on data embedded by it to use it);
 * ``route_batch`` throughput in queries/s (batch sizes 64, 256, 1024;
@@ -63,12 +63,13 @@ TARGETS: list[tuple[str, str, str, float, str]] = [
 __all__ = ["main", "prepare_data", "train_router", "measure", "compare_encoder_backends", "render_markdown",
            "render_backends", "TARGETS", "BACKEND_SPECS"]
 
-#: (label, encoder name, backend, onnx threads) compared by compare_encoder_backends
-BACKEND_SPECS: list[tuple[str, str, str, int | None]] = [
-    ("torch (sentence-transformers)", "all-MiniLM-L6-v2", "torch", None),
-    ("onnx fp32, 1 thread", "all-MiniLM-L6-v2", "onnx", 1),
-    ("onnx fp32, 2 threads", "all-MiniLM-L6-v2", "onnx", 2),
-    ("onnx int8, 1 thread", "all-MiniLM-L6-v2-onnx-int8", "onnx", 1),
+#: (label, encoder name, backend, onnx threads, onnx spinning) compared by compare_encoder_backends
+BACKEND_SPECS: list[tuple[str, str, str, int | None, bool]] = [
+    ("torch (sentence-transformers)", "all-MiniLM-L6-v2", "torch", None, False),
+    ("onnx fp32, 1 thread", "all-MiniLM-L6-v2", "onnx", 1, False),
+    ("onnx fp32, 2 threads (default)", "all-MiniLM-L6-v2", "onnx", 2, False),
+    ("onnx fp32, 2 spinning threads", "all-MiniLM-L6-v2", "onnx", 2, True),
+    ("onnx int8, 1 thread", "all-MiniLM-L6-v2-onnx-int8", "onnx", 1, False),
 ]
 
 
@@ -244,7 +245,7 @@ def measure(checkpoint: Path, work: Path, mt_bench: Path, *, iters: int, encoded
 
 
 def compare_encoder_backends(checkpoint: Path, mt_bench: Path, *, iters: int, rounds: int = 5,
-                             specs: list[tuple[str, str, str, int | None]] | None = None,
+                             specs: list[tuple[str, str, str, int | None, bool]] | None = None,
                              seed: int = 0) -> list[dict[str, Any]]:
     """route_single including encoding (and the encoder alone) for each backend, interleaved, in this process.
 
@@ -260,9 +261,9 @@ def compare_encoder_backends(checkpoint: Path, mt_bench: Path, *, iters: int, ro
     rng = np.random.default_rng(seed)
     texts = _question_texts(mt_bench, [])
     runs: list[dict[str, Any]] = []
-    for label, name, backend, threads in specs or BACKEND_SPECS:
+    for label, name, backend, threads, spin in specs or BACKEND_SPECS:
         t0 = time.perf_counter()
-        enc = Encoder(name, backend=backend, onnx_threads=threads, cache_dir=False)
+        enc = Encoder(name, backend=backend, onnx_threads=threads, onnx_spin=spin, cache_dir=False)
         enc.encode(["load the model"])
         load_s = time.perf_counter() - t0
         router = GMTRouter.from_checkpoint(checkpoint, device="cpu", encoder=enc)

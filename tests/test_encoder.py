@@ -56,6 +56,7 @@ def onnx_exports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         mp.setenv(ENV_ONNX_DIR, str(folder))
         mp.delenv(ENV_BACKEND, raising=False)
         mp.delenv(ENV_ONNX_THREADS, raising=False)
+        mp.delenv("GMTROUTER_ONNX_SPIN", raising=False)
         yield folder
 
 

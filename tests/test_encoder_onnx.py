@@ -27,6 +27,7 @@ from gmt_model.encoder import (
     DEFAULT_ENCODER_NAME,
     ENV_BACKEND,
     ENV_ONNX_DIR,
+    ENV_ONNX_SPIN,
     ENV_ONNX_THREADS,
     INT8_ENCODER,
     INT8_ENCODER_NAME,
@@ -90,6 +91,7 @@ def onnx_exports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         mp.setenv(ENV_ONNX_DIR, str(folder))
         mp.delenv(ENV_BACKEND, raising=False)
         mp.delenv(ENV_ONNX_THREADS, raising=False)
+        mp.delenv(ENV_ONNX_SPIN, raising=False)
         yield folder
 
 
@@ -253,6 +255,24 @@ def test_onnx_threads_setting(fp32_export: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.delenv(ENV_ONNX_THREADS)
     with pytest.raises(ValueError, match="onnx_threads"):
         Encoder(cache_dir=False, onnx_threads=0)
+
+
+def _spinning(model: OnnxSentenceEncoder) -> str:
+    return model.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+
+
+def test_onnx_spin_setting(fp32_export: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_ONNX_SPIN, raising=False)
+    quiet = Encoder(cache_dir=False, onnx_threads=2)
+    assert quiet.onnx_spin is False and _spinning(quiet.model) == "0"  # default: worker threads sleep
+    spin = Encoder(cache_dir=False, onnx_threads=2, onnx_spin=True)
+    assert _spinning(spin.model) == "1" and spin.model is not quiet.model
+    monkeypatch.setenv(ENV_ONNX_SPIN, "1")
+    assert Encoder(cache_dir=False, onnx_threads=2).model is spin.model  # shared session, same settings
+    assert get_encoder(None, cache_dir=False, onnx_threads=2).onnx_spin is True
+    monkeypatch.setenv(ENV_ONNX_SPIN, "sometimes")
+    with pytest.raises(ValueError, match=ENV_ONNX_SPIN):
+        Encoder(cache_dir=False)
 
 
 def test_failed_export_falls_back_to_torch_in_auto_only(
