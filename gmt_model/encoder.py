@@ -10,11 +10,13 @@ Backends.  The default encoder runs on one of two backends that give the same
 embeddings (cosine >= 0.999, checked when the export is made and in the tests),
 so both carry the same encoder name and share cache entries:
 
-* ``torch``: sentence-transformers on torch (~15-25 ms for one sentence on 2 CPU cores);
+* ``torch``: sentence-transformers on torch (~18 ms for an MT-Bench question on 2 CPU cores);
 * ``onnx``: an ONNX export of the same weights (mean pooling and L2
   normalisation inside the graph) run by onnxruntime, with the fast
   ``tokenizers`` tokenizer configured as sentence-transformers does (truncation
-  at ``max_seq_length`` = 256 tokens) -- a few ms per sentence.
+  at ``max_seq_length`` = 256 tokens) -- ~8 ms with 2 onnxruntime threads
+  (``$GMTROUTER_ONNX_THREADS``, default min(2, usable cores); worker threads
+  sleep between parallel sections unless ``$GMTROUTER_ONNX_SPIN=1``).
 
 ``backend="auto"`` (the default; ``$GMTROUTER_ENCODER_BACKEND`` overrides it)
 picks ``onnx`` on CPU when onnxruntime is installed and falls back to torch
@@ -22,8 +24,9 @@ when the export cannot be made.  The export is made once, lazily on first use
 or by ``python -m gmt_model.encoder export`` at set-up, into
 ``$GMTROUTER_ONNX_DIR`` (default ``<cache dir>/onnx``, i.e.
 ``~/.cache/gmtrouter/onnx``): built in a temporary folder and renamed into
-place, with a manifest of sha256 sums that is verified on every load (a corrupt
-or stale export is rebuilt).  ``all-MiniLM-L6-v2-onnx-int8`` is an int8
+place under a file lock, with a manifest of sha256 sums that is verified once
+per process (a corrupt or stale export is rebuilt).  Making it needs torch and
+the ``onnx`` package; running it needs only onnxruntime and tokenizers.  ``all-MiniLM-L6-v2-onnx-int8`` is an int8
 dynamically quantised variant (~2x faster again); its embeddings differ from
 the fp32 ones (cosine ~0.99), so it is a *different* encoder with its own name:
 data and checkpoints embedded with it say so in their ``encoder`` field.
