@@ -141,28 +141,25 @@ def test_unknown_user_gets_the_cold_start_choice(planted_models, planted_graph, 
     _, cold, _ = predict_groups(router.model, g, S.SPLIT_TEST, torch.device("cpu"), cold=True, sub=sub)
     _, expected, _ = online_scores(router.model, g, gs, gnn, cold)
     rows = range(min(gs.size, 60))
-    res = router.route_batch([{"query_text": g.query_text[gs.inter[i, 0]], "user_id": f"stranger{i}",
+
+    def assert_strangers_scored_as(r_, table):
+        out = r_.route_batch([{"query_text": g.query_text[gs.inter[i, 0]], "user_id": f"stranger{i}",
                                "candidates": [g.llm_names[m] for m in gs.llm[i][gs.mask[i]]]} for i in rows])
-    for i, r in zip(rows, res):
-        s = expected[i][gs.mask[i]]
-        p = np.exp(s - s.max())
-        p /= p.sum()
-        np.testing.assert_allclose(list(r["scores"].values()), p, atol=1e-5)
-        assert r["cold_start"] and r["history_size"] == 0
+        for i, r in zip(rows, out):
+            s = table[i][gs.mask[i]]
+            p = np.exp(s - s.max())
+            np.testing.assert_allclose(list(r["scores"].values()), p / p.sum(), atol=1e-5)
+            assert r["cold_start"] and r["history_size"] == 0
+        return out
+
+    res = assert_strangers_scored_as(router, expected)
     # with a calibration that uses the cold-start GNN in full (alpha 1, no crowd term) the scores are exactly
     # the empty-history user's, not any known user's
     pers, _ = planted_models
     ck = tmp_path / "ck"
     shutil.copytree(pers.best_dir, ck)
     update_meta(ck, {"cold_calibration": {"alpha": 1.0, "bias": [0.0] * len(router.llms), "warm": 1.0, "cold": 0.0}})
-    raw = GMTRouter.from_checkpoint(ck, encoder=DictEncoder(g))
-    res_raw = raw.route_batch([{"query_text": g.query_text[gs.inter[i, 0]], "user_id": f"stranger{i}",
-                                "candidates": [g.llm_names[m] for m in gs.llm[i][gs.mask[i]]]} for i in rows])
-    for i, r in zip(rows, res_raw):
-        s = cold[i][gs.mask[i]]
-        p = np.exp(s - s.max())
-        p /= p.sum()
-        np.testing.assert_allclose(list(r["scores"].values()), p, atol=1e-5)
+    assert_strangers_scored_as(GMTRouter.from_checkpoint(ck, encoder=DictEncoder(g)), cold)
     # and not some user's: the known users' scores for the same queries differ
     known = router.route_batch([{"query_text": g.query_text[gs.inter[i, 0]], "user_id": g.user_ids[gs.user[i]],
                                  "candidates": [g.llm_names[m] for m in gs.llm[i][gs.mask[i]]]} for i in rows])
