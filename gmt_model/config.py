@@ -214,6 +214,14 @@ class RouterConfig:
     replay_feedback: bool = True
     #: seconds between reads of rows other processes appended to the log (0: every call; < 0: never)
     feedback_sync_interval: float = 1.0
+    #: a user's GNN representation is computed from at most this many of the user's latest rated interactions
+    history_window: int = 1000
+    #: ... and recomputed once the user's history grew by this fraction since it was last computed (the online
+    #: residual takes every feedback at once); 0 = after every feedback
+    refresh_growth: float = 0.1
+    #: users whose representation and posterior are kept in memory (least recently used are dropped, then
+    #: recomputed on their next route)
+    cache_users: int = 20000
 
 
 def load_router_config(path: str | Path, *, relative_to: str | Path | None = None) -> RouterConfig:
@@ -237,7 +245,7 @@ def load_router_config(path: str | Path, *, relative_to: str | Path | None = Non
         raise ConfigError(f"{path}: model_path.load_model_path (or router.checkpoint): required, the trained checkpoint")
     unknown = set(router) - {"checkpoint", "candidates", "encoder", "device", "feedback_log", "history_turns",
                              "threads", "personalization", "policy", "epsilon", "seed", "replay_feedback",
-                             "feedback_sync_interval"}
+                             "feedback_sync_interval", "history_window", "refresh_growth", "cache_users"}
     if unknown:
         raise ConfigError(f"{path}: router: unknown keys {sorted(unknown)}")
     policy = router.get("policy", "greedy")
@@ -274,4 +282,21 @@ def load_router_config(path: str | Path, *, relative_to: str | Path | None = Non
         seed=int(router["seed"]) if router.get("seed") is not None else None,
         replay_feedback=bool(router.get("replay_feedback", True)),
         feedback_sync_interval=float(router.get("feedback_sync_interval", 1.0)),
+        history_window=_positive_int(path, router, "history_window", 1000),
+        refresh_growth=_fraction(path, router, "refresh_growth", 0.1),
+        cache_users=_positive_int(path, router, "cache_users", 20000),
     )
+
+
+def _positive_int(path, section: dict, key: str, default: int) -> int:
+    v = section.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ConfigError(f"{path}: router.{key}: expected an integer >= 1, got {v!r}")
+    return v
+
+
+def _fraction(path, section: dict, key: str, default: float) -> float:
+    v = section.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 10.0:
+        raise ConfigError(f"{path}: router.{key}: expected a number in [0, 10], got {v!r}")
+    return float(v)
