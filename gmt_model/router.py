@@ -33,11 +33,13 @@ in which different users' rows arrived).
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -107,8 +109,14 @@ class GMTRouter:
         self._rows_of: dict[int, list[int]] = {}
         for row, u in enumerate(h.user.tolist()):
             self._rows_of.setdefault(u, []).append(row)
+        # the refresh schedule of each user's GNN representation starts at the rows the checkpoint holds
+        self._rows_at_load = {u: len(r) for u, r in self._rows_of.items()}
+        self._rep_rows: dict[int, int] = {}
+        self._unlogged = 0
+        self._inserted: dict[int, int] = {}  # rows the representation is computed on (deterministic schedule)
         self._sessions: dict[tuple[str, str], _Session] = {}
-        self._user_rep: dict[int, Tensor] = {}
+        cache = max(1, int(config.cache_users))
+        self._user_rep: _LRU = _LRU(cache)  # u -> (rows, representation)
         self._per_user_exact = set(self.model.cfg.edge_types) <= set(S.REFERENCE_RELATIONS)
         self._global_reps: dict[str, Tensor] | None = None
         self.feedback_log = None
@@ -132,7 +140,8 @@ class GMTRouter:
         self.epsilon = float(config.epsilon)
         self._rng = np.random.default_rng(config.seed)
         self._basis = QueryBasis(h.query_emb, self.personal.query_dims)
-        self._post: dict[int, Posterior] = {}
+        self._post: _LRU = _LRU(cache)  # u -> Posterior
+        self._offsets: _LRU = _LRU(cache)  # u -> (rep rows, history rows, GNN logits of those rows)
         self._prior = fit_posterior(build_evidence(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0),
                                                    np.zeros((0, self._basis.dims + 1)),
                                                    np.zeros((0, len(self.llms))), self.personal),
@@ -233,18 +242,50 @@ class GMTRouter:
         return self.model.embed(len(users), torch.from_numpy(emb).to(self.device), llm_emb,
                                 torch.from_numpy(rating).to(self.device), edges)
 
+    def _rep_size(self, u: int) -> int:
+        """How many of the user's rows the GNN representation is computed on: a
+        schedule that depends only on the rows the checkpoint held and the rows
+        since, so routers that applied the same feedback agree (restart replay,
+        several processes).  It follows every feedback while the history is
+        small and then each ``refresh_growth`` fraction of growth; the online
+        residual takes every feedback at once either way."""
+        n = len(self._rows_of.get(u, []))
+        growth = float(self.config.refresh_growth)
+        if growth <= 0 or not self._per_user_exact:
+            return n
+        r = self._rep_rows.get(u, self._rows_at_load.get(u, 0))
+        while True:
+            step = max(1, math.ceil(growth * r))
+            if r + step > n:
+                break
+            r += step
+        self._rep_rows[u] = r
+        return r
+
+    def _rep_window(self, u: int, size: int) -> list[int]:
+        return self._rows_of.get(u, [])[max(0, size - int(self.config.history_window)):size]
+
+    def _rep_key(self, u: int) -> tuple[int, int]:
+        return self._rep_size(u), self._inserted.get(u, 0)
+
     def _ensure_user_reps(self, uidx: Sequence[int]) -> None:
-        need = [u for u in dict.fromkeys(uidx) if u not in self._user_rep]
+        want = {u: self._rep_key(u) for u in dict.fromkeys(uidx)}
+        need = [u for u, key in want.items() if (self._user_rep.get(u) or (None,))[0] != key]
         if not need:
             return
         if not self._per_user_exact:
             self._refresh_global()
             return
-        rows = np.array(sorted(r for u in need for r in self._rows_of.get(u, [])), dtype=np.int64)
+        rows = np.array(sorted(r for u in need for r in self._rep_window(u, want[u][0])), dtype=np.int64)
         users = np.array(need, dtype=np.int64)
         reps = self._subgraph_reps(rows, users)
         for i, u in enumerate(need):
-            self._user_rep[u] = reps[S.USER][i] if self._rows_of.get(u) else self._cold_rep
+            self._user_rep[u] = (want[u], reps[S.USER][i] if want[u][0] else self._cold_rep)
+
+    def _rep(self, u: int) -> Tensor:
+        """The user's current GNN representation (computed if stale or evicted)."""
+        self._ensure_user_reps([u])
+        return self._user_rep[u][1]
 
     def _refresh_global(self) -> None:
         rows = np.arange(self._hist.n)
@@ -252,7 +293,8 @@ class GMTRouter:
         reps = self._subgraph_reps(rows, users)
         self._global_reps = reps
         for u in range(len(self.users)):
-            self._user_rep[u] = reps[S.USER][u] if self._rows_of.get(u) else self._cold_rep
+            n = len(self._rows_of.get(u, []))
+            self._user_rep[u] = ((n, self._inserted.get(u, 0)), reps[S.USER][u] if n else self._cold_rep)
 
     def _llm_reps(self) -> Tensor:
         if self._per_user_exact:
@@ -339,7 +381,7 @@ class GMTRouter:
                 if ctx:
                     user_vecs.append(self._context_rep(u, ctx))
                 elif u >= 0:
-                    user_vecs.append(self._user_rep[u])
+                    user_vecs.append(self._rep(u))
                 else:
                     user_vecs.append(self._cold_rep)
             uv = torch.stack(user_vecs)
@@ -442,7 +484,27 @@ class GMTRouter:
     # ------------------------------------------------------ online residual
     def _history_scores(self, u: int, rows: np.ndarray) -> np.ndarray:
         """GNN logits (n, L) of every LLM for the queries of the user's history rows
-        (each distinct query scored once: both sides of a comparison share it)."""
+        (each distinct query scored once: both sides of a comparison share it),
+        with the user's current representation; rows already scored with it are
+        taken from the cache."""
+        if rows.size == 0:
+            return np.zeros((0, len(self.llms)))
+        size = self._rep_key(u)
+        cached = self._offsets.get(u)
+        if cached is not None and cached[0] == size and self._per_user_exact:
+            c_rows, c_scores = cached[1], cached[2]
+            missing = rows[~np.isin(rows, c_rows)]
+            if missing.size:
+                c_rows = np.concatenate([c_rows, missing])
+                c_scores = np.concatenate([c_scores, self._score_history(u, missing)])
+            srt = np.argsort(c_rows, kind="stable")
+            scores = c_scores[srt[np.searchsorted(c_rows[srt], rows)]]
+        else:
+            scores = self._score_history(u, rows)
+        self._offsets[u] = (size, rows, scores)
+        return scores
+
+    def _score_history(self, u: int, rows: np.ndarray) -> np.ndarray:
         if rows.size == 0:
             return np.zeros((0, len(self.llms)))
         grp = self._hist.group[rows]
@@ -451,7 +513,7 @@ class GMTRouter:
         qv = self.model.gnn.isolated(S.QUERY, self.model.gnn.project_query(emb))
         llm = self._llm_reps()
         n = first.size
-        s = self.model.score(self._user_rep[u].expand(n, -1), qv, llm.expand(n, -1, -1)).float().cpu().numpy()
+        s = self.model.score(self._rep(u).expand(n, -1), qv, llm.expand(n, -1, -1)).float().cpu().numpy()
         c = (self.model.score(self._cold_rep.expand(n, -1), qv, llm.expand(n, -1, -1)).float().cpu().numpy()
              if self.calibration.cold > 0 else s)
         s = self.calibration.blend(s, c, np.arange(len(self.llms))[None, :])
@@ -461,7 +523,6 @@ class GMTRouter:
         post = self._post.get(u)
         if post is None:
             rows = np.asarray(self._rows_of.get(u, [])[-self.personal.window:], dtype=np.int64)
-            self._ensure_user_reps([u])
             h = self._hist
             ev = build_evidence(h.group[rows], h.llm[rows], h.rating[rows], self._basis(h.emb[rows]),
                                 self._history_scores(u, rows), self.personal)
@@ -517,7 +578,8 @@ class GMTRouter:
         lo, hi = self.rating_scale
         span = (hi - lo) or 1.0
         user_local = u if u >= 0 else len(self.users)
-        rows = np.array(self._rows_of.get(u, []) if u >= 0 else [], dtype=np.int64)
+        rows = np.array(self._rows_of.get(u, [])[-int(self.config.history_window):] if u >= 0 else [],
+                        dtype=np.int64)
         extra = {"user": np.full(n, user_local, dtype=np.int64),
                  "llm": np.array([self._llm_index[c[1]] for c in ctx], dtype=np.int64),
                  "rating": np.array([(c[2] - lo) / span for c in ctx], dtype=np.float32),
@@ -561,7 +623,7 @@ class GMTRouter:
             if self.feedback_log is not None:
                 ids = [self.feedback_log.append(user_id, query, model, raw, session_id=session_id, turn=turn)]
                 self._own_ids.update(ids)
-            u = self._apply(user_id, query, model, raw, session_id, None, emb)
+            u = self._apply(user_id, query, model, raw, session_id, None, emb, order=ids[0] if ids else None)
         return {"user_id": user_id, "model": model, "rating": raw, "history_size": len(self._rows_of[u]),
                 "feedback_id": ids[0] if ids else None, "applied_ms": (time.perf_counter() - t0) * 1000.0}
 
@@ -592,14 +654,21 @@ class GMTRouter:
             if self.feedback_log is not None:
                 ids = self.feedback_log.append_many(rows)
                 self._own_ids.update(ids)
-            for r in rows:
-                u = self._apply(user_id, query, r["model"], r["rating"], session_id, key, emb)
+            for i, r in enumerate(rows):
+                u = self._apply(user_id, query, r["model"], r["rating"], session_id, key, emb,
+                                order=ids[i] if ids else None)
         return {"user_id": user_id, "preferred": preferred, "rejected": rejected, "feedback_ids": ids,
                 "history_size": len(self._rows_of[u]), "applied_ms": (time.perf_counter() - t0) * 1000.0}
 
     def _apply(self, user_id: str, query: str, model: str, raw: float, session_id: str | None,
-               query_id: str | None, emb: np.ndarray, link_session: bool = True) -> int:
-        """Append one rated interaction to the live history (caller holds the lock)."""
+               query_id: str | None, emb: np.ndarray, link_session: bool = True, order: int | None = None) -> int:
+        """Append one rated interaction to the live history (caller holds the lock).
+
+        ``order``: the row's feedback-log id.  A user's rows are kept in the
+        order of these ids (the checkpoint's rows first; rows without a log in
+        the order they came), so whatever depends on the order (the refresh
+        schedule's rows, the residual's window) depends only on the set of
+        rows applied, not on the order in which they arrived."""
         u = self._user_index.get(user_id)
         if u is None:
             u = self._user_index[user_id] = len(self.users)
@@ -618,16 +687,24 @@ class GMTRouter:
             prev = st.last_row
             if query_id is not None and st.last_row >= 0 and self._hist.group[st.last_row] == group:
                 prev = int(self._hist.prev[st.last_row])  # both sides of one comparison follow the same turn
-        row = self._hist.append(u, self._llm_index[model], float(norm), prev, emb, group)
-        self._rows_of.setdefault(u, []).append(row)
+        if order is None:
+            self._unlogged += 1
+            order = _UNLOGGED + self._unlogged
+        row = self._hist.append(u, self._llm_index[model], float(norm), prev, emb, group, order)
+        rows = self._rows_of.setdefault(u, [])
+        if rows and self._hist.order[rows[-1]] > order:
+            bisect.insort(rows, row, key=self._hist.order.__getitem__)
+            self._inserted[u] = self._inserted.get(u, 0) + 1  # earlier rows changed: cached results are stale
+        else:
+            rows.append(row)
         if st is not None and (query_id is None or st.last_row < 0 or self._hist.group[st.last_row] != group):
             st.last_row = row
         if self._per_user_exact:
-            self._user_rep.pop(u, None)
-            self._post.pop(u, None)
+            self._post.pop(u, None)  # the representation follows its schedule (_rep_size)
         else:
             self._user_rep.clear()
             self._post.clear()
+            self._offsets.clear()
             self._global_reps = None
         return u
 
@@ -666,7 +743,8 @@ class GMTRouter:
         with self._lock:
             for r in valid:
                 raw = min(max(float(r.rating), lo), hi)
-                self._apply(r.user_id, r.query, r.model, raw, r.session_id, r.query_id, emb[by_text[r.query]])
+                self._apply(r.user_id, r.query, r.model, raw, r.session_id, r.query_id, emb[by_text[r.query]],
+                            order=r.id)
         return len(valid)
 
     def history(self) -> History:
@@ -676,6 +754,34 @@ class GMTRouter:
             return History(user=hist.user.copy(), llm=hist.llm.copy(), rating=hist.rating.copy(),
                            prev=hist.prev.copy(), query_emb=hist.emb.copy(),
                            llm_emb=self.checkpoint.history.llm_emb, group=hist.group.copy())
+
+
+#: order keys of rows applied without a feedback log come after every log id
+_UNLOGGED = 1 << 52
+
+
+class _LRU(OrderedDict):
+    """A dict that keeps its ``capacity`` most recently used entries."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity = capacity
+
+    def get(self, key, default=None):
+        if key in self:
+            self.move_to_end(key)
+            return super().__getitem__(key)
+        return default
+
+    def __getitem__(self, key):
+        self.move_to_end(key)
+        return super().__getitem__(key)
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.capacity:
+            self.popitem(last=False)
 
 
 class _GrowingHistory:
@@ -690,13 +796,14 @@ class _GrowingHistory:
         self._prev = np.full(cap, -1, np.int64)
         self._emb = np.zeros((cap, h.query_emb.shape[1]), np.float32)
         self._group = np.zeros(cap, np.int64)
+        self._order = np.arange(cap, dtype=np.int64) - self.n - _UNLOGGED  # checkpoint rows first
         for name, src in (("_user", h.user), ("_llm", h.llm), ("_rating", h.rating), ("_prev", h.prev),
                           ("_emb", h.query_emb), ("_group", h.group)):
             getattr(self, name)[: self.n] = src
 
-    def append(self, user: int, llm: int, rating: float, prev: int, emb: np.ndarray, group: int) -> int:
+    def append(self, user: int, llm: int, rating: float, prev: int, emb: np.ndarray, group: int, order: int) -> int:
         if self.n == self._user.shape[0]:
-            for name in ("_user", "_llm", "_rating", "_prev", "_emb", "_group"):
+            for name in ("_user", "_llm", "_rating", "_prev", "_emb", "_group", "_order"):
                 old = getattr(self, name)
                 new = np.zeros((old.shape[0] * 2,) + old.shape[1:], old.dtype)
                 new[: self.n] = old[: self.n]
@@ -705,6 +812,7 @@ class _GrowingHistory:
         self._user[row], self._llm[row], self._rating[row], self._prev[row] = user, llm, rating, prev
         self._emb[row] = emb
         self._group[row] = group
+        self._order[row] = order
         self.n += 1
         return row
 
@@ -714,6 +822,7 @@ class _GrowingHistory:
     prev = property(lambda self: self._prev[: self.n])
     emb = property(lambda self: self._emb[: self.n])
     group = property(lambda self: self._group[: self.n])
+    order = property(lambda self: self._order[: self.n])
 
 
 @dataclass
