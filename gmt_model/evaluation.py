@@ -23,7 +23,7 @@ from .engine import GroupSteps, build_subgraph, cold_calibration, score_rows
 from .graph import GraphTables
 from .metrics import EvalReport, GroupScores, MethodResult, PairSet, evaluate_pair_scores
 from .model import GMTModel
-from .personal import CrowdCalibration, PersonalConfig, QueryBasis, build_evidence, fit_posterior
+from .personal import CrowdCalibration, PersonalConfig, QueryBasis, build_evidence, fit_posterior, window_rows
 from .training import pair_scores, predict_groups, resolve_device
 
 __all__ = ["evaluate", "training_pairs", "online_scores", "GMTROUTER", "GMTROUTER_GNN", "USER_BLIND",
@@ -67,7 +67,8 @@ def online_scores(model: GMTModel, g: GraphTables, gs: GroupSteps, scores: np.nd
     order = np.argsort(tu, kind="stable")
     starts = np.searchsorted(tu[order], np.arange(g.num_users + 1))
     for u in np.unique(gs.user).tolist():
-        pos = order[starts[u]:starts[u + 1]][-cfg.window:]
+        pos = order[starts[u]:starts[u + 1]]
+        pos = pos[window_rows(g.llm[train[pos]], cfg)]
         sel = np.flatnonzero(gs.user == u)
         if pos.size == 0:
             warm[sel] = cold_out[sel]
@@ -77,9 +78,11 @@ def online_scores(model: GMTModel, g: GraphTables, gs: GroupSteps, scores: np.nd
         s_hist = calib.blend(s_hist, score_rows(model, cold_rep, g.query_emb[rows], reps[S.LLM])
                              if calib.cold > 0 else s_hist, all_llms)
         ev = build_evidence(keys[pos], g.llm[rows], g.rating[rows], basis(g.query_emb[rows]), s_hist, cfg)
-        r = fit_posterior(ev, cfg, n_llms, basis.dims).mean.reshape(n_llms, -1)
+        post = fit_posterior(ev, cfg, n_llms, basis.dims)
+        r = post.residual.reshape(n_llms, -1)
         zq = basis(g.query_emb[gs.inter[sel, 0]])
-        warm[sel] += np.einsum("bkj,bj->bk", r[safe[sel]], zq) * gs.mask[sel]
+        warm[sel] = warm[sel] * np.where(gs.mask[sel], post.gnn_weight, 1.0) \
+            + np.einsum("bkj,bj->bk", r[safe[sel]], zq) * gs.mask[sel]
     return warm, cold_out, calib
 
 

@@ -67,10 +67,23 @@ class PersonalConfig:
     point_weight: float = 0.5  # weight of a single rating relative to a pair
     rating_pairs: int = 8  # each single rating is also compared with this many earlier single ratings
     window: int = 400  # most recent rated interactions of a user the residual is fitted on
+    #: ... plus the most recent ones of each LLM, so what the user said of an LLM the router no longer picks
+    #: is not forgotten as the window slides (a greedy router would otherwise try it again)
+    window_per_llm: int = 25
     newton_iters: int = 30
     #: Thompson sampling draws with the posterior's standard deviation times this (Chapelle & Li 2011: < 1
     #: explores less and measured lower regret)
     thompson_scale: float = 0.5
+    #: optimistic Thompson sampling: an LLM's draw is never below its posterior mean, so the router explores
+    #: LLMs that may be better, not the current favourite's downside (measured less regret)
+    optimistic: bool = True
+    #: the draw's spread shrinks as sqrt(d / (d + n)) with the user's n observations (annealed Thompson
+    #: sampling: the windowed Laplace posterior stays too wide for a consistent user); 0 = no annealing
+    thompson_decay: float = 30.0
+    #: prior std of a per-user change of the GNN's weight (the user's scores are ``(1 + g) * gnn + residual``)
+    #: in the idiosyncratic component (the crowd-like one scales it by tight / wide): a user unlike the
+    #: crowd may learn to discount the GNN's query-by-query preferences; 0 = the GNN's weight stays 1
+    gnn_weight_sd: float = 1.0
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None, where: str = "personalization") -> "PersonalConfig":
@@ -88,6 +101,10 @@ class PersonalConfig:
             raise ValueError(f"{where}.p_wide: expected a number in [0, 1], got {cfg.p_wide!r}")
         if cfg.point_weight < 0:
             raise ValueError(f"{where}.point_weight: expected >= 0, got {cfg.point_weight!r}")
+        for k in ("gnn_weight_sd", "thompson_scale", "thompson_decay", "window_per_llm"):
+            v = getattr(cfg, k)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or not math.isfinite(v):
+                raise ValueError(f"{where}.{k}: expected a number >= 0, got {v!r}")
         if int(cfg.query_dims) < 0 or int(cfg.window) < 1:
             raise ValueError(f"{where}: query_dims >= 0 and window >= 1 required")
         return cfg
@@ -154,10 +171,26 @@ class Posterior:
     covs_chol: list[np.ndarray]  # lower Cholesky factor of each component's posterior covariance
     weights: np.ndarray  # posterior component weights
     n: int  # observations used
+    #: the residual's coefficients are the first ``n_coef`` entries; a last extra one is the GNN weight change
+    n_coef: int = -1
 
     @property
     def mean(self) -> np.ndarray:
         return sum(w * m for w, m in zip(self.weights, self.means))
+
+    def split(self, vec: np.ndarray) -> tuple[np.ndarray, float]:
+        """(residual coefficients, GNN weight) of a mean or a sample."""
+        if self.n_coef < 0 or vec.size == self.n_coef:
+            return vec, 1.0
+        return vec[: self.n_coef], 1.0 + float(vec[self.n_coef])
+
+    @property
+    def residual(self) -> np.ndarray:
+        return self.split(self.mean)[0]
+
+    @property
+    def gnn_weight(self) -> float:
+        return self.split(self.mean)[1]
 
     def sample(self, rng: np.random.Generator, scale: float = 1.0) -> np.ndarray:
         """A draw from the posterior; ``scale`` multiplies the standard deviation."""
@@ -171,7 +204,11 @@ class Posterior:
 
 def _prior_precision(cfg: PersonalConfig, n_llms: int, dims: int, std: float) -> np.ndarray:
     per = np.r_[1.0, np.full(dims, cfg.query_scale)] * std
-    return np.tile(1.0 / per ** 2, n_llms)
+    prec = np.tile(1.0 / per ** 2, n_llms)
+    if cfg.gnn_weight_sd > 0:
+        sd = cfg.gnn_weight_sd * min(1.0, std / cfg.wide)
+        prec = np.r_[prec, 1.0 / sd ** 2]
+    return prec
 
 
 def _newton(ev: Evidence, prec: np.ndarray, iters: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -215,6 +252,8 @@ def fit_posterior(ev: Evidence, cfg: PersonalConfig, n_llms: int, dims: int) -> 
     means, chols, logz = [], [], []
     for prior_w, std in comps:
         prec = _prior_precision(cfg, n_llms, dims, std)
+        if prec.size > ev.x.shape[1]:  # the GNN weight's column: the GNN logit itself
+            ev = Evidence(x=np.concatenate([ev.x, ev.offset[:, None]], axis=1), offset=ev.offset, y=ev.y, w=ev.w)
         if ev.n:
             r, h, f = _newton(ev, prec, cfg.newton_iters)
         else:
@@ -229,7 +268,23 @@ def fit_posterior(ev: Evidence, cfg: PersonalConfig, n_llms: int, dims: int) -> 
     lz = np.array(logz)
     wts = np.exp(lz - lz.max())
     wts /= wts.sum()
-    return Posterior(means=means, covs_chol=chols, weights=wts, n=ev.n)
+    return Posterior(means=means, covs_chol=chols, weights=wts, n=ev.n, n_coef=n_llms * (dims + 1))
+
+
+def window_rows(llm: np.ndarray, cfg: PersonalConfig) -> np.ndarray:
+    """Positions (ascending) of a user's rows (oldest first) the residual is fitted on:
+    the last ``window`` rows and the last ``window_per_llm`` rows of each LLM."""
+    llm = np.asarray(llm, np.int64)
+    n = llm.size
+    keep = np.zeros(n, dtype=bool)
+    keep[max(0, n - int(cfg.window)):] = True
+    if cfg.window_per_llm > 0 and n > cfg.window:
+        order = np.lexsort((-np.arange(n), llm))  # by LLM, newest first
+        sl = llm[order]
+        starts = np.flatnonzero(np.r_[True, sl[1:] != sl[:-1]])
+        rank = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))
+        keep[order[rank < int(cfg.window_per_llm)]] = True
+    return np.flatnonzero(keep)
 
 
 def build_evidence(group: np.ndarray, llm: np.ndarray, rating: np.ndarray, z: np.ndarray, scores: np.ndarray,

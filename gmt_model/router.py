@@ -55,7 +55,7 @@ from .errors import RoutingError
 from .graph import relation_edges
 from .model import GMTModel
 from .personal import (POLICIES, CrowdCalibration, PersonalConfig, Posterior, QueryBasis, build_evidence,
-                       fit_bias, fit_posterior, group_pairs)
+                       fit_bias, fit_posterior, group_pairs, window_rows)
 
 __all__ = ["GMTRouter", "RoutingError"]
 
@@ -413,7 +413,7 @@ class GMTRouter:
                     else:
                         post = self._posterior(u) if hist > 0 else self._prior
                         s = self.calibration.blend(s, cold_scores[i, : len(cands)], c_idx)
-                        s = s + self._residual(post.mean, c_idx, z[i])
+                        s = s * post.gnn_weight + self._residual(post.residual, c_idx, z[i])
                 choice = self._choose(s, post, c_idx, z[i])
                 results.append(self._result(user, session, turn, cands, s, u, bool(ctx), choice, post))
             return results
@@ -427,9 +427,14 @@ class GMTRouter:
         if self.policy == "thompson" and post is not None:
             # sample the per-LLM terms of the residual; the topic terms stay at their mean (sampling them too
             # explores on every query's noise and measured more regret)
-            mean = post.mean.reshape(len(self.llms), -1)
-            draw = post.sample(self._rng, self.personal.thompson_scale).reshape(len(self.llms), -1)
+            mean = post.residual.reshape(len(self.llms), -1)
+            scale = self.personal.thompson_scale
+            if self.personal.thompson_decay > 0:
+                scale *= math.sqrt(self.personal.thompson_decay / (self.personal.thompson_decay + post.n))
+            draw = post.split(post.sample(self._rng, scale))[0].reshape(len(self.llms), -1)
             draw[:, 1:] = mean[:, 1:]
+            if self.personal.optimistic:
+                draw[:, 0] = np.maximum(draw[:, 0], mean[:, 0])
             sampled = s - self._residual(mean, c_idx, z) + self._residual(draw, c_idx, z)
             return int(np.argmax(sampled))
         if self.policy == "epsilon" and s.size > 1 and self._rng.random() < self.epsilon:
@@ -522,8 +527,9 @@ class GMTRouter:
     def _posterior(self, u: int) -> Posterior:
         post = self._post.get(u)
         if post is None:
-            rows = np.asarray(self._rows_of.get(u, [])[-self.personal.window:], dtype=np.int64)
+            rows = np.asarray(self._rows_of.get(u, []), dtype=np.int64)
             h = self._hist
+            rows = rows[window_rows(h.llm[rows], self.personal)]
             ev = build_evidence(h.group[rows], h.llm[rows], h.rating[rows], self._basis(h.emb[rows]),
                                 self._history_scores(u, rows), self.personal)
             post = fit_posterior(ev, self.personal, len(self.llms), self._basis.dims)
