@@ -55,6 +55,7 @@ __all__ = [
     "append_to_store",
     "merge_stores",
     "shard_of",
+    "StoreWriter",
 ]
 
 #: bytes of the text key (a prefix of sha256)
@@ -306,6 +307,53 @@ def merge_stores(out: str | os.PathLike[str], parts: Sequence[str | os.PathLike[
             _write_rows(writer, schema, h[fresh], m[fresh], dt)
             seen = np.union1d(seen, h)
     return EmbeddingStore.open(o)
+
+
+class StoreWriter:
+    """Streaming writer of a new store: ``add`` batches of (distinct, new) hashes and vectors, ``close``.
+
+    Rows go to a temporary file in row groups (memory bounded by a batch); ``close`` renames it over
+    ``path``; an exception inside ``with StoreWriter(...)`` removes it and leaves ``path`` untouched.
+    The caller keeps hashes distinct (e.g. with a set of seen keys); a repeated hash raises at close.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], dim: int, *, encoder: str | None,
+                 dtype: str = "float32") -> None:
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype: expected one of {DTYPES}, got {dtype!r}")
+        self.path, self.dim, self.dtype, self.encoder = Path(path), int(dim), dtype, encoder
+        self.schema = _schema(self.dim, dtype, encoder)
+        self._cm = _atomic_parquet(self.path, self.schema)
+        self._writer = self._cm.__enter__()
+        self.n_rows = 0
+
+    def add(self, hashes: Any, vectors: np.ndarray) -> None:
+        h = hash_array(hashes)
+        if len(h) == 0:
+            return
+        v = _check_vectors(self.path, h, vectors, self.dim)
+        _write_rows(self._writer, self.schema, h, v, self.dtype)
+        self.n_rows += len(h)
+
+    def close(self) -> None:
+        if self._cm is not None:
+            cm, self._cm = self._cm, None
+            cm.__exit__(None, None, None)
+
+    def abort(self, exc: BaseException) -> None:
+        if self._cm is not None:
+            cm, self._cm = self._cm, None
+            with contextlib.suppress(BaseException):
+                cm.__exit__(type(exc), exc, exc.__traceback__)
+
+    def __enter__(self) -> "StoreWriter":
+        return self
+
+    def __exit__(self, et: Any, ev: Any, tb: Any) -> None:
+        if ev is None:
+            self.close()
+        else:
+            self.abort(ev)
 
 
 @dataclass
