@@ -2,7 +2,7 @@
 
 Public API::
 
-    from gmt_model import GMTRouter, RoutingError, build_graph, train, evaluate, load_checkpoint
+    from gmt_model import GMTRouter, RoutingError, build_graph, train, evaluate, load_checkpoint, load_router
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ __all__ = [
     "train",
     "evaluate",
     "load_checkpoint",
+    "load_router",
     "FormatError",
     "__version__",
 ]
@@ -36,6 +37,7 @@ _LAZY = {
     "train": ("training", "train"),
     "evaluate": ("evaluation", "evaluate"),
     "load_checkpoint": ("checkpoint", "load_checkpoint"),
+    "load_router": ("registry", "load_router"),
     "FormatError": ("data", "FormatError"),
 }
 
@@ -58,5 +60,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .errors import RoutingError
     from .evaluation import evaluate
     from .graph import build_graph, read_graph
+    from .registry import load_router
     from .router import GMTRouter
     from .training import train
