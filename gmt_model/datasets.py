@@ -38,6 +38,7 @@ import yaml
 from gmt_model import demo as demo_mod
 from gmt_model.convert import ConversionError, ConversionStats, convert_raw, find_mt_bench_files
 from gmt_model.data import iter_groups, validate_file, write_jsonl
+from gmt_model.paths import config_path
 from gmt_model.schema import (
     F_CONVERSATION,
     F_JUDGE,
@@ -81,7 +82,6 @@ CONVERTED_KINDS = ("mt_bench_split", "mt_bench_hf", "chatbot_arena")
 #: kinds whose raw data is already GMTRouter JSONL splits
 SPLIT_KINDS = ("gmtrouter_release", "jsonl_splits")
 
-_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATASETS_CONFIG = "configs/datasets.yaml"
 DEFAULT_LLM_DESCRIPTIONS = "configs/llm_descriptions.yaml"
 #: users with fewer training groups than this are reported as thin
@@ -122,12 +122,8 @@ _CONFIG_FIELDS = {f.name for f in fields(SourceConfig)} - {"dataset", "config_ke
 
 
 def _resolve(path: str | os.PathLike[str]) -> Path:
-    """A relative path that does not exist from the working folder is taken from the project root."""
-    p = Path(path)
-    if p.is_absolute() or p.exists():
-        return p
-    alt = _ROOT / p
-    return alt if alt.exists() else p
+    """A relative ``configs/...`` path missing from the working folder is the package's default copy."""
+    return config_path(path)
 
 
 def _env_names(dataset: str) -> tuple[str, str]:

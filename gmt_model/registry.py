@@ -19,7 +19,7 @@ or through MLflow: ``mlflow.pyfunc.load_model("models:/gmtrouter-demo@champion")
 
 Without an explicit tracking URI, ``MLFLOW_TRACKING_URI`` is used, else the
 pipeline's default store ``sqlite:///$GMTROUTER_HOME/mlflow/mlflow.db``
-(``GMTROUTER_HOME`` defaults to ``<repo>/.gmtrouter``).
+(``GMTROUTER_HOME`` defaults to ``./.gmtrouter``, see :mod:`gmt_model.paths`).
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from .paths import ENV_HOME, default_home
 
 if TYPE_CHECKING:  # pragma: no cover
     from .router import GMTRouter
@@ -67,7 +69,6 @@ __all__ = [
     "GMTRouterPyfunc",
 ]
 
-ENV_HOME = "GMTROUTER_HOME"
 MODEL_NAME_PREFIX = "gmtrouter-"
 DEFAULT_MODEL_URI = "models:/gmtrouter-demo@champion"
 #: key of the checkpoint folder in the pyfunc model's artifacts
@@ -95,14 +96,6 @@ class RegistryError(RuntimeError):
 # --------------------------------------------------------------------------
 # defaults shared with the pipeline
 # --------------------------------------------------------------------------
-def default_home() -> Path:
-    """``$GMTROUTER_HOME`` if set, else ``<repo>/.gmtrouter`` (the pipeline's data root)."""
-    env = os.environ.get(ENV_HOME)
-    if env:
-        return Path(env).expanduser().resolve()
-    return (Path(__file__).resolve().parents[1] / ".gmtrouter").resolve()
-
-
 def default_tracking_uri(home: str | os.PathLike[str] | None = None) -> str:
     """``MLFLOW_TRACKING_URI`` if set, else SQLite under the data root (folder created)."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
