@@ -27,10 +27,9 @@ from typing import Any
 
 import dagster as dg
 
-from pipelines.resources import EncoderResource, MLflowResource, PathsResource
-
 from . import steps
 from .configs import EvaluationConfig, GraphConfig, JsonlConfig, PublishConfig, RawDataConfig, TrainModelConfig
+from .resources import EncoderResource, MLflowResource, PathsResource
 from .storage import DATASETS, DataStore
 
 __all__ = ["ASSET_NAMES", "CHECK_NAMES", "build_dataset_assets", "build_dataset_checks", "asset_key"]

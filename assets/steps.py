@@ -5,7 +5,7 @@ store, builds its output in a staging folder, commits it atomically and
 returns its manifest (a JSON-able dict).  The Dagster assets in
 ``assets.factory`` are thin wrappers that turn these dicts into
 ``MaterializeResult`` metadata.  MLflow logging goes through a *tracker*
-(``pipelines.resources.MLflowResource``: ``log_params``, ``log_metrics``,
+(``assets.resources.MLflowResource``: ``log_params``, ``log_metrics``,
 ``log_metric_rows``, ``log_artifact(s)``, ``set_tags``, ``client``,
 ``fluent``).
 

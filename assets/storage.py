@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from gmt_model.checkpoint import atomic_replace_dir
-from gmt_model.registry import ENV_HOME, default_home
+from gmt_model.paths import ENV_HOME, HOME_DIRNAME
 from gmt_model.atomic import write_text_atomic
 
 __all__ = [
@@ -59,7 +59,11 @@ MANIFEST = "manifest.json"
 
 
 def repo_root() -> Path:
-    """The project folder (holding ``pyproject.toml``), else the current folder."""
+    """The project folder (holding ``pyproject.toml``), else the current folder.
+
+    ``assets`` and ``pipelines`` are folders of the repository (the Dagster code
+    location), never installed, so this is the one place that locates the
+    repository; the library (``gmt_model``) never does."""
     here = Path(__file__).resolve().parents[1]
     return here if (here / "pyproject.toml").is_file() else Path.cwd()
 
@@ -71,7 +75,10 @@ def data_root(home: str | os.PathLike[str] | None = None) -> Path:
     """``home``, else ``$GMTROUTER_HOME``, else ``<repo>/.gmtrouter`` (absolute)."""
     if home:
         return Path(home).expanduser().resolve()
-    return default_home()
+    env = os.environ.get(ENV_HOME)
+    if env:
+        return Path(env).expanduser().resolve()
+    return (REPO_ROOT / HOME_DIRNAME).resolve()
 
 
 class ManifestMissingError(FileNotFoundError):

@@ -26,6 +26,8 @@ from gmt_model.atomic import write_text_atomic
 
 __all__ = ["REPO", "LOCAL_INSTANCE_YAML", "ensure_dagster_home", "load_run_config", "error_chain", "main"]
 
+#: the repository (pipelines/ is a folder of it, never installed; importing assets here would import Dagster
+#: before DAGSTER_HOME is set)
 REPO = Path(__file__).resolve().parents[1]
 #: dagster.yaml of a new local instance (telemetry off, INFO console)
 LOCAL_INSTANCE_YAML = REPO / "deploy" / "dagster.local.yaml"
@@ -145,7 +147,7 @@ def _print_failure(what: str, ev: Any) -> None:
 
 
 def _summary(result: Any, dagster_home: Path) -> None:
-    from pipelines.resources import MLflowResource, PathsResource
+    from assets.resources import MLflowResource, PathsResource
 
     print(f"\nrun {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'}")
     for ev in result.get_asset_materialization_events():

@@ -26,7 +26,7 @@ from assets import ASSET_NAMES, DATASETS, build_dataset_assets  # noqa: E402
 from gmt_model.demo import LLMS  # noqa: E402
 from gmt_model.feedback import FeedbackLog  # noqa: E402
 from gmt_model.schema import F_JUDGE, F_QUESTION_ID, SPLIT_FILES, SPLITS  # noqa: E402
-from pipelines.resources import EncoderResource, MLflowResource, PathsResource, feedback_log_path  # noqa: E402
+from assets.resources import EncoderResource, MLflowResource, PathsResource, feedback_log_path  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RAW = dg.AssetKey(["demo", "raw_data"])
