@@ -35,7 +35,6 @@ import contextlib
 import hashlib
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,6 +53,7 @@ from gmt_model.embeddings import (
     HASH_TYPE,
     EmbeddingStore,
     StoreWriter,
+    atomic_parquet_writer,
     hashes_from_arrow,
     text_hash,
     text_hashes,
@@ -78,6 +78,7 @@ __all__ = [
     "file_sha256",
     "file_entries",
     "verify_files",
+    "graph_from_columnar",
 ]
 
 INTERACTIONS_FILE = "interactions.parquet"
@@ -211,21 +212,7 @@ class ColumnarSummary:
 # --------------------------------------------------------------------------
 # writing
 # --------------------------------------------------------------------------
-@contextlib.contextmanager
-def _atomic_writer(path: Path, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with pq.ParquetWriter(tmp, schema, compression="zstd") as w:
-            yield w
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+_atomic_writer = atomic_parquet_writer
 
 
 def _hash_col(hashes: list[bytes]) -> pa.Array:
@@ -578,3 +565,71 @@ def _record(rows: list[tuple], llm_vec: Mapping[str, np.ndarray], encoder: str |
                  for (_r2, _s2, _t, _j, _m, _qid, rt, _l, resp, q, v) in rows)
     return Record(line=int(line), judge=judge, model=model, question_id=qid, turn=int(turn), conversation=conv,
                   model_emb=llm_vec[model], encoder=encoder)
+
+
+# --------------------------------------------------------------------------
+# columnar -> GraphTables
+# --------------------------------------------------------------------------
+def _codes(col: pa.ChunkedArray, fixed: Sequence[str] | None) -> tuple[list[str], np.ndarray]:
+    """(distinct values in order of first appearance, int64 code per row), vectorised by Arrow."""
+    enc = col.combine_chunks().dictionary_encode()
+    values = enc.dictionary.to_pylist()
+    codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    if not fixed:
+        return values, codes
+    order = {v: i for i, v in enumerate(fixed)}
+    names = list(fixed)
+    remap = np.empty(len(values), np.int64)
+    for i, v in enumerate(values):  # one entry per distinct value, not per row
+        if v not in order:
+            order[v] = len(names)
+            names.append(v)
+        remap[i] = order[v]
+    return names, remap[codes]
+
+
+def graph_from_columnar(folder: str | os.PathLike[str], store: EmbeddingStore | str | os.PathLike[str], *,
+                        relations: str | Sequence = "reference", rating_scale: tuple[float, float] | None = None,
+                        user_ids: Sequence[str] | None = None, llm_names: Sequence[str] | None = None,
+                        keep_texts: bool = True) -> Any:
+    """The interactions table of ``folder`` + the embedding ``store`` -> ``gmt_model.graph.GraphTables``.
+
+    Vectorised: users and LLMs are dictionary-encoded by Arrow, query texts become rows of a deduplicated
+    ``text_emb`` matrix (one ``searchsorted`` lookup in the store), and ``gmt_model.graph.from_columns``
+    derives previous steps, normalised ratings and comparison pairs.
+    """
+    from gmt_model.graph import from_columns
+
+    src = Path(folder)
+    st = store if isinstance(store, EmbeddingStore) else EmbeddingStore.open(store)
+    t = pq.read_table(src / INTERACTIONS_FILE, memory_map=True)
+    if t.num_rows == 0:
+        raise ValueError(f"{src / INTERACTIONS_FILE}: no interactions")
+    users, user = _codes(t.column(S.C_USER_ID), user_ids)
+    llm_list, llm = _codes(t.column(S.C_LLM_NAME), llm_names)
+    qh = hashes_from_arrow(t.column(C_QUERY_HASH))
+    uniq, query_row = np.unique(qh, return_inverse=True)
+    text_emb = st.lookup(uniq)
+    texts = None
+    if keep_texts:
+        th, tt = read_texts(src / TEXTS_FILE)
+        texts = _text_lookup(th, tt, uniq, os.fspath(src / TEXTS_FILE))
+    llms = pq.read_table(src / LLMS_FILE)
+    llm_key = dict(zip(llms.column(S.C_LLM_NAME).to_pylist(), hashes_from_arrow(llms.column(C_TEXT_HASH))))
+    missing = [m for m in llm_list if m not in llm_key]
+    if missing:
+        raise ValueError(f"{src / LLMS_FILE}: no entry for LLM(s) {missing[:5]}")
+    llm_emb = st.lookup(np.array([llm_key[m] for m in llm_list], dtype=f"S{HASH_BYTES}"))
+
+    def np_col(name: str, dtype: Any) -> np.ndarray:
+        return t.column(name).to_numpy().astype(dtype, copy=False)
+
+    return from_columns(
+        user_ids=users, llm_names=llm_list, llm_emb=llm_emb, user=user, llm=llm,
+        group=np_col(S.C_GROUP_IDX, np.int64), record=np_col(S.C_RECORD_IDX, np.int64),
+        step=np_col(S.C_STEP, np.int16), turn=np_col(S.C_TURN, np.int16), split=np_col(S.C_SPLIT, np.int8),
+        raw_rating=np_col(S.C_RAW_RATING, np.float32), text_emb=text_emb, query_row=query_row.reshape(-1),
+        texts=texts, question_id=t.column(S.C_QUESTION_ID).to_pylist(),
+        response_text=t.column(S.C_RESPONSE_TEXT).to_pylist(), line=np_col(S.C_LINE, np.int32),
+        rating_scale=rating_scale, relations=relations, encoder=st.encoder,
+        sources={"interactions": os.fspath(src / INTERACTIONS_FILE), "embeddings": os.fspath(st.path)})

@@ -27,7 +27,6 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from gmt_model.atomic import atomic_path
 
 __all__ = [
     "HASH_BYTES",
@@ -56,6 +57,7 @@ __all__ = [
     "merge_stores",
     "shard_of",
     "StoreWriter",
+    "atomic_parquet_writer",
 ]
 
 #: bytes of the text key (a prefix of sha256)
@@ -195,21 +197,14 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _atomic_parquet(path: Path, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-            yield writer
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+def atomic_parquet_writer(path: Path, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
+    """A ``ParquetWriter`` on a temporary sibling of ``path`` (zstd), renamed over ``path`` when the block
+    succeeds (``gmt_model.atomic.atomic_path``: fsync, rename; removed on error)."""
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        yield writer
+
+
+_atomic_parquet = atomic_parquet_writer
 
 
 def _write_rows(writer: pq.ParquetWriter, schema: pa.Schema, hashes: np.ndarray, vectors: np.ndarray,

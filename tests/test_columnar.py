@@ -107,3 +107,19 @@ def test_manifest_verification_refuses_a_changed_file(jsonl, tmp_path):
     p.unlink()
     with pytest.raises(C.ManifestError, match="missing"):
         C.verify_files(col, entries)
+
+
+def test_graph_from_columnar_equals_the_graph_built_from_jsonl(jsonl, tmp_path):
+    from gmt_model.graph import build_graph
+
+    C.import_jsonl(jsonl, tmp_path / "col")
+    ref = build_graph(jsonl)
+    g = C.graph_from_columnar(tmp_path / "col", tmp_path / "col" / C.IMPORTED_EMBEDDINGS_FILE)
+    assert g.user_ids == ref.user_ids and g.llm_names == ref.llm_names
+    for name in ("user", "llm", "group", "record", "step", "turn", "split", "rating", "raw_rating", "prev",
+                 "line", "pair_a", "pair_b", "pair_label"):
+        np.testing.assert_array_equal(getattr(g, name), getattr(ref, name), err_msg=name)
+    np.testing.assert_array_equal(g.query_emb, ref.query_emb)
+    np.testing.assert_array_equal(g.llm_emb, ref.llm_emb)
+    assert g.query_text == ref.query_text and list(g.response_text) == list(ref.response_text)
+    assert g.encoder == ref.encoder == "planted" and g.check() == []
