@@ -35,7 +35,7 @@ import contextlib
 import hashlib
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -323,6 +323,21 @@ class ColumnarWriter:
         if len(rows[S.C_SPLIT]) >= self.batch_rows:
             self._flush()
 
+    def add_record_dicts(self, split: str, group: Sequence[Mapping[str, Any]],
+                         llm_text: Callable[[str], str]) -> None:
+        """One group of un-embedded record dicts (``judge, model, question_id, turn, conversation=[{query,
+        response, rating}]``, optional ``_line``); ``llm_text(model)`` names the text of a new LLM's embedding."""
+        recs = []
+        for rec in group:
+            model = str(rec[S.F_MODEL])
+            if model not in self.llm_keys:
+                self.add_llm(model, llm_text(model))
+            steps = [(t[S.F_QUERY], self.add_text(t[S.F_QUERY]), t.get(S.F_RESPONSE), float(t[S.F_RATING]))
+                     for t in rec[S.F_CONVERSATION]]
+            recs.append((str(rec[S.F_JUDGE]), model, str(rec[S.F_QUESTION_ID]), int(rec[S.F_TURN]),
+                         int(rec.get("_line", 0)), steps))
+        self.add_group(split, recs)
+
     def _flush(self) -> None:
         rows = self._rows
         if not rows[S.C_SPLIT]:
@@ -359,13 +374,17 @@ class ColumnarWriter:
 def import_jsonl(splits: Mapping[str, str | os.PathLike[str]], out_dir: str | os.PathLike[str], *,
                  rating_scale: tuple[float, float] | None = None, min_group_size: int = 2,
                  keep_embeddings: bool = True, batch_rows: int = BATCH_ROWS,
-                 embedding_dtype: str = "float32") -> ColumnarSummary:
+                 embedding_dtype: str = "float32",
+                 extra_groups: Callable[[str, SplitSummary], Iterable[Sequence[Mapping[str, Any]]]] | None = None,
+                 ) -> ColumnarSummary:
     """GMTRouter JSONL splits -> the columnar tables (+ ``embeddings.parquet`` with the files' embeddings).
 
     Each file is parsed and validated once, streaming (``gmt_model.data.iter_groups``: every format rule;
     a :class:`~gmt_model.data.FormatError` names file, line and field).  The files must agree on the
     embedding width and the encoder.  A text's embedding is the first one met; the LLM embedding is the
     first ``model_emb`` of that LLM.  ``keep_embeddings=False`` drops the inline embeddings (to re-embed).
+    ``extra_groups(split, summary so far)`` may return un-embedded groups (record dicts) to append to a
+    split once its file is read (the feedback merge); their new texts have no embedding in the import.
     """
     unknown = set(splits) - set(S.SPLITS)
     if unknown:
@@ -427,6 +446,9 @@ def import_jsonl(splits: Mapping[str, str | os.PathLike[str]], out_dir: str | os
                     w.add_group(split, recs, repeat=grp.repeat)
                     if len(pend_keys) >= batch_rows:
                         flush_vectors()
+                if extra_groups is not None and split in w.splits:
+                    for group in extra_groups(split, w.splits[split]):
+                        w.add_record_dicts(split, group, llm_text_for_embedding)
             w.encoder = encoder
             flush_vectors()
             if store is not None:
@@ -472,21 +494,16 @@ def write_columnar(splits: Mapping[str, Iterable[Sequence[Mapping[str, Any]]]], 
     in ``texts.parquet`` once; the embedding step embeds them.
     """
     out = Path(out_dir)
+
+    def llm_text(model: str) -> str:
+        if model not in llm_texts:
+            raise ValueError(f"LLM {model!r} has no description text")
+        return llm_texts[model]
+
     with ColumnarWriter(out, batch_rows=batch_rows, encoder=encoder) as w:
         for split in S.SPLITS:
             for group in splits.get(split, ()):
-                recs = []
-                for rec in group:
-                    model = str(rec[S.F_MODEL])
-                    if model not in w.llm_keys:
-                        if model not in llm_texts:
-                            raise ValueError(f"LLM {model!r} has no description text")
-                        w.add_llm(model, llm_texts[model])
-                    steps = [(t[S.F_QUERY], w.add_text(t[S.F_QUERY]), t.get(S.F_RESPONSE), float(t[S.F_RATING]))
-                             for t in rec[S.F_CONVERSATION]]
-                    recs.append((str(rec[S.F_JUDGE]), model, str(rec[S.F_QUESTION_ID]), int(rec[S.F_TURN]),
-                                 int(rec.get("_line", 0)), steps))
-                w.add_group(split, recs)
+                w.add_record_dicts(split, group, llm_text)
     return w.summary(dim=None)
 
 

@@ -136,13 +136,19 @@ def _arrow_hashes(hashes: np.ndarray) -> pa.Array:
     return pa.Array.from_buffers(HASH_TYPE, len(h), [None, pa.py_buffer(h.tobytes())])
 
 
-def shard_of(hashes: np.ndarray, n_shards: int) -> np.ndarray:
-    """Shard index (0..n_shards-1) of each hash: its first two bytes modulo ``n_shards`` (vectorised)."""
+def shard_of(hashes: Any, n_shards: int) -> np.ndarray:
+    """Shard (0..n_shards-1) of each hash, a range of its first byte: ``first_byte * n_shards // 256``.
+
+    With 16 shards the shard is the first hex digit of the hash (the partition key ``"0"``..``"f"``).
+    Vectorised; ``n_shards`` must be in 1..256.
+    """
+    if not 1 <= n_shards <= 256:
+        raise ValueError(f"n_shards must be in 1..256, got {n_shards}")
     h = hash_array(hashes)
-    if n_shards < 1:
-        raise ValueError(f"n_shards must be >= 1, got {n_shards}")
-    raw = np.frombuffer(h.tobytes(), dtype=np.uint8).reshape(-1, HASH_BYTES) if len(h) else np.zeros((0, 2), np.uint8)
-    return ((raw[:, 0].astype(np.int64) << 8 | raw[:, 1]) % n_shards).astype(np.int64)
+    if len(h) == 0:
+        return np.zeros(0, np.int64)
+    first = np.frombuffer(h.tobytes(), dtype=np.uint8)[::HASH_BYTES].astype(np.int64)
+    return first * n_shards // 256
 
 
 # --------------------------------------------------------------------------

@@ -161,3 +161,9 @@ def test_shards_partition_the_keys_and_merge_back(tmp_path):
     merged = merge_stores(tmp_path / "all.parquet", parts)
     assert len(merged) == 500
     np.testing.assert_array_equal(merged.lookup(h), v)
+
+
+def test_sixteen_shards_are_the_first_hex_digit():
+    h = text_hashes([f"x{i}" for i in range(300)])
+    assert [format(k, "x") for k in shard_of(h, 16)] == [x.hex()[0] for x in h]
+    assert (shard_of(h, 1) == 0).all()
