@@ -29,9 +29,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from gmt_model.atomic import copy_file_atomic
 from gmt_model.checkpoint import CheckpointError, file_sha256, load_checkpoint, read_config
 from gmt_model.data import FormatError, validate_file
-from gmt_model.datasets import RawResult, build_jsonl, copy_file_atomic, load_source_config, prepare_raw
+from gmt_model.datasets import RawResult, build_jsonl, load_source_config, prepare_raw
 from gmt_model.schema import SPLIT_FILES, SPLIT_TEST, SPLITS
 
 from .feedback_merge import FeedbackMergeStats, merge_feedback

@@ -35,9 +35,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from gmt_model.checkpoint import atomic_replace_dir
+from gmt_model.atomic import replace_dir, write_text_atomic
 from gmt_model.paths import ENV_HOME, HOME_DIRNAME
-from gmt_model.atomic import write_text_atomic
 
 __all__ = [
     "DATASETS",
@@ -232,7 +231,7 @@ class DataStore:
         doc.setdefault("committed_at", time.time())
         write_json_atomic(staged / MANIFEST, doc)
         os.chmod(staged, 0o755)
-        atomic_replace_dir(staged, target)
+        replace_dir(staged, target)
         return target
 
     def relative(self, staged: Path, path: str | os.PathLike[str]) -> str:

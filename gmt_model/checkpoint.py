@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -29,10 +28,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .atomic import atomic_file, replace_dir
 from .model import GMTModel, ModelConfig
 
-__all__ = ["Checkpoint", "History", "CheckpointError", "save_checkpoint", "load_checkpoint", "file_sha256", "update_meta",
-           "atomic_replace_dir"]
+__all__ = ["Checkpoint", "History", "CheckpointError", "save_checkpoint", "load_checkpoint", "file_sha256", "update_meta"]
 
 FORMAT = "gmtrouter-checkpoint/1"
 CONFIG = "config.json"
@@ -124,18 +123,6 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def atomic_replace_dir(tmp: Path, target: Path) -> None:
-    """Move the finished folder ``tmp`` to ``target``, replacing it if present."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
-
-
 def save_checkpoint(directory: str | Path, model: GMTModel, *, users: list[str], llms: list[str],
                     history: History, encoder: str | None, rating_scale: tuple[float, float],
                     meta: dict[str, Any] | None = None, extra_files: dict[str, dict[str, torch.Tensor]] | None = None,
@@ -168,7 +155,7 @@ def save_checkpoint(directory: str | Path, model: GMTModel, *, users: list[str],
             "files": files,
         }
         (tmp / CONFIG).write_text(json.dumps(cfg, indent=2, sort_keys=True))
-        atomic_replace_dir(tmp, directory)
+        replace_dir(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -181,10 +168,8 @@ def update_meta(directory: str | Path, values: dict[str, Any]) -> None:
     d = Path(directory)
     cfg = read_config(d)
     cfg["meta"] = {**cfg.get("meta", {}), **values}
-    fd, tmp = tempfile.mkstemp(prefix=f".{CONFIG}.", suffix=".tmp", dir=str(d))
-    with os.fdopen(fd, "w") as f:
+    with atomic_file(d / CONFIG, "w", fsync=False) as f:
         f.write(json.dumps(cfg, indent=2, sort_keys=True))
-    os.replace(tmp, d / CONFIG)
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:

@@ -26,8 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -36,6 +34,7 @@ from typing import Any
 import yaml
 
 from gmt_model import demo as demo_mod
+from gmt_model.atomic import copy_file_atomic, write_lines_atomic, write_text_atomic
 from gmt_model.convert import ConversionError, ConversionStats, convert_raw, find_mt_bench_files
 from gmt_model.data import iter_groups, validate_file, write_jsonl
 from gmt_model.paths import config_path
@@ -70,7 +69,6 @@ __all__ = [
     "llm_description_map",
     "prepare_raw",
     "build_jsonl",
-    "copy_file_atomic",
 ]
 
 log = logging.getLogger(__name__)
@@ -275,23 +273,8 @@ def _is_archive(path: Path) -> bool:
 
 
 def _write_json_lines(path: Path, rows: Iterable[dict[str, Any]]) -> int:
-    """Plain JSON lines, atomically (temp file in the same folder, then os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    n = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")))
-                fh.write("\n")
-                n += 1
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return n
+    """Plain JSON lines, atomically."""
+    return write_lines_atomic(path, (json.dumps(row, ensure_ascii=False, separators=(",", ":")) for row in rows))
 
 
 def _sub(root: Path, rel: str | None, source: SourceConfig) -> Path:
@@ -370,9 +353,7 @@ def _prepare_demo(dataset: str, source: SourceConfig, raw: Path) -> RawResult:
     n = _write_json_lines(out, (rec for group in groups for rec in group))
     truth_doc = truth.to_dict()
     truth_doc["spec"] = spec.to_dict()
-    tmp = raw / f".{DEMO_TRUTH_FILE}.tmp"
-    tmp.write_text(json.dumps(truth_doc, sort_keys=True, indent=1), encoding="utf-8")
-    os.replace(tmp, raw / DEMO_TRUTH_FILE)
+    write_text_atomic(raw / DEMO_TRUTH_FILE, json.dumps(truth_doc, sort_keys=True, indent=1))
     return RawResult(dataset=dataset, kind="demo", path=out, source=f"gmt_model.demo:{spec.name}",
                      info={"spec": spec.to_dict(), "n_records": n})
 
@@ -597,20 +578,6 @@ def _result(dataset: str, out: Path, paths: dict[str, Path], enc: Any, group_use
         splits={k: dict(v) for k, v in split_summary(group_users, split_of).items()},
         summaries=summaries, mode=mode, conversion=conversion,
     )
-
-
-def copy_file_atomic(src: Path, dest: Path) -> None:
-    """Copy ``src`` to ``dest`` through a temporary sibling, fsync, rename."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _build_from_splits(dataset: str, src_dir: Path, out: Path, enc: Any, descriptions: Mapping[str, str],
