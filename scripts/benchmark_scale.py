@@ -1,0 +1,161 @@
+"""Scale benchmark: generate N demo interactions, build the graph, train mini-batch epochs, evaluate.
+
+    .venv/bin/python scripts/benchmark_scale.py --interactions 100000 --epochs 5 --json
+    .venv/bin/python scripts/benchmark_scale.py --interactions 1000000 --epochs 5 --device cpu --json
+    .venv/bin/python scripts/benchmark_scale.py --interactions 2000 --epochs 2 --json      # smoke
+
+Steps (each timed):
+
+1. generation: the demo generator's plan (users, groups, ratings) straight into
+   columns (``gmt_model.demo.demo_columns``; no JSONL), and every distinct query
+   text embedded once with the hashed test encoder ``gmt_model.demo.HashedEncoder``
+   (a deterministic hashed bag of words and word pairs, ``--dim`` wide).  Not MiniLM:
+   a million template texts say nothing new to a sentence encoder, and encoding them
+   would take minutes of what is meant to measure the graph and training;
+2. build (``build_s``): the interactions table (``graph.from_columns``: pairs, labels,
+   normalised ratings), written to Parquet and read back memory-mapped
+   (``read_graph``, which also runs the integrity checks);
+3. training: ``--epochs`` mini-batch epochs (``batch_users`` users per step; the
+   seed config otherwise), validation once at the end (in user batches), the cold-start
+   calibration (in user batches), checkpoints written as in a real run;
+4. evaluation: the best checkpoint's GNN scores every test pair in user batches
+   (each batch's users with their training history visible); pairwise AUC.
+
+The demo spec scales the ``large`` preset (5,000 users x 52 groups, ~1M interactions):
+users = N / (52 x 3.85).  The last line printed is one JSON object with ``interactions``,
+``users``, ``build_s``, ``epoch_ms_median``, ``peak_rss_mb``, ``test_auc`` and more.
+``peak_rss_mb`` is the process's peak resident memory over all steps (generation included).
+On CUDA the training loop never syncs per step, so the epoch time is the mean over the
+epochs (the losses are read once at the end), not a median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SEED_CONFIG = REPO / "configs" / "model_config_train" / "gmtrouter.yaml"
+INTERACTIONS_PER_GROUP = 3.85  # the demo's mean (k 2.2 records x 1.75 turns)
+GROUPS_PER_USER = 52.0  # the large preset's
+
+
+def peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def run(args: argparse.Namespace) -> dict:
+    import numpy as np
+    import torch
+
+    from gmt_model import schema as S
+    from gmt_model.checkpoint import load_checkpoint
+    from gmt_model.config import load_train_config
+    from gmt_model.demo import DemoSpec, HashedEncoder, demo_columns
+    from gmt_model.graph import from_columns, read_graph
+    from gmt_model.metrics import pairwise_auc
+    from gmt_model.training import pair_scores, predict_groups, resolve_device, train
+
+    dev = resolve_device(args.device)
+    n_users = max(4, int(round(args.interactions / (GROUPS_PER_USER * INTERACTIONS_PER_GROUP))))
+    spec = DemoSpec(n_users=n_users, n_groups_per_user=GROUPS_PER_USER, seed=args.seed, name="scale")
+    out: dict = {"requested_interactions": args.interactions, "device": str(dev), "batch_users": args.batch_users,
+                 "dim": args.dim, "epochs": args.epochs, "torch_threads": torch.get_num_threads(),
+                 "load_avg_1m_start": round(os.getloadavg()[0], 2)}
+
+    t0 = time.perf_counter()
+    cols, _ = demo_columns(spec, HashedEncoder(args.dim))
+    out["generation_s"] = round(time.perf_counter() - t0, 2)
+    out["rss_after_generation_mb"] = peak_rss_mb()
+
+    with tempfile.TemporaryDirectory(dir=args.work) as work:
+        work = Path(work)
+        t0 = time.perf_counter()
+        g = from_columns(**cols)
+        t_tables = time.perf_counter() - t0
+        del cols
+        g.write_parquet(work / "graph")
+        t_write = time.perf_counter() - t0 - t_tables
+        del g
+        t1 = time.perf_counter()
+        g = read_graph(work / "graph")
+        t_read = time.perf_counter() - t1
+        out["build_s"] = round(time.perf_counter() - t0, 2)
+        out["build_parts_s"] = {"tables": round(t_tables, 2), "write_parquet": round(t_write, 2),
+                                "read_graph_mmap": round(t_read, 2)}
+        out["graph_mb_on_disk"] = round(sum(p.stat().st_size for p in (work / "graph").iterdir()) / 2**20, 1)
+        out.update(interactions=g.num_interactions, users=g.num_users, llms=g.num_llms,
+                   distinct_texts=g.num_texts, training_pairs=int(g.pair_mask(S.SPLIT_TRAIN).sum()),
+                   test_pairs=int(g.pair_mask(S.SPLIT_TEST).sum()))
+        out["rss_after_build_mb"] = peak_rss_mb()
+
+        cfg = load_train_config(SEED_CONFIG, {
+            "epochs": args.epochs, "batch_users": args.batch_users, "eval_every": args.epochs,
+            "save_every": 10**9, "device": str(dev), "amp": args.amp, "num_gnn_layers": args.layers})
+        stamps: list[float] = []
+        start: list[float] = []
+
+        t0 = time.perf_counter()
+        res = train(g, cfg, work / "run", resume=False, callback=lambda e, r: stamps.append(time.perf_counter()),
+                    on_start=lambda done: start.append(time.perf_counter()))
+        out["train_wall_s"] = round(time.perf_counter() - t0, 2)
+        gaps = np.diff(start[:1] + stamps)
+        if dev.type == "cuda" or len(set(stamps)) < len(stamps):
+            out["epoch_ms_median"] = round(1000 * (stamps[-1] - start[0]) / len(stamps), 1)
+            out["epoch_timing"] = "mean (losses read in bulk)"
+        else:
+            out["epoch_ms_median"] = round(1000 * statistics.median(gaps), 1)
+            out["epoch_timing"] = "median"
+        out["epoch_ms_all"] = [round(1000 * x, 1) for x in gaps]
+        out["steps_per_epoch"] = -(-int(np.count_nonzero(np.bincount(
+            g.user[g.pair_a[g.pair_mask(S.SPLIT_TRAIN)]], minlength=g.num_users))) // args.batch_users)
+        out["best_val_auc"] = round(res.best_metric, 4)
+        out["rss_after_training_mb"] = peak_rss_mb()
+
+        t0 = time.perf_counter()
+        model = load_checkpoint(res.best_dir, device=dev).model
+        with torch.inference_mode():
+            gs, scores, _ = predict_groups(model, g, S.SPLIT_TEST, dev, batch_users=args.batch_users, amp=args.amp)
+        *_, sa, sb, label = pair_scores(gs, scores)
+        out["test_auc"] = round(float(pairwise_auc(sa, sb, label)), 4)
+        out["eval_s"] = round(time.perf_counter() - t0, 2)
+    out["peak_rss_mb"] = peak_rss_mb()
+    out["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
+    out["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--interactions", type=int, required=True, help="about this many interactions")
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--device", default=None, help="cpu, cuda, or auto (default)")
+    ap.add_argument("--batch-users", type=int, default=512, help="users per optimiser step (default 512)")
+    ap.add_argument("--dim", type=int, default=384, help="width of the hashed test embeddings (default 384)")
+    ap.add_argument("--layers", type=int, default=2, help="HGT layers (default 2, the seed config's)")
+    ap.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA only)")
+    ap.add_argument("--seed", type=int, default=0, help="demo seed")
+    ap.add_argument("--work", default=None, help="folder for the temporary graph and checkpoints")
+    ap.add_argument("--json", action="store_true", help="print only the JSON line")
+    args = ap.parse_args(argv)
+    if args.interactions < 500:
+        ap.error("--interactions: at least 500")
+    res = run(args)
+    if not args.json:
+        for k, v in res.items():
+            if k != "epoch_ms_all":
+                print(f"{k}: {v}", file=sys.stderr)
+    print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
