@@ -23,7 +23,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from importlib import metadata as importlib_metadata
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -69,10 +68,6 @@ GLOBAL_BT = "global_bt"
 CHALLENGER = "challenger"
 CHAMPION = "champion"
 _METRIC_EVERY = 25  # epochs between MLflow flushes of buffered per-epoch metrics
-
-
-def _now() -> float:
-    return time.time()
 
 
 def environment_info() -> dict[str, Any]:

@@ -159,16 +159,6 @@ class DataStore:
         return self.area("routers", dataset) / "current"
 
     @property
-    def mlflow_dir(self) -> Path:
-        """Folder of the default MLflow SQLite store and artifact root."""
-        return self.root / "mlflow"
-
-    @property
-    def feedback_dir(self) -> Path:
-        """Folder of the default per-dataset feedback logs."""
-        return self.root / "feedback"
-
-    @property
     def cache_dir(self) -> Path:
         """Default embedding cache folder."""
         return self.root / "cache" / "encoder"

@@ -52,7 +52,6 @@ __all__ = [
     "default_home",
     "default_tracking_uri",
     "ensure_sqlite_folder",
-    "default_artifact_uri",
     "registered_model_name",
     "parse_model_uri",
     "pip_requirements",
@@ -115,14 +114,6 @@ def ensure_sqlite_folder(uri: str) -> str:
         if path and path != ":memory:":
             Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
     return uri
-
-
-def default_artifact_uri(home: str | os.PathLike[str] | None = None) -> str:
-    """``file://`` URI of the local artifact folder under the data root."""
-    root = Path(home).expanduser().resolve() if home is not None else default_home()
-    folder = root / "mlflow" / "artifacts"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder.as_uri()
 
 
 def registered_model_name(dataset: str) -> str:
