@@ -3,6 +3,7 @@
     .venv/bin/python scripts/benchmark_scale.py --interactions 100000 --epochs 5 --json
     .venv/bin/python scripts/benchmark_scale.py --interactions 1000000 --epochs 5 --device cpu --json
     .venv/bin/python scripts/benchmark_scale.py --interactions 2000 --epochs 2 --json      # smoke
+    .venv/bin/python scripts/benchmark_scale.py --mt-bench-compare --epochs 350           # MT-Bench: full vs mini-batch
 
 Steps (each timed):
 
@@ -133,9 +134,66 @@ def run(args: argparse.Namespace) -> dict:
     return out
 
 
+def run_mt_bench(args: argparse.Namespace) -> dict:
+    """MT-Bench, full batch vs mini-batch: the seed config for ``--epochs`` epochs on the three per-judge
+    splits (``build_jsonl(..., seed=0/1/2)``), test AUC of the evaluation report (GMTRouter as routed, and its
+    GNN alone), full-graph evaluation for both so only training differs."""
+    import torch
+
+    from gmt_model import schema as S
+    from gmt_model.checkpoint import load_checkpoint
+    from gmt_model.config import load_train_config
+    from gmt_model.datasets import build_jsonl
+    from gmt_model.evaluation import evaluate
+    from gmt_model.graph import build_graph
+    from gmt_model.training import train
+
+    work = Path(args.work or REPO / ".cache" / "bench_scale")
+    rows = []
+    for seed in (0, 1, 2):
+        folder = Path(args.mt_bench_splits) / f"mt_bench_split{seed}" if args.mt_bench_splits else \
+            work / f"mt_bench_split{seed}"
+        if not all((folder / f).exists() for f in S.SPLIT_FILES.values()):
+            build_jsonl("mt_bench", Path(args.mt_bench), folder, seed=seed)
+        g = build_graph({sp: folder / f for sp, f in S.SPLIT_FILES.items()})
+        for mode, bu in (("full", None), ("minibatch", args.mt_bench_batch_users)):
+            if args.mt_bench_modes and mode not in args.mt_bench_modes:
+                continue
+            cfg = load_train_config(SEED_CONFIG, {"epochs": args.epochs, "save_every": 10**9, "batch_users": bu,
+                                                  "device": args.device, "amp": args.amp})
+            with tempfile.TemporaryDirectory(dir=args.work) as d:
+                t0 = time.perf_counter()
+                res = train(g, cfg, Path(d) / "run", resume=False)
+                wall = time.perf_counter() - t0
+                rep = evaluate(load_checkpoint(res.best_dir).model, g, "test", baselines=False, cold_start=False,
+                               n_resamples=200, device=args.device)
+            row = {"split_seed": seed, "mode": mode, "batch_users": bu, "users": g.num_users,
+                   "epochs": args.epochs, "train_wall_s": round(wall, 1), "best_epoch": res.best_epoch,
+                   "best_val_auc": round(res.best_metric, 4), "test_auc": round(rep.methods["gmtrouter"].auc, 4),
+                   "test_auc_gnn": round(rep.methods["gmtrouter_gnn"].auc, 4), "device": res.device}
+            print(json.dumps(row), file=sys.stderr, flush=True)
+            rows.append(row)
+    out: dict = {"mt_bench": rows, "torch": torch.__version__, "load_avg_1m_end": round(os.getloadavg()[0], 2)}
+    for mode in ("full", "minibatch"):
+        sel = [r for r in rows if r["mode"] == mode]
+        if sel:
+            out[f"{mode}_mean_test_auc"] = round(statistics.fmean(r["test_auc"] for r in sel), 4)
+            out[f"{mode}_mean_test_auc_gnn"] = round(statistics.fmean(r["test_auc_gnn"] for r in sel), 4)
+    out["peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--interactions", type=int, required=True, help="about this many interactions")
+    ap.add_argument("--interactions", type=int, default=None, help="about this many interactions")
+    ap.add_argument("--mt-bench-compare", action="store_true",
+                    help="instead: MT-Bench full batch vs mini-batch on the three per-judge splits")
+    ap.add_argument("--mt-bench", default=str(REPO.parent / "shared" / "data" / "mt_bench_human"),
+                    help="raw MT-Bench human judgments folder")
+    ap.add_argument("--mt-bench-splits", default=None,
+                    help="folder holding mt_bench_split{0,1,2}/ JSONL splits already built (else built under --work)")
+    ap.add_argument("--mt-bench-batch-users", type=int, default=16, help="users per step in the mini-batch run")
+    ap.add_argument("--mt-bench-modes", nargs="*", default=None, help="full and/or minibatch (default both)")
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--device", default=None, help="cpu, cuda, or auto (default)")
     ap.add_argument("--batch-users", type=int, default=512, help="users per optimiser step (default 512)")
@@ -146,8 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default=None, help="folder for the temporary graph and checkpoints")
     ap.add_argument("--json", action="store_true", help="print only the JSON line")
     args = ap.parse_args(argv)
-    if args.interactions < 500:
-        ap.error("--interactions: at least 500")
+    if args.mt_bench_compare:
+        res = run_mt_bench(args)
+        print(json.dumps(res))
+        return 0
+    if args.interactions is None or args.interactions < 500:
+        ap.error("--interactions: required, at least 500")
     res = run(args)
     if not args.json:
         for k, v in res.items():
