@@ -5,7 +5,10 @@ Everything the pipeline writes lives under one folder, ``$GMTROUTER_HOME``
 
     downloads/<dataset>/        fetched source files (kept: resumed and reused)
     raw/<dataset>/              raw data ready for conversion + manifest.json
-    jsonl/<dataset>/            {training,valid,test}_set.jsonl + manifest.json
+    interactions/<dataset>/     interactions.parquet, texts.parquet, llms.parquet (+ embeddings.parquet of a
+                                JSONL import) + manifest.json (counts, size and sha256 of every file)
+    embedding_shards/<dataset>/ shard-<k>.parquet + shard-<k>.json, one per embedding partition (hex digit k)
+    embeddings/<dataset>/       embeddings.parquet (one vector per distinct text) + manifest.json
     graph/<dataset>/            Parquet graph tables + manifest.json
     training/<dataset>/<run>/   work folder of a training run (resumable; removed on success)
     models/<dataset>/           gmtrouter/ and user_blind/ checkpoints, curves + manifest.json
@@ -126,7 +129,8 @@ def copy_tree(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
 class DataStore:
     """Paths and atomic commits under one data root."""
 
-    AREAS = ("downloads", "raw", "jsonl", "graph", "training", "models", "evaluation", "routers")
+    AREAS = ("downloads", "raw", "interactions", "embeddings", "graph", "training", "models", "evaluation",
+             "routers")
 
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
         self.root = data_root(root)

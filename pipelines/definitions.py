@@ -13,18 +13,19 @@ import dagster as dg
 from assets import all_assets, all_checks
 from assets.resources import EncoderResource, MLflowResource, PathsResource
 
-from .jobs import build_jobs
+from .jobs import build_embed_jobs, build_jobs
 from .schedules import build_schedules
 from .sensors import build_sensors
 
-__all__ = ["defs", "JOBS"]
+__all__ = ["defs", "JOBS", "EMBED_JOBS"]
 
 JOBS = build_jobs()
+EMBED_JOBS = build_embed_jobs()
 
 defs = dg.Definitions(
     assets=all_assets(),
     asset_checks=all_checks(),
-    jobs=list(JOBS.values()),
+    jobs=[*JOBS.values(), *EMBED_JOBS.values()],
     schedules=build_schedules(JOBS),
     sensors=build_sensors(JOBS),
     resources={
