@@ -150,7 +150,7 @@ def run_mt_bench(args: argparse.Namespace) -> dict:
 
     work = Path(args.work or REPO / ".cache" / "bench_scale")
     rows = []
-    for seed in (0, 1, 2):
+    for seed in args.mt_bench_seeds:
         folder = Path(args.mt_bench_splits) / f"mt_bench_split{seed}" if args.mt_bench_splits else \
             work / f"mt_bench_split{seed}"
         if not all((folder / f).exists() for f in S.SPLIT_FILES.values()):
@@ -193,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mt-bench-splits", default=None,
                     help="folder holding mt_bench_split{0,1,2}/ JSONL splits already built (else built under --work)")
     ap.add_argument("--mt-bench-batch-users", type=int, default=16, help="users per step in the mini-batch run")
+    ap.add_argument("--mt-bench-seeds", type=int, nargs="+", default=[0, 1, 2], help="per-judge split seeds")
     ap.add_argument("--mt-bench-modes", nargs="*", default=None, help="full and/or minibatch (default both)")
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--device", default=None, help="cpu, cuda, or auto (default)")
