@@ -29,19 +29,8 @@ import pyarrow.parquet as pq
 
 from gmt_model import columnar as C
 from gmt_model import embeddings as E
-from gmt_model.convert import convert_raw
-from gmt_model.datasets import (
-    CONVERTED_KINDS,
-    SPLIT_KINDS,
-    _group_bounds,
-    _key,
-    _read_json_lines,
-    _separate_equal_keys,
-    llm_description_map,
-    load_llm_descriptions,
-)
+from gmt_model.datasets import SPLIT_KINDS, RawResult, llm_description_map, load_llm_descriptions, split_raw
 from gmt_model.schema import SPLIT_FILES, SPLITS
-from gmt_model.splits import split_groups
 
 from .feedback_merge import FeedbackMergeStats, feedback_groups
 from .storage import DataStore, read_json, write_json_atomic
@@ -115,32 +104,6 @@ def _thin_users(folder: Path, min_user_groups: int) -> dict[str, int]:
     return {u: int(counts.get(u, 0)) for u in sorted(all_users) if counts.get(u, 0) < min_user_groups}
 
 
-def _converted_splits(dataset: str, kind: str, path: Path, seed: int, fractions: Sequence[float],
-                      on_conflict: str = "first") -> tuple[dict[str, list[list[dict[str, Any]]]], dict | None]:
-    """Raw judgments / demo conversations -> per split, the ordered groups (record dicts), as build_jsonl cuts them."""
-    if kind == "demo":
-        records = _read_json_lines(path)
-        conversion = None
-    elif kind in CONVERTED_KINDS:
-        records, stats = convert_raw(kind, path, on_conflict=on_conflict)  # type: ignore[arg-type]
-        conversion = stats.to_dict()
-    else:
-        raise ValueError(f"unknown raw kind {kind!r}")
-    if not records:
-        raise ValueError(f"dataset {dataset!r}: no records in {path}")
-    bounds = _group_bounds(records)
-    keys = [_key(records[s]) for s, _ in bounds]
-    split_of = split_groups([k[2] for k in keys], fractions, seed=seed)
-    out: dict[str, list[list[dict[str, Any]]]] = {}
-    for s in SPLITS:
-        idx = [j for j, sp in enumerate(split_of) if sp == s]
-        if not idx:
-            raise ValueError(f"dataset {dataset!r}: the {s} split would be empty ({len(bounds)} groups, "
-                             f"fractions {tuple(fractions)}); the data is too small for these fractions")
-        out[s] = [records[bounds[j][0]:bounds[j][1]] for j in _separate_equal_keys(idx, keys, s)]
-    return out, conversion
-
-
 def materialize_interactions(dataset: str, store: DataStore, encoder: Any, *, split_seed: int = 0,
                              split_fractions: Sequence[float] = (0.7, 0.1, 0.2), min_user_groups: int = 3,
                              feedback_log: str | os.PathLike[str] | None = None,
@@ -174,7 +137,9 @@ def materialize_interactions(dataset: str, store: DataStore, encoder: Any, *, sp
             imported = {"encoder": summ.encoder, "dim": summ.dim}
             mode = "imported" if summ.encoder == encoder.name else "reembedded"
         else:
-            splits, conversion = _converted_splits(dataset, kind, path, split_seed, split_fractions)
+            plan = split_raw(dataset, RawResult(dataset=dataset, kind=kind, path=path), seed=split_seed,
+                             fractions=split_fractions)
+            splits, conversion = plan.groups, plan.conversion
             models, rating_range = _training_groups_of(splits[SPLITS[0]])
             known = {r["judge"] for s in SPLITS for g in splits[s] for r in g}
             fb_groups, fb_stats = _feedback(feedback_log, models, rating_range, known)

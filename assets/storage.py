@@ -202,9 +202,9 @@ class DataStore:
 
         Use with :meth:`commit`::
 
-            with store.staging("jsonl", ds) as tmp:
+            with store.staging("interactions", ds) as tmp:
                 ... write into tmp ...
-                store.commit(tmp, "jsonl", ds, manifest)
+                store.commit(tmp, "interactions", ds, manifest)
         """
         target = self.router_dir(dataset) if area == "routers" else self.area(area, dataset)
         target.parent.mkdir(parents=True, exist_ok=True)

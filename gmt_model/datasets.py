@@ -69,6 +69,8 @@ __all__ = [
     "llm_description_map",
     "prepare_raw",
     "build_jsonl",
+    "split_raw",
+    "SplitPlan",
 ]
 
 log = logging.getLogger(__name__)
@@ -530,16 +532,45 @@ def build_jsonl(
     descriptions = load_llm_descriptions() if llm_descriptions is None else dict(llm_descriptions)
     if raw_res.kind in SPLIT_KINDS:
         return _build_from_splits(dataset, raw_res.path, out, enc, descriptions, min_user_groups)
-    if raw_res.kind == "demo":
-        records = _read_json_lines(raw_res.path)
-        conversion: ConversionStats | None = None
-    elif raw_res.kind in CONVERTED_KINDS:
-        records, conversion = convert_raw(raw_res.kind, raw_res.path, on_conflict=on_conflict)  # type: ignore[arg-type]
-    else:
-        raise ValueError(f"unknown raw kind {raw_res.kind!r}; expected one of {SOURCE_KINDS}")
-    if not records:
-        raise ValueError(f"dataset {dataset!r}: no records in {raw_res.path}")
+    plan = split_raw(dataset, raw_res, seed=seed, fractions=fractions, on_conflict=on_conflict)
+    models = sorted({r[F_MODEL] for groups in plan.groups.values() for g in groups for r in g})
+    desc = llm_description_map(models, descriptions)
+    paths: dict[str, Path] = {}
+    for s in SPLITS:
+        rows = [r for g in plan.groups[s] for r in g]
+        paths[s] = out / SPLIT_FILES[s]
+        write_jsonl(paths[s], demo_mod.embed_records(rows, enc, desc))
+    return _result(dataset, out, paths, enc, plan.group_users, plan.split_of, min_user_groups, "converted",
+                   plan.conversion)
 
+
+@dataclass
+class SplitPlan:
+    """Raw data cut into splits: per split the ordered groups of (un-embedded) record dicts."""
+
+    groups: dict[str, list[list[dict[str, Any]]]]
+    group_users: list[str]  # the user of each group (any order), with split_of
+    split_of: list[str]
+    conversion: dict[str, Any] | None  # ConversionStats.to_dict() for converted raw judgments
+
+
+def split_raw(dataset: str, raw: RawResult, *, seed: int = 0, fractions: Sequence[float] = DEFAULT_FRACTIONS,
+              on_conflict: str = "first") -> SplitPlan:
+    """Raw judgments (converted) or demo conversations -> groups per split, split per user.
+
+    Every user keeps at least one group in training (``gmt_model.splits.split_groups``); within a split no
+    two neighbouring groups share ``(question_id, turn, judge)``.  The JSONL writer (:func:`build_jsonl`)
+    and the columnar pipeline cut the data with this one function.
+    """
+    conversion: ConversionStats | None = None
+    if raw.kind == "demo":
+        records = _read_json_lines(raw.path)
+    elif raw.kind in CONVERTED_KINDS:
+        records, conversion = convert_raw(raw.kind, raw.path, on_conflict=on_conflict)  # type: ignore[arg-type]
+    else:
+        raise ValueError(f"unknown raw kind {raw.kind!r}; expected one of {SOURCE_KINDS}")
+    if not records:
+        raise ValueError(f"dataset {dataset!r}: no records in {raw.path}")
     bounds = _group_bounds(records)
     keys = [_key(records[s]) for s, _ in bounds]
     group_users = [k[2] for k in keys]
@@ -548,16 +579,11 @@ def build_jsonl(
         if not (split_of == s).any():
             raise ValueError(f"dataset {dataset!r}: the {s} split would be empty ({len(bounds)} groups, "
                              f"fractions {tuple(fractions)}); the data is too small for these fractions")
-    models = sorted({r[F_MODEL] for r in records})
-    embedded = demo_mod.embed_records(records, enc, llm_description_map(models, descriptions))
-    paths: dict[str, Path] = {}
-    for s in SPLITS:
-        order = _separate_equal_keys([j for j, sp in enumerate(split_of) if sp == s], keys, s)
-        rows = [embedded[i] for j in order for i in range(bounds[j][0], bounds[j][1])]
-        paths[s] = out / SPLIT_FILES[s]
-        write_jsonl(paths[s], rows)
-    return _result(dataset, out, paths, enc, group_users, list(split_of), min_user_groups, "converted",
-                   conversion.to_dict() if conversion is not None else None)
+    groups = {s: [records[bounds[j][0]:bounds[j][1]]
+                  for j in _separate_equal_keys([j for j, sp in enumerate(split_of) if sp == s], keys, s)]
+              for s in SPLITS}
+    return SplitPlan(groups=groups, group_users=group_users, split_of=list(split_of),
+                     conversion=conversion.to_dict() if conversion is not None else None)
 
 
 def _result(dataset: str, out: Path, paths: dict[str, Path], enc: Any, group_users: list[str],
