@@ -302,8 +302,8 @@ def materialize_text_embeddings(dataset: str, store: DataStore, encoder: Any, *,
 
     def take(name: str, path: Path, *, llm_keys: bool) -> None:
         st = E.EmbeddingStore.open(path)
-        if st.encoder != encoder.name or st.dim != dim:
-            return
+        if st.encoder != encoder.name or st.dim != dim or (st.dtype == "float16" and dtype != "float16"):
+            return  # another encoder, or half-precision vectors where full precision is asked for
         want = ~have if llm_keys else (~have & ~is_llm_key)
         idx = np.flatnonzero(want)
         found = st.contains(hashes[idx])

@@ -199,3 +199,21 @@ def test_stale_shards_are_not_merged(tmp_path, splits_source):
     assert m["n_shards_used"] == 0 and m["sources"]["from_shards"] == 0
     # the previous store still saves the work: only the new text is embedded
     assert m["sources"]["embedded_now"] == 1
+
+
+def test_float16_store_option_and_no_half_precision_reuse(tmp_path):
+    store = DataStore(tmp_path / "data")
+    steps.materialize_raw("demo", store, overrides={"size": "tiny"})
+    data_steps.materialize_interactions("demo", store, ENC)
+    m16 = data_steps.materialize_text_embeddings("demo", store, ENC, dtype="float16")
+    st = EmbeddingStore.open(store.area("embeddings", "demo") / data_steps.STORE_FILE)
+    assert st.dtype == "float16" and m16["dtype"] == "float16"
+    assert data_steps.check_embedding_width("demo", store, ENC)[0]
+    g = data_steps.materialize_graph("demo", store)
+    assert g["dim"] == ENC.dim
+    # back to float32: the float16 vectors are not reused (everything is embedded again, exactly)
+    m32 = data_steps.materialize_text_embeddings("demo", store, ENC)
+    assert m32["sources"]["from_previous"] == 0 and m32["sources"]["embedded_now"] == m32["n_texts"]
+    # float32 -> float32 reuses the previous store
+    again = data_steps.materialize_text_embeddings("demo", store, ENC)
+    assert again["sources"]["from_previous"] == again["n_texts"] and again["sources"]["embedded_now"] == 0
