@@ -23,7 +23,7 @@ from .graph import GraphTables, as_tensor, relation_edges
 from .model import GMTModel
 
 __all__ = ["Subgraph", "build_subgraph", "GroupSteps", "group_steps", "score_groups", "pair_positions",
-           "PRED_QUERY", "score_rows", "cold_calibration"]
+           "PRED_QUERY", "score_rows", "cold_calibration", "to_device"]
 
 #: key of the predicted interactions' query representations in ``Subgraph.embed``'s output
 PRED_QUERY = "predicted_query"
@@ -72,25 +72,25 @@ def build_subgraph(g: GraphTables, visible: np.ndarray, predict: np.ndarray, dev
     def queries(idx: np.ndarray) -> Tensor:
         rows = g.query_row[idx]
         if text_emb_t is not None:
-            return text_emb_t[torch.from_numpy(rows).to(text_emb_t.device, non_blocking=True)]
-        return _to(torch.from_numpy(np.ascontiguousarray(g.text_emb[rows])), device)
+            return text_emb_t[to_device(torch.from_numpy(rows), text_emb_t.device)]
+        return to_device(torch.from_numpy(np.ascontiguousarray(g.text_emb[rows])), device)
 
     def ratings(idx: np.ndarray) -> Tensor:
         if rating_t is not None:
-            return rating_t[torch.from_numpy(idx).to(rating_t.device, non_blocking=True)]
-        return _to(torch.from_numpy(np.ascontiguousarray(g.rating[idx])), device)
+            return rating_t[to_device(torch.from_numpy(idx), rating_t.device)]
+        return to_device(torch.from_numpy(np.ascontiguousarray(g.rating[idx])), device)
 
     edges: dict[S.EdgeType, Tensor] = {}
     for rel in g.relations:
         src, dst = relation_edges(g, rel, visible, local)
-        edges[rel] = _to(torch.from_numpy(np.stack([src, dst])), device)
-    llm = llm_emb_t if llm_emb_t is not None else _to(as_tensor(g.llm_emb), device)
+        edges[rel] = to_device(torch.from_numpy(np.stack([src, dst])), device)
+    llm = llm_emb_t if llm_emb_t is not None else to_device(as_tensor(g.llm_emb), device)
     return Subgraph(num_users=g.num_users + 1, nodes=visible, local=local, pred_nodes=predict,
                     pred_local=pred_local, query_emb=queries(visible), pred_query_emb=queries(predict),
                     llm_emb=llm, rating=ratings(visible), edges=edges)
 
 
-def _to(t: Tensor, device: torch.device) -> Tensor:
+def to_device(t: Tensor, device: torch.device) -> Tensor:
     """Host -> device through pinned memory (asynchronous) on CUDA; a no-op on CPU."""
     if device.type != "cuda":
         return t
@@ -146,15 +146,15 @@ def score_groups(model: GMTModel, reps: dict[str, Tensor], sub: Subgraph, gs: Gr
     """
     device = sub.query_emb.device
     user = np.where(cold, sub.cold_user, gs.user)
-    u = reps[S.USER][torch.from_numpy(np.asarray(user, dtype=np.int64)).to(device)]
+    u = reps[S.USER][to_device(torch.from_numpy(np.asarray(user, dtype=np.int64)), device)]
     first = gs.inter[:, 0]
     in_graph = sub.local[first]
     if np.any((in_graph < 0) & (sub.pred_local[first] < 0)):
         raise ValueError("query of a scored interaction is neither visible nor predicted in the subgraph")
     table = torch.cat([reps[S.QUERY], reps[PRED_QUERY]])
     q_row = np.where(in_graph >= 0, in_graph, sub.nodes.size + sub.pred_local[first])
-    q = table[torch.from_numpy(q_row).to(device)]
-    llm = torch.from_numpy(np.where(gs.mask, gs.llm, 0)).to(device)
+    q = table[to_device(torch.from_numpy(q_row), device)]
+    llm = to_device(torch.from_numpy(np.where(gs.mask, gs.llm, 0)), device)
     cand = reps[S.LLM][llm]  # (B, K, H)
     return model.score(u, q, cand)
 

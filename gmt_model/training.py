@@ -63,7 +63,7 @@ import torch.nn.functional as F
 from . import schema as S
 from .checkpoint import CheckpointError, History, load_tensors, read_config, save_checkpoint
 from .config import TrainConfig
-from .engine import GroupSteps, Subgraph, build_subgraph, group_steps, pair_positions, score_groups
+from .engine import GroupSteps, Subgraph, to_device, build_subgraph, group_steps, pair_positions, score_groups
 from .graph import GraphTables, as_tensor, pair_labels
 from .pairwise import pair_accuracy, pair_auc
 from .model import GMTModel, ModelConfig
@@ -333,25 +333,31 @@ def _validate(model: GMTModel, g: GraphTables, device: torch.device, sub: Subgra
 
 
 def _loss(cfg: TrainConfig, scores: torch.Tensor, gs: GroupSteps, device: torch.device) -> torch.Tensor:
-    rating = torch.from_numpy(np.nan_to_num(gs.rating, nan=0.0)).to(device)
-    mask = torch.from_numpy(gs.mask).to(device)
+    def dev(a: np.ndarray) -> torch.Tensor:  # pinned, asynchronous on CUDA
+        return to_device(torch.from_numpy(np.ascontiguousarray(a)), device)
+
     if cfg.loss == "pairwise":
         rows, ca, cb = pair_positions(gs)
         ra, rb = gs.rating[rows, ca], gs.rating[rows, cb]
         keep = ra != rb
         rows, ca, cb = rows[keep], ca[keep], cb[keep]
-        y = torch.from_numpy(np.where(ra[keep] > rb[keep], 1.0, -1.0).astype(np.float32)).to(device)
-        r = torch.from_numpy(rows).to(device)
-        s = scores[r, torch.from_numpy(ca).to(device)] - scores[r, torch.from_numpy(cb).to(device)]
+        y = dev(np.where(ra[keep] > rb[keep], 1.0, -1.0).astype(np.float32))
+        r = dev(rows)
+        s = scores[r, dev(ca)] - scores[r, dev(cb)]
         return F.softplus(-y * s).mean()
+    rating = dev(np.nan_to_num(gs.rating, nan=0.0))
+    mask = dev(gs.mask)
+    # masked means, not boolean indexing: no device -> host sync for the number of selected rows
+    w = mask.to(scores.dtype)
     if cfg.loss == "bce":
-        return F.binary_cross_entropy_with_logits(scores[mask], rating[mask])
+        per = F.binary_cross_entropy_with_logits(scores, rating, reduction="none")
+        return (per * w).sum() / w.sum().clamp_min(1.0)
     # ce: the unique best candidate of each group-step
     masked = torch.where(mask, rating, torch.full_like(rating, -1.0))
     best = masked.max(dim=1, keepdim=True).values
-    unique = ((masked == best) & mask).sum(dim=1) == 1
-    logits = scores.masked_fill(~mask, float("-inf"))[unique]
-    return F.cross_entropy(logits, masked[unique].argmax(dim=1))
+    unique = (((masked == best) & mask).sum(dim=1) == 1).to(scores.dtype)
+    per = F.cross_entropy(scores.masked_fill(~mask, float("-inf")), masked.argmax(dim=1), reduction="none")
+    return (per * unique).sum() / unique.sum().clamp_min(1.0)
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

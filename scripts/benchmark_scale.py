@@ -103,10 +103,22 @@ def run(args: argparse.Namespace) -> dict:
             "save_every": 10**9, "device": str(dev), "amp": args.amp, "num_gnn_layers": args.layers})
         stamps: list[float] = []
         start: list[float] = []
+        cpu: list[float] = []
+
+        def cpu_s() -> float:
+            ru = resource.getrusage(resource.RUSAGE_SELF)
+            return ru.ru_utime + ru.ru_stime
+
+        def on_epoch(epoch: int, row: dict) -> None:
+            stamps.append(time.perf_counter())
+            cpu.append(cpu_s())
+
+        def on_start(done: int) -> None:
+            start.append(time.perf_counter())
+            cpu.append(cpu_s())
 
         t0 = time.perf_counter()
-        res = train(g, cfg, work / "run", resume=False, callback=lambda e, r: stamps.append(time.perf_counter()),
-                    on_start=lambda done: start.append(time.perf_counter()))
+        res = train(g, cfg, work / "run", resume=False, callback=on_epoch, on_start=on_start)
         out["train_wall_s"] = round(time.perf_counter() - t0, 2)
         gaps = np.diff(start[:1] + stamps)
         if dev.type == "cuda" or len(set(stamps)) < len(stamps):
@@ -116,6 +128,9 @@ def run(args: argparse.Namespace) -> dict:
             out["epoch_ms_median"] = round(1000 * statistics.median(gaps), 1)
             out["epoch_timing"] = "median"
         out["epoch_ms_all"] = [round(1000 * x, 1) for x in gaps]
+        # process CPU seconds per epoch (all threads): what an epoch costs independent of other load;
+        # on a quiet machine the wall time is about this divided by the threads that run in parallel
+        out["epoch_cpu_s_median"] = round(statistics.median(np.diff(cpu)), 2) if len(cpu) > 1 else None
         out["steps_per_epoch"] = -(-int(np.count_nonzero(np.bincount(
             g.user[g.pair_a[g.pair_mask(S.SPLIT_TRAIN)]], minlength=g.num_users))) // args.batch_users)
         out["best_val_auc"] = round(res.best_metric, 4)
