@@ -36,6 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+from .atomic import replace_dir
 from .paths import ENV_HOME, default_home
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -309,9 +310,7 @@ def download_checkpoint(
             local = download_artifacts(artifact_uri=source, dst_path=str(tmp), tracking_uri=t_uri)
         model_dir = Path(local)
         _checkpoint_in_model_dir(model_dir)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(model_dir, target)  # tmp itself, or a folder inside it
+        replace_dir(model_dir, target)  # tmp itself, or a folder inside it
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
