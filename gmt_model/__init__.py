@@ -39,6 +39,9 @@ _LAZY = {
     "load_checkpoint": ("checkpoint", "load_checkpoint"),
     "load_router": ("registry", "load_router"),
     "FormatError": ("data", "FormatError"),
+    # not in __all__ (it imports mlflow): the MLflow model code of registered routers imports it from here,
+    # so models registered today keep loading whatever module the class lives in
+    "GMTRouterPyfunc": ("registry", "GMTRouterPyfunc"),
 }
 
 

@@ -83,7 +83,7 @@ _URI_RE = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<versi
 _MODEL_CODE = '''"""MLflow models-from-code entry of the GMTRouter pyfunc model (written by gmt_model.registry)."""
 import mlflow
 
-from gmt_model.registry import GMTRouterPyfunc
+from gmt_model import GMTRouterPyfunc  # the package root: stays valid if the module moves
 
 mlflow.models.set_model(GMTRouterPyfunc())
 '''
