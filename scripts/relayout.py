@@ -353,8 +353,9 @@ def update_architecture(moved_all: dict[str, str]) -> bool:
     section = text[start: nxt if nxt >= 0 else len(text)]
     rows = dict(re.findall(r"^\| `([\w/]+\.py)` \| (.*) \|\s*$", section, flags=re.M))
     table = architecture_table(moved_all, rows)
-    ARCH_DOC.write_text(text[:start] + table + ("\n" + text[nxt:].lstrip("\n") if nxt >= 0 else ""),
-                        encoding="utf-8")
+    text = text[:start] + table + ("\n" + text[nxt:].lstrip("\n") if nxt >= 0 else "")
+    text = re.sub(r"<!-- relayout: pending -->\n.*?<!-- /relayout -->\n", "", text, flags=re.S)
+    ARCH_DOC.write_text(text, encoding="utf-8")
     return True
 
 
