@@ -3,7 +3,9 @@
 Per dataset (``demo``, ``mt_bench``, ``chatbot_arena``, ``gsm8k``, ``mmlu``;
 key prefix and group name = the dataset)::
 
-    raw_data -> gmtrouter_jsonl -> graph_parquet -> trained_model -> test_evaluation -> published_router
+    raw_data -> interactions -> text_embeddings -> graph_parquet -> trained_model -> test_evaluation
+             -> published_router
+    interactions -> embedding_shards (16 static partitions: first hex digit of the text hash) -> text_embeddings
 
 ``build_dataset_assets(dataset)`` / ``build_dataset_checks(dataset)`` make
 them; ``all_assets()`` / ``all_checks()`` cover every dataset.  The work
@@ -15,11 +17,15 @@ from __future__ import annotations
 
 import dagster as dg
 
-from .factory import ASSET_NAMES, CHECK_NAMES, asset_key, build_dataset_assets, build_dataset_checks
+from .factory import (ASSET_NAMES, CHECK_NAMES, SHARD_ASSET, SHARD_PARTITIONS, asset_key, build_dataset_assets,
+                      build_dataset_checks, shard_asset_key)
 from .storage import DATASETS, DataStore, data_root
 
 __all__ = [
     "ASSET_NAMES",
+    "SHARD_ASSET",
+    "SHARD_PARTITIONS",
+    "shard_asset_key",
     "CHECK_NAMES",
     "DATASETS",
     "DataStore",

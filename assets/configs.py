@@ -19,7 +19,8 @@ import dagster as dg
 
 __all__ = [
     "RawDataConfig",
-    "JsonlConfig",
+    "InteractionsConfig",
+    "EmbeddingConfig",
     "GraphConfig",
     "TrainModelConfig",
     "EvaluationConfig",
@@ -55,11 +56,12 @@ class RawDataConfig(dg.Config):
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
 
-class JsonlConfig(dg.Config):
-    """Conversion, embedding and splitting."""
+class InteractionsConfig(dg.Config):
+    """Conversion (or JSONL import), splitting and the feedback merge; the encoder the data is embedded with."""
 
     encoder: Optional[str] = None
-    """Encoder name or folder; None: the encoder resource's (all-MiniLM-L6-v2 by default)."""
+    """Encoder name or folder; None: the encoder resource's (all-MiniLM-L6-v2 by default). Recorded in the
+    manifest: text_embeddings and embedding_shards embed with it."""
     split_seed: int = 0
     """Seed of the deterministic per-user split."""
     split_fractions: List[float] = [0.7, 0.1, 0.2]
@@ -71,6 +73,13 @@ class JsonlConfig(dg.Config):
     feedback_log: Optional[str] = None
     """None: $GMTROUTER_<DATASET>_FEEDBACK_LOG, $GMTROUTER_FEEDBACK_DIR/<dataset>.sqlite or
     <data root>/feedback/<dataset>.sqlite."""
+
+
+class EmbeddingConfig(dg.Config):
+    """How the embedding store is written."""
+
+    dtype: str = "float32"
+    """'float32' or 'float16' (half the size; loss measured in docs/benchmarks.md)."""
 
 
 class GraphConfig(dg.Config):

@@ -1,15 +1,17 @@
-"""The asset factory: six assets and their checks per dataset.
+"""The asset factory: the chain of assets, the partitioned embedding shards and the checks per dataset.
 
 For dataset ``d`` (key prefix ``[d]``, group ``d``)::
 
-    raw_data -> gmtrouter_jsonl -> graph_parquet -> trained_model -> test_evaluation -> published_router
+    raw_data -> interactions -> text_embeddings -> graph_parquet -> trained_model -> test_evaluation
+             -> published_router
+                interactions -> embedding_shards (16 static partitions) -> text_embeddings
 
 Assets pass data through the project-local data store (``assets.storage``),
 never through an IO manager, so nothing is pickled: each asset returns a
 ``MaterializeResult`` and its downstream asset reads the committed manifest.
 
 Checks (blocking: a failure stops the downstream assets):
-``gmtrouter_jsonl``: ``jsonl_valid``, ``embedding_width``;
+``interactions``: ``interactions_valid``; ``text_embeddings``: ``embedding_width``;
 ``graph_parquet``: ``graph_integrity``; ``trained_model``: ``finite_weights``;
 ``published_router``: ``promotion_gate`` (computed by the asset itself: the
 ``champion`` alias moves only when it passes; when it fails the run fails
@@ -27,16 +29,23 @@ from typing import Any
 
 import dagster as dg
 
-from pipelines.resources import EncoderResource, MLflowResource, PathsResource
-
-from . import steps
-from .configs import EvaluationConfig, GraphConfig, JsonlConfig, PublishConfig, RawDataConfig, TrainModelConfig
+from . import data_steps, steps
+from .configs import (EmbeddingConfig, EvaluationConfig, GraphConfig, InteractionsConfig, PublishConfig,
+                      RawDataConfig, TrainModelConfig)
+from .resources import EncoderResource, MLflowResource, PathsResource
 from .storage import DATASETS, DataStore
 
-__all__ = ["ASSET_NAMES", "CHECK_NAMES", "build_dataset_assets", "build_dataset_checks", "asset_key"]
+__all__ = ["ASSET_NAMES", "CHECK_NAMES", "SHARD_ASSET", "SHARD_PARTITIONS", "build_dataset_assets",
+           "build_dataset_checks", "asset_key", "shard_asset_key"]
 
-ASSET_NAMES = ("raw_data", "gmtrouter_jsonl", "graph_parquet", "trained_model", "test_evaluation", "published_router")
-CHECK_NAMES = ("jsonl_valid", "embedding_width", "graph_integrity", "finite_weights", "promotion_gate")
+#: the chain of the train_<dataset> jobs
+ASSET_NAMES = ("raw_data", "interactions", "text_embeddings", "graph_parquet", "trained_model", "test_evaluation",
+               "published_router")
+#: the partitioned embedding asset (job embed_<dataset>; text_embeddings merges its shards)
+SHARD_ASSET = "embedding_shards"
+#: one partition per first hex digit of the text hash
+SHARD_PARTITIONS = dg.StaticPartitionsDefinition(list(data_steps.SHARD_KEYS))
+CHECK_NAMES = ("interactions_valid", "embedding_width", "graph_integrity", "finite_weights", "promotion_gate")
 
 
 def asset_key(dataset: str, name: str) -> dg.AssetKey:
@@ -94,11 +103,17 @@ def _mlflow_run(mlflow: MLflowResource, context: dg.AssetExecutionContext, datas
     return mlflow.run_for(context.run.run_id, dataset, job_name=context.run.job_name)
 
 
+def shard_asset_key(dataset: str) -> dg.AssetKey:
+    """``AssetKey([dataset, "embedding_shards"])``."""
+    return dg.AssetKey([dataset, SHARD_ASSET])
+
+
 def build_dataset_assets(dataset: str) -> list[dg.AssetsDefinition]:
-    """The six assets of ``dataset``."""
+    """The chain of ``dataset`` (ASSET_NAMES, in order) followed by its partitioned ``embedding_shards``."""
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
     k = {n: asset_key(dataset, n) for n in ASSET_NAMES}
+    shard_key = shard_asset_key(dataset)
     common = {"group_name": dataset}
 
     @dg.asset(key=k["raw_data"], kinds={"python"}, description=(
@@ -128,12 +143,13 @@ def build_dataset_assets(dataset: str) -> list[dg.AssetsDefinition]:
             "source_config": _md(m["source_config"]),
         })
 
-    @dg.asset(key=k["gmtrouter_jsonl"], deps=[k["raw_data"]], kinds={"python"}, description=(
-        f"{dataset} as GMTRouter JSONL: judges -> users, winners -> ratings, both judged turns of a pair "
-        f"linked, queries and LLM descriptions embedded, split per user (history kept in training); "
-        f"comparisons from the feedback log merged into training."), **common)
-    def gmtrouter_jsonl(context: dg.AssetExecutionContext, config: JsonlConfig, paths: PathsResource,
-                        encoder: EncoderResource) -> dg.MaterializeResult:
+    @dg.asset(key=k["interactions"], deps=[k["raw_data"]], kinds={"parquet"}, description=(
+        f"{dataset} as the columnar interactions table (one row per conversation step; texts by hash): "
+        f"judges -> users, winners -> ratings, both judged turns of a pair linked, split per user (history "
+        f"kept in training), comparisons from the feedback log merged into training; JSONL split sources "
+        f"are imported (parsed and validated once). Manifest: counts and sha256 of every file."), **common)
+    def interactions(context: dg.AssetExecutionContext, config: InteractionsConfig, paths: PathsResource,
+                     encoder: EncoderResource) -> dg.MaterializeResult:
         store = DataStore(paths.root())
         enc = encoder.get(config.encoder)
         fb_path = None
@@ -142,15 +158,15 @@ def build_dataset_assets(dataset: str) -> list[dg.AssetsDefinition]:
         if len(config.split_fractions) != 3:
             raise ValueError(f"split_fractions: expected 3 numbers (training, valid, test), "
                              f"got {config.split_fractions}")
-        context.log.info(f"{dataset}: converting, embedding ({enc.name}) and splitting the raw data"
+        context.log.info(f"{dataset}: converting and splitting the raw data"
                          + (f"; merging feedback from {fb_path}" if fb_path else ""))
         t0 = time.perf_counter()
-        m = steps.materialize_jsonl(dataset, store, enc, split_seed=config.split_seed,
-                                    split_fractions=tuple(config.split_fractions),
-                                    min_user_groups=config.min_user_groups, feedback_log=fb_path,
-                                    run_id=context.run.run_id)
+        m = data_steps.materialize_interactions(dataset, store, enc, split_seed=config.split_seed,
+                                                split_fractions=tuple(config.split_fractions),
+                                                min_user_groups=config.min_user_groups, feedback_log=fb_path,
+                                                run_id=context.run.run_id)
         fb = m["feedback"]
-        context.log.info(f"{dataset}: {m['n_users']} users, {m['n_llms']} LLMs, "
+        context.log.info(f"{dataset}: {m['n_users']} users, {m['n_llms']} LLMs, {m['n_texts']} distinct texts, "
                          + ", ".join(f"{s} {c['n_groups']} groups" for s, c in m["splits"].items())
                          + ("; no feedback log" if m.get("feedback_through_id") is None else
                             f"; feedback log rows 1..{m['feedback_through_id']} read, {fb['rows_merged']} merged")
@@ -159,7 +175,9 @@ def build_dataset_assets(dataset: str) -> list[dg.AssetsDefinition]:
         meta: dict[str, Any] = {
             "encoder": m["encoder"], "embedding_dim": m["dim"], "mode": m["mode"],
             "users": m["n_users"], "llms": m["n_llms"], "llm_names": _md({"llms": m["llms"]}),
-            "path": dg.MetadataValue.path(str(store.area("jsonl", dataset))),
+            "texts": m["n_texts"],
+            "path": dg.MetadataValue.path(str(store.area("interactions", dataset))),
+            "files": _md(m["files"]),
             "thin_users_count": len(m["thin_users"]),
             "thin_users": dg.MetadataValue.md(_thin_users_md(m["thin_users"])),
             "feedback_rows_merged": fb["rows_merged"], "feedback_rows_history_only": fb["rows_history_only"],
@@ -174,15 +192,54 @@ def build_dataset_assets(dataset: str) -> list[dg.AssetsDefinition]:
                          "multi_turn_groups": conv["n_multi_turn_groups"], "conversion": _md(conv)})
         return dg.MaterializeResult(metadata=meta)
 
-    @dg.asset(key=k["graph_parquet"], deps=[k["gmtrouter_jsonl"]], kinds={"parquet"}, description=(
-        f"The heterogeneous graph of {dataset} as Parquet tables (users, llms, queries, sessions, responses, "
-        f"interactions, pairs, one edge table per relation)."), **common)
+    @dg.asset(key=shard_key, deps=[k["interactions"]], partitions_def=SHARD_PARTITIONS, kinds={"parquet"},
+              description=(f"One shard of {dataset}'s text embeddings: the distinct texts whose sha256 starts with "
+                           f"the partition's hex digit. Materialize all 16 partitions (a backfill of "
+                           f"embed_{dataset}) to embed in parallel processes; text_embeddings merges them."),
+              **common)
+    def embedding_shards(context: dg.AssetExecutionContext, paths: PathsResource,
+                         encoder: EncoderResource) -> dg.MaterializeResult:
+        store = DataStore(paths.root())
+        im = store.read_manifest("interactions", dataset, asset="interactions")
+        enc = encoder.get(im.get("encoder"))
+        m = data_steps.materialize_embedding_shard(dataset, store, enc, context.partition_key,
+                                                   run_id=context.run.run_id)
+        context.log.info(f"{dataset}: shard {m['shard']}: {m['n_texts']} texts embedded with {enc.name}")
+        return dg.MaterializeResult(metadata={"shard": m["shard"], "texts": m["n_texts"], "encoder": m["encoder"],
+                                              "sha256": m["sha256"]})
+
+    @dg.asset(key=k["text_embeddings"], deps=[k["interactions"], shard_key], kinds={"parquet"}, description=(
+        f"The embedding store of {dataset}: one vector per distinct text (Parquet keyed by the text's sha256). "
+        f"Merges the embedding shards cut from the current interactions with the same encoder, reuses "
+        f"imported and previously stored vectors, embeds the rest."), **common)
+    def text_embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfig, paths: PathsResource,
+                        encoder: EncoderResource) -> dg.MaterializeResult:
+        store = DataStore(paths.root())
+        im = store.read_manifest("interactions", dataset, asset="interactions")
+        enc = encoder.get(im.get("encoder"))
+        t0 = time.perf_counter()
+        m = data_steps.materialize_text_embeddings(dataset, store, enc, dtype=config.dtype,
+                                                   run_id=context.run.run_id)
+        src = m["sources"]
+        context.log.info(f"{dataset}: {m['n_texts']} texts ({enc.name}, {m['dtype']}): "
+                         + ", ".join(f"{k_} {v}" for k_, v in src.items())
+                         + f"; {m['n_shards_used']} shards merged; {time.perf_counter() - t0:.1f} s")
+        return dg.MaterializeResult(metadata={
+            "path": dg.MetadataValue.path(str(store.area("embeddings", dataset))),
+            "encoder": m["encoder"], "embedding_dim": m["dim"], "dtype": m["dtype"], "texts": m["n_texts"],
+            "shards_merged": m["n_shards_used"], **{k_: int(v) for k_, v in src.items()},
+            "sha256": m["files"][data_steps.STORE_FILE]["sha256"],
+        })
+
+    @dg.asset(key=k["graph_parquet"], deps=[k["text_embeddings"]], kinds={"parquet"}, description=(
+        f"The heterogeneous graph of {dataset} as Parquet tables (users, llms, texts, interactions, pairs), "
+        f"built from the verified interactions table and embedding store."), **common)
     def graph_parquet(context: dg.AssetExecutionContext, config: GraphConfig,
                       paths: PathsResource) -> dg.MaterializeResult:
         store = DataStore(paths.root())
-        m = steps.materialize_graph(dataset, store, relations=config.relations, run_id=context.run.run_id)
+        m = data_steps.materialize_graph(dataset, store, relations=config.relations, run_id=context.run.run_id)
         counts = m["counts"]
-        nodes = {t: counts[t] for t in ("user", "llm", "session", "query", "response")}
+        nodes = {t: counts[t] for t in ("user", "llm", "session", "query", "response") if t in counts}
         edges = {r: v for r, v in counts.items() if r.count("__") == 2}
         table = ["| type | count |", "|---|---:|"] + [f"| {t} | {v} |" for t, v in {**nodes, **edges}.items()]
         return dg.MaterializeResult(metadata={
@@ -313,7 +370,8 @@ def build_dataset_assets(dataset: str) -> list[dg.AssetsDefinition]:
                 description=None if gate["passed"] else "; ".join(gate["reasons"]))],
         )
 
-    return [raw_data, gmtrouter_jsonl, graph_parquet, trained_model, test_evaluation, published_router]
+    return [raw_data, interactions, text_embeddings, graph_parquet, trained_model, test_evaluation, published_router,
+            embedding_shards]
 
 
 def build_dataset_checks(dataset: str) -> list[dg.AssetChecksDefinition]:
@@ -327,18 +385,20 @@ def build_dataset_checks(dataset: str) -> list[dg.AssetChecksDefinition]:
         return dg.AssetCheckResult(passed=passed, severity=dg.AssetCheckSeverity.ERROR, metadata=md,
                                    description=None if passed else "; ".join(problems)[:2000])
 
-    @dg.asset_check(asset=k["gmtrouter_jsonl"], name="jsonl_valid", blocking=True,
-                    description="Every split file passes the GMTRouter format validator and has groups.")
-    def jsonl_valid(paths: PathsResource) -> dg.AssetCheckResult:
-        return result(*steps.check_jsonl_valid(dataset, DataStore(paths.root())))
+    @dg.asset_check(asset=k["interactions"], name="interactions_valid", blocking=True,
+                    description="Every table matches its manifest (size, sha256) and every split has groups "
+                                "(counts from the manifest: the splits are not parsed again).")
+    def interactions_valid(paths: PathsResource) -> dg.AssetCheckResult:
+        return result(*data_steps.check_interactions_valid(dataset, DataStore(paths.root())))
 
-    @dg.asset_check(asset=k["gmtrouter_jsonl"], name="embedding_width", blocking=True,
-                    description="The embedding width of every split equals the configured encoder's.")
+    @dg.asset_check(asset=k["text_embeddings"], name="embedding_width", blocking=True,
+                    description="The store matches its manifest, has the configured encoder's name and width, and "
+                                "holds a vector for every text of the interactions.")
     def embedding_width(paths: PathsResource, encoder: EncoderResource) -> dg.AssetCheckResult:
         store = DataStore(paths.root())
-        m = store.read_manifest("jsonl", dataset, asset="gmtrouter_jsonl")
-        # the encoder the asset used (a run-config override is recorded in the manifest)
-        return result(*steps.check_embedding_width(dataset, store, encoder.get(m.get("encoder"))))
+        m = store.read_manifest("interactions", dataset, asset="interactions")
+        # the encoder the data was cut for (a run-config override is recorded in the manifest)
+        return result(*data_steps.check_embedding_width(dataset, store, encoder.get(m.get("encoder"))))
 
     @dg.asset_check(asset=k["graph_parquet"], name="graph_integrity", blocking=True,
                     description="Indices in range, user and session nodes receive messages under both relation "
@@ -351,4 +411,4 @@ def build_dataset_checks(dataset: str) -> list[dg.AssetChecksDefinition]:
     def finite_weights(paths: PathsResource) -> dg.AssetCheckResult:
         return result(*steps.check_finite_weights(dataset, DataStore(paths.root())))
 
-    return [jsonl_valid, embedding_width, graph_integrity, finite_weights]
+    return [interactions_valid, embedding_width, graph_integrity, finite_weights]

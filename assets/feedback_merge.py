@@ -19,16 +19,11 @@ No Dagster or MLflow here.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-from gmt_model import demo as demo_mod
-from gmt_model.data import iter_records, validate_file, write_jsonl
-from gmt_model.datasets import llm_description_map
-from gmt_model.feedback import FeedbackLog, FeedbackRecord
+from gmt_model.feedback import FeedbackRecord
 from gmt_model.schema import (
     F_CONVERSATION,
     F_JUDGE,
@@ -40,7 +35,7 @@ from gmt_model.schema import (
     F_TURN,
 )
 
-__all__ = ["FEEDBACK_QID_PREFIX", "FeedbackMergeStats", "feedback_groups", "merge_feedback"]
+__all__ = ["FEEDBACK_QID_PREFIX", "FeedbackMergeStats", "feedback_groups"]
 
 #: question ids of merged feedback groups start with this
 FEEDBACK_QID_PREFIX = "feedback:"
@@ -48,7 +43,7 @@ FEEDBACK_QID_PREFIX = "feedback:"
 
 @dataclass
 class FeedbackMergeStats:
-    """What :func:`merge_feedback` did with the feedback log."""
+    """What the feedback merge (``assets.data_steps.materialize_interactions``) did with the feedback log."""
 
     log_path: str | None = None
     log_exists: bool = False
@@ -129,48 +124,3 @@ def feedback_groups(
     st.groups_added = len(groups)
     st.unmerged_ids.sort()
     return groups
-
-
-def merge_feedback(
-    training_path: str | os.PathLike[str],
-    feedback_path: str | os.PathLike[str] | None,
-    encoder: Any,
-    *,
-    llm_descriptions: dict[str, str] | None = None,
-) -> FeedbackMergeStats:
-    """Append the comparison groups of the feedback log to ``training_path`` (atomically).
-
-    ``encoder`` embeds the feedback queries and LLM descriptions (it must be
-    the encoder the file was written with).  A missing log is not an error:
-    nothing is merged.  The rewritten file is validated with
-    ``gmt_model.data.validate_file``.
-    """
-    st = FeedbackMergeStats(log_path=None if feedback_path is None else os.fspath(feedback_path))
-    if feedback_path is None or not Path(feedback_path).is_file():
-        return st
-    st.log_exists = True
-    summary = validate_file(training_path)
-    if summary.encoder is not None and summary.encoder != encoder.name:
-        raise ValueError(f"{training_path}: written with encoder {summary.encoder!r}, "
-                         f"cannot merge feedback embedded with {encoder.name!r}")
-    with FeedbackLog(feedback_path) as log:
-        rows = log.read(0)  # one snapshot: max_id is the largest id of exactly these rows
-    st.max_id = max((int(r.id) for r in rows), default=0)
-    groups = feedback_groups(rows, models=summary.models,
-                             rating_range=(summary.rating_min, summary.rating_max), stats=st)
-    known_users = set(summary.judges)
-    st.users_added = sorted({g[0][F_JUDGE] for g in groups} - known_users)
-    if not groups:
-        return st
-    flat = [rec for g in groups for rec in g]
-    desc = llm_description_map(sorted({r[F_MODEL] for r in flat}), llm_descriptions)
-    embedded = demo_mod.embed_records(flat, encoder, desc)
-    path = Path(training_path)
-
-    def all_records() -> Iterable[Any]:
-        yield from iter_records(path)
-        yield from embedded
-
-    write_jsonl(path, all_records())
-    validate_file(path)
-    return st

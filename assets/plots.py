@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from gmt_model.atomic import atomic_path
 
 __all__ = ["plot_training_curves"]
 
@@ -46,13 +47,6 @@ def plot_training_curves(histories: Mapping[str, Sequence[Mapping[str, float]]],
         fig.suptitle(title)
     fig.tight_layout()
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".png")
-    os.close(fd)
-    try:
+    with atomic_path(target, suffix=".png", fsync=False) as tmp:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return target

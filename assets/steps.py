@@ -5,7 +5,7 @@ store, builds its output in a staging folder, commits it atomically and
 returns its manifest (a JSON-able dict).  The Dagster assets in
 ``assets.factory`` are thin wrappers that turn these dicts into
 ``MaterializeResult`` metadata.  MLflow logging goes through a *tracker*
-(``pipelines.resources.MLflowResource``: ``log_params``, ``log_metrics``,
+(``assets.resources.MLflowResource``: ``log_params``, ``log_metrics``,
 ``log_metric_rows``, ``log_artifact(s)``, ``set_tags``, ``client``,
 ``fluent``).
 
@@ -23,18 +23,18 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from importlib import metadata as importlib_metadata
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from gmt_model.atomic import copy_file_atomic
 from gmt_model.checkpoint import CheckpointError, file_sha256, load_checkpoint, read_config
-from gmt_model.data import FormatError, validate_file
-from gmt_model.datasets import RawResult, build_jsonl, copy_file_atomic, load_source_config, prepare_raw
-from gmt_model.schema import SPLIT_FILES, SPLIT_TEST, SPLITS
+from gmt_model.datasets import load_source_config, prepare_raw
+from gmt_model.schema import SPLIT_TEST, SPLITS
 
-from .feedback_merge import FeedbackMergeStats, merge_feedback
+from .data_steps import (check_embedding_width, check_interactions_valid, materialize_embedding_shard,
+                         materialize_graph, materialize_interactions, materialize_text_embeddings)
 from .plots import plot_training_curves
 from .storage import REPO_ROOT, DataStore, copy_tree, write_json_atomic
 
@@ -46,12 +46,14 @@ __all__ = [
     "CHAMPION",
     "default_train_config",
     "materialize_raw",
-    "materialize_jsonl",
+    "materialize_interactions",
+    "materialize_embedding_shard",
+    "materialize_text_embeddings",
     "materialize_graph",
     "materialize_model",
     "materialize_evaluation",
     "publish_router",
-    "check_jsonl_valid",
+    "check_interactions_valid",
     "check_embedding_width",
     "check_graph_integrity",
     "check_finite_weights",
@@ -68,10 +70,6 @@ GLOBAL_BT = "global_bt"
 CHALLENGER = "challenger"
 CHAMPION = "champion"
 _METRIC_EVERY = 25  # epochs between MLflow flushes of buffered per-epoch metrics
-
-
-def _now() -> float:
-    return time.time()
 
 
 def environment_info() -> dict[str, Any]:
@@ -205,144 +203,8 @@ def _count_files(path: Path) -> dict[str, int]:
 
 
 # --------------------------------------------------------------------------
-# GMTRouter JSONL
+# interactions, text embeddings, graph: assets.data_steps (re-exported here)
 # --------------------------------------------------------------------------
-def materialize_jsonl(dataset: str, store: DataStore, encoder: Any, *, split_seed: int = 0,
-                      split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2), min_user_groups: int = 3,
-                      feedback_log: str | os.PathLike[str] | None = None, run_id: str = "") -> dict[str, Any]:
-    """Convert, embed and split the raw data (plus feedback comparisons); commit ``jsonl/<dataset>``."""
-    raw_m = store.read_manifest("raw", dataset, asset="raw_data")
-    raw = RawResult(dataset=dataset, kind=raw_m["kind"], path=store.resolve("raw", dataset, raw_m["path"]))
-    with store.staging("jsonl", dataset) as tmp:
-        res = build_jsonl(dataset, raw, tmp, encoder, seed=split_seed, fractions=tuple(split_fractions),
-                          min_user_groups=min_user_groups)
-        fb = (merge_feedback(tmp / SPLIT_FILES[SPLITS[0]], feedback_log, encoder) if feedback_log is not None
-              else FeedbackMergeStats())
-        summaries = {s: validate_file(tmp / SPLIT_FILES[s]).to_dict() for s in SPLITS}
-        for s in summaries.values():
-            s["path"] = Path(s["path"]).name
-        judges = sorted({j for s in summaries.values() for j in s["judges"]})
-        models = sorted({m for s in summaries.values() for m in s["models"]})
-        conv = res.conversion or {}
-        manifest = {
-            "files": {s: SPLIT_FILES[s] for s in SPLITS},
-            "encoder": res.encoder_name,
-            "dim": res.encoder_dim,
-            "mode": res.mode,
-            "n_users": len(judges),
-            "n_llms": len(models),
-            "llms": models,
-            "splits": {s: {k: summaries[s][k] for k in ("n_groups", "n_records", "n_interactions", "n_pairs")}
-                       | {"n_users": len(summaries[s]["judges"])} for s in SPLITS},
-            "summaries": {s: {k: v for k, v in summaries[s].items() if k != "judges"} for s in SPLITS},
-            "thin_users": res.thin_users,
-            "min_user_groups": res.min_user_groups,
-            "conversion": _conversion_summary(conv) if conv else None,
-            "feedback": fb.to_dict(),
-            # the router replays feedback-log rows newer than this (absent: no log was merged: replay all)
-            "feedback_through_id": fb.max_id if fb.log_exists else None,
-            "feedback_unmerged_ids": list(fb.unmerged_ids) if fb.log_exists else [],
-            "split_seed": split_seed,
-            "split_fractions": list(split_fractions),
-            "raw_kind": raw_m["kind"],
-            "dagster_run_id": run_id,
-        }
-        store.commit(tmp, "jsonl", dataset, manifest)
-    return manifest
-
-
-def _conversion_summary(conv: Mapping[str, Any]) -> dict[str, Any]:
-    keep = ("source", "n_rows", "n_judgments", "n_duplicates_dropped", "n_contradictions",
-            "n_contradictions_dropped", "n_groups", "n_records", "n_multi_turn_groups", "n_renamed_groups",
-            "n_empty_responses", "turns", "winners")
-    out = {k: conv.get(k) for k in keep}
-    out["n_judges"] = len(conv.get("judges") or [])
-    out["n_models"] = len(conv.get("models") or [])
-    out["n_questions"] = len(conv.get("questions") or [])
-    out["models"] = list(conv.get("models") or [])
-    return out
-
-
-def check_jsonl_valid(dataset: str, store: DataStore) -> tuple[bool, dict[str, Any]]:
-    """Re-validate the committed split files (every format rule); (passed, metadata)."""
-    m = store.read_manifest("jsonl", dataset, asset="gmtrouter_jsonl")
-    meta: dict[str, Any] = {}
-    problems: list[str] = []
-    for s in SPLITS:
-        p = store.resolve("jsonl", dataset, m["files"][s])
-        try:
-            summary = validate_file(p)
-            meta[f"{s}_groups"] = summary.n_groups
-            if summary.n_groups == 0:
-                problems.append(f"{p}: no groups")
-        except (FormatError, OSError) as exc:
-            problems.append(str(exc))
-    meta["problems"] = problems
-    return not problems, meta
-
-
-def check_embedding_width(dataset: str, store: DataStore, encoder: Any) -> tuple[bool, dict[str, Any]]:
-    """Every split's embedding width equals the encoder's, and the files name that encoder."""
-    m = store.read_manifest("jsonl", dataset, asset="gmtrouter_jsonl")
-    widths: dict[str, int] = {}
-    names: dict[str, str | None] = {}
-    problems = []
-    for s in SPLITS:
-        p = store.resolve("jsonl", dataset, m["files"][s])
-        try:
-            summary = validate_file(p)
-        except (FormatError, OSError) as exc:
-            problems.append(str(exc))
-            continue
-        widths[s], names[s] = summary.dim, summary.encoder
-        if summary.dim != int(encoder.dim):
-            problems.append(f"{p}: embedding width {summary.dim}, the encoder {encoder.name!r} gives {encoder.dim}")
-        if summary.encoder is not None and summary.encoder != encoder.name:
-            problems.append(f"{p}: written with encoder {summary.encoder!r}, configured is {encoder.name!r}")
-    return not problems, {"encoder": encoder.name, "encoder_dim": int(encoder.dim), "widths": widths,
-                          "file_encoders": names, "problems": problems}
-
-
-# --------------------------------------------------------------------------
-# Parquet graph
-# --------------------------------------------------------------------------
-def materialize_graph(dataset: str, store: DataStore, *, relations: str = "full", run_id: str = "") -> dict[str, Any]:
-    """Build the graph tables from the committed splits; commit ``graph/<dataset>``."""
-    from gmt_model.graph import GraphIntegrityError, build_graph
-
-    jm = store.read_manifest("jsonl", dataset, asset="gmtrouter_jsonl")
-    paths = {s: store.resolve("jsonl", dataset, jm["files"][s]) for s in SPLITS}
-    g = build_graph(paths, relations=relations)
-    problems = g.check()
-    if problems:
-        raise GraphIntegrityError(f"graph of {dataset}: " + "; ".join(problems))
-    counts = g.counts()
-    with store.staging("graph", dataset) as tmp:
-        g.write_parquet(tmp)
-        manifest = {
-            "relations": relations,
-            "n_relations": len(g.relations),
-            "counts": counts,
-            "n_users": g.num_users,
-            "n_llms": g.num_llms,
-            "llms": list(g.llm_names),
-            "n_interactions": g.num_interactions,
-            "n_groups": g.num_groups,
-            "n_pairs": int(g.pair_a.size),
-            "max_steps": int(g.step.max()) + 1 if g.step.size else 0,
-            "n_multi_turn_interactions": int((g.step > 0).sum()),
-            "encoder": g.encoder,
-            "dim": g.dim,
-            "rating_scale": [g.rating_min, g.rating_max],
-            "tables": sorted(p.name for p in tmp.glob("*.parquet")),
-            "feedback_through_id": jm.get("feedback_through_id"),
-            "feedback_unmerged_ids": list(jm.get("feedback_unmerged_ids") or []),
-            "dagster_run_id": run_id,
-        }
-        store.commit(tmp, "graph", dataset, manifest)
-    return manifest
-
-
 def check_graph_integrity(dataset: str, store: DataStore) -> tuple[bool, dict[str, Any]]:
     """Read the committed graph back and check it (indices in range, message receivers, pairs per split)."""
     from gmt_model import schema as S
@@ -523,12 +385,12 @@ def feedback_checkpoint_meta(graph_manifest: Mapping[str, Any]) -> dict[str, Any
 def _data_params(dataset: str, store: DataStore) -> dict[str, Any]:
     """Where the training data came from (raw source, split settings, feedback merged)."""
     out: dict[str, Any] = {}
-    raw_p, jsonl_p = store.manifest_path("raw", dataset), store.manifest_path("jsonl", dataset)
+    raw_p, inter_p = store.manifest_path("raw", dataset), store.manifest_path("interactions", dataset)
     if raw_p.is_file():
         raw = store.read_manifest("raw", dataset)
         out.update({"source_kind": raw.get("kind"), "source": raw.get("source"), "source_sha256": raw.get("sha256")})
-    if jsonl_p.is_file():
-        j = store.read_manifest("jsonl", dataset)
+    if inter_p.is_file():
+        j = store.read_manifest("interactions", dataset)
         out.update({"split_seed": j.get("split_seed"), "split_fractions": j.get("split_fractions"),
                     "thin_users": len(j.get("thin_users") or {}),
                     "feedback_rows_merged": (j.get("feedback") or {}).get("rows_merged"),

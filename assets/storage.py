@@ -5,7 +5,10 @@ Everything the pipeline writes lives under one folder, ``$GMTROUTER_HOME``
 
     downloads/<dataset>/        fetched source files (kept: resumed and reused)
     raw/<dataset>/              raw data ready for conversion + manifest.json
-    jsonl/<dataset>/            {training,valid,test}_set.jsonl + manifest.json
+    interactions/<dataset>/     interactions.parquet, texts.parquet, llms.parquet (+ embeddings.parquet of a
+                                JSONL import) + manifest.json (counts, size and sha256 of every file)
+    embedding_shards/<dataset>/ shard-<k>.parquet + shard-<k>.json, one per embedding partition (hex digit k)
+    embeddings/<dataset>/       embeddings.parquet (one vector per distinct text) + manifest.json
     graph/<dataset>/            Parquet graph tables + manifest.json
     training/<dataset>/<run>/   work folder of a training run (resumable; removed on success)
     models/<dataset>/           gmtrouter/ and user_blind/ checkpoints, curves + manifest.json
@@ -35,9 +38,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from gmt_model.checkpoint import atomic_replace_dir
-from gmt_model.registry import ENV_HOME, default_home
-from gmt_model.atomic import write_text_atomic
+from gmt_model.atomic import replace_dir, write_text_atomic
+from gmt_model.paths import ENV_HOME, HOME_DIRNAME
 
 __all__ = [
     "DATASETS",
@@ -59,7 +61,11 @@ MANIFEST = "manifest.json"
 
 
 def repo_root() -> Path:
-    """The project folder (holding ``pyproject.toml``), else the current folder."""
+    """The project folder (holding ``pyproject.toml``), else the current folder.
+
+    ``assets`` and ``pipelines`` are folders of the repository (the Dagster code
+    location), never installed, so this is the one place that locates the
+    repository; the library (``gmt_model``) never does."""
     here = Path(__file__).resolve().parents[1]
     return here if (here / "pyproject.toml").is_file() else Path.cwd()
 
@@ -71,7 +77,10 @@ def data_root(home: str | os.PathLike[str] | None = None) -> Path:
     """``home``, else ``$GMTROUTER_HOME``, else ``<repo>/.gmtrouter`` (absolute)."""
     if home:
         return Path(home).expanduser().resolve()
-    return default_home()
+    env = os.environ.get(ENV_HOME)
+    if env:
+        return Path(env).expanduser().resolve()
+    return (REPO_ROOT / HOME_DIRNAME).resolve()
 
 
 class ManifestMissingError(FileNotFoundError):
@@ -120,7 +129,8 @@ def copy_tree(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
 class DataStore:
     """Paths and atomic commits under one data root."""
 
-    AREAS = ("downloads", "raw", "jsonl", "graph", "training", "models", "evaluation", "routers")
+    AREAS = ("downloads", "raw", "interactions", "embeddings", "graph", "training", "models", "evaluation",
+             "routers")
 
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
         self.root = data_root(root)
@@ -151,16 +161,6 @@ class DataStore:
     def router_dir(self, dataset: str) -> Path:
         """The stable local path of the published (champion) router checkpoint."""
         return self.area("routers", dataset) / "current"
-
-    @property
-    def mlflow_dir(self) -> Path:
-        """Folder of the default MLflow SQLite store and artifact root."""
-        return self.root / "mlflow"
-
-    @property
-    def feedback_dir(self) -> Path:
-        """Folder of the default per-dataset feedback logs."""
-        return self.root / "feedback"
 
     @property
     def cache_dir(self) -> Path:
@@ -202,9 +202,9 @@ class DataStore:
 
         Use with :meth:`commit`::
 
-            with store.staging("jsonl", ds) as tmp:
+            with store.staging("interactions", ds) as tmp:
                 ... write into tmp ...
-                store.commit(tmp, "jsonl", ds, manifest)
+                store.commit(tmp, "interactions", ds, manifest)
         """
         target = self.router_dir(dataset) if area == "routers" else self.area(area, dataset)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -225,7 +225,7 @@ class DataStore:
         doc.setdefault("committed_at", time.time())
         write_json_atomic(staged / MANIFEST, doc)
         os.chmod(staged, 0o755)
-        atomic_replace_dir(staged, target)
+        replace_dir(staged, target)
         return target
 
     def relative(self, staged: Path, path: str | os.PathLike[str]) -> str:

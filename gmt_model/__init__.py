@@ -2,7 +2,7 @@
 
 Public API::
 
-    from gmt_model import GMTRouter, RoutingError, build_graph, train, evaluate, load_checkpoint
+    from gmt_model import GMTRouter, RoutingError, build_graph, train, evaluate, load_checkpoint, load_router
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ __all__ = [
     "train",
     "evaluate",
     "load_checkpoint",
+    "load_router",
     "FormatError",
     "__version__",
 ]
@@ -36,7 +37,11 @@ _LAZY = {
     "train": ("training", "train"),
     "evaluate": ("evaluation", "evaluate"),
     "load_checkpoint": ("checkpoint", "load_checkpoint"),
+    "load_router": ("registry", "load_router"),
     "FormatError": ("data", "FormatError"),
+    # not in __all__ (it imports mlflow): the MLflow model code of registered routers imports it from here,
+    # so models registered today keep loading whatever module the class lives in
+    "GMTRouterPyfunc": ("registry", "GMTRouterPyfunc"),
 }
 
 
@@ -58,5 +63,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .errors import RoutingError
     from .evaluation import evaluate
     from .graph import build_graph, read_graph
+    from .registry import load_router
     from .router import GMTRouter
     from .training import train

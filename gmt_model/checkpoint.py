@@ -5,7 +5,8 @@
                            training metadata, sha256 of every other file
 <dir>/model.safetensors    model weights
 <dir>/history.safetensors  the user histories the router embeds users from
-                           (user, llm, rating, prev, query_emb per interaction; llm_emb)
+                           (user, llm, rating, prev, group per interaction; the query
+                           embeddings deduplicated as text_emb + query_row; llm_emb)
 ```
 
 Loading parses JSON and safetensors only (never ``torch.load``/pickle),
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -29,10 +29,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .atomic import atomic_file, replace_dir
 from .model import GMTModel, ModelConfig
 
-__all__ = ["Checkpoint", "History", "CheckpointError", "save_checkpoint", "load_checkpoint", "file_sha256", "update_meta",
-           "atomic_replace_dir"]
+__all__ = ["Checkpoint", "History", "CheckpointError", "save_checkpoint", "load_checkpoint", "file_sha256", "update_meta"]
 
 FORMAT = "gmtrouter-checkpoint/1"
 CONFIG = "config.json"
@@ -44,44 +44,77 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, truncated, tampered with or inconsistent."""
 
 
-@dataclass
 class History:
-    """Interactions whose ratings are known: what user representations are computed from."""
+    """Interactions whose ratings are known: what user representations are computed from.
 
-    user: np.ndarray  # int64 (n,)
-    llm: np.ndarray  # int64 (n,)
-    rating: np.ndarray  # float32 (n,) normalised
-    prev: np.ndarray  # int64 (n,) index into this history, -1 if none
-    query_emb: np.ndarray  # float32 (n, d)
-    llm_emb: np.ndarray  # float32 (L, d)
-    #: int64 (n,) comparison key: rows rated together for one query (group and step); None in
-    #: checkpoints written before it existed (then derived from user + query embedding)
-    group: np.ndarray | None = None
+    The router's view of the interactions table (the rows of the training
+    split): ``user``, ``llm``, ``rating`` (normalised), ``prev`` (index into
+    this history, -1 if none), ``group`` (comparison key) and the query
+    embeddings.  Those are held either as ``query_emb`` (n, d), or
+    deduplicated as ``text_emb`` (T, d) plus ``query_row`` (n,) (what
+    training writes: n int64s instead of n x d floats); ``query_emb`` is then
+    materialised on first access (the live router copies it into its own
+    growing buffer anyway).
+    """
 
-    def __post_init__(self) -> None:
-        if self.group is None:
-            self.group = derive_groups(self.user, self.query_emb)
+    _COLUMNS = ("user", "llm", "rating", "prev", "llm_emb", "group")
+
+    def __init__(self, user: np.ndarray, llm: np.ndarray, rating: np.ndarray, prev: np.ndarray,
+                 query_emb: np.ndarray | None = None, llm_emb: np.ndarray | None = None,
+                 group: np.ndarray | None = None, *, text_emb: np.ndarray | None = None,
+                 query_row: np.ndarray | None = None) -> None:
+        if llm_emb is None:
+            raise TypeError("History: llm_emb is required")
+        if query_emb is None and (text_emb is None or query_row is None):
+            raise TypeError("History: give query_emb, or text_emb and query_row")
+        self.user, self.llm, self.rating, self.prev = user, llm, rating, prev
+        self.llm_emb = llm_emb
+        self._query_emb = query_emb
+        self.text_emb = text_emb
+        self.query_row = query_row
+        #: int64 (n,) comparison key: rows rated together for one query (group and step); None in
+        #: checkpoints written before it existed (then derived from user + query embedding)
+        self.group = group if group is not None else derive_groups(user, self.query_emb)
+
+    @property
+    def query_emb(self) -> np.ndarray:
+        """float32 (n, d) query embedding of every row (materialised once from the text table if deduplicated)."""
+        if self._query_emb is None:
+            self._query_emb = np.asarray(self.text_emb, dtype=np.float32)[self.query_row]
+        return self._query_emb
+
+    @property
+    def deduplicated(self) -> bool:
+        return self.text_emb is not None and self.query_row is not None
+
+    def __repr__(self) -> str:
+        return (f"History(n={self.user.shape[0]}, llms={self.llm_emb.shape[0]}, "
+                f"texts={None if self.text_emb is None else self.text_emb.shape[0]})")
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
-        return {k: torch.from_numpy(np.ascontiguousarray(getattr(self, k))) for k in
-                ("user", "llm", "rating", "prev", "query_emb", "llm_emb", "group")}
+        names = self._COLUMNS + (("text_emb", "query_row") if self.deduplicated else ("query_emb",))
+        return {k: torch.from_numpy(np.ascontiguousarray(getattr(self, k))) for k in names}
 
     @classmethod
     def from_tensors(cls, t: dict[str, torch.Tensor]) -> "History":
-        return cls(**{k: t[k].numpy() for k in ("user", "llm", "rating", "prev", "query_emb", "llm_emb", "group")
-                      if k in t})
+        names = cls._COLUMNS + ("query_emb", "text_emb", "query_row")
+        return cls(**{k: t[k].numpy() for k in names if k in t})
 
     @classmethod
     def from_graph(cls, g, mask: np.ndarray) -> "History":
+        """The rows of ``g`` selected by ``mask``, with the graph's deduplicated
+        query texts restricted to the rows they use."""
         idx = np.flatnonzero(mask)
         local = np.full(g.num_interactions, -1, dtype=np.int64)
         local[idx] = np.arange(idx.size)
         prev = g.prev[idx]
         prev = np.where(prev >= 0, local[np.maximum(prev, 0)], -1)
+        used, query_row = np.unique(g.query_row[idx], return_inverse=True)
         return cls(user=g.user[idx].astype(np.int64), llm=g.llm[idx].astype(np.int64),
                    rating=g.rating[idx].astype(np.float32), prev=prev.astype(np.int64),
-                   query_emb=g.query_emb[idx].astype(np.float32), llm_emb=g.llm_emb.astype(np.float32),
-                   group=comparison_keys(g, idx))
+                   llm_emb=g.llm_emb.astype(np.float32), group=comparison_keys(g, idx),
+                   text_emb=np.asarray(g.text_emb[used], dtype=np.float32),
+                   query_row=query_row.reshape(-1).astype(np.int64))
 
 
 def comparison_keys(g, idx: np.ndarray) -> np.ndarray:
@@ -124,18 +157,6 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def atomic_replace_dir(tmp: Path, target: Path) -> None:
-    """Move the finished folder ``tmp`` to ``target``, replacing it if present."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
-
-
 def save_checkpoint(directory: str | Path, model: GMTModel, *, users: list[str], llms: list[str],
                     history: History, encoder: str | None, rating_scale: tuple[float, float],
                     meta: dict[str, Any] | None = None, extra_files: dict[str, dict[str, torch.Tensor]] | None = None,
@@ -168,7 +189,7 @@ def save_checkpoint(directory: str | Path, model: GMTModel, *, users: list[str],
             "files": files,
         }
         (tmp / CONFIG).write_text(json.dumps(cfg, indent=2, sort_keys=True))
-        atomic_replace_dir(tmp, directory)
+        replace_dir(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -181,10 +202,8 @@ def update_meta(directory: str | Path, values: dict[str, Any]) -> None:
     d = Path(directory)
     cfg = read_config(d)
     cfg["meta"] = {**cfg.get("meta", {}), **values}
-    fd, tmp = tempfile.mkstemp(prefix=f".{CONFIG}.", suffix=".tmp", dir=str(d))
-    with os.fdopen(fd, "w") as f:
+    with atomic_file(d / CONFIG, "w", fsync=False) as f:
         f.write(json.dumps(cfg, indent=2, sort_keys=True))
-    os.replace(tmp, d / CONFIG)
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:
@@ -260,6 +279,9 @@ def load_checkpoint(directory: str | Path, *, device: str | torch.device = "cpu"
         raise CheckpointError(f"{d / HISTORY}: user index out of range")
     if hist.llm.size and (hist.llm.max() >= n_llms or hist.llm.min() < 0):
         raise CheckpointError(f"{d / HISTORY}: llm index out of range")
+    if hist.deduplicated and hist.query_row.size and (
+            hist.query_row.min() < 0 or hist.query_row.max() >= hist.text_emb.shape[0]):
+        raise CheckpointError(f"{d / HISTORY}: query_row out of range [0, {hist.text_emb.shape[0]})")
     lo, hi = cfg["rating_scale"]
     return Checkpoint(model=model, users=list(cfg["users"]), llms=list(cfg["llms"]), history=hist,
                       encoder=cfg["encoder"].get("name"), rating_scale=(float(lo), float(hi)),

@@ -75,13 +75,13 @@ def _train(args: argparse.Namespace) -> int:
             return
         import shutil
 
-        from .checkpoint import atomic_replace_dir
+        from .atomic import replace_dir
 
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         shutil.rmtree(tmp)
         shutil.copytree(result.best_dir, tmp)
-        atomic_replace_dir(tmp, target)
+        replace_dir(tmp, target)
 
     if result.already_trained:
         # a finished run of this configuration: its result stays as it is
@@ -207,9 +207,9 @@ def _infer(args: argparse.Namespace) -> int:
     out = [dict(query=q["query_text"], user_id=q["user_id"], **r) for q, r in zip(queries, results)]
     text = json.dumps(out if args.input else out[0], indent=2, ensure_ascii=False)
     if args.output:
-        tmp = Path(args.output).with_name(f".{Path(args.output).name}.tmp")
-        tmp.write_text(text + "\n", encoding="utf-8")
-        os.replace(tmp, args.output)
+        from .atomic import write_text_atomic
+
+        write_text_atomic(args.output, text + "\n")
         print(f"wrote {len(out)} result(s) to {args.output}")
     else:
         print(text)

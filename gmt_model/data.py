@@ -25,14 +25,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from gmt_model.atomic import atomic_file
 from gmt_model.schema import (
     F_CONVERSATION,
     F_ENCODER,
@@ -730,15 +729,6 @@ def _record_json(rec: Record) -> str:
     return "".join(parts)
 
 
-def _default_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-_NEW_FILE_MODE = _default_mode()
-
-
 def write_jsonl(path: str | os.PathLike[str], records: Iterable[Record | dict[str, Any]]) -> int:
     """Write records (Record objects or format dicts) as GMTRouter JSONL, atomically.
 
@@ -751,34 +741,18 @@ def write_jsonl(path: str | os.PathLike[str], records: Iterable[Record | dict[st
     previous file, if any, is untouched and no temporary file remains.
     Parent directories are created.  Returns the number of lines written.
     """
-    target = Path(path)
     path_s = os.fspath(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    mode = (target.stat().st_mode & 0o7777) if target.exists() else _NEW_FILE_MODE
     state = _FileState(path_s)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     count = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh, np.printoptions(legacy=False):
-            for item in records:
-                line = count + 1
-                with np.errstate(over="ignore", invalid="ignore"):
-                    if isinstance(item, Record):
-                        rec = _check_record_instance(item, path_s, line, state)
-                    else:
-                        rec = _parse_record(item, path_s, line, state, None)
-                fh.write(_record_json(rec))
-                fh.write("\n")
-                count = line
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    except BaseException:
-        # clean up the temporary file, then let the error propagate unchanged
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_file(path, "w", newline="\n") as fh, np.printoptions(legacy=False):
+        for item in records:
+            line = count + 1
+            with np.errstate(over="ignore", invalid="ignore"):
+                if isinstance(item, Record):
+                    rec = _check_record_instance(item, path_s, line, state)
+                else:
+                    rec = _parse_record(item, path_s, line, state, None)
+            fh.write(_record_json(rec))
+            fh.write("\n")
+            count = line
     return count

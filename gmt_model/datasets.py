@@ -26,8 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -36,8 +34,10 @@ from typing import Any
 import yaml
 
 from gmt_model import demo as demo_mod
+from gmt_model.atomic import copy_file_atomic, write_lines_atomic, write_text_atomic
 from gmt_model.convert import ConversionError, ConversionStats, convert_raw, find_mt_bench_files
 from gmt_model.data import iter_groups, validate_file, write_jsonl
+from gmt_model.paths import config_path
 from gmt_model.schema import (
     F_CONVERSATION,
     F_JUDGE,
@@ -69,7 +69,8 @@ __all__ = [
     "llm_description_map",
     "prepare_raw",
     "build_jsonl",
-    "copy_file_atomic",
+    "split_raw",
+    "SplitPlan",
 ]
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,6 @@ CONVERTED_KINDS = ("mt_bench_split", "mt_bench_hf", "chatbot_arena")
 #: kinds whose raw data is already GMTRouter JSONL splits
 SPLIT_KINDS = ("gmtrouter_release", "jsonl_splits")
 
-_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATASETS_CONFIG = "configs/datasets.yaml"
 DEFAULT_LLM_DESCRIPTIONS = "configs/llm_descriptions.yaml"
 #: users with fewer training groups than this are reported as thin
@@ -122,12 +122,8 @@ _CONFIG_FIELDS = {f.name for f in fields(SourceConfig)} - {"dataset", "config_ke
 
 
 def _resolve(path: str | os.PathLike[str]) -> Path:
-    """A relative path that does not exist from the working folder is taken from the project root."""
-    p = Path(path)
-    if p.is_absolute() or p.exists():
-        return p
-    alt = _ROOT / p
-    return alt if alt.exists() else p
+    """A relative ``configs/...`` path missing from the working folder is the package's default copy."""
+    return config_path(path)
 
 
 def _env_names(dataset: str) -> tuple[str, str]:
@@ -279,23 +275,8 @@ def _is_archive(path: Path) -> bool:
 
 
 def _write_json_lines(path: Path, rows: Iterable[dict[str, Any]]) -> int:
-    """Plain JSON lines, atomically (temp file in the same folder, then os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    n = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")))
-                fh.write("\n")
-                n += 1
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return n
+    """Plain JSON lines, atomically."""
+    return write_lines_atomic(path, (json.dumps(row, ensure_ascii=False, separators=(",", ":")) for row in rows))
 
 
 def _sub(root: Path, rel: str | None, source: SourceConfig) -> Path:
@@ -374,9 +355,7 @@ def _prepare_demo(dataset: str, source: SourceConfig, raw: Path) -> RawResult:
     n = _write_json_lines(out, (rec for group in groups for rec in group))
     truth_doc = truth.to_dict()
     truth_doc["spec"] = spec.to_dict()
-    tmp = raw / f".{DEMO_TRUTH_FILE}.tmp"
-    tmp.write_text(json.dumps(truth_doc, sort_keys=True, indent=1), encoding="utf-8")
-    os.replace(tmp, raw / DEMO_TRUTH_FILE)
+    write_text_atomic(raw / DEMO_TRUTH_FILE, json.dumps(truth_doc, sort_keys=True, indent=1))
     return RawResult(dataset=dataset, kind="demo", path=out, source=f"gmt_model.demo:{spec.name}",
                      info={"spec": spec.to_dict(), "n_records": n})
 
@@ -553,16 +532,45 @@ def build_jsonl(
     descriptions = load_llm_descriptions() if llm_descriptions is None else dict(llm_descriptions)
     if raw_res.kind in SPLIT_KINDS:
         return _build_from_splits(dataset, raw_res.path, out, enc, descriptions, min_user_groups)
-    if raw_res.kind == "demo":
-        records = _read_json_lines(raw_res.path)
-        conversion: ConversionStats | None = None
-    elif raw_res.kind in CONVERTED_KINDS:
-        records, conversion = convert_raw(raw_res.kind, raw_res.path, on_conflict=on_conflict)  # type: ignore[arg-type]
-    else:
-        raise ValueError(f"unknown raw kind {raw_res.kind!r}; expected one of {SOURCE_KINDS}")
-    if not records:
-        raise ValueError(f"dataset {dataset!r}: no records in {raw_res.path}")
+    plan = split_raw(dataset, raw_res, seed=seed, fractions=fractions, on_conflict=on_conflict)
+    models = sorted({r[F_MODEL] for groups in plan.groups.values() for g in groups for r in g})
+    desc = llm_description_map(models, descriptions)
+    paths: dict[str, Path] = {}
+    for s in SPLITS:
+        rows = [r for g in plan.groups[s] for r in g]
+        paths[s] = out / SPLIT_FILES[s]
+        write_jsonl(paths[s], demo_mod.embed_records(rows, enc, desc))
+    return _result(dataset, out, paths, enc, plan.group_users, plan.split_of, min_user_groups, "converted",
+                   plan.conversion)
 
+
+@dataclass
+class SplitPlan:
+    """Raw data cut into splits: per split the ordered groups of (un-embedded) record dicts."""
+
+    groups: dict[str, list[list[dict[str, Any]]]]
+    group_users: list[str]  # the user of each group (any order), with split_of
+    split_of: list[str]
+    conversion: dict[str, Any] | None  # ConversionStats.to_dict() for converted raw judgments
+
+
+def split_raw(dataset: str, raw: RawResult, *, seed: int = 0, fractions: Sequence[float] = DEFAULT_FRACTIONS,
+              on_conflict: str = "first") -> SplitPlan:
+    """Raw judgments (converted) or demo conversations -> groups per split, split per user.
+
+    Every user keeps at least one group in training (``gmt_model.splits.split_groups``); within a split no
+    two neighbouring groups share ``(question_id, turn, judge)``.  The JSONL writer (:func:`build_jsonl`)
+    and the columnar pipeline cut the data with this one function.
+    """
+    conversion: ConversionStats | None = None
+    if raw.kind == "demo":
+        records = _read_json_lines(raw.path)
+    elif raw.kind in CONVERTED_KINDS:
+        records, conversion = convert_raw(raw.kind, raw.path, on_conflict=on_conflict)  # type: ignore[arg-type]
+    else:
+        raise ValueError(f"unknown raw kind {raw.kind!r}; expected one of {SOURCE_KINDS}")
+    if not records:
+        raise ValueError(f"dataset {dataset!r}: no records in {raw.path}")
     bounds = _group_bounds(records)
     keys = [_key(records[s]) for s, _ in bounds]
     group_users = [k[2] for k in keys]
@@ -571,16 +579,11 @@ def build_jsonl(
         if not (split_of == s).any():
             raise ValueError(f"dataset {dataset!r}: the {s} split would be empty ({len(bounds)} groups, "
                              f"fractions {tuple(fractions)}); the data is too small for these fractions")
-    models = sorted({r[F_MODEL] for r in records})
-    embedded = demo_mod.embed_records(records, enc, llm_description_map(models, descriptions))
-    paths: dict[str, Path] = {}
-    for s in SPLITS:
-        order = _separate_equal_keys([j for j, sp in enumerate(split_of) if sp == s], keys, s)
-        rows = [embedded[i] for j in order for i in range(bounds[j][0], bounds[j][1])]
-        paths[s] = out / SPLIT_FILES[s]
-        write_jsonl(paths[s], rows)
-    return _result(dataset, out, paths, enc, group_users, list(split_of), min_user_groups, "converted",
-                   conversion.to_dict() if conversion is not None else None)
+    groups = {s: [records[bounds[j][0]:bounds[j][1]]
+                  for j in _separate_equal_keys([j for j, sp in enumerate(split_of) if sp == s], keys, s)]
+              for s in SPLITS}
+    return SplitPlan(groups=groups, group_users=group_users, split_of=list(split_of),
+                     conversion=conversion.to_dict() if conversion is not None else None)
 
 
 def _result(dataset: str, out: Path, paths: dict[str, Path], enc: Any, group_users: list[str],
@@ -601,20 +604,6 @@ def _result(dataset: str, out: Path, paths: dict[str, Path], enc: Any, group_use
         splits={k: dict(v) for k, v in split_summary(group_users, split_of).items()},
         summaries=summaries, mode=mode, conversion=conversion,
     )
-
-
-def copy_file_atomic(src: Path, dest: Path) -> None:
-    """Copy ``src`` to ``dest`` through a temporary sibling, fsync, rename."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _build_from_splits(dataset: str, src_dir: Path, out: Path, enc: Any, descriptions: Mapping[str, str],

@@ -47,7 +47,6 @@ import math
 import os
 import string
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -57,6 +56,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from gmt_model.atomic import write_lines_atomic
 from gmt_model.data import write_jsonl
 from gmt_model.schema import (
     F_CONVERSATION,
@@ -95,6 +95,9 @@ __all__ = [
     "unique_query_count",
     "embed_records",
     "write_demo_dataset",
+    "HashedEncoder",
+    "demo_graph",
+    "demo_columns",
     "main",
 ]
 
@@ -1133,37 +1136,6 @@ def embed_records(
 # --------------------------------------------------------------------------
 # Writing the dataset
 # --------------------------------------------------------------------------
-def _new_file_mode() -> int:
-    """0o666 minus the process umask (what a plain open() would create)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def _write_lines_atomic(path: Path, lines: Iterable[str]) -> int:
-    """Write text lines to ``path`` atomically (temp file in the same folder, then os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    count = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            for line in lines:
-                fh.write(line)
-                fh.write("\n")
-                count += 1
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, _new_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return count
-
-
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
@@ -1233,7 +1205,7 @@ def write_demo_dataset(
             if idx.size:
                 write_jsonl(temps[s], embedded())
             else:  # a split can be empty for very small specs
-                _write_lines_atomic(temps[s], [])
+                write_lines_atomic(temps[s], [])
 
         def raw_lines() -> Iterator[str]:
             for g, group in enumerate(_iter_plan(plan)):
@@ -1241,7 +1213,7 @@ def write_demo_dataset(
                     rec[F_SPLIT] = str(splits[g])
                     yield _dumps(rec)
 
-        n_records = _write_lines_atomic(temps["raw"], raw_lines())
+        n_records = write_lines_atomic(temps["raw"], raw_lines())
 
         thin = thin_users(group_users, splits, min_training_groups=3)
         n_per_user = np.bincount(plan.owner, minlength=spec.n_users)
@@ -1262,7 +1234,7 @@ def write_demo_dataset(
         truth = plan.truth.to_dict()
         truth["spec"] = spec.to_dict()
         truth["stats"] = stats
-        _write_lines_atomic(temps["truth"], [json.dumps(truth, sort_keys=True, indent=1)])
+        write_lines_atomic(temps["truth"], [json.dumps(truth, sort_keys=True, indent=1)])
         for key, tmp in temps.items():
             os.replace(tmp, final[key])
     except BaseException:
@@ -1278,6 +1250,146 @@ def write_demo_dataset(
 # --------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------
+# --------------------------------------------------------------------------
+# Columnar generation (no JSONL): scale tests and benchmarks
+# --------------------------------------------------------------------------
+class HashedEncoder:
+    """A deterministic hashed bag-of-words test encoder (no model, no download).
+
+    Each lower-cased word and each pair of adjacent words adds +-1 to one of
+    ``dim`` coordinates chosen by a BLAKE2b hash of the token (the hash's
+    first bit is the sign); rows are L2-normalised float32.  Texts that share
+    words get similar vectors, so the demo's topics stay separable.
+
+    Why not MiniLM for scale runs: the demo's million interactions are
+    template texts, so what is measured is the graph build and training, not
+    the encoder; MiniLM costs minutes on 2 cores for texts the benchmark does
+    not need to understand, while this encoder runs in milliseconds, is the
+    same on every machine and needs no model files.  It is a test encoder:
+    its vectors carry no meaning beyond shared words.
+    """
+
+    def __init__(self, dim: int = 384) -> None:
+        if dim < 2:
+            raise ValueError(f"HashedEncoder: dim must be >= 2, got {dim}")
+        self.dim = int(dim)
+        self.name = f"hashed-bow-{self.dim}"
+        self._cache: dict[str, tuple[int, float]] = {}
+
+    def _slot(self, token: str) -> tuple[int, float]:
+        hit = self._cache.get(token)
+        if hit is None:
+            import hashlib
+
+            h = int.from_bytes(hashlib.blake2b(token.encode("utf-8"), digest_size=8).digest(), "little")
+            hit = self._cache[token] = ((h >> 1) % self.dim, 1.0 if h & 1 else -1.0)
+        return hit
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        import re
+
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            words = re.findall(r"[a-z0-9']+", text.lower())
+            for tok in words + [f"{a} {b}" for a, b in zip(words, words[1:])]:
+                j, sign = self._slot(tok)
+                out[i, j] += sign
+            norm = float(np.linalg.norm(out[i]))
+            if norm > 0:
+                out[i] /= norm
+            else:
+                out[i, 0] = 1.0
+        return out
+
+
+def demo_graph(spec_or_size: DemoSpec | str = "tiny", encoder: TextEncoder | None = None, *,
+               seed: int | None = None, relations: str | Sequence = "reference", with_text: bool = False):
+    """The demo dataset straight into a :class:`~gmt_model.graph.GraphTables`,
+    with no JSONL in between: the same groups, splits, ratings and query
+    texts as :func:`write_demo_dataset` (the graph equals ``build_graph`` of
+    its files when ``with_text``), built column-wise; every distinct query
+    text is embedded once.  ``encoder`` defaults to :class:`HashedEncoder`.
+    ``with_text`` also keeps question ids and response texts (slow at scale;
+    training does not read them).  Returns ``(graph, truth)``.
+    """
+    from gmt_model.graph import from_columns
+
+    cols, truth = demo_columns(spec_or_size, encoder, seed=seed, relations=relations, with_text=with_text)
+    return from_columns(**cols), truth
+
+
+def demo_columns(spec_or_size: DemoSpec | str = "tiny", encoder: TextEncoder | None = None, *,
+                 seed: int | None = None, relations: str | Sequence = "reference", with_text: bool = False):
+    """The generation half of :func:`demo_graph`: ``(keyword arguments of
+    graph.from_columns, truth)``."""
+    spec = _resolve_spec(spec_or_size)
+    if seed is not None:
+        spec = replace(spec, seed=int(seed))
+    enc = encoder if encoder is not None else HashedEncoder()
+    plan = _build_plan(spec)
+    group_users = [plan.user_ids[int(o)] for o in plan.owner]
+    split_names = split_groups(group_users, spec.split_fractions, seed=spec.seed)
+    order = np.concatenate([np.flatnonzero(split_names == s) for s in SPLITS])  # split files' order
+    split_code = np.concatenate([np.full(int((split_names == s).sum()), i, np.int8) for i, s in enumerate(SPLITS)])
+    k = plan.k[order].astype(np.int64)
+    n_turns = plan.n_turns[order].astype(np.int64)
+    # records: k per group; interactions: n_turns per record
+    rec_group = np.repeat(np.arange(order.size), k)  # position in `order`
+    rec_j = np.arange(rec_group.size) - np.repeat(np.cumsum(k) - k, k)
+    rec_split = split_code[rec_group]
+    first_of_split = np.searchsorted(rec_split, rec_split, side="left")
+    rec_line = np.arange(rec_group.size) - first_of_split + 1
+    rec_n = n_turns[rec_group]
+    it_rec = np.repeat(np.arange(rec_group.size), rec_n)
+    it_step = np.arange(it_rec.size) - np.repeat(np.cumsum(rec_n) - rec_n, rec_n)
+    it_pos = rec_group[it_rec]  # group position of each interaction
+    g_orig = order[it_pos]
+    llm_of = plan.models[g_orig, rec_j[it_rec]]
+    raw = plan.rating[g_orig, rec_j[it_rec], it_step].astype(np.float32)
+    # ids in order of first appearance (as build_graph assigns them from the files)
+    owner = plan.owner[g_orig]
+    u_first = np.unique(owner, return_index=True)
+    u_order = u_first[0][np.argsort(u_first[1], kind="stable")]
+    user_index = np.full(spec.n_users, -1, np.int64)
+    user_index[u_order] = np.arange(u_order.size)
+    l_first = np.unique(llm_of, return_index=True)
+    l_order = l_first[0][np.argsort(l_first[1], kind="stable")]
+    llm_index = np.full(len(LLMS), -1, np.int64)
+    llm_index[l_order] = np.arange(l_order.size)
+    # query texts: one row per distinct text, in order of first appearance
+    rows: dict[str, int] = {}
+    q_table = np.zeros((order.size, _MAX_TURNS), np.int64)
+    for pos, g in enumerate(order.tolist()):
+        for t, q in enumerate(_group_queries(plan, g)[0]):
+            r = rows.get(q)
+            if r is None:
+                r = rows[q] = len(rows)
+            q_table[pos, t] = r
+    texts = list(rows)
+    text_emb = np.asarray(enc.encode(texts), dtype=np.float32)
+    llm_names = [LLMS[int(i)] for i in l_order]
+    llm_emb = np.asarray(enc.encode([LLM_DESCRIPTIONS[m] for m in llm_names]), dtype=np.float32)
+    if text_emb.shape[1] != llm_emb.shape[1]:
+        raise ValueError(f"encoder {enc.name!r} returned embeddings of several widths")
+    question_id = response_text = None
+    if with_text:
+        width = plan.qid_width
+        question_id = [f"demo-{int(g) + 1:0{width}d}" for g in g_orig.tolist()]
+        response_text = []
+        for g, j, t in zip(g_orig.tolist(), rec_j[it_rec].tolist(), it_step.tolist()):
+            queries, focus = _group_queries(plan, g)
+            response_text.append(_response(int(plan.topic[g]), LLMS[int(plan.models[g, j])], t, queries[t], focus,
+                                           int(plan.variant[g, j, t])))
+    cols = dict(
+        user_ids=[plan.user_ids[int(u)] for u in u_order], llm_names=llm_names, llm_emb=llm_emb,
+        user=user_index[owner], llm=llm_index[llm_of], group=it_pos, record=it_rec, step=it_step,
+        turn=n_turns[it_pos], split=split_code[it_pos], raw_rating=raw, text_emb=text_emb,
+        query_row=q_table[it_pos, it_step], texts=texts, question_id=question_id, response_text=response_text,
+        line=rec_line[it_rec], relations=relations, encoder=enc.name,
+        sources={"demo": json.dumps(spec.to_dict(), sort_keys=True)})
+    return cols, plan.truth
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m gmt_model.demo --size tiny --out DIR``"""
     parser = argparse.ArgumentParser(prog="python -m gmt_model.demo", description=__doc__.split("\n\n")[0])

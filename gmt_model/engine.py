@@ -19,11 +19,11 @@ import torch
 from torch import Tensor
 
 from . import schema as S
-from .graph import GraphTables, relation_edges
+from .graph import GraphTables, as_tensor, relation_edges
 from .model import GMTModel
 
 __all__ = ["Subgraph", "build_subgraph", "GroupSteps", "group_steps", "score_groups", "pair_positions",
-           "PRED_QUERY", "score_rows", "cold_calibration"]
+           "PRED_QUERY", "score_rows", "cold_calibration", "to_device"]
 
 #: key of the predicted interactions' query representations in ``Subgraph.embed``'s output
 PRED_QUERY = "predicted_query"
@@ -53,11 +53,15 @@ class Subgraph:
 
 
 def build_subgraph(g: GraphTables, visible: np.ndarray, predict: np.ndarray, device: torch.device,
-                   query_emb_t: Tensor | None = None, llm_emb_t: Tensor | None = None,
-                   rating_t: Tensor | None = None) -> Subgraph:
+                   text_emb_t: Tensor | None = None, llm_emb_t: Tensor | None = None,
+                   rating_t: Tensor | None = None, *, users: np.ndarray | None = None) -> Subgraph:
     """``visible``: global interaction indices in the graph; ``predict``:
     interactions to score (their queries only; those also visible are scored
-    from their graph node)."""
+    from their graph node).  ``text_emb_t``/``llm_emb_t``/``rating_t``: the
+    graph's ``text_emb``, ``llm_emb`` and ``rating`` already on ``device``
+    (rows are gathered there; otherwise only the needed rows are copied).
+    ``users`` is accepted for symmetry with mini-batches; user nodes keep
+    their global index (a user node without edges costs one row)."""
     visible = np.asarray(visible, dtype=np.int64)
     predict = np.setdiff1d(np.asarray(predict, dtype=np.int64), visible)
     local = np.full(g.num_interactions, -1, dtype=np.int64)
@@ -65,20 +69,32 @@ def build_subgraph(g: GraphTables, visible: np.ndarray, predict: np.ndarray, dev
     pred_local = np.full(g.num_interactions, -1, dtype=np.int64)
     pred_local[predict] = np.arange(predict.size)
 
-    def rows(table: Tensor | None, arr: np.ndarray, idx: np.ndarray) -> Tensor:
-        if table is not None:
-            return table[torch.from_numpy(idx).to(table.device)]
-        return torch.from_numpy(np.ascontiguousarray(arr[idx])).to(device)
+    def queries(idx: np.ndarray) -> Tensor:
+        rows = g.query_row[idx]
+        if text_emb_t is not None:
+            return text_emb_t[to_device(torch.from_numpy(rows), text_emb_t.device)]
+        return to_device(torch.from_numpy(np.ascontiguousarray(g.text_emb[rows])), device)
+
+    def ratings(idx: np.ndarray) -> Tensor:
+        if rating_t is not None:
+            return rating_t[to_device(torch.from_numpy(idx), rating_t.device)]
+        return to_device(torch.from_numpy(np.ascontiguousarray(g.rating[idx])), device)
 
     edges: dict[S.EdgeType, Tensor] = {}
     for rel in g.relations:
         src, dst = relation_edges(g, rel, visible, local)
-        edges[rel] = torch.from_numpy(np.stack([src, dst])).to(device)
-    llm = llm_emb_t if llm_emb_t is not None else torch.from_numpy(g.llm_emb).to(device)
+        edges[rel] = to_device(torch.from_numpy(np.stack([src, dst])), device)
+    llm = llm_emb_t if llm_emb_t is not None else to_device(as_tensor(g.llm_emb), device)
     return Subgraph(num_users=g.num_users + 1, nodes=visible, local=local, pred_nodes=predict,
-                    pred_local=pred_local, query_emb=rows(query_emb_t, g.query_emb, visible),
-                    pred_query_emb=rows(query_emb_t, g.query_emb, predict), llm_emb=llm,
-                    rating=rows(rating_t, g.rating, visible), edges=edges)
+                    pred_local=pred_local, query_emb=queries(visible), pred_query_emb=queries(predict),
+                    llm_emb=llm, rating=ratings(visible), edges=edges)
+
+
+def to_device(t: Tensor, device: torch.device) -> Tensor:
+    """Host -> device through pinned memory (asynchronous) on CUDA; a no-op on CPU."""
+    if device.type != "cuda":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 @dataclass
@@ -130,15 +146,15 @@ def score_groups(model: GMTModel, reps: dict[str, Tensor], sub: Subgraph, gs: Gr
     """
     device = sub.query_emb.device
     user = np.where(cold, sub.cold_user, gs.user)
-    u = reps[S.USER][torch.from_numpy(np.asarray(user, dtype=np.int64)).to(device)]
+    u = reps[S.USER][to_device(torch.from_numpy(np.asarray(user, dtype=np.int64)), device)]
     first = gs.inter[:, 0]
     in_graph = sub.local[first]
     if np.any((in_graph < 0) & (sub.pred_local[first] < 0)):
         raise ValueError("query of a scored interaction is neither visible nor predicted in the subgraph")
     table = torch.cat([reps[S.QUERY], reps[PRED_QUERY]])
     q_row = np.where(in_graph >= 0, in_graph, sub.nodes.size + sub.pred_local[first])
-    q = table[torch.from_numpy(q_row).to(device)]
-    llm = torch.from_numpy(np.where(gs.mask, gs.llm, 0)).to(device)
+    q = table[to_device(torch.from_numpy(q_row), device)]
+    llm = to_device(torch.from_numpy(np.where(gs.mask, gs.llm, 0)), device)
     cand = reps[S.LLM][llm]  # (B, K, H)
     return model.score(u, q, cand)
 
@@ -167,12 +183,15 @@ def score_rows(model: GMTModel, user_vecs: Tensor, query_emb: np.ndarray, llm_re
     return out
 
 
-def cold_calibration(model: GMTModel, g: GraphTables, device: torch.device, max_pairs: int = 50_000):
+def cold_calibration(model: GMTModel, g: GraphTables, device: torch.device, max_pairs: int = 50_000,
+                     batch_users: int | None = None):
     """The cold-start calibration of ``model`` on ``g``: Bradley-Terry strengths
     from the training pairs; on the validation pairs the weights of the
     cold-start GNN and of the crowd, then of the users' history-conditioned
     scores against those calibrated cold-start scores (no validation pairs:
-    the crowd's Bradley-Terry for cold start, the GNN alone for users)."""
+    the crowd's Bradley-Terry for cold start, the GNN alone for users).
+    ``batch_users``: the representations come from subgraphs of that many
+    users at a time (their training interactions), as in mini-batch training."""
     from .checkpoint import comparison_keys
     from .personal import fit_bias, fit_blend, fit_calibration, group_pairs
 
@@ -189,11 +208,32 @@ def cold_calibration(model: GMTModel, g: GraphTables, device: torch.device, max_
     a, b, label = pairs(S.SPLIT_VALID)
     if a.size == 0:
         return fit_calibration(bias, np.zeros(0), a, b, label)
-    sub = build_subgraph(g, np.flatnonzero(g.split_mask(S.SPLIT_TRAIN)), np.zeros(0, np.int64), device)
+    train = np.flatnonzero(g.split_mask(S.SPLIT_TRAIN))
+    s = np.zeros((a.size, g.num_llms))
+    warm = np.zeros((a.size, g.num_llms))
+    if batch_users:
+        order = np.argsort(g.user[a], kind="stable")
+        au = g.user[a][order]
+        tr = train[np.argsort(g.user[train], kind="stable")]
+        tu = g.user[tr]
+        uniq = np.unique(au)
+        chunks = [uniq[i:i + batch_users] for i in range(0, uniq.size, batch_users)]
+    else:
+        chunks = [None]
     with torch.inference_mode():
-        reps = sub.embed(model)
-        s = score_rows(model, reps[S.USER][sub.cold_user], g.query_emb[a], reps[S.LLM])
-        warm = score_rows(model, reps[S.USER][torch.from_numpy(g.user[a]).to(device)], g.query_emb[a], reps[S.LLM])
+        for chunk in chunks:
+            if chunk is None:
+                rows, vis = np.arange(a.size), train
+            else:
+                lo, hi = np.searchsorted(au, chunk[0], "left"), np.searchsorted(au, chunk[-1], "right")
+                rows = order[lo:hi]
+                vis = np.sort(tr[np.searchsorted(tu, chunk[0], "left"):np.searchsorted(tu, chunk[-1], "right")])
+            sub = build_subgraph(g, vis, np.zeros(0, np.int64), device)
+            reps = sub.embed(model)
+            qa = g.query_vecs(a[rows])
+            s[rows] = score_rows(model, reps[S.USER][sub.cold_user], qa, reps[S.LLM])
+            warm[rows] = score_rows(model, reps[S.USER][torch.from_numpy(g.user[a[rows]]).to(device)], qa,
+                                    reps[S.LLM])
     idx = np.arange(a.size)
     la, lb = g.llm[a], g.llm[b]
     calib = fit_calibration(bias, s[idx, la] - s[idx, lb], la, lb, label)

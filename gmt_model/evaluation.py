@@ -62,7 +62,7 @@ def online_scores(model: GMTModel, g: GraphTables, gs: GroupSteps, scores: np.nd
     warm = np.where(gs.mask, calib.blend(warm, cold, safe), warm)
     cold_rep = reps[S.USER][sub.cold_user]
     all_llms = np.arange(n_llms)[None, :]
-    basis = QueryBasis(g.query_emb[train], cfg.query_dims)
+    basis = QueryBasis(g.query_vecs(train), cfg.query_dims)
     tu = g.user[train]
     order = np.argsort(tu, kind="stable")
     starts = np.searchsorted(tu[order], np.arange(g.num_users + 1))
@@ -74,13 +74,14 @@ def online_scores(model: GMTModel, g: GraphTables, gs: GroupSteps, scores: np.nd
             warm[sel] = cold_out[sel]
             continue
         rows = train[pos]
-        s_hist = score_rows(model, reps[S.USER][u], g.query_emb[rows], reps[S.LLM])
-        s_hist = calib.blend(s_hist, score_rows(model, cold_rep, g.query_emb[rows], reps[S.LLM])
+        q_hist = g.query_vecs(rows)
+        s_hist = score_rows(model, reps[S.USER][u], q_hist, reps[S.LLM])
+        s_hist = calib.blend(s_hist, score_rows(model, cold_rep, q_hist, reps[S.LLM])
                              if calib.cold > 0 else s_hist, all_llms)
-        ev = build_evidence(keys[pos], g.llm[rows], g.rating[rows], basis(g.query_emb[rows]), s_hist, cfg)
+        ev = build_evidence(keys[pos], g.llm[rows], g.rating[rows], basis(q_hist), s_hist, cfg)
         post = fit_posterior(ev, cfg, n_llms, basis.dims)
         r = post.residual.reshape(n_llms, -1)
-        zq = basis(g.query_emb[gs.inter[sel, 0]])
+        zq = basis(g.query_vecs(gs.inter[sel, 0]))
         warm[sel] = warm[sel] * np.where(gs.mask[sel], post.gnn_weight, 1.0) \
             + np.einsum("bkj,bj->bk", r[safe[sel]], zq) * gs.mask[sel]
     return warm, cold_out, calib
@@ -89,8 +90,9 @@ def online_scores(model: GMTModel, g: GraphTables, gs: GroupSteps, scores: np.nd
 def training_pairs(g: GraphTables) -> PairSet:
     m = g.pair_mask(S.SPLIT_TRAIN)
     a, b = g.pair_a[m], g.pair_b[m]
-    return PairSet(user=g.user[a], llm_a=g.llm[a], llm_b=g.llm[b], label=g.pair_label[m], query=a,
-                   group=g.group[a] * (int(g.step.max()) + 1) + g.step[a], query_emb=g.query_emb)
+    rows, query = np.unique(a, return_inverse=True)  # one query key per interaction, as before deduplication
+    return PairSet(user=g.user[a], llm_a=g.llm[a], llm_b=g.llm[b], label=g.pair_label[m], query=query.reshape(-1),
+                   group=g.group[a] * (int(g.step.max()) + 1) + g.step[a], query_emb=g.query_vecs(rows))
 
 
 @dataclass
@@ -104,8 +106,9 @@ class _Scored:
 
 def _pairs_of(g: GraphTables, gs: GroupSteps, scores: np.ndarray) -> _Scored:
     rows, ca, cb, sa, sb, label = pair_scores(gs, scores)
+    qrows, query = np.unique(gs.inter[rows, 0], return_inverse=True)
     pairs = PairSet(user=gs.user[rows], llm_a=gs.llm[rows, ca], llm_b=gs.llm[rows, cb], label=label,
-                    query=gs.inter[rows, 0], group=rows.astype(np.int64), query_emb=g.query_emb)
+                    query=query.reshape(-1), group=rows.astype(np.int64), query_emb=g.query_vecs(qrows))
     groups = None
     if gs.inter.shape[1] > 2:
         rr, cc = np.nonzero(gs.mask)
@@ -148,7 +151,7 @@ def evaluate(model: GMTModel, g: GraphTables, split: str = S.SPLIT_TEST, *, blin
             "per_user_bt": PerUserBradleyTerry().fit(train, g.num_users, g.num_llms),
             "knn_query": KNNQuery(k=knn_k).fit(train, g.num_users, g.num_llms),
         }
-        qemb = g.query_emb[gs.inter[:, 0]]
+        qemb = g.query_vecs(gs.inter[:, 0])
         cand = np.where(gs.mask, gs.llm, 0)
         for name, bl in fitted.items():
             bscore = np.asarray(bl.score(gs.user, qemb, cand), dtype=np.float64)

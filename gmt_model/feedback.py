@@ -24,13 +24,13 @@ import math
 import numbers
 import os
 import sqlite3
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from gmt_model.atomic import atomic_path
 from gmt_model.schema import C_USER_ID, F_MODEL, F_QUERY, F_RATING, F_TURN
 
 __all__ = [
@@ -331,17 +331,8 @@ class FeedbackLog:
         )
         columns = {name: [getattr(r, name) for r in records] for name in FEEDBACK_COLUMNS}
         table = pa.table(columns, schema=schema)
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=str(out.parent))
-        os.close(fd)
-        try:
+        with atomic_path(path, fsync=False) as tmp:
             pq.write_table(table, tmp)
-            os.replace(tmp, out)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
         return table.num_rows
 
     # ------------------------------------------------------------------ lifecycle

@@ -1,20 +1,34 @@
-"""The graph store: GMTRouter JSONL splits -> columnar tables -> Parquet -> tensors.
+"""The graph store: one interactions table -> Parquet -> tensors.
 
 All splits of a dataset live in one :class:`GraphTables` (a ``split`` column
-tells them apart) so users and LLMs share one index space.  Every
-interaction (one step of one record's conversation) owns one session, one
-query and one response node that share its index.  Edges are derived from
-the interaction columns by :func:`relation_edges` with vectorised numpy, for
-the whole graph (the Parquet edge tables, :meth:`GraphTables.to_heterodata`)
-or for any visible subset of interactions (training and evaluation).
+tells them apart) so users and LLMs share one index space.  It is *the*
+table of rated interactions: every interaction (one step of one record's
+conversation) owns one session, one query and one response node that share
+its index.  Query texts are stored once: ``text_emb`` is a deduplicated
+(T, d) matrix and ``query_row`` maps every interaction to its row, so a
+million interactions over a few thousand distinct texts cost N int64s, not
+N x d floats.  Edges are derived from the interaction columns by
+:func:`relation_edges` with vectorised numpy, for any visible subset of
+interactions (training, evaluation and the router); they are never stored.
+
+Ratings are normalised by :func:`normalise_ratings` and pair labels come
+from :func:`pair_labels`, the one place each is computed.
+
+Parquet layout (``gmtrouter-graph/2``): ``users``, ``llms`` (with the LLM
+embeddings), ``texts`` (the deduplicated query texts and their embeddings),
+``interactions`` (one row per interaction, ``query_row`` into ``texts``) and
+``pairs``: exactly the tables :func:`read_graph` reads.  Each table is
+written as one row group, uncompressed, so :func:`read_graph` memory-maps
+the file and hands Arrow's buffers to numpy (and from there to torch)
+without a per-record Python loop or a copy of its own.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -24,6 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import schema as S
+from .atomic import replace_dir
 from .data import iter_groups
 
 __all__ = [
@@ -32,21 +47,90 @@ __all__ = [
     "build_graph",
     "relation_edges",
     "read_graph",
+    "normalise_ratings",
+    "pair_labels",
+    "comparison_pairs",
+    "as_tensor",
+    "GRAPH_FORMAT",
+    "GRAPH_TABLES",
 ]
 
 _SPLIT_CODE = {name: i for i, name in enumerate(S.SPLITS)}
+GRAPH_FORMAT = "gmtrouter-graph/2"
+T_TEXTS = "texts"
+C_QUERY_ROW = "query_row"
+C_TEXT = "text"
+#: the tables a graph folder holds (all of them read back by :func:`read_graph`)
+GRAPH_TABLES = (S.T_USERS, S.T_LLMS, T_TEXTS, S.T_INTERACTIONS, S.T_PAIRS)
 
 
 class GraphIntegrityError(ValueError):
     """A graph table is inconsistent (index out of range, bad width, ...)."""
 
 
+def normalise_ratings(raw: np.ndarray | float, lo: float, hi: float) -> np.ndarray:
+    """Raw ratings -> [0, 1] on the scale ``(lo, hi)``; the one normalisation
+    used by the graph, training, evaluation and (see notes/columnar.md) the router.
+
+    A scale of zero span (every rating equal) maps to 0.5: "neither good nor
+    bad", and it keeps the same value whether the span is 0 or numerically tiny.
+    Values outside the scale are clipped to it.
+    """
+    raw = np.asarray(raw, dtype=np.float32)
+    span = float(hi) - float(lo)
+    if not span > 0:
+        return np.full(raw.shape, 0.5, dtype=np.float32)
+    return np.clip((raw - np.float32(lo)) / np.float32(span), 0.0, 1.0).astype(np.float32)
+
+
+def pair_labels(rating_a: np.ndarray, rating_b: np.ndarray) -> np.ndarray:
+    """Pair labels (float32): 1.0 when ``a`` is rated higher, 0.0 when ``b`` is, 0.5 for a tie."""
+    ra, rb = np.asarray(rating_a), np.asarray(rating_b)
+    return np.where(ra > rb, 1.0, np.where(ra < rb, 0.0, 0.5)).astype(np.float32)
+
+
+def comparison_pairs(group: np.ndarray, step: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every 2-combination of the interactions that share (group, step), as
+    (a, b) index arrays with a < b, ordered by group, step, then position:
+    vectorised, no loop over groups."""
+    n = group.shape[0]
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    steps = int(step.max()) + 1
+    key = group.astype(np.int64) * steps + step.astype(np.int64)
+    order = np.lexsort((np.arange(n), key))
+    k_sorted = key[order]
+    starts = np.flatnonzero(np.r_[True, k_sorted[1:] != k_sorted[:-1]])
+    sizes = np.diff(np.r_[starts, n])
+    width = int(sizes.max())
+    rows = np.repeat(np.arange(starts.size), sizes)
+    cols = np.arange(n) - np.repeat(starts, sizes)
+    table = np.full((starts.size, width), -1, dtype=np.int64)
+    table[rows, cols] = order
+    ia, ib = np.triu_indices(width, 1)
+    a, b = table[:, ia], table[:, ib]  # (B, npairs), row-major = group, step, then pair position
+    keep = (a >= 0) & (b >= 0)
+    return a[keep], b[keep]
+
+
+def as_tensor(a: np.ndarray):
+    """``torch.from_numpy`` that accepts the read-only (zero-copy, memory-mapped)
+    arrays of :func:`read_graph` without copying them.  The tensor must be
+    treated as read-only."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not writable.*")
+        return torch.from_numpy(np.ascontiguousarray(a))
+
+
 @dataclass
 class GraphTables:
-    """Columnar graph of all splits of one dataset.
+    """Columnar graph of all splits of one dataset: the interactions table.
 
     Interaction arrays have one row per interaction; pair arrays one row per
-    comparison pair (two interactions of one group at one step).
+    comparison pair (two interactions of one group at one step).  Arrays read
+    back by :func:`read_graph` are read-only views of the memory-mapped files.
     """
 
     user_ids: list[str]
@@ -63,11 +147,12 @@ class GraphTables:
     rating: np.ndarray  # float32 (N,) normalised to [0, 1]
     raw_rating: np.ndarray  # float32 (N,)
     prev: np.ndarray  # int64 (N,) previous step of the same record, -1 if none
-    line: np.ndarray  # int32 (N,) JSONL line of the record
-    query_emb: np.ndarray  # (N, d) float32
-    question_id: list[str]
-    query_text: list[str]
-    response_text: list[str | None]
+    line: np.ndarray  # int32 (N,) JSONL line of the record (0 when not from a file)
+    text_emb: np.ndarray  # (T, d) float32: one row per distinct query text
+    query_row: np.ndarray  # int64 (N,) row of text_emb holding the interaction's query
+    texts: list[str] | None  # (T,) the distinct query texts (None: not kept)
+    question_id: Sequence[str] | None
+    response_text: Sequence[str | None] | None
     # pairs
     pair_a: np.ndarray  # int64 (P,)
     pair_b: np.ndarray  # int64 (P,)
@@ -97,6 +182,10 @@ class GraphTables:
         return int(self.user.shape[0])
 
     @property
+    def num_texts(self) -> int:
+        return int(self.text_emb.shape[0])
+
+    @property
     def num_groups(self) -> int:
         return int(self.group.max()) + 1 if self.group.size else 0
 
@@ -114,6 +203,24 @@ class GraphTables:
     def pair_mask(self, name: str) -> np.ndarray:
         return self.pair_split == _SPLIT_CODE[name]
 
+    # ------------------------------------------------------------ query texts
+    def query_vecs(self, idx: np.ndarray) -> np.ndarray:
+        """Query embeddings (len(idx), d) of the given interactions."""
+        return self.text_emb[self.query_row[np.asarray(idx, dtype=np.int64)]]
+
+    @property
+    def query_emb(self) -> np.ndarray:
+        """(N, d) query embedding of every interaction, materialised on each
+        access (N x d floats): for small graphs and old callers only; use
+        :meth:`query_vecs` or ``text_emb[query_row[...]]``."""
+        return self.text_emb[self.query_row]
+
+    @property
+    def query_text(self) -> list[str] | None:
+        if self.texts is None:
+            return None
+        return [self.texts[i] for i in self.query_row.tolist()]
+
     def counts(self) -> dict[str, int]:
         """Node counts per type, edge counts per materialised relation, pair counts."""
         out: dict[str, int] = {
@@ -122,6 +229,7 @@ class GraphTables:
             S.SESSION: self.num_interactions,
             S.QUERY: self.num_interactions,
             S.RESPONSE: self.num_interactions,
+            "distinct_query_texts": self.num_texts,
         }
         all_idx = np.arange(self.num_interactions)
         for rel in self.relations:
@@ -133,10 +241,7 @@ class GraphTables:
 
     # ------------------------------------------------------------ conversions
     def normalise(self, raw: np.ndarray) -> np.ndarray:
-        span = self.rating_max - self.rating_min
-        if span <= 0:
-            return np.full_like(raw, 0.5, dtype=np.float32)
-        return ((raw - self.rating_min) / span).astype(np.float32)
+        return normalise_ratings(raw, self.rating_min, self.rating_max)
 
     def to_heterodata(self, visible: np.ndarray | None = None):
         """A PyG ``HeteroData`` of the whole graph (or of ``visible`` interactions).
@@ -152,8 +257,8 @@ class GraphTables:
         data = HeteroData()
         data[S.USER].num_nodes = self.num_users
         data[S.USER].x = torch.zeros(self.num_users, self.dim)
-        data[S.LLM].x = torch.from_numpy(self.llm_emb)
-        data[S.QUERY].x = torch.from_numpy(self.query_emb)
+        data[S.LLM].x = as_tensor(self.llm_emb)
+        data[S.QUERY].x = as_tensor(self.query_emb)
         data[S.SESSION].x = torch.zeros(n, self.dim)
         resp = np.where(vis, self.rating, 0.0).astype(np.float32)
         data[S.RESPONSE].x = torch.from_numpy(resp)[:, None].expand(n, self.dim).contiguous()
@@ -172,13 +277,7 @@ class GraphTables:
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
         try:
             self._write_tables(tmp)
-            if directory.exists():
-                old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-                os.replace(directory, old)
-                os.replace(tmp, directory)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, directory)
+            replace_dir(tmp, directory)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -186,46 +285,34 @@ class GraphTables:
 
     def _write_tables(self, d: Path) -> None:
         dim = self.dim
-        n = self.num_interactions
 
         def emb_col(a: np.ndarray) -> pa.Array:
             flat = pa.array(np.ascontiguousarray(a, dtype=np.float32).reshape(-1))
             return pa.FixedSizeListArray.from_arrays(flat, dim)
 
-        idx = np.arange(n, dtype=np.int64)
-        pq.write_table(pa.table({S.C_USER_IDX: np.arange(self.num_users, dtype=np.int64),
-                                 S.C_USER_ID: pa.array(self.user_ids, pa.string())}), d / f"{S.T_USERS}.parquet")
-        pq.write_table(pa.table({S.C_LLM_IDX: np.arange(self.num_llms, dtype=np.int64),
-                                 S.C_LLM_NAME: pa.array(self.llm_names, pa.string()),
-                                 S.C_EMBEDDING: emb_col(self.llm_emb)}), d / f"{S.T_LLMS}.parquet")
-        pq.write_table(pa.table({S.C_QUERY_IDX: idx,
-                                 S.C_QUESTION_ID: pa.array(self.question_id, pa.string()),
-                                 S.C_STEP: self.step, S.C_QUERY_TEXT: pa.array(self.query_text, pa.string()),
-                                 S.C_EMBEDDING: emb_col(self.query_emb)}), d / f"{S.T_QUERIES}.parquet")
-        pq.write_table(pa.table({S.C_SESSION_IDX: idx, S.C_USER_IDX: self.user, S.C_LLM_IDX: self.llm,
-                                 S.C_RECORD_IDX: self.record, S.C_STEP: self.step,
-                                 S.C_PREV_INTERACTION: self.prev}), d / f"{S.T_SESSIONS}.parquet")
-        pq.write_table(pa.table({S.C_RESPONSE_IDX: idx, S.C_RATING: self.rating, S.C_RAW_RATING: self.raw_rating,
-                                 S.C_RESPONSE_TEXT: pa.array(self.response_text, pa.string())}),
-                       d / f"{S.T_RESPONSES}.parquet")
-        pq.write_table(pa.table({S.C_INTERACTION_IDX: idx, S.C_USER_IDX: self.user, S.C_SESSION_IDX: idx,
-                                 S.C_QUERY_IDX: idx, S.C_LLM_IDX: self.llm, S.C_RESPONSE_IDX: idx,
-                                 S.C_GROUP_IDX: self.group, S.C_RECORD_IDX: self.record, S.C_STEP: self.step,
-                                 S.C_TURN: self.turn, S.C_SPLIT: self.split, S.C_RATING: self.rating,
-                                 S.C_RAW_RATING: self.raw_rating, S.C_PREV_INTERACTION: self.prev,
-                                 S.C_LINE: self.line}), d / f"{S.T_INTERACTIONS}.parquet")
-        pq.write_table(pa.table({S.C_PAIR_IDX: np.arange(self.pair_a.shape[0], dtype=np.int64),
-                                 S.C_A: self.pair_a, S.C_B: self.pair_b, S.C_LABEL: self.pair_label,
-                                 S.C_GROUP_IDX: self.group[self.pair_a], S.C_STEP: self.step[self.pair_a],
-                                 S.C_USER_IDX: self.user[self.pair_a], S.C_SPLIT: self.split[self.pair_a]}),
-                       d / f"{S.T_PAIRS}.parquet")
-        (d / S.EDGE_DIR).mkdir()
-        all_idx = np.arange(n)
-        for rel in self.relations:
-            src, dst = relation_edges(self, rel, all_idx)
-            pq.write_table(pa.table({S.C_SRC: src, S.C_DST: dst}), d / S.EDGE_DIR / f"{S.relation_key(rel)}.parquet")
+        def write(name: str, cols: dict) -> None:
+            tbl = pa.table(cols)
+            # one row group, no compression and no dictionary: read back memory-mapped, one chunk per column
+            pq.write_table(tbl, d / f"{name}.parquet", row_group_size=max(1, tbl.num_rows),
+                           compression="NONE", use_dictionary=False)
+
+        write(S.T_USERS, {S.C_USER_ID: pa.array(self.user_ids, pa.string())})
+        write(S.T_LLMS, {S.C_LLM_NAME: pa.array(self.llm_names, pa.string()), S.C_EMBEDDING: emb_col(self.llm_emb)})
+        texts = {C_TEXT: pa.array(self.texts, pa.string())} if self.texts is not None else {}
+        write(T_TEXTS, {**texts, S.C_EMBEDDING: emb_col(self.text_emb)})
+        inter = {S.C_USER_IDX: self.user, S.C_LLM_IDX: self.llm, S.C_GROUP_IDX: self.group,
+                 S.C_RECORD_IDX: self.record, S.C_STEP: self.step, S.C_TURN: self.turn, S.C_SPLIT: self.split,
+                 S.C_RATING: self.rating, S.C_RAW_RATING: self.raw_rating, S.C_PREV_INTERACTION: self.prev,
+                 S.C_LINE: self.line, C_QUERY_ROW: self.query_row}
+        if self.question_id is not None:
+            inter[S.C_QUESTION_ID] = pa.array(list(self.question_id), pa.string())
+        if self.response_text is not None:
+            inter[S.C_RESPONSE_TEXT] = pa.array(list(self.response_text), pa.string())
+        write(S.T_INTERACTIONS, inter)
+        write(S.T_PAIRS, {S.C_A: self.pair_a, S.C_B: self.pair_b, S.C_LABEL: self.pair_label})
         meta = {
-            "format": "gmtrouter-graph/1",
+            "format": GRAPH_FORMAT,
+            "tables": list(GRAPH_TABLES),
             "relations": [S.relation_key(r) for r in self.relations],
             "encoder": self.encoder,
             "dim": dim,
@@ -243,8 +330,14 @@ class GraphTables:
         n, u, l = self.num_interactions, self.num_users, self.num_llms
         if self.llm_emb.shape != (l, self.dim):
             problems.append(f"llm embedding shape {self.llm_emb.shape} != ({l}, {self.dim})")
-        if self.query_emb.shape != (n, self.dim):
-            problems.append(f"query embedding shape {self.query_emb.shape} != ({n}, {self.dim})")
+        if self.text_emb.ndim != 2 or self.text_emb.shape[1] != self.dim:
+            problems.append(f"query text embedding shape {self.text_emb.shape} != (T, {self.dim})")
+        if self.query_row.shape != (n,):
+            problems.append(f"query_row shape {self.query_row.shape} != ({n},)")
+        elif n and (self.query_row.min() < 0 or self.query_row.max() >= self.text_emb.shape[0]):
+            problems.append(f"query_row out of range [0, {self.text_emb.shape[0]})")
+        if self.texts is not None and len(self.texts) != self.text_emb.shape[0]:
+            problems.append(f"{len(self.texts)} query texts for {self.text_emb.shape[0]} text embeddings")
         for name, arr, hi in (("user", self.user, u), ("llm", self.llm, l)):
             if arr.size and (arr.min() < 0 or arr.max() >= hi):
                 problems.append(f"{name} index out of range [0, {hi})")
@@ -255,7 +348,7 @@ class GraphTables:
                 problems.append(f"{name} index out of range [0, {n})")
         if self.pair_a.size and np.any(self.group[self.pair_a] != self.group[self.pair_b]):
             problems.append("a pair joins interactions of different groups")
-        if not np.all(np.isfinite(self.query_emb)) or not np.all(np.isfinite(self.llm_emb)):
+        if not np.all(np.isfinite(self.text_emb)) or not np.all(np.isfinite(self.llm_emb)):
             problems.append("non-finite embedding values")
         if not np.all(np.isfinite(self.rating)) or (self.rating.size and (self.rating.min() < 0 or self.rating.max() > 1)):
             problems.append("normalised ratings outside [0, 1]")
@@ -271,6 +364,41 @@ class GraphTables:
                 if arr.size and (arr.min() < 0 or arr.max() >= hi):
                     problems.append(f"edge {S.relation_key(rel)}: {end} index out of range")
         return problems
+
+
+def from_columns(*, user_ids: Sequence[str], llm_names: Sequence[str], llm_emb: np.ndarray, user: np.ndarray,
+                 llm: np.ndarray, group: np.ndarray, record: np.ndarray, step: np.ndarray, turn: np.ndarray,
+                 split: np.ndarray, raw_rating: np.ndarray, text_emb: np.ndarray, query_row: np.ndarray,
+                 texts: list[str] | None = None, question_id: Sequence[str] | None = None,
+                 response_text: Sequence[str | None] | None = None, line: np.ndarray | None = None,
+                 rating_scale: tuple[float, float] | None = None, relations: str | Sequence = "reference",
+                 encoder: str | None = None, sources: dict[str, str] | None = None) -> GraphTables:
+    """A :class:`GraphTables` from interaction columns, vectorised.
+
+    Rows must be in record order with each record's steps consecutive
+    (``step`` 0, 1, ...); ``prev``, the normalised ratings, the comparison
+    pairs and their labels are derived here (the same way for every source).
+    """
+    n = int(np.asarray(user).shape[0])
+    if n == 0:
+        raise ValueError("no interactions")
+    step = np.asarray(step, dtype=np.int16)
+    raw = np.asarray(raw_rating, dtype=np.float32)
+    lo, hi = rating_scale if rating_scale is not None else (float(raw.min()), float(raw.max()))
+    group = np.asarray(group, dtype=np.int64)
+    prev = np.where(step > 0, np.arange(n, dtype=np.int64) - 1, -1)
+    pair_a, pair_b = comparison_pairs(group, step)
+    return GraphTables(
+        user_ids=list(user_ids), llm_names=list(llm_names), llm_emb=np.asarray(llm_emb, dtype=np.float32),
+        user=np.asarray(user, dtype=np.int64), llm=np.asarray(llm, dtype=np.int64), group=group,
+        record=np.asarray(record, dtype=np.int64), step=step, turn=np.asarray(turn, dtype=np.int16),
+        split=np.asarray(split, dtype=np.int8), rating=normalise_ratings(raw, lo, hi), raw_rating=raw, prev=prev,
+        line=np.zeros(n, np.int32) if line is None else np.asarray(line, dtype=np.int32),
+        text_emb=np.asarray(text_emb, dtype=np.float32), query_row=np.asarray(query_row, dtype=np.int64),
+        texts=texts, question_id=question_id, response_text=response_text,
+        pair_a=pair_a, pair_b=pair_b, pair_label=pair_labels(raw[pair_a], raw[pair_b]),
+        relations=S.resolve_relations(relations), encoder=encoder, rating_min=float(lo), rating_max=float(hi),
+        sources=dict(sources or {}))
 
 
 def relation_edges(g: GraphTables, rel: S.EdgeType, idx: np.ndarray,
@@ -327,23 +455,23 @@ def build_graph(
     JSONL paths.  Ratings are min-max normalised over all splits together
     (or over ``rating_scale`` when given).  ``user_ids``/``llm_names`` fix
     the id order (for rebuilding a graph compatible with a checkpoint).
+    Query texts are deduplicated (same text and same embedding: one row of
+    ``text_emb``).
     """
     unknown = set(splits) - set(S.SPLITS)
     if unknown:
         raise ValueError(f"unknown split names {sorted(unknown)}; expected {list(S.SPLITS)}")
-    rels = S.resolve_relations(relations)
     users: dict[str, int] = {u: i for i, u in enumerate(user_ids or [])}
     llms: dict[str, int] = {m: i for i, m in enumerate(llm_names or [])}
     llm_vecs: dict[int, np.ndarray] = {}
     cols: dict[str, list] = {k: [] for k in (
-        "user", "llm", "group", "record", "step", "turn", "split", "raw", "prev", "line",
-        "qid", "qtext", "rtext")}
+        "user", "llm", "group", "record", "step", "turn", "split", "raw", "line", "qid", "rtext", "qrow")}
+    text_rows: dict[tuple[str, bytes], int] = {}
+    texts: list[str] = []
     embs: list[np.ndarray] = []
-    pa_, pb_, pl_ = [], [], []
     encoder: str | None = None
     encoder_file: str | None = None
     dim: int | None = None
-    n = 0
     g_idx = 0
     r_idx = 0
     for split_name in S.SPLITS:
@@ -359,8 +487,6 @@ def build_graph(
                 raise ValueError(
                     f"{path}:{first.line}: field 'model_emb': expected width {dim} "
                     f"(as in {encoder_file or 'the first split'}), got {first.model_emb.shape[0]}")
-            steps = len(first.conversation)
-            starts = []
             for rec in grp.records:
                 if rec.encoder is not None:
                     if encoder is None:
@@ -375,8 +501,13 @@ def build_graph(
                     lid = llms[rec.model] = len(llms)
                 if lid not in llm_vecs:
                     llm_vecs[lid] = rec.model_emb
-                starts.append(n)
                 for t, turn in enumerate(rec.conversation):
+                    key = (turn.query, np.ascontiguousarray(turn.query_emb, dtype=np.float32).tobytes())
+                    row = text_rows.get(key)
+                    if row is None:
+                        row = text_rows[key] = len(texts)
+                        texts.append(turn.query)
+                        embs.append(turn.query_emb)
                     cols["user"].append(uid)
                     cols["llm"].append(lid)
                     cols["group"].append(g_idx)
@@ -385,124 +516,93 @@ def build_graph(
                     cols["turn"].append(rec.turn)
                     cols["split"].append(code)
                     cols["raw"].append(turn.rating)
-                    cols["prev"].append(n - 1 if t > 0 else -1)
                     cols["line"].append(rec.line)
                     cols["qid"].append(rec.question_id)
-                    cols["qtext"].append(turn.query)
                     cols["rtext"].append(turn.response)
-                    embs.append(turn.query_emb)
-                    n += 1
+                    cols["qrow"].append(row)
                 r_idx += 1
-            # comparison pairs: every 2-combination of the K records, at every step
-            k = len(starts)
-            ia, ib = np.triu_indices(k, 1)
-            base = np.asarray(starts, dtype=np.int64)
-            for t in range(steps):
-                pa_.append(base[ia] + t)
-                pb_.append(base[ib] + t)
             g_idx += 1
-    if n == 0:
+    if not cols["user"]:
         raise ValueError(f"no interactions in {dict(splits)}")
-    raw = np.asarray(cols["raw"], dtype=np.float32)
-    lo, hi = rating_scale if rating_scale is not None else (float(raw.min()), float(raw.max()))
     llm_emb = np.zeros((len(llms), dim), dtype=np.float32)
     for lid, vec in llm_vecs.items():
         llm_emb[lid] = vec
-    pair_a = np.concatenate(pa_) if pa_ else np.zeros(0, np.int64)
-    pair_b = np.concatenate(pb_) if pb_ else np.zeros(0, np.int64)
-    g = GraphTables(
-        user_ids=list(users),
-        llm_names=list(llms),
-        llm_emb=llm_emb,
-        user=np.asarray(cols["user"], dtype=np.int64),
-        llm=np.asarray(cols["llm"], dtype=np.int64),
-        group=np.asarray(cols["group"], dtype=np.int64),
-        record=np.asarray(cols["record"], dtype=np.int64),
-        step=np.asarray(cols["step"], dtype=np.int16),
-        turn=np.asarray(cols["turn"], dtype=np.int16),
-        split=np.asarray(cols["split"], dtype=np.int8),
-        rating=np.zeros(n, np.float32),
-        raw_rating=raw,
-        prev=np.asarray(cols["prev"], dtype=np.int64),
-        line=np.asarray(cols["line"], dtype=np.int32),
-        query_emb=np.stack(embs).astype(np.float32, copy=False),
-        question_id=cols["qid"],
-        query_text=cols["qtext"],
-        response_text=cols["rtext"],
-        pair_a=pair_a,
-        pair_b=pair_b,
-        pair_label=np.zeros(pair_a.shape[0], np.float32),
-        relations=rels,
-        encoder=encoder,
-        rating_min=float(lo),
-        rating_max=float(hi),
-        sources={k: str(v) for k, v in splits.items()},
-    )
-    g.rating = g.normalise(raw)
-    ra, rb = raw[pair_a], raw[pair_b]
-    g.pair_label = np.where(ra > rb, 1.0, np.where(ra < rb, 0.0, 0.5)).astype(np.float32)
-    return g
-
-
-def _writable(a: np.ndarray) -> np.ndarray:
-    """``a`` itself when writable, else a copy: Arrow's zero-copy arrays are read-only, and torch.from_numpy
-    warns about (and must not write to) those."""
-    return a if a.flags.writeable else a.copy()
+    return from_columns(
+        user_ids=list(users), llm_names=list(llms), llm_emb=llm_emb, user=np.asarray(cols["user"]),
+        llm=np.asarray(cols["llm"]), group=np.asarray(cols["group"]), record=np.asarray(cols["record"]),
+        step=np.asarray(cols["step"]), turn=np.asarray(cols["turn"]), split=np.asarray(cols["split"]),
+        raw_rating=np.asarray(cols["raw"], dtype=np.float32), line=np.asarray(cols["line"]),
+        text_emb=np.stack(embs).astype(np.float32, copy=False), query_row=np.asarray(cols["qrow"]), texts=texts,
+        question_id=cols["qid"], response_text=cols["rtext"], rating_scale=rating_scale, relations=relations,
+        encoder=encoder, sources={k: str(v) for k, v in splits.items()})
 
 
 def read_graph(directory: str | Path, *, relations: str | Sequence | None = None) -> GraphTables:
-    """Load a graph written by :meth:`GraphTables.write_parquet`."""
+    """Load a graph written by :meth:`GraphTables.write_parquet`.
+
+    The files are memory-mapped; numeric columns become read-only numpy views
+    of Arrow's buffers (no per-record Python loop, no extra copy), which
+    :func:`as_tensor` turns into torch tensors without copying.
+    """
     d = Path(directory)
     meta_path = d / S.META_FILE
     if not meta_path.exists():
         raise FileNotFoundError(f"{d}: not a graph folder (no {S.META_FILE})")
     meta = json.loads(meta_path.read_text())
+    if meta.get("format") != GRAPH_FORMAT:
+        raise GraphIntegrityError(f"{meta_path}: field 'format': expected {GRAPH_FORMAT!r}, got "
+                                  f"{meta.get('format')!r} (rebuild the graph with this version)")
 
     def load(name: str) -> pa.Table:
         p = d / f"{name}.parquet"
         if not p.exists():
             raise GraphIntegrityError(f"{d}: missing table {p.name}")
-        return pq.read_table(p)
+        return pq.read_table(p, memory_map=True)
+
+    def arr(tbl: pa.Table, name: str, dtype) -> np.ndarray:
+        col = tbl.column(name)
+        chunk = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+        out = chunk.to_numpy(zero_copy_only=False)
+        return out if out.dtype == dtype else out.astype(dtype)
 
     def emb(tbl: pa.Table) -> np.ndarray:
-        col = tbl.column(S.C_EMBEDDING).combine_chunks()
-        width = col.type.list_size
-        return _writable(np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
-                         .reshape(-1, width))
+        col = tbl.column(S.C_EMBEDDING)
+        chunk = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+        width = chunk.type.list_size
+        return arr(pa.table({"v": chunk.flatten()}), "v", np.float32).reshape(-1, width)
+
+    def strings(tbl: pa.Table, name: str) -> list | None:
+        return tbl.column(name).to_pylist() if name in tbl.column_names else None
 
     users = load(S.T_USERS)
     llms = load(S.T_LLMS)
-    queries = load(S.T_QUERIES)
-    responses = load(S.T_RESPONSES)
+    texts = load(T_TEXTS)
     inter = load(S.T_INTERACTIONS)
     pairs = load(S.T_PAIRS)
-
-    def col(tbl: pa.Table, name: str, dtype) -> np.ndarray:
-        return _writable(np.asarray(tbl.column(name).to_numpy(), dtype=dtype))
-
     rels = S.resolve_relations(relations if relations is not None else meta["relations"])
     g = GraphTables(
         user_ids=users.column(S.C_USER_ID).to_pylist(),
         llm_names=llms.column(S.C_LLM_NAME).to_pylist(),
         llm_emb=emb(llms),
-        user=col(inter, S.C_USER_IDX, np.int64),
-        llm=col(inter, S.C_LLM_IDX, np.int64),
-        group=col(inter, S.C_GROUP_IDX, np.int64),
-        record=col(inter, S.C_RECORD_IDX, np.int64),
-        step=col(inter, S.C_STEP, np.int16),
-        turn=col(inter, S.C_TURN, np.int16),
-        split=col(inter, S.C_SPLIT, np.int8),
-        rating=col(inter, S.C_RATING, np.float32),
-        raw_rating=col(inter, S.C_RAW_RATING, np.float32),
-        prev=col(inter, S.C_PREV_INTERACTION, np.int64),
-        line=col(inter, S.C_LINE, np.int32),
-        query_emb=emb(queries),
-        question_id=queries.column(S.C_QUESTION_ID).to_pylist(),
-        query_text=queries.column(S.C_QUERY_TEXT).to_pylist(),
-        response_text=responses.column(S.C_RESPONSE_TEXT).to_pylist(),
-        pair_a=col(pairs, S.C_A, np.int64),
-        pair_b=col(pairs, S.C_B, np.int64),
-        pair_label=col(pairs, S.C_LABEL, np.float32),
+        user=arr(inter, S.C_USER_IDX, np.int64),
+        llm=arr(inter, S.C_LLM_IDX, np.int64),
+        group=arr(inter, S.C_GROUP_IDX, np.int64),
+        record=arr(inter, S.C_RECORD_IDX, np.int64),
+        step=arr(inter, S.C_STEP, np.int16),
+        turn=arr(inter, S.C_TURN, np.int16),
+        split=arr(inter, S.C_SPLIT, np.int8),
+        rating=arr(inter, S.C_RATING, np.float32),
+        raw_rating=arr(inter, S.C_RAW_RATING, np.float32),
+        prev=arr(inter, S.C_PREV_INTERACTION, np.int64),
+        line=arr(inter, S.C_LINE, np.int32),
+        text_emb=emb(texts),
+        query_row=arr(inter, C_QUERY_ROW, np.int64),
+        texts=strings(texts, C_TEXT),
+        question_id=strings(inter, S.C_QUESTION_ID),
+        response_text=strings(inter, S.C_RESPONSE_TEXT),
+        pair_a=arr(pairs, S.C_A, np.int64),
+        pair_b=arr(pairs, S.C_B, np.int64),
+        pair_label=arr(pairs, S.C_LABEL, np.float32),
         relations=rels,
         encoder=meta.get("encoder"),
         rating_min=float(meta["rating_min"]),
@@ -513,4 +613,3 @@ def read_graph(directory: str | Path, *, relations: str | Sequence | None = None
     if problems:
         raise GraphIntegrityError(f"{d}: " + "; ".join(problems))
     return g
-

@@ -19,7 +19,7 @@ or through MLflow: ``mlflow.pyfunc.load_model("models:/gmtrouter-demo@champion")
 
 Without an explicit tracking URI, ``MLFLOW_TRACKING_URI`` is used, else the
 pipeline's default store ``sqlite:///$GMTROUTER_HOME/mlflow/mlflow.db``
-(``GMTROUTER_HOME`` defaults to ``<repo>/.gmtrouter``).
+(``GMTROUTER_HOME`` defaults to ``./.gmtrouter``, see :mod:`gmt_model.paths`).
 """
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+from .atomic import replace_dir
+from .paths import ENV_HOME, default_home
+
 if TYPE_CHECKING:  # pragma: no cover
     from .router import GMTRouter
 
@@ -50,7 +53,6 @@ __all__ = [
     "default_home",
     "default_tracking_uri",
     "ensure_sqlite_folder",
-    "default_artifact_uri",
     "registered_model_name",
     "parse_model_uri",
     "pip_requirements",
@@ -67,7 +69,6 @@ __all__ = [
     "GMTRouterPyfunc",
 ]
 
-ENV_HOME = "GMTROUTER_HOME"
 MODEL_NAME_PREFIX = "gmtrouter-"
 DEFAULT_MODEL_URI = "models:/gmtrouter-demo@champion"
 #: key of the checkpoint folder in the pyfunc model's artifacts
@@ -82,7 +83,7 @@ _URI_RE = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<versi
 _MODEL_CODE = '''"""MLflow models-from-code entry of the GMTRouter pyfunc model (written by gmt_model.registry)."""
 import mlflow
 
-from gmt_model.registry import GMTRouterPyfunc
+from gmt_model import GMTRouterPyfunc  # the package root: stays valid if the module moves
 
 mlflow.models.set_model(GMTRouterPyfunc())
 '''
@@ -95,14 +96,6 @@ class RegistryError(RuntimeError):
 # --------------------------------------------------------------------------
 # defaults shared with the pipeline
 # --------------------------------------------------------------------------
-def default_home() -> Path:
-    """``$GMTROUTER_HOME`` if set, else ``<repo>/.gmtrouter`` (the pipeline's data root)."""
-    env = os.environ.get(ENV_HOME)
-    if env:
-        return Path(env).expanduser().resolve()
-    return (Path(__file__).resolve().parents[1] / ".gmtrouter").resolve()
-
-
 def default_tracking_uri(home: str | os.PathLike[str] | None = None) -> str:
     """``MLFLOW_TRACKING_URI`` if set, else SQLite under the data root (folder created)."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
@@ -122,14 +115,6 @@ def ensure_sqlite_folder(uri: str) -> str:
         if path and path != ":memory:":
             Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
     return uri
-
-
-def default_artifact_uri(home: str | os.PathLike[str] | None = None) -> str:
-    """``file://`` URI of the local artifact folder under the data root."""
-    root = Path(home).expanduser().resolve() if home is not None else default_home()
-    folder = root / "mlflow" / "artifacts"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder.as_uri()
 
 
 def registered_model_name(dataset: str) -> str:
@@ -325,9 +310,7 @@ def download_checkpoint(
             local = download_artifacts(artifact_uri=source, dst_path=str(tmp), tracking_uri=t_uri)
         model_dir = Path(local)
         _checkpoint_in_model_dir(model_dir)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(model_dir, target)  # tmp itself, or a folder inside it
+        replace_dir(model_dir, target)  # tmp itself, or a folder inside it
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

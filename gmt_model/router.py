@@ -74,7 +74,8 @@ class GMTRouter:
     """Route queries to the LLM each user is predicted to prefer.
 
     ``GMTRouter(yaml_path)`` reads a seed-style test config;
-    ``GMTRouter.from_checkpoint(dir)``; ``GMTRouter.from_registry(uri)``.
+    ``GMTRouter.from_checkpoint(dir)``; a registered model:
+    ``gmt_model.load_router(uri)`` (:mod:`gmt_model.registry`, which imports this module, not the reverse).
     """
 
     def __init__(self, yaml_path: str | Path | None = None, *, config: RouterConfig | None = None,
@@ -177,12 +178,6 @@ class GMTRouter:
                            candidates=list(candidates) if candidates else None,
                            encoder=encoder if isinstance(encoder, str) else None, **options)
         return cls(config=cfg, encoder=None if isinstance(encoder, str) else encoder)
-
-    @classmethod
-    def from_registry(cls, uri: str, *, tracking_uri: str | None = None, **kw: Any) -> "GMTRouter":
-        from .registry import load_router  # imports mlflow lazily
-
-        return load_router(uri, tracking_uri=tracking_uri, **kw)
 
     # --------------------------------------------------------------- encoding
     @property

@@ -46,10 +46,11 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
+
+from .atomic import copy_file_atomic, replace_dir
 
 __all__ = ["SourceError", "fetch", "extract", "sha256_file"]
 
@@ -211,18 +212,7 @@ def _fetch_local(path: Path, dest: Path, expected: str | None, src: str,
     if path.resolve() == dest.resolve():
         _verify_in_place(dest, expected, src)
         return dest
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out, open(path, "rb") as inp:
-            shutil.copyfileobj(inp, out, _CHUNK)
-            out.flush()
-            os.fsync(out.fileno())
-        _verify(tmp, expected, src)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dest
+    return copy_file_atomic(path, dest, suffix=".part", check=lambda tmp: _verify(tmp, expected, src))
 
 
 def _verify_in_place(path: Path, expected: str | None, src: str) -> None:
@@ -651,26 +641,10 @@ def extract(archive: Path, target_dir: Path) -> Path:
             raise SourceError(f"archive {archive} is truncated or corrupt, or could not be "
                               f"extracted: {exc!r}") from exc
         _check_tree(tmp, archive)
-        _swap_into_place(tmp, target_dir)
+        replace_dir(tmp, target_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target_dir
 
 
-def _swap_into_place(new: Path, target: Path) -> None:
-    """Replace folder ``target`` by ``new``; the old one survives a failure."""
-    if not target.exists() and not target.is_symlink():
-        os.replace(new, target)
-        return
-    old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-    os.replace(target, old)
-    try:
-        os.replace(new, target)
-    except OSError:
-        os.replace(old, target)
-        raise
-    if old.is_dir() and not old.is_symlink():
-        shutil.rmtree(old)
-    else:
-        old.unlink()

@@ -14,9 +14,27 @@ Every epoch (one optimiser step, as in the reference):
    group-step; ``bce``: against the normalised ratings);
 5. Adam step.
 
+Mini-batch mode (``batch_users: N``): an epoch walks over the training users
+in a random order, ``N`` users per optimiser step; each step samples
+``record_per_user`` visible pairs of each of its users, ``prediction_count``
+predicted pairs among those users' other non-tied pairs, and runs the GNN over
+that batch's subgraph only (user and LLM nodes plus the batch's visible
+interactions), so memory is bounded by the batch, not by the dataset.  The
+sampling costs O(batch) (the training pairs are indexed by user once).
+Validation and the cold-start calibration then run over users in batches of
+``N`` too: each batch's users see their own training interactions.
+``batch_users: null`` (the default) is the full-batch reference protocol above.
+
 Validation every ``eval_every`` epochs (all training interactions visible,
 validation ratings hidden); the best checkpoint by ``objective`` and a
 periodic, resumable checkpoint every ``save_every`` epochs.
+
+On CUDA a step never waits for the device: losses stay on the device and are
+read in bulk at validation and checkpoint epochs (then ``callback`` hears the
+epochs since the last read); host-to-device copies go through pinned memory;
+``amp: true`` runs the GNN and the predictor under bfloat16 autocast (CUDA
+only; the loss is computed in float32).  On CPU everything is float32 and the
+callback hears every epoch as it ends.
 
 Re-running into the same folder resumes: a killed run continues from its
 last periodic checkpoint (``on_start`` hears how many epochs were done); a
@@ -36,7 +54,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -45,13 +63,13 @@ import torch.nn.functional as F
 from . import schema as S
 from .checkpoint import CheckpointError, History, load_tensors, read_config, save_checkpoint
 from .config import TrainConfig
-from .engine import GroupSteps, Subgraph, build_subgraph, group_steps, pair_positions, score_groups
-from .graph import GraphTables
-from .metrics import pairwise_accuracy, pairwise_auc
+from .engine import GroupSteps, Subgraph, to_device, build_subgraph, group_steps, pair_positions, score_groups
+from .graph import GraphTables, as_tensor, pair_labels
+from .pairwise import pair_accuracy, pair_auc
 from .model import GMTModel, ModelConfig
 
 __all__ = ["TrainResult", "train", "model_config_for", "resolve_device", "predict_groups", "pair_scores",
-           "EpochSampler", "ResumeMismatchError"]
+           "EpochSampler", "UserBatchSampler", "ResumeMismatchError", "concat_group_steps"]
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +177,91 @@ class EpochSampler:
         return visible, pred
 
 
+class UserBatchSampler:
+    """Mini-batch sampling over users: per step a batch of users, their visible
+    pairs and the pairs to predict, in O(batch) time (training pairs indexed by
+    user once)."""
+
+    def __init__(self, g: GraphTables, record_per_user: int, prediction_count: int, batch_users: int) -> None:
+        self.g = g
+        pairs = np.flatnonzero(g.pair_mask(S.SPLIT_TRAIN))
+        if pairs.size == 0:
+            raise ValueError("the training split has no comparison pairs")
+        user = g.user[g.pair_a[pairs]]
+        order = np.argsort(user, kind="stable")
+        self.pairs = pairs[order]
+        self.pa, self.pb = g.pair_a[self.pairs], g.pair_b[self.pairs]
+        self.counts = np.bincount(user, minlength=g.num_users)
+        self.starts = np.r_[0, np.cumsum(self.counts)[:-1]]
+        self.users = np.flatnonzero(self.counts > 0)
+        self.nontie = g.pair_label[self.pairs] != 0.5
+        self.r, self.k, self.b = int(record_per_user), int(prediction_count), int(batch_users)
+        self._vis = np.zeros(g.num_interactions, dtype=bool)  # scratch, all False between calls
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-self.users.size // self.b)
+
+    def epoch(self, rng: np.random.Generator) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The (visible interactions, predicted pairs) of each step of one epoch."""
+        users = rng.permutation(self.users)
+        for i in range(0, users.size, self.b):
+            yield self.sample(rng, users[i:i + self.b])
+
+    def sample(self, rng: np.random.Generator, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        sizes = self.counts[users]
+        total = int(sizes.sum())
+        first = np.cumsum(sizes) - sizes
+        within = np.arange(total) - np.repeat(first, sizes)
+        pos = np.repeat(self.starts[users], sizes) + within  # positions in self.pairs, grouped by user
+        owner = np.repeat(np.arange(users.size), sizes)
+        pos = pos[np.lexsort((rng.random(total), owner))]  # random order within each user
+        chosen = pos[within < self.r]
+        visible = np.unique(np.concatenate([self.pa[chosen], self.pb[chosen]]))
+        self._vis[visible] = True
+        cand = pos[self.nontie[pos] & ~self._vis[self.pa[pos]] & ~self._vis[self.pb[pos]]]
+        self._vis[visible] = False
+        pred = self.pairs[rng.permutation(cand)[: self.k]]
+        return visible, pred
+
+
+def concat_group_steps(parts: list[GroupSteps]) -> GroupSteps:
+    """One GroupSteps from several (rows padded to the widest)."""
+    parts = [p for p in parts if p.size]
+    if not parts:
+        z = np.zeros((0, 1), dtype=np.int64)
+        return GroupSteps(z, np.zeros(0, np.int64), z, np.zeros((0, 1), np.float32), np.zeros((0, 1), bool))
+    k = max(p.inter.shape[1] for p in parts)
+
+    def pad(a: np.ndarray, fill) -> np.ndarray:
+        return a if a.shape[1] == k else np.concatenate([a, np.full((a.shape[0], k - a.shape[1]), fill, a.dtype)], 1)
+
+    return GroupSteps(inter=np.concatenate([pad(p.inter, -1) for p in parts]),
+                      user=np.concatenate([p.user for p in parts]),
+                      llm=np.concatenate([pad(p.llm, -1) for p in parts]),
+                      rating=np.concatenate([pad(p.rating, np.nan) for p in parts]),
+                      mask=np.concatenate([pad(p.mask, False) for p in parts]))
+
+
+def user_batches(g: GraphTables, interactions: np.ndarray, batch_users: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(users, interactions of those users) for consecutive batches of ``batch_users``
+    users, in user order; O(batch) per batch after one sort."""
+    idx = np.asarray(interactions, dtype=np.int64)
+    idx = idx[np.argsort(g.user[idx], kind="stable")]
+    users = g.user[idx]
+    uniq = np.unique(users)
+    for i in range(0, uniq.size, batch_users):
+        chunk = uniq[i:i + batch_users]
+        yield chunk, _slice_users(idx, users, chunk)
+
+
+def _slice_users(sorted_idx: np.ndarray, sorted_user: np.ndarray, chunk: np.ndarray) -> np.ndarray:
+    """The entries of ``sorted_idx`` (sorted by ``sorted_user``) whose user lies in [chunk[0], chunk[-1]]."""
+    lo = np.searchsorted(sorted_user, chunk[0], side="left")
+    hi = np.searchsorted(sorted_user, chunk[-1], side="right")
+    return np.sort(sorted_idx[lo:hi])
+
+
 def pairs_as_groups(g: GraphTables, pairs: np.ndarray) -> GroupSteps:
     inter = np.stack([g.pair_a[pairs], g.pair_b[pairs]], axis=1)
     return GroupSteps(inter=inter, user=g.user[inter[:, 0]], llm=g.llm[inter],
@@ -169,18 +272,22 @@ def pair_scores(gs: GroupSteps, scores: np.ndarray) -> tuple[np.ndarray, ...]:
     """(rows, col_a, col_b, score_a, score_b, label) of every within-group-step pair."""
     rows, ca, cb = pair_positions(gs)
     ra, rb = gs.rating[rows, ca], gs.rating[rows, cb]
-    label = np.where(ra > rb, 1.0, np.where(ra < rb, 0.0, 0.5)).astype(np.float32)
+    label = pair_labels(ra, rb)
     return rows, ca, cb, scores[rows, ca], scores[rows, cb], label
 
 
 @torch.no_grad()
 def predict_groups(model: GMTModel, g: GraphTables, split: str, device: torch.device, *,
                    visible_mask: np.ndarray | None = None, cold: bool = False,
-                   sub: Subgraph | None = None) -> tuple[GroupSteps, np.ndarray, Subgraph]:
+                   sub: Subgraph | None = None, batch_users: int | None = None,
+                   amp: bool = False) -> tuple[GroupSteps, np.ndarray, Subgraph | None]:
     """Score every candidate of every group-step of ``split``.
 
     The visible history defaults to the whole training split; the ratings of
     ``split`` are never in the graph.  ``cold``: every user's history hidden.
+    ``batch_users``: score the users in batches of that many (each batch's
+    subgraph holds its users' visible interactions only; memory bounded by the
+    batch; no subgraph is returned); None: one subgraph of the whole history.
     """
     model.eval()
     if tuple(g.relations) != tuple(model.cfg.edge_types):
@@ -189,6 +296,23 @@ def predict_groups(model: GMTModel, g: GraphTables, split: str, device: torch.de
     if visible_mask is None:
         visible_mask = g.split_mask(S.SPLIT_TRAIN)
     visible = np.flatnonzero(visible_mask & ~g.split_mask(split))
+    if batch_users and sub is None:
+        vis_sorted = visible[np.argsort(g.user[visible], kind="stable")]
+        vis_user = g.user[vis_sorted]
+        parts_gs, parts_scores = [], []
+        for chunk, tgt in user_batches(g, target, int(batch_users)):
+            vis = _slice_users(vis_sorted, vis_user, chunk)
+            bsub = build_subgraph(g, vis, tgt, device)
+            with _autocast(device, amp):
+                reps = bsub.embed(model)
+                gs = group_steps(g, tgt)
+                parts_scores.append(score_groups(model, reps, bsub, gs, cold=cold).float())
+            parts_gs.append(gs)
+        gs = concat_group_steps(parts_gs)
+        k = gs.inter.shape[1]
+        scores = [F.pad(t, (0, k - t.shape[1])) for t in parts_scores]
+        out = torch.cat(scores).cpu().numpy() if scores else np.zeros(gs.inter.shape, np.float32)
+        return gs, out, None
     if sub is None:
         sub = build_subgraph(g, visible, target, device)
     reps = sub.embed(model)
@@ -197,36 +321,43 @@ def predict_groups(model: GMTModel, g: GraphTables, split: str, device: torch.de
     return gs, scores, sub
 
 
-def _validate(model: GMTModel, g: GraphTables, device: torch.device, sub: Subgraph | None):
-    gs, scores, sub = predict_groups(model, g, S.SPLIT_VALID, device, sub=sub)
+def _validate(model: GMTModel, g: GraphTables, device: torch.device, sub: Subgraph | None,
+              batch_users: int | None = None, amp: bool = False):
+    gs, scores, sub = predict_groups(model, g, S.SPLIT_VALID, device, sub=sub, batch_users=batch_users, amp=amp)
     *_, sa, sb, label = pair_scores(gs, scores)
     keep = label != 0.5
     y = np.where(label[keep] == 1.0, 1.0, -1.0)
     loss = float(np.mean(np.logaddexp(0.0, -y * (sa[keep] - sb[keep])))) if keep.any() else float("nan")
-    return {"val_loss": loss, "val_auc": float(pairwise_auc(sa, sb, label)),
-            "val_accuracy": float(pairwise_accuracy(sa, sb, label))}, sub
+    return {"val_loss": loss, "val_auc": float(pair_auc(sa, sb, label)),
+            "val_accuracy": float(pair_accuracy(sa, sb, label))}, sub
 
 
 def _loss(cfg: TrainConfig, scores: torch.Tensor, gs: GroupSteps, device: torch.device) -> torch.Tensor:
-    rating = torch.from_numpy(np.nan_to_num(gs.rating, nan=0.0)).to(device)
-    mask = torch.from_numpy(gs.mask).to(device)
+    def dev(a: np.ndarray) -> torch.Tensor:  # pinned, asynchronous on CUDA
+        return to_device(torch.from_numpy(np.ascontiguousarray(a)), device)
+
     if cfg.loss == "pairwise":
         rows, ca, cb = pair_positions(gs)
         ra, rb = gs.rating[rows, ca], gs.rating[rows, cb]
         keep = ra != rb
         rows, ca, cb = rows[keep], ca[keep], cb[keep]
-        y = torch.from_numpy(np.where(ra[keep] > rb[keep], 1.0, -1.0).astype(np.float32)).to(device)
-        r = torch.from_numpy(rows).to(device)
-        s = scores[r, torch.from_numpy(ca).to(device)] - scores[r, torch.from_numpy(cb).to(device)]
+        y = dev(np.where(ra[keep] > rb[keep], 1.0, -1.0).astype(np.float32))
+        r = dev(rows)
+        s = scores[r, dev(ca)] - scores[r, dev(cb)]
         return F.softplus(-y * s).mean()
+    rating = dev(np.nan_to_num(gs.rating, nan=0.0))
+    mask = dev(gs.mask)
+    # masked means, not boolean indexing: no device -> host sync for the number of selected rows
+    w = mask.to(scores.dtype)
     if cfg.loss == "bce":
-        return F.binary_cross_entropy_with_logits(scores[mask], rating[mask])
+        per = F.binary_cross_entropy_with_logits(scores, rating, reduction="none")
+        return (per * w).sum() / w.sum().clamp_min(1.0)
     # ce: the unique best candidate of each group-step
     masked = torch.where(mask, rating, torch.full_like(rating, -1.0))
     best = masked.max(dim=1, keepdim=True).values
-    unique = ((masked == best) & mask).sum(dim=1) == 1
-    logits = scores.masked_fill(~mask, float("-inf"))[unique]
-    return F.cross_entropy(logits, masked[unique].argmax(dim=1))
+    unique = (((masked == best) & mask).sum(dim=1) == 1).to(scores.dtype)
+    per = F.cross_entropy(scores.masked_fill(~mask, float("-inf")), masked.argmax(dim=1), reduction="none")
+    return (per * unique).sum() / unique.sum().clamp_min(1.0)
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -250,7 +381,7 @@ def _restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tens
 
 def _fingerprint(cfg: TrainConfig, mcfg: ModelConfig, g: GraphTables) -> dict[str, Any]:
     keys = ("lr", "prediction_count", "objective", "loss", "seed", "record_per_user", "weight_decay",
-            "cold_start_rate", "eval_every", "save_every")
+            "cold_start_rate", "eval_every", "save_every", "batch_users", "amp")
     return {"train": {k: getattr(cfg, k) for k in keys}, "model": mcfg.to_dict(),
             "data": {"interactions": g.num_interactions, "pairs": int(g.pair_a.size), "users": g.num_users,
                      "llms": g.num_llms}}
@@ -307,11 +438,13 @@ def _train(g: GraphTables, cfg: TrainConfig, out: Path, resume: bool,
     mcfg = model_config_for(cfg, g)
     g = dataclasses.replace(g, relations=mcfg.edge_types)  # a view with the model's relations; arrays shared
     model = GMTModel(mcfg)
-    train_q = g.query_emb[g.split_mask(S.SPLIT_TRAIN)]
-    model.gnn.set_input_stats(torch.from_numpy(train_q), torch.from_numpy(g.llm_emb))
+    _set_input_stats(model, g)
     model = model.to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sampler = EpochSampler(g, cfg.record_per_user, cfg.prediction_count)
+    batcher = (UserBatchSampler(g, cfg.record_per_user, cfg.prediction_count, cfg.batch_users)
+               if cfg.batch_users else None)
+    amp = bool(cfg.amp) and dev.type == "cuda"
     notes: list[str] = []
     if sampler.thin_users:
         msg = (f"{len(sampler.thin_users)} user(s) have fewer than record_per_user={cfg.record_per_user} training "
@@ -347,11 +480,39 @@ def _train(g: GraphTables, cfg: TrainConfig, out: Path, resume: bool,
         shutil.rmtree(last_dir)  # a fresh run: never resume into a mix of this run and an older one
     if on_start is not None:
         on_start(start_epoch - 1)
-    qe = torch.from_numpy(g.query_emb).to(dev)
-    le = torch.from_numpy(g.llm_emb).to(dev)
-    rt = torch.from_numpy(g.rating).to(dev)
+    qe = _device_table(g.text_emb, dev)
+    le = _device_table(g.llm_emb, dev)
+    rt = _device_table(g.rating, dev)
     val_sub: Subgraph | None = None
     epoch = start_epoch - 1
+    pending: list[tuple[int, dict[str, float], torch.Tensor]] = []
+
+    def flush() -> None:
+        """Read the pending epochs' losses in one transfer, then tell the callback."""
+        if not pending:
+            return
+        values = torch.stack([t for _, _, t in pending]).float().cpu().tolist()
+        for (ep, row, _), v in zip(pending, values):
+            row["train_loss"] = float(v)
+            if callback is not None:
+                callback(ep, row)
+        pending.clear()
+
+    def step(visible: np.ndarray, pred: np.ndarray) -> torch.Tensor:
+        if cfg.loss == "pairwise":
+            gs = pairs_as_groups(g, pred)
+        else:
+            gs = group_steps(g, np.unique(np.concatenate([g.pair_a[pred], g.pair_b[pred]])))
+        sub = build_subgraph(g, visible, gs.inter[gs.mask], dev, qe, le, rt)
+        cold = rng.random(gs.size) < cfg.cold_start_rate if cfg.cold_start_rate > 0 else False
+        with _autocast(dev, amp):
+            reps = sub.embed(model)
+            scores = score_groups(model, reps, sub, gs, cold=cold)
+        loss = _loss(cfg, scores.float(), gs, dev)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach()
 
     def save_last(ep: int) -> None:
         tensors, groups = _optimizer_tensors(opt)
@@ -365,25 +526,25 @@ def _train(g: GraphTables, cfg: TrainConfig, out: Path, resume: bool,
 
     for epoch in range(start_epoch, cfg.epochs + 1):
         model.train()
-        visible, pred = sampler.sample(rng)
-        if pred.size == 0:
-            raise ValueError("no trainable pairs left to predict after sampling the visible history; "
-                             "lower record_per_user or add data")
-        if cfg.loss == "pairwise":
-            gs = pairs_as_groups(g, pred)
+        if batcher is None:
+            visible, pred = sampler.sample(rng)
+            if pred.size == 0:
+                raise ValueError("no trainable pairs left to predict after sampling the visible history; "
+                                 "lower record_per_user or add data")
+            epoch_loss = step(visible, pred)
         else:
-            gs = group_steps(g, np.unique(np.concatenate([g.pair_a[pred], g.pair_b[pred]])))
-        sub = build_subgraph(g, visible, gs.inter[gs.mask], dev, qe, le, rt)
-        cold = rng.random(gs.size) < cfg.cold_start_rate if cfg.cold_start_rate > 0 else False
-        reps = sub.embed(model)
-        scores = score_groups(model, reps, sub, gs, cold=cold)
-        loss = _loss(cfg, scores, gs, dev)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        row: dict[str, float] = {"epoch": float(epoch), "train_loss": float(loss.detach())}
-        if has_valid and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
-            metrics, val_sub = _validate(model, g, dev, val_sub)
+            losses = [step(visible, pred) for visible, pred in batcher.epoch(rng) if pred.size]
+            if not losses:
+                raise ValueError("no trainable pairs left to predict after sampling the visible history; "
+                                 "lower record_per_user or add data")
+            epoch_loss = torch.stack(losses).mean()
+        row: dict[str, float] = {"epoch": float(epoch)}
+        pending.append((epoch, row, epoch_loss))
+        is_eval = has_valid and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs)
+        if dev.type != "cuda" or is_eval or epoch % cfg.eval_every == 0 or epoch % cfg.save_every == 0:
+            flush()  # on CUDA only here: the one host sync of these epochs
+        if is_eval:
+            metrics, val_sub = _validate(model, g, dev, val_sub, cfg.batch_users, amp)
             row.update(metrics)
             value = metrics[metric_key]
             if not math.isnan(value) and (value > best_metric if higher else value < best_metric):
@@ -393,15 +554,14 @@ def _train(g: GraphTables, cfg: TrainConfig, out: Path, resume: bool,
             history.append(row)
         elif epoch % cfg.eval_every == 0:
             history.append(row)
-        if callback is not None:
-            callback(epoch, row)
         if epoch % cfg.save_every == 0 and epoch != cfg.epochs:
             save_last(epoch)
+    flush()
     save_last(epoch)
     if not has_valid or best_epoch == 0 or not best_dir.exists():
         save_checkpoint(best_dir, model, meta={**(extra_meta or {}), "epoch": epoch, "kind": "best"}, **ckpt_kw)
         best_epoch = epoch
-    _store_cold_calibration(best_dir, g, dev)
+    _store_cold_calibration(best_dir, g, dev, cfg.batch_users)
     return TrainResult(best_dir=best_dir, last_dir=last_dir, best_epoch=best_epoch,
                        best_metric=best_metric if best_metric != -math.inf else float("nan"),
                        objective=cfg.objective, history=history, device=str(dev),
@@ -409,14 +569,55 @@ def _train(g: GraphTables, cfg: TrainConfig, out: Path, resume: bool,
                        resumed_from=resumed_from, warnings=notes, model_config=mcfg.to_dict())
 
 
-def _store_cold_calibration(best_dir: Path, g: GraphTables, dev: torch.device) -> None:
+def _store_cold_calibration(best_dir: Path, g: GraphTables, dev: torch.device,
+                            batch_users: int | None = None) -> None:
     """The best model's cold-start calibration (crowd Bradley-Terry + validated weight
     of the cold-start GNN) into its checkpoint, for the router."""
     from .checkpoint import load_checkpoint, update_meta
     from .engine import cold_calibration
 
     ck = load_checkpoint(best_dir, device=dev)
-    update_meta(best_dir, {"cold_calibration": cold_calibration(ck.model, g, dev).to_dict()})
+    update_meta(best_dir, {"cold_calibration": cold_calibration(ck.model, g, dev, batch_users=batch_users).to_dict()})
+
+
+def _set_input_stats(model: GMTModel, g: GraphTables) -> None:
+    """The input normalisation from the training interactions' query embeddings
+    (each text weighted by its number of training interactions) and the LLM
+    embeddings.  Small graphs take the exact per-interaction path (bit-for-bit as
+    before deduplication); large ones never materialise the (N, d) matrix."""
+    train = np.flatnonzero(g.split_mask(S.SPLIT_TRAIN))
+    if train.size * g.dim <= 20_000_000:
+        model.gnn.set_input_stats(as_tensor(g.query_vecs(train)), as_tensor(g.llm_emb))
+        return
+    if not model.cfg.normalize_inputs:
+        return
+    w = np.bincount(g.query_row[train], minlength=g.num_texts).astype(np.float64)
+    x = np.asarray(g.text_emb, dtype=np.float64)
+    mean = (w @ x) / w.sum()
+    var = (w @ ((x - mean) ** 2)).sum() / (w.sum() * g.dim)
+    gnn = model.gnn
+    with torch.no_grad():
+        gnn.query_mean.copy_(torch.from_numpy(mean.astype(np.float32)))
+        gnn.query_scale.copy_(torch.tensor(max(float(np.sqrt(var)), 1e-6)))
+        le = as_tensor(g.llm_emb).float()
+        lm = le.mean(dim=0)
+        gnn.llm_mean.copy_(lm)
+        gnn.llm_scale.copy_((le - lm).pow(2).mean().sqrt().clamp_min(1e-6))
+
+
+def _device_table(a: np.ndarray, dev: torch.device) -> torch.Tensor:
+    """A graph column on ``dev`` (CPU: a zero-copy view; CUDA: one pinned, asynchronous copy)."""
+    t = as_tensor(a)
+    return t if dev.type != "cuda" else t.pin_memory().to(dev, non_blocking=True)
+
+
+def _autocast(dev: torch.device, enabled: bool):
+    """bfloat16 autocast on CUDA when enabled; a no-op context otherwise."""
+    import contextlib
+
+    if enabled and dev.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def _changes(old: Any, new: Any, prefix: str = "") -> list[str]:

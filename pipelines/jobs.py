@@ -20,7 +20,8 @@ if TYPE_CHECKING:  # the type define_asset_job returns
 
 from assets.storage import DATASETS
 
-__all__ = ["ENV_EXECUTOR", "EXECUTORS", "job_name", "executor_from_env", "build_jobs"]
+__all__ = ["ENV_EXECUTOR", "EXECUTORS", "job_name", "embed_job_name", "executor_from_env", "build_jobs",
+           "build_embed_jobs"]
 
 ENV_EXECUTOR = "GMTROUTER_EXECUTOR"
 EXECUTORS = ("in_process", "multiprocess", "celery", "k8s")
@@ -29,6 +30,11 @@ EXECUTORS = ("in_process", "multiprocess", "celery", "k8s")
 def job_name(dataset: str) -> str:
     """``train_<dataset>``."""
     return f"train_{dataset}"
+
+
+def embed_job_name(dataset: str) -> str:
+    """``embed_<dataset>``: the partitioned embedding shards of one dataset."""
+    return f"embed_{dataset}"
 
 
 def executor_from_env() -> dg.ExecutorDefinition:
@@ -55,14 +61,40 @@ def executor_from_env() -> dg.ExecutorDefinition:
 
 
 def build_jobs() -> dict[str, "UnresolvedAssetJobDefinition"]:
-    """One asset job per dataset, selecting that dataset's group (assets and their checks)."""
+    """One asset job per dataset: that dataset's chain (its group without the partitioned embedding shards)
+    with the checks.  ``text_embeddings`` merges whatever shards are fresh and embeds the rest, so the job
+    runs alone; embedding in parallel is the ``embed_<dataset>`` backfill before it."""
+    from assets import shard_asset_key
+
     executor = executor_from_env()
     return {
         ds: dg.define_asset_job(
             name=job_name(ds),
-            selection=dg.AssetSelection.groups(ds),
-            description=f"{ds}: raw data -> GMTRouter JSONL -> Parquet graph -> training -> test evaluation "
-                        f"-> published router (MLflow gmtrouter-{ds}).",
+            selection=dg.AssetSelection.groups(ds) - dg.AssetSelection.assets(shard_asset_key(ds)),
+            description=f"{ds}: raw data -> interactions (Parquet) -> text embeddings -> Parquet graph -> training "
+                        f"-> test evaluation -> published router (MLflow gmtrouter-{ds}).",
+            tags={"gmtrouter/dataset": ds},
+            executor_def=executor,
+        )
+        for ds in DATASETS
+    }
+
+
+def build_embed_jobs() -> dict[str, "UnresolvedAssetJobDefinition"]:
+    """``embed_<dataset>``: the 16 embedding shards of one dataset, one partition per run.
+
+    Launch all partitions at once (``dagster job backfill -j embed_<dataset> --all ...`` or a backfill in the
+    UI): each partition is its own run, so shards embed in parallel processes (the run launcher's, or the
+    Celery / Kubernetes executors' workers); then ``train_<dataset>`` merges them."""
+    from assets import shard_asset_key
+
+    executor = executor_from_env()
+    return {
+        ds: dg.define_asset_job(
+            name=embed_job_name(ds),
+            selection=dg.AssetSelection.assets(shard_asset_key(ds)),
+            description=f"{ds}: embed the distinct texts of the interactions table, one shard per partition "
+                        f"(first hex digit of the text hash); train_{ds} merges the shards.",
             tags={"gmtrouter/dataset": ds},
             executor_def=executor,
         )

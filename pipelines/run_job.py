@@ -2,6 +2,7 @@
 
     python -m pipelines.run_job train_demo
     python -m pipelines.run_job train_mt_bench -c configs/pipeline/mt_bench_local.yaml
+    python -m pipelines.run_job embed_mt_bench --processes 4   # the 16 embedding shards, 4 processes at a time
 
 ``DAGSTER_HOME`` defaults to ``<repo>/.dagster_home`` (created with
 ``deploy/dagster.local.yaml`` as its ``dagster.yaml``), so the run shows up in
@@ -26,6 +27,8 @@ from gmt_model.atomic import write_text_atomic
 
 __all__ = ["REPO", "LOCAL_INSTANCE_YAML", "ensure_dagster_home", "load_run_config", "error_chain", "main"]
 
+#: the repository (pipelines/ is a folder of it, never installed; importing assets here would import Dagster
+#: before DAGSTER_HOME is set)
 REPO = Path(__file__).resolve().parents[1]
 #: dagster.yaml of a new local instance (telemetry off, INFO console)
 LOCAL_INSTANCE_YAML = REPO / "deploy" / "dagster.local.yaml"
@@ -68,7 +71,13 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m pipelines.run_job", description=__doc__.split("\n\n")[0])
-    parser.add_argument("job", help="train_demo, train_mt_bench, train_chatbot_arena, train_gsm8k or train_mmlu")
+    parser.add_argument("job", help="train_<dataset> or embed_<dataset> (dataset: demo, mt_bench, chatbot_arena, "
+                                    "gsm8k, mmlu)")
+    parser.add_argument("--processes", type=int, default=None,
+                        help="embed_<dataset>: partitions run at once, each its own process and Dagster run "
+                             "(default: min(16, CPU count))")
+    parser.add_argument("--partitions", default=None,
+                        help="embed_<dataset>: comma-separated shard keys (default: all 16, 0..f)")
     parser.add_argument("-c", "--config", action="append", default=[], help="run config YAML (repeatable)")
     parser.add_argument("--log-level", default=os.environ.get("GMTROUTER_LOG_LEVEL", "INFO"),
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -79,9 +88,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import dagster as dg
 
-    from pipelines.definitions import JOBS, defs
+    from pipelines.definitions import EMBED_JOBS, JOBS, defs
 
-    names = sorted(j.name for j in JOBS.values())
+    names = sorted(j.name for j in [*JOBS.values(), *EMBED_JOBS.values()])
     if args.job not in names:
         parser.error(f"unknown job {args.job!r}; expected one of {names}")
     try:
@@ -95,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - e.g. dagster-postgres storage that is down: one line, no traceback
         print(f"error: cannot open the Dagster instance (DAGSTER_HOME={home}): {_one_line(exc)}", file=sys.stderr)
         return 2
+    if args.job.startswith("embed_"):
+        instance.dispose()
+        return _run_partitions(args.job, run_config, args.partitions, args.processes, home)
     with instance:
         try:
             result = defs.resolve_job_def(args.job).execute_in_process(run_config=run_config, instance=instance,
@@ -104,6 +116,52 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         _summary(result, home)
     return 0 if result.success else 1
+
+
+def _run_partition(job: str, run_config: dict[str, Any], key: str) -> tuple[str, str, bool, list[str]]:
+    """One partition of a partitioned job, in this (worker) process: (key, run id, success, errors)."""
+    import dagster as dg
+
+    from pipelines.definitions import defs
+
+    with dg.DagsterInstance.get() as instance:
+        result = defs.resolve_job_def(job).execute_in_process(run_config=run_config, instance=instance,
+                                                              partition_key=key, raise_on_error=False)
+    errors = []
+    for ev in result.all_events:
+        if ev.event_type_value == "STEP_FAILURE" and _error_of(ev) is not None:
+            errors.append("; ".join(error_chain(_error_of(ev))[:2]))
+    return key, result.run_id, result.success, errors
+
+
+def _run_partitions(job: str, run_config: dict[str, Any], partitions: str | None, processes: int | None,
+                    home: Path) -> int:
+    """Every partition of ``job`` as its own Dagster run, up to ``processes`` worker processes at once."""
+    import concurrent.futures
+    import multiprocessing
+
+    from pipelines.definitions import defs
+
+    keys_all = defs.resolve_job_def(job).partitions_def.get_partition_keys()
+    keys = keys_all if not partitions else [k.strip() for k in partitions.split(",") if k.strip()]
+    bad = [k for k in keys if k not in keys_all]
+    if bad:
+        print(f"error: {job}: unknown partition(s) {bad}; expected some of {keys_all}", file=sys.stderr)
+        return 2
+    workers = max(1, min(len(keys), processes or min(16, os.cpu_count() or 1)))
+    print(f"{job}: {len(keys)} partition(s), {workers} process(es) at a time (DAGSTER_HOME={home})")
+    failed = 0
+    ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked Dagster/torch state
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        futures = [pool.submit(_run_partition, job, run_config, k) for k in keys]
+        for fut in concurrent.futures.as_completed(futures):
+            key, run_id, ok, errors = fut.result()
+            print(f"  partition {key}: run {run_id} {'SUCCESS' if ok else 'FAILURE'}")
+            for e in errors:
+                print(f"FAILED {job}[{key}]: {e}", file=sys.stderr)
+            failed += not ok
+    print(f"{job}: {len(keys) - failed} of {len(keys)} partition(s) succeeded")
+    return 0 if failed == 0 else 1
 
 
 def _one_line(exc: BaseException) -> str:
@@ -145,7 +203,7 @@ def _print_failure(what: str, ev: Any) -> None:
 
 
 def _summary(result: Any, dagster_home: Path) -> None:
-    from pipelines.resources import MLflowResource, PathsResource
+    from assets.resources import MLflowResource, PathsResource
 
     print(f"\nrun {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'}")
     for ev in result.get_asset_materialization_events():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from gmt_model import schema as S
-from gmt_model.graph import GraphIntegrityError, build_graph, read_graph, relation_edges
+from gmt_model.graph import GRAPH_TABLES, GraphIntegrityError, build_graph, read_graph, relation_edges
 
 from conftest import write_records
 
@@ -107,17 +107,23 @@ def test_heterodata_hides_unseen_ratings(small_paths):
 def test_parquet_round_trip_and_atomic_rewrite(small_paths, tmp_path, monkeypatch):
     g = build_graph(small_paths, relations="full")
     out = g.write_parquet(tmp_path / "graph")
-    edge_files = sorted(p.stem for p in (out / S.EDGE_DIR).iterdir())
-    assert edge_files == sorted(S.relation_key(r) for r in S.FULL_RELATIONS)
+    # only the tables read_graph reads: no edge tables (derived on read), no sessions/queries/responses tables
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{t}.parquet" for t in GRAPH_TABLES] + [S.META_FILE])
     import pyarrow.parquet as pq
 
-    q = pq.read_table(out / f"{S.T_QUERIES}.parquet")
+    q = pq.read_table(out / "texts.parquet")
     assert str(q.schema.field(S.C_EMBEDDING).type) == "fixed_size_list<element: float>[4]"
+    assert q.num_rows == g.num_texts < g.num_interactions  # query texts stored once
     h = read_graph(out)
-    for name in ("user", "llm", "group", "step", "split", "rating", "prev", "pair_a", "pair_b", "pair_label"):
+    for name in ("user", "llm", "group", "record", "step", "turn", "split", "rating", "raw_rating", "prev", "line",
+                 "query_row", "text_emb", "llm_emb", "pair_a", "pair_b", "pair_label"):
         np.testing.assert_array_equal(getattr(h, name), getattr(g, name), err_msg=name)
+        assert getattr(h, name).dtype == getattr(g, name).dtype, name
     np.testing.assert_array_equal(h.query_emb, g.query_emb)
     assert h.user_ids == g.user_ids and h.llm_names == g.llm_names and h.query_text == g.query_text
+    assert h.question_id == g.question_id and h.response_text == g.response_text
+    # zero-copy: the numeric columns are read-only views of Arrow's (memory-mapped) buffers, not copies
+    assert not h.user.flags.writeable and not h.text_emb.flags.writeable and not h.pair_a.flags.writeable
     assert h.relations == S.FULL_RELATIONS
 
     # a failing rewrite leaves the previous graph intact and no temporary folders behind

@@ -25,8 +25,8 @@ mlflow = pytest.importorskip("mlflow")
 from assets import ASSET_NAMES, DATASETS, build_dataset_assets  # noqa: E402
 from gmt_model.demo import LLMS  # noqa: E402
 from gmt_model.feedback import FeedbackLog  # noqa: E402
-from gmt_model.schema import F_JUDGE, F_QUESTION_ID, SPLIT_FILES, SPLITS  # noqa: E402
-from pipelines.resources import EncoderResource, MLflowResource, PathsResource, feedback_log_path  # noqa: E402
+from gmt_model.schema import F_QUESTION_ID, SPLIT_FILES, SPLITS  # noqa: E402
+from assets.resources import EncoderResource, MLflowResource, PathsResource, feedback_log_path  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RAW = dg.AssetKey(["demo", "raw_data"])
@@ -131,7 +131,7 @@ def mlflow_client(data: Path):
 def snapshot(data: Path) -> dict[str, str]:
     """sha256 of every file the pipeline committed (everything but MLflow's and Dagster's own stores)."""
     out = {}
-    for area in ("raw", "jsonl", "graph", "models", "evaluation", "routers"):
+    for area in ("raw", "interactions", "embeddings", "graph", "models", "evaluation", "routers"):
         for p in sorted((data / area).rglob("*")):
             if p.is_file():
                 out[str(p.relative_to(data))] = hashlib.sha256(p.read_bytes()).hexdigest()
@@ -146,17 +146,20 @@ def test_definitions_list_jobs_schedules_sensors() -> None:
 
     repo = defs.get_repository_def()
     jobs = {j.name for j in repo.get_all_jobs()} - {"__ASSET_JOB"}
-    assert jobs == {f"train_{d}" for d in DATASETS}
+    assert jobs == {f"train_{d}" for d in DATASETS} | {f"embed_{d}" for d in DATASETS}
     for d in DATASETS:
         job = defs.resolve_job_def(f"train_{d}")
         keys = set(job.asset_layer.selected_asset_keys)
         assert keys == {dg.AssetKey([d, a]) for a in ASSET_NAMES}, f"train_{d} selects {keys}"
         ops = {n.name for n in job.nodes}
         assert ops == {f"{d}__{a}" for a in ASSET_NAMES} | {
-            f"{d}__gmtrouter_jsonl_jsonl_valid", f"{d}__gmtrouter_jsonl_embedding_width",
+            f"{d}__interactions_interactions_valid", f"{d}__text_embeddings_embedding_width",
             f"{d}__graph_parquet_graph_integrity", f"{d}__trained_model_finite_weights"}
         gate = job.asset_layer.asset_graph.get(dg.AssetKey([d, "published_router"])).check_keys
         assert {c.name for c in gate} == {"promotion_gate"}
+        embed = defs.resolve_job_def(f"embed_{d}")
+        assert set(embed.asset_layer.selected_asset_keys) == {dg.AssetKey([d, "embedding_shards"])}
+        assert embed.partitions_def.get_partition_keys() == list("0123456789abcdef")
     schedules = {s.name: s for s in repo.schedule_defs}
     assert set(schedules) == {f"weekly_retrain_{d}" for d in DATASETS}
     assert all(s.default_status == dg.DefaultScheduleStatus.STOPPED for s in schedules.values())
@@ -184,11 +187,13 @@ def test_demo_chain_materializes_everything(chain) -> None:
     mats = materializations(chain.result)
     assert set(mats) == set(ASSET_NAMES)
     checks = check_results(chain.result)
-    assert set(checks) == {"jsonl_valid", "embedding_width", "graph_integrity", "finite_weights", "promotion_gate"}
+    assert set(checks) == {"interactions_valid", "embedding_width", "graph_integrity", "finite_weights",
+                           "promotion_gate"}
     assert all(c.passed for c in checks.values()), {k: c.metadata for k, c in checks.items() if not c.passed}
 
-    j, g = mats["gmtrouter_jsonl"], mats["graph_parquet"]
-    assert j["llms"] == len(LLMS) and j["embedding_dim"] == 384
+    j, g = mats["interactions"], mats["graph_parquet"]
+    assert j["llms"] == len(LLMS) and j["embedding_dim"] == 384 and mats["text_embeddings"]["embedding_dim"] == 384
+    assert mats["text_embeddings"]["texts"] == j["texts"]
     assert j["training_groups"] > j["test_groups"] > 0 and j["valid_groups"] > 0
     assert j["users"] == g["users"] and g["llms"] == len(LLMS)
     assert g["node_counts"]["session"] == g["interactions"] == g["node_counts"]["query"]
@@ -209,7 +214,7 @@ def test_demo_chain_materializes_everything(chain) -> None:
 
 def test_outputs_on_disk_and_in_mlflow(chain) -> None:
     data = chain.data
-    for area in ("raw", "jsonl", "graph", "models", "evaluation"):
+    for area in ("raw", "interactions", "embeddings", "graph", "models", "evaluation"):
         assert json.loads((data / area / "demo" / "manifest.json").read_text())["dataset"] == "demo"
     assert not list((data / "training").glob("demo/*")), "the training work folder is removed on success"
     assert not [p for p in data.rglob("*staging*")], "no staging folder is left behind"
@@ -308,8 +313,11 @@ def _tar_of(files: dict[str, bytes], path: Path) -> Path:
 def archives(chain, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A good release-style archive of the demo splits and its broken variants."""
     d = tmp_path_factory.mktemp("archives")
-    splits = {f"data/demo/{SPLIT_FILES[s]}": (chain.data / "jsonl" / "demo" / SPLIT_FILES[s]).read_bytes()
-              for s in SPLITS}
+    from gmt_model.columnar import export_jsonl
+
+    exported = export_jsonl(chain.data / "interactions" / "demo", d / "exported",
+                            chain.data / "embeddings" / "demo" / "embeddings.parquet")
+    splits = {f"data/demo/{SPLIT_FILES[s]}": exported[s].read_bytes() for s in SPLITS}
     good = _tar_of(splits, d / "GMTRouter_dataset.tar.gz")
     trunc = d / "truncated" / "GMTRouter_dataset.tar.gz"
     trunc.parent.mkdir()
@@ -465,37 +473,44 @@ def test_feedback_sensor_requests_a_run_after_enough_feedback(tmp_path: Path,
     assert not again.run_requests and "0 new feedback record(s) after id 5" in again.skip_message
 
 
-def test_jsonl_merges_feedback_comparisons(tmp_path: Path, cache: Path) -> None:
+def test_interactions_merge_feedback_comparisons(tmp_path: Path, cache: Path) -> None:
+    import pyarrow.parquet as pq
+
     data = tmp_path / "data"
     fb = tmp_path / "feedback.sqlite"
     expected = write_feedback(fb)
-    assets = build_dataset_assets("demo")[:2]
+    assets = {a.key.path[-1]: a for a in build_dataset_assets("demo")}
     res = dg.materialize(
-        assets, instance=dg.DagsterInstance.ephemeral(),
+        [assets["raw_data"], assets["interactions"], assets["text_embeddings"]],
+        instance=dg.DagsterInstance.ephemeral(),
         resources={"paths": PathsResource(home=str(data)), "encoder": EncoderResource(cache_dir=str(cache)),
                    "mlflow": MLflowResource(home=str(data), tracking_uri=sqlite_uri(tmp_path))},
         run_config={"ops": {"demo__raw_data": {"config": {"size": "tiny"}},
-                            "demo__gmtrouter_jsonl": {"config": {"feedback_log": str(fb)}}}})
+                            "demo__interactions": {"config": {"feedback_log": str(fb)}}}})
     assert res.success
-    meta = materializations(res)["gmtrouter_jsonl"]
+    meta = materializations(res)["interactions"]
     assert meta["feedback_rows_merged"] == expected["rows_merged"]
     assert meta["feedback_rows_history_only"] == expected["rows_history_only"]
     for k, v in expected.items():
         assert meta["feedback"][k] == v, k
     assert meta["feedback"]["users_added"] == ["fb_new_user"]
-    rows = [json.loads(x) for x in (data / "jsonl" / "demo" / "training_set.jsonl").read_text().splitlines()]
-    fb_rows = [r for r in rows if str(r[F_QUESTION_ID]).startswith("feedback:")]
-    assert sorted((r[F_JUDGE], r["model"], r["conversation"][0]["rating"]) for r in fb_rows) == sorted([
+    table = pq.read_table(data / "interactions" / "demo" / "interactions.parquet").to_pylist()
+    train = [r for r in table if r["split"] == 0]
+    fb_rows = [r for r in train if str(r[F_QUESTION_ID]).startswith("feedback:")]
+    assert sorted((r["user_id"], r["llm_name"], r["raw_rating"]) for r in fb_rows) == sorted([
         ("user_0001", LLMS[0], 3.0), ("user_0001", LLMS[1], 1.0),
         ("fb_new_user", LLMS[0], 1.0), ("fb_new_user", LLMS[1], 5.0), ("fb_new_user", LLMS[2], 4.0)])
-    assert all(len(r["conversation"][0]["query_emb"]) == 384 for r in fb_rows)
+    from gmt_model.embeddings import EmbeddingStore
+
+    store = EmbeddingStore.open(data / "embeddings" / "demo" / "embeddings.parquet")
+    assert store.lookup([r["query_hash"] for r in fb_rows]).shape == (5, 384)
     # the training data records how far into the log it reads; the checkpoint carries it for the router's replay
-    jm = json.loads((data / "jsonl" / "demo" / "manifest.json").read_text())
+    jm = json.loads((data / "interactions" / "demo" / "manifest.json").read_text())
     assert jm["feedback_through_id"] == 9 and jm["feedback_unmerged_ids"] == [7, 8, 9]
     assert meta["feedback_through_id"] == 9
     mlf = MLflowResource(home=str(data), tracking_uri=sqlite_uri(tmp_path))
     trained = dg.materialize(
-        build_dataset_assets("demo")[2:4], instance=dg.DagsterInstance.ephemeral(),
+        [assets["graph_parquet"], assets["trained_model"]], instance=dg.DagsterInstance.ephemeral(),
         resources={"paths": PathsResource(home=str(data)), "mlflow": mlf},
         run_config={"ops": {"demo__trained_model": {"config": {"epochs": 2, "eval_every": 1, "save_every": 1000,
                                                                "train_user_blind": False,
@@ -506,13 +521,14 @@ def test_jsonl_merges_feedback_comparisons(tmp_path: Path, cache: Path) -> None:
     assert materializations(trained)["trained_model"]["feedback_through_id"] == 9
     # without merging, the same build has no feedback rows
     res2 = dg.materialize(
-        assets[1:], instance=dg.DagsterInstance.ephemeral(),
+        [assets["interactions"]], instance=dg.DagsterInstance.ephemeral(),
         resources={"paths": PathsResource(home=str(data)), "encoder": EncoderResource(cache_dir=str(cache))},
-        run_config={"ops": {"demo__gmtrouter_jsonl": {"config": {"merge_feedback": False}}}})
+        run_config={"ops": {"demo__interactions": {"config": {"merge_feedback": False}}}})
     assert res2.success
-    text = (data / "jsonl" / "demo" / "training_set.jsonl").read_text()
-    assert "feedback:" not in text and len(text.splitlines()) == len(rows) - len(fb_rows)
-    jm2 = json.loads((data / "jsonl" / "demo" / "manifest.json").read_text())
+    table2 = pq.read_table(data / "interactions" / "demo" / "interactions.parquet")
+    qids = table2.column(F_QUESTION_ID).to_pylist()
+    assert not any(q.startswith("feedback:") for q in qids) and len(qids) == len(table) - len(fb_rows)
+    jm2 = json.loads((data / "interactions" / "demo" / "manifest.json").read_text())
     assert jm2["feedback_through_id"] is None  # nothing merged: the router replays every row
 
 

@@ -22,7 +22,7 @@ from gmt_model.schema import SPLIT_FILES, SPLITS  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 MT_BENCH = (REPO.parent / "shared" / "data" / "mt_bench_human").resolve()
 SELECTION = [dg.AssetKey(["mt_bench", n]) for n in
-             ("raw_data", "gmtrouter_jsonl", "graph_parquet", "trained_model", "test_evaluation")]
+             ("raw_data", "interactions", "text_embeddings", "graph_parquet", "trained_model", "test_evaluation")]
 METHODS = ("gmtrouter", "gmtrouter_gnn", "user_blind", "global_bt", "per_user_bt", "knn_query")
 
 pytestmark = pytest.mark.skipif(not (MT_BENCH / "human_judgments.jsonl").is_file(),
@@ -62,7 +62,7 @@ def run_chain(home, raw: dict, *, epochs: int, jsonl: dict | None = None, train:
 
     cfg = {"ops": {
         "mt_bench__raw_data": {"config": raw},
-        "mt_bench__gmtrouter_jsonl": {"config": jsonl or {}},
+        "mt_bench__interactions": {"config": jsonl or {}},
         "mt_bench__trained_model": {"config": {"epochs": epochs, "blind_epochs": 5, "eval_every": 5,
                                                "save_every": 1000, **(train or {})}},
         "mt_bench__test_evaluation": {"config": {"n_resamples": 200}},
@@ -107,7 +107,7 @@ def test_split_form_chain(home) -> None:
     result = run_chain(home, {"kind": "mt_bench_split", "url": MT_BENCH.as_uri()}, epochs=10)
     assert result.success, failure_text(result)
     meta = materializations(result)
-    raw, j, g = meta["raw_data"], meta["gmtrouter_jsonl"], meta["graph_parquet"]
+    raw, j, g = meta["raw_data"], meta["interactions"], meta["graph_parquet"]
     assert raw["read_in_place"] is True and raw["path"] == str(MT_BENCH)
     assert j["judges"] == 65 and j["users"] == 65
     assert j["llms"] == 6 and j["questions"] == 80
@@ -120,7 +120,8 @@ def test_split_form_chain(home) -> None:
     assert j["thin_users_count"] >= 1  # MT-Bench has judges with very few votes; reported, not dropped
     checks = {ev.event_specific_data.check_name: ev.event_specific_data.passed for ev in result.all_events
               if ev.event_type_value == "ASSET_CHECK_EVALUATION"}
-    assert checks == {"jsonl_valid": True, "embedding_width": True, "graph_integrity": True, "finite_weights": True}
+    assert checks == {"interactions_valid": True, "embedding_width": True, "graph_integrity": True,
+                      "finite_weights": True}
     assert meta["trained_model"]["epochs_run"] == 10
     assert_evaluation_reported(home, result, meta)
     assert math.isfinite(meta["test_evaluation"]["gmtrouter_auc"])
@@ -146,9 +147,9 @@ def test_hugging_face_schema_sample_chain(home) -> None:
     assert result.success, failure_text(result)
     meta = materializations(result)
     assert meta["raw_data"]["kind"] == "mt_bench_hf" and meta["raw_data"]["read_in_place"] is False
-    conv = meta["gmtrouter_jsonl"]["conversion"]
+    conv = meta["interactions"]["conversion"]
     assert conv["n_rows"] == len(exp["rows"])
-    assert conv["n_judges"] == len(exp["judges"]) == meta["gmtrouter_jsonl"]["users"]
+    assert conv["n_judges"] == len(exp["judges"]) == meta["interactions"]["users"]
     assert set(conv["models"]) == exp["models"] and conv["n_questions"] == len(exp["questions"])
     assert set(conv["turns"]) == exp["turns"] == {"1", "2"}
     # responses come from the rows' own conversation_a / conversation_b, turn by turn
@@ -159,8 +160,12 @@ def test_hugging_face_schema_sample_chain(home) -> None:
             for turn, text in enumerate(msgs, start=1):
                 answers[(r["judge"], r[f"model_{side}"], str(r["question_id"]), turn)] = text
     seen = 0
+    from gmt_model.columnar import export_jsonl
+
+    exported = export_jsonl(home.data / "interactions" / "mt_bench", home.root / "exported",
+                            home.data / "embeddings" / "mt_bench" / "embeddings.parquet")
     for s in SPLITS:
-        for line in (home.data / "jsonl" / "mt_bench" / SPLIT_FILES[s]).read_text().splitlines():
+        for line in exported[s].read_text().splitlines():
             rec = json.loads(line)
             steps = rec["conversation"]
             first_turn = rec["turn"] - len(steps) + 1  # a two-step record holds turns 1 and 2

@@ -102,6 +102,10 @@ def test_model_code_and_requirements(tmp_path: Path) -> None:
     assert all("==" in r for r in reqs)
     cls = R.get_pyfunc_class()
     assert issubclass(cls, mlflow.pyfunc.PythonModel) and R.GMTRouterPyfunc is cls
+    # registered models import the class from the package root (layout-independent)
+    import gmt_model
+
+    assert "from gmt_model import GMTRouterPyfunc" in code and gmt_model.GMTRouterPyfunc is cls
 
 
 def test_pyfunc_model_is_pickle_free_and_routes(env: Path) -> None:

@@ -395,7 +395,7 @@ def test_feedback_retrains_promotes_and_the_router_reloads(deployment) -> None:
     meta = json.loads((Path(d.env["GMTROUTER_HOME"]) / "routers" / "demo" / "current" / "config.json").read_text())
     assert meta["meta"]["feedback_through_id"] == ids[-1]
     # the training data held the feedback comparisons
-    jm = json.loads((Path(d.env["GMTROUTER_HOME"]) / "jsonl" / "demo" / "manifest.json").read_text())
+    jm = json.loads((Path(d.env["GMTROUTER_HOME"]) / "interactions" / "demo" / "manifest.json").read_text())
     assert jm["feedback"]["rows_merged"] == 4 and jm["feedback"]["groups_added"] == 2
     health = _wait("the router to reload the new champion", lambda: (h := d.health())["model"]["version"] == new
                    and h, 240, every=0.5)

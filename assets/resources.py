@@ -21,7 +21,9 @@ from typing import Any, Optional
 
 import dagster as dg
 
-from gmt_model.registry import default_home, ensure_sqlite_folder
+from gmt_model.registry import ensure_sqlite_folder
+
+from .storage import REPO_ROOT, data_root
 
 __all__ = [
     "DAGSTER_RUN_TAG",
@@ -40,12 +42,11 @@ DAGSTER_RUN_TAG = "dagster_run_id"
 ENV_ENCODER = "GMTROUTER_ENCODER"
 ENV_FEEDBACK_DIR = "GMTROUTER_FEEDBACK_DIR"
 ENV_MLFLOW_ARTIFACTS = "GMTROUTER_MLFLOW_ARTIFACTS"
-_REPO = Path(__file__).resolve().parents[1]
 _PARAM_MAX = 5000
 
 
 def _home(home: str | None) -> Path:
-    return Path(home).expanduser().resolve() if home else default_home()
+    return data_root(home)
 
 
 def feedback_log_path(dataset: str, home: str | None = None) -> Path:
@@ -77,7 +78,7 @@ class PathsResource(dg.ConfigurableResource):
 
     def configs(self) -> Path:
         """The absolute configs folder."""
-        return Path(self.configs_dir).expanduser().resolve() if self.configs_dir else _REPO / "configs"
+        return Path(self.configs_dir).expanduser().resolve() if self.configs_dir else REPO_ROOT / "configs"
 
     def feedback_log(self, dataset: str) -> Path:
         """See :func:`feedback_log_path`."""

@@ -1,0 +1,239 @@
+"""Scale benchmark: generate N demo interactions, build the graph, train mini-batch epochs, evaluate.
+
+    .venv/bin/python scripts/benchmark_scale.py --interactions 100000 --epochs 5 --json
+    .venv/bin/python scripts/benchmark_scale.py --interactions 1000000 --epochs 5 --device cpu --json
+    .venv/bin/python scripts/benchmark_scale.py --interactions 2000 --epochs 2 --json      # smoke
+    .venv/bin/python scripts/benchmark_scale.py --mt-bench-compare --epochs 350           # MT-Bench: full vs mini-batch
+
+Steps (each timed):
+
+1. generation: the demo generator's plan (users, groups, ratings) straight into
+   columns (``gmt_model.demo.demo_columns``; no JSONL), and every distinct query
+   text embedded once with the hashed test encoder ``gmt_model.demo.HashedEncoder``
+   (a deterministic hashed bag of words and word pairs, ``--dim`` wide).  Not MiniLM:
+   a million template texts say nothing new to a sentence encoder, and encoding them
+   would take minutes of what is meant to measure the graph and training;
+2. build (``build_s``): the interactions table (``graph.from_columns``: pairs, labels,
+   normalised ratings), written to Parquet and read back memory-mapped
+   (``read_graph``, which also runs the integrity checks);
+3. training: ``--epochs`` mini-batch epochs (``batch_users`` users per step; the
+   seed config otherwise), validation once at the end (in user batches), the cold-start
+   calibration (in user batches), checkpoints written as in a real run;
+4. evaluation: the best checkpoint's GNN scores every test pair in user batches
+   (each batch's users with their training history visible); pairwise AUC.
+
+The demo spec scales the ``large`` preset (5,000 users x 52 groups, ~1M interactions):
+users = N / (52 x 3.85).  The last line printed is one JSON object with ``interactions``,
+``users``, ``build_s``, ``epoch_ms_median``, ``peak_rss_mb``, ``test_auc`` and more.
+``peak_rss_mb`` is the process's peak resident memory over all steps (generation included).
+On CUDA the training loop never syncs per step, so the epoch time is the mean over the
+epochs (the losses are read once at the end), not a median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SEED_CONFIG = REPO / "configs" / "model_config_train" / "gmtrouter.yaml"
+INTERACTIONS_PER_GROUP = 3.85  # the demo's mean (k 2.2 records x 1.75 turns)
+GROUPS_PER_USER = 52.0  # the large preset's
+
+
+def peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def run(args: argparse.Namespace) -> dict:
+    import numpy as np
+    import torch
+
+    from gmt_model import schema as S
+    from gmt_model.checkpoint import load_checkpoint
+    from gmt_model.config import load_train_config
+    from gmt_model.demo import DemoSpec, HashedEncoder, demo_columns
+    from gmt_model.graph import from_columns, read_graph
+    from gmt_model.metrics import pairwise_auc
+    from gmt_model.training import pair_scores, predict_groups, resolve_device, train
+
+    dev = resolve_device(args.device)
+    n_users = max(4, int(round(args.interactions / (GROUPS_PER_USER * INTERACTIONS_PER_GROUP))))
+    spec = DemoSpec(n_users=n_users, n_groups_per_user=GROUPS_PER_USER, seed=args.seed, name="scale")
+    out: dict = {"requested_interactions": args.interactions, "device": str(dev), "batch_users": args.batch_users,
+                 "dim": args.dim, "epochs": args.epochs, "torch_threads": torch.get_num_threads(),
+                 "load_avg_1m_start": round(os.getloadavg()[0], 2)}
+
+    t0 = time.perf_counter()
+    cols, _ = demo_columns(spec, HashedEncoder(args.dim))
+    out["generation_s"] = round(time.perf_counter() - t0, 2)
+    out["rss_after_generation_mb"] = peak_rss_mb()
+
+    with tempfile.TemporaryDirectory(dir=args.work) as work:
+        work = Path(work)
+        t0 = time.perf_counter()
+        g = from_columns(**cols)
+        t_tables = time.perf_counter() - t0
+        del cols
+        g.write_parquet(work / "graph")
+        t_write = time.perf_counter() - t0 - t_tables
+        del g
+        t1 = time.perf_counter()
+        g = read_graph(work / "graph")
+        t_read = time.perf_counter() - t1
+        out["build_s"] = round(time.perf_counter() - t0, 2)
+        out["build_parts_s"] = {"tables": round(t_tables, 2), "write_parquet": round(t_write, 2),
+                                "read_graph_mmap": round(t_read, 2)}
+        out["graph_mb_on_disk"] = round(sum(p.stat().st_size for p in (work / "graph").iterdir()) / 2**20, 1)
+        out.update(interactions=g.num_interactions, users=g.num_users, llms=g.num_llms,
+                   distinct_texts=g.num_texts, training_pairs=int(g.pair_mask(S.SPLIT_TRAIN).sum()),
+                   test_pairs=int(g.pair_mask(S.SPLIT_TEST).sum()))
+        out["rss_after_build_mb"] = peak_rss_mb()
+
+        cfg = load_train_config(SEED_CONFIG, {
+            "epochs": args.epochs, "batch_users": args.batch_users, "eval_every": args.epochs,
+            "save_every": 10**9, "device": str(dev), "amp": args.amp, "num_gnn_layers": args.layers})
+        stamps: list[float] = []
+        start: list[float] = []
+        cpu: list[float] = []
+
+        def cpu_s() -> float:
+            ru = resource.getrusage(resource.RUSAGE_SELF)
+            return ru.ru_utime + ru.ru_stime
+
+        def on_epoch(epoch: int, row: dict) -> None:
+            stamps.append(time.perf_counter())
+            cpu.append(cpu_s())
+
+        def on_start(done: int) -> None:
+            start.append(time.perf_counter())
+            cpu.append(cpu_s())
+
+        t0 = time.perf_counter()
+        res = train(g, cfg, work / "run", resume=False, callback=on_epoch, on_start=on_start)
+        out["train_wall_s"] = round(time.perf_counter() - t0, 2)
+        gaps = np.diff(start[:1] + stamps)
+        if dev.type == "cuda" or len(set(stamps)) < len(stamps):
+            out["epoch_ms_median"] = round(1000 * (stamps[-1] - start[0]) / len(stamps), 1)
+            out["epoch_timing"] = "mean (losses read in bulk)"
+        else:
+            out["epoch_ms_median"] = round(1000 * statistics.median(gaps), 1)
+            out["epoch_timing"] = "median"
+        out["epoch_ms_all"] = [round(1000 * x, 1) for x in gaps]
+        # process CPU seconds per epoch (all threads): what an epoch costs independent of other load;
+        # on a quiet machine the wall time is about this divided by the threads that run in parallel
+        out["epoch_cpu_s_median"] = round(statistics.median(np.diff(cpu)), 2) if len(cpu) > 1 else None
+        out["steps_per_epoch"] = -(-int(np.count_nonzero(np.bincount(
+            g.user[g.pair_a[g.pair_mask(S.SPLIT_TRAIN)]], minlength=g.num_users))) // args.batch_users)
+        out["best_val_auc"] = round(res.best_metric, 4)
+        out["rss_after_training_mb"] = peak_rss_mb()
+
+        t0 = time.perf_counter()
+        model = load_checkpoint(res.best_dir, device=dev).model
+        with torch.inference_mode():
+            gs, scores, _ = predict_groups(model, g, S.SPLIT_TEST, dev, batch_users=args.batch_users, amp=args.amp)
+        *_, sa, sb, label = pair_scores(gs, scores)
+        out["test_auc"] = round(float(pairwise_auc(sa, sb, label)), 4)
+        out["eval_s"] = round(time.perf_counter() - t0, 2)
+    out["peak_rss_mb"] = peak_rss_mb()
+    out["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
+    out["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    return out
+
+
+def run_mt_bench(args: argparse.Namespace) -> dict:
+    """MT-Bench, full batch vs mini-batch: the seed config for ``--epochs`` epochs on the three per-judge
+    splits (``build_jsonl(..., seed=0/1/2)``), test AUC of the evaluation report (GMTRouter as routed, and its
+    GNN alone), full-graph evaluation for both so only training differs."""
+    import torch
+
+    from gmt_model import schema as S
+    from gmt_model.checkpoint import load_checkpoint
+    from gmt_model.config import load_train_config
+    from gmt_model.datasets import build_jsonl
+    from gmt_model.evaluation import evaluate
+    from gmt_model.graph import build_graph
+    from gmt_model.training import train
+
+    work = Path(args.work or REPO / ".cache" / "bench_scale")
+    rows = []
+    for seed in args.mt_bench_seeds:
+        folder = Path(args.mt_bench_splits) / f"mt_bench_split{seed}" if args.mt_bench_splits else \
+            work / f"mt_bench_split{seed}"
+        if not all((folder / f).exists() for f in S.SPLIT_FILES.values()):
+            build_jsonl("mt_bench", Path(args.mt_bench), folder, seed=seed)
+        g = build_graph({sp: folder / f for sp, f in S.SPLIT_FILES.items()})
+        for mode, bu in (("full", None), ("minibatch", args.mt_bench_batch_users)):
+            if args.mt_bench_modes and mode not in args.mt_bench_modes:
+                continue
+            cfg = load_train_config(SEED_CONFIG, {"epochs": args.epochs, "save_every": 10**9, "batch_users": bu,
+                                                  "device": args.device, "amp": args.amp})
+            with tempfile.TemporaryDirectory(dir=args.work) as d:
+                t0 = time.perf_counter()
+                res = train(g, cfg, Path(d) / "run", resume=False)
+                wall = time.perf_counter() - t0
+                rep = evaluate(load_checkpoint(res.best_dir).model, g, "test", baselines=False, cold_start=False,
+                               n_resamples=200, device=args.device)
+            row = {"split_seed": seed, "mode": mode, "batch_users": bu, "users": g.num_users,
+                   "epochs": args.epochs, "train_wall_s": round(wall, 1), "best_epoch": res.best_epoch,
+                   "best_val_auc": round(res.best_metric, 4), "test_auc": round(rep.methods["gmtrouter"].auc, 4),
+                   "test_auc_gnn": round(rep.methods["gmtrouter_gnn"].auc, 4), "device": res.device}
+            print(json.dumps(row), file=sys.stderr, flush=True)
+            rows.append(row)
+    out: dict = {"mt_bench": rows, "torch": torch.__version__, "load_avg_1m_end": round(os.getloadavg()[0], 2)}
+    for mode in ("full", "minibatch"):
+        sel = [r for r in rows if r["mode"] == mode]
+        if sel:
+            out[f"{mode}_mean_test_auc"] = round(statistics.fmean(r["test_auc"] for r in sel), 4)
+            out[f"{mode}_mean_test_auc_gnn"] = round(statistics.fmean(r["test_auc_gnn"] for r in sel), 4)
+    out["peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--interactions", type=int, default=None, help="about this many interactions")
+    ap.add_argument("--mt-bench-compare", action="store_true",
+                    help="instead: MT-Bench full batch vs mini-batch on the three per-judge splits")
+    ap.add_argument("--mt-bench", default=str(REPO.parent / "shared" / "data" / "mt_bench_human"),
+                    help="raw MT-Bench human judgments folder")
+    ap.add_argument("--mt-bench-splits", default=None,
+                    help="folder holding mt_bench_split{0,1,2}/ JSONL splits already built (else built under --work)")
+    ap.add_argument("--mt-bench-batch-users", type=int, default=16, help="users per step in the mini-batch run")
+    ap.add_argument("--mt-bench-seeds", type=int, nargs="+", default=[0, 1, 2], help="per-judge split seeds")
+    ap.add_argument("--mt-bench-modes", nargs="*", default=None, help="full and/or minibatch (default both)")
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--device", default=None, help="cpu, cuda, or auto (default)")
+    ap.add_argument("--batch-users", type=int, default=512, help="users per optimiser step (default 512)")
+    ap.add_argument("--dim", type=int, default=384, help="width of the hashed test embeddings (default 384)")
+    ap.add_argument("--layers", type=int, default=2, help="HGT layers (default 2, the seed config's)")
+    ap.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA only)")
+    ap.add_argument("--seed", type=int, default=0, help="demo seed")
+    ap.add_argument("--work", default=None, help="folder for the temporary graph and checkpoints")
+    ap.add_argument("--json", action="store_true", help="print only the JSON line")
+    args = ap.parse_args(argv)
+    if args.mt_bench_compare:
+        res = run_mt_bench(args)
+        print(json.dumps(res))
+        return 0
+    if args.interactions is None or args.interactions < 500:
+        ap.error("--interactions: required, at least 500")
+    res = run(args)
+    if not args.json:
+        for k, v in res.items():
+            if k != "epoch_ms_all":
+                print(f"{k}: {v}", file=sys.stderr)
+    print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
