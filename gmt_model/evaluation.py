@@ -62,7 +62,7 @@ def online_scores(model: GMTModel, g: GraphTables, gs: GroupSteps, scores: np.nd
     warm = np.where(gs.mask, calib.blend(warm, cold, safe), warm)
     cold_rep = reps[S.USER][sub.cold_user]
     all_llms = np.arange(n_llms)[None, :]
-    basis = QueryBasis(g.query_vecs(train), cfg.query_dims)
+    basis = QueryBasis.from_rows(g.text_emb, g.query_row[train], cfg.query_dims)
     tu = g.user[train]
     order = np.argsort(tu, kind="stable")
     starts = np.searchsorted(tu[order], np.arange(g.num_users + 1))

@@ -117,10 +117,15 @@ class QueryBasis:
     """``z(q)``: the query embedding on the first principal components of the
     training queries, scaled to unit variance (deterministic)."""
 
-    def __init__(self, query_emb: np.ndarray, dims: int, max_rows: int = 20_000) -> None:
+    def __init__(self, query_emb: np.ndarray, dims: int, max_rows: int = 20_000, *, mean: np.ndarray | None = None,
+                 n_rows: int | None = None) -> None:
         q = np.asarray(query_emb, dtype=np.float64)
-        self.dims = int(min(dims, q.shape[1], max(q.shape[0] - 1, 0)))
-        self.mean = q.mean(axis=0) if q.shape[0] else np.zeros(q.shape[1])
+        n = q.shape[0] if n_rows is None else int(n_rows)
+        self.dims = int(min(dims, q.shape[1], max(n - 1, 0)))
+        if mean is not None:
+            self.mean = np.asarray(mean, dtype=np.float64)
+        else:
+            self.mean = q.mean(axis=0) if q.shape[0] else np.zeros(q.shape[1])
         if self.dims == 0:
             self.comp = np.zeros((0, q.shape[1]))
             self.scale = np.ones(0)
@@ -137,6 +142,20 @@ class QueryBasis:
         # a fixed sign per component (the decomposition's sign is arbitrary)
         flip = np.sign(self.comp[np.arange(self.dims), np.abs(self.comp).argmax(axis=1)])
         self.comp = self.comp * flip[:, None]
+
+    @classmethod
+    def from_rows(cls, text_emb: np.ndarray, query_row: np.ndarray, dims: int, max_rows: int = 20_000
+                  ) -> "QueryBasis":
+        """The basis of the rows ``text_emb[query_row]`` without materialising them
+        (equal to ``QueryBasis(text_emb[query_row], dims)``)."""
+        query_row = np.asarray(query_row, dtype=np.int64)
+        n = query_row.size
+        if n <= max_rows:
+            return cls(np.asarray(text_emb, dtype=np.float32)[query_row], dims, max_rows)
+        counts = np.bincount(query_row, minlength=text_emb.shape[0]).astype(np.float64)
+        mean = counts @ np.asarray(text_emb, dtype=np.float64) / n  # over every row, as the constructor's
+        sample = np.asarray(text_emb, dtype=np.float32)[query_row[np.linspace(0, n - 1, max_rows).astype(np.int64)]]
+        return cls(sample, dims, max_rows, mean=mean, n_rows=n)
 
     def __call__(self, emb: np.ndarray) -> np.ndarray:
         """(n, d) embeddings -> (n, 1 + dims): ``[1, z]``."""
@@ -271,6 +290,11 @@ def fit_posterior(ev: Evidence, cfg: PersonalConfig, n_llms: int, dims: int) -> 
     return Posterior(means=means, covs_chol=chols, weights=wts, n=ev.n, n_coef=n_llms * (dims + 1))
 
 
+def window_lookback(cfg: PersonalConfig) -> int:
+    """How many of a user's latest rows :func:`window_rows` looks at."""
+    return max(4 * int(cfg.window), 20_000)
+
+
 def window_rows(llm: np.ndarray, cfg: PersonalConfig) -> np.ndarray:
     """Positions (ascending) of a user's rows (oldest first) the residual is fitted on:
     the last ``window`` rows and the last ``window_per_llm`` rows of each LLM."""
@@ -279,7 +303,9 @@ def window_rows(llm: np.ndarray, cfg: PersonalConfig) -> np.ndarray:
     keep = np.zeros(n, dtype=bool)
     keep[max(0, n - int(cfg.window)):] = True
     if cfg.window_per_llm > 0 and n > cfg.window:
-        order = np.lexsort((-np.arange(n), llm))  # by LLM, newest first
+        first = max(0, n - window_lookback(cfg))  # older rows are not looked at (bounded cost)
+        order = first + np.lexsort((-np.arange(n - first), llm[first:]))  # by LLM, newest first
+        n = n - first
         sl = llm[order]
         starts = np.flatnonzero(np.r_[True, sl[1:] != sl[:-1]])
         rank = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))

@@ -52,10 +52,10 @@ from . import schema as S
 from .checkpoint import Checkpoint, History, load_checkpoint
 from .config import RouterConfig, load_router_config
 from .errors import RoutingError
-from .graph import relation_edges
+from .graph import normalise_ratings, relation_edges
 from .model import GMTModel
 from .personal import (POLICIES, CrowdCalibration, PersonalConfig, Posterior, QueryBasis, build_evidence,
-                       fit_bias, fit_posterior, group_pairs, window_rows)
+                       fit_bias, fit_posterior, group_pairs, window_lookback, window_rows)
 
 __all__ = ["GMTRouter", "RoutingError"]
 
@@ -107,11 +107,8 @@ class GMTRouter:
         self._user_index = {u: i for i, u in enumerate(self.users)}
         h = ck.history
         self._hist = _GrowingHistory(h)
-        self._rows_of: dict[int, list[int]] = {}
-        for row, u in enumerate(h.user.tolist()):
-            self._rows_of.setdefault(u, []).append(row)
-        # the refresh schedule of each user's GNN representation starts at the rows the checkpoint holds
-        self._rows_at_load = {u: len(r) for u, r in self._rows_of.items()}
+        self._rows_of = _UserRows(h.user, len(self.users))
+        self._text_row: dict[str, int] = {}  # feedback query text -> its row in the history's text table
         self._rep_rows: dict[int, int] = {}
         self._unlogged = 0
         self._inserted: dict[int, int] = {}  # rows the representation is computed on (deterministic schedule)
@@ -140,7 +137,7 @@ class GMTRouter:
         self.policy = config.policy
         self.epsilon = float(config.epsilon)
         self._rng = np.random.default_rng(config.seed)
-        self._basis = QueryBasis(h.query_emb, self.personal.query_dims)
+        self._basis = QueryBasis.from_rows(self._hist.text, self._hist.query_row, self.personal.query_dims)
         self._post: _LRU = _LRU(cache)  # u -> Posterior
         self._offsets: _LRU = _LRU(cache)  # u -> (rep rows, history rows, GNN logits of those rows)
         self._prior = fit_posterior(build_evidence(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0),
@@ -206,14 +203,14 @@ class GMTRouter:
     # ------------------------------------------------------- user histories
     def history_size(self, user_id: str) -> int:
         u = self._user_index.get(user_id)
-        return 0 if u is None else len(self._rows_of.get(u, []))
+        return 0 if u is None else self._rows_of.count(u)
 
     def _subgraph_reps(self, rows: np.ndarray, users: np.ndarray, extra: dict[str, np.ndarray] | None = None
                        ) -> dict[str, Tensor]:
         """GNN over the history rows (local users ``users``), plus optional extra
         context interactions (``extra``: user, llm, rating, prev, emb)."""
         hist = self._hist
-        emb, user, llm = hist.emb[rows], hist.user[rows], hist.llm[rows]
+        emb, user, llm = hist.vecs(rows), hist.user[rows], hist.llm[rows]
         rating, prev_g = hist.rating[rows], hist.prev[rows]
         local = np.full(hist.n + 1, -1, dtype=np.int64)  # slot n maps "no previous turn" (-1) to -1
         local[rows] = np.arange(rows.size)
@@ -244,11 +241,12 @@ class GMTRouter:
         several processes).  It follows every feedback while the history is
         small and then each ``refresh_growth`` fraction of growth; the online
         residual takes every feedback at once either way."""
-        n = len(self._rows_of.get(u, []))
+        n = self._rows_of.count(u)
         growth = float(self.config.refresh_growth)
         if growth <= 0 or not self._per_user_exact:
             return n
-        r = self._rep_rows.get(u, self._rows_at_load.get(u, 0))
+        # the schedule starts at the rows the checkpoint holds
+        r = self._rep_rows.get(u, self._rows_of.base_count(u))
         while True:
             step = max(1, math.ceil(growth * r))
             if r + step > n:
@@ -257,8 +255,8 @@ class GMTRouter:
         self._rep_rows[u] = r
         return r
 
-    def _rep_window(self, u: int, size: int) -> list[int]:
-        return self._rows_of.get(u, [])[max(0, size - int(self.config.history_window)):size]
+    def _rep_window(self, u: int, size: int) -> np.ndarray:
+        return self._rows_of.rows(u, max(0, size - int(self.config.history_window)), size)
 
     def _rep_key(self, u: int) -> tuple[int, int]:
         return self._rep_size(u), self._inserted.get(u, 0)
@@ -271,7 +269,7 @@ class GMTRouter:
         if not self._per_user_exact:
             self._refresh_global()
             return
-        rows = np.array(sorted(r for u in need for r in self._rep_window(u, want[u][0])), dtype=np.int64)
+        rows = np.sort(np.concatenate([self._rep_window(u, want[u][0]) for u in need]))
         users = np.array(need, dtype=np.int64)
         reps = self._subgraph_reps(rows, users)
         for i, u in enumerate(need):
@@ -288,7 +286,7 @@ class GMTRouter:
         reps = self._subgraph_reps(rows, users)
         self._global_reps = reps
         for u in range(len(self.users)):
-            n = len(self._rows_of.get(u, []))
+            n = self._rows_of.count(u)
             self._user_rep[u] = ((n, self._inserted.get(u, 0)), reps[S.USER][u] if n else self._cold_rep)
 
     def _llm_reps(self) -> Tensor:
@@ -399,7 +397,7 @@ class GMTRouter:
             for i, ((text, user, session, cands, turn, ctx), u) in enumerate(zip(parsed, uidx)):
                 c_idx = cand_idx[i, : len(cands)]
                 s = scores[i, : len(cands)]
-                hist = len(self._rows_of.get(u, [])) if u >= 0 else 0
+                hist = self._rows_of.count(u) if u >= 0 else 0
                 post = None
                 if self.personal.enabled:
                     if hist == 0 and not ctx:
@@ -445,7 +443,7 @@ class GMTRouter:
         explore = best != greedy
         others = np.delete(s, best)
         pref = float(np.mean(1.0 / (1.0 + np.exp(-(s[best] - others))))) if others.size else 1.0
-        hist = len(self._rows_of.get(u, [])) if u >= 0 else 0
+        hist = self._rows_of.count(u) if u >= 0 else 0
         cold = hist == 0 and not used_ctx
         sess_note = ""
         if session is not None:
@@ -509,7 +507,7 @@ class GMTRouter:
             return np.zeros((0, len(self.llms)))
         grp = self._hist.group[rows]
         _, first, inv = np.unique(grp, return_index=True, return_inverse=True)
-        emb = torch.from_numpy(np.ascontiguousarray(self._hist.emb[rows[first]])).to(self.device)
+        emb = torch.from_numpy(np.ascontiguousarray(self._hist.vecs(rows[first]))).to(self.device)
         qv = self.model.gnn.isolated(S.QUERY, self.model.gnn.project_query(emb))
         llm = self._llm_reps()
         n = first.size
@@ -522,10 +520,11 @@ class GMTRouter:
     def _posterior(self, u: int) -> Posterior:
         post = self._post.get(u)
         if post is None:
-            rows = np.asarray(self._rows_of.get(u, []), dtype=np.int64)
             h = self._hist
+            # the residual's window only looks back this far (its per-LLM part at most L x window_per_llm rows)
+            rows = self._rows_of.rows(u, -window_lookback(self.personal))
             rows = rows[window_rows(h.llm[rows], self.personal)]
-            ev = build_evidence(h.group[rows], h.llm[rows], h.rating[rows], self._basis(h.emb[rows]),
+            ev = build_evidence(h.group[rows], h.llm[rows], h.rating[rows], self._basis(h.vecs(rows)),
                                 self._history_scores(u, rows), self.personal)
             post = fit_posterior(ev, self.personal, len(self.llms), self._basis.dims)
             self._post[u] = post
@@ -534,7 +533,7 @@ class GMTRouter:
     def posterior(self, user_id: str) -> Posterior | None:
         """The user's residual posterior (None for a user without rated history)."""
         u = self._user_index.get(user_id)
-        if u is None or not self._rows_of.get(u):
+        if u is None or not self._rows_of.count(u):
             return None
         with self._lock, torch.inference_mode():
             return self._posterior(u)
@@ -577,13 +576,11 @@ class GMTRouter:
         emb = self.embed([c[0] for c in ctx])
         n = len(ctx)
         lo, hi = self.rating_scale
-        span = (hi - lo) or 1.0
         user_local = u if u >= 0 else len(self.users)
-        rows = np.array(self._rows_of.get(u, [])[-int(self.config.history_window):] if u >= 0 else [],
-                        dtype=np.int64)
+        rows = self._rows_of.rows(u, -int(self.config.history_window)) if u >= 0 else np.zeros(0, np.int64)
         extra = {"user": np.full(n, user_local, dtype=np.int64),
                  "llm": np.array([self._llm_index[c[1]] for c in ctx], dtype=np.int64),
-                 "rating": np.array([(c[2] - lo) / span for c in ctx], dtype=np.float32),
+                 "rating": normalise_ratings(np.array([c[2] for c in ctx]), lo, hi),
                  "prev": np.arange(n, dtype=np.int64) - 1, "emb": emb}
         if not self._per_user_exact:
             rows = np.arange(self._hist.n)
@@ -625,7 +622,7 @@ class GMTRouter:
                 ids = [self.feedback_log.append(user_id, query, model, raw, session_id=session_id, turn=turn)]
                 self._own_ids.update(ids)
             u = self._apply(user_id, query, model, raw, session_id, None, emb, order=ids[0] if ids else None)
-        return {"user_id": user_id, "model": model, "rating": raw, "history_size": len(self._rows_of[u]),
+        return {"user_id": user_id, "model": model, "rating": raw, "history_size": self._rows_of.count(u),
                 "feedback_id": ids[0] if ids else None, "applied_ms": (time.perf_counter() - t0) * 1000.0}
 
     def update_user_preference(self, user_id: str, query: str, preferred: str, rejected: str,
@@ -659,7 +656,7 @@ class GMTRouter:
                 u = self._apply(user_id, query, r["model"], r["rating"], session_id, key, emb,
                                 order=ids[i] if ids else None)
         return {"user_id": user_id, "preferred": preferred, "rejected": rejected, "feedback_ids": ids,
-                "history_size": len(self._rows_of[u]), "applied_ms": (time.perf_counter() - t0) * 1000.0}
+                "history_size": self._rows_of.count(u), "applied_ms": (time.perf_counter() - t0) * 1000.0}
 
     def _apply(self, user_id: str, query: str, model: str, raw: float, session_id: str | None,
                query_id: str | None, emb: np.ndarray, link_session: bool = True, order: int | None = None) -> int:
@@ -675,7 +672,7 @@ class GMTRouter:
             u = self._user_index[user_id] = len(self.users)
             self.users.append(user_id)
         lo, hi = self.rating_scale
-        norm = (raw - lo) / ((hi - lo) or 1.0)
+        norm = float(normalise_ratings(raw, lo, hi))
         gkey = (user_id, query_id if query_id else "text:" + query)
         group = self._group_key.get(gkey)
         if group is None:
@@ -691,13 +688,12 @@ class GMTRouter:
         if order is None:
             self._unlogged += 1
             order = _UNLOGGED + self._unlogged
-        row = self._hist.append(u, self._llm_index[model], float(norm), prev, emb, group, order)
-        rows = self._rows_of.setdefault(u, [])
-        if rows and self._hist.order[rows[-1]] > order:
-            bisect.insort(rows, row, key=self._hist.order.__getitem__)
+        text_row = self._text_row.get(query)
+        if text_row is None:
+            text_row = self._text_row[query] = self._hist.add_text(emb)
+        row = self._hist.append(u, self._llm_index[model], norm, prev, text_row, group, order)
+        if self._rows_of.add(u, row, self._hist.order):
             self._inserted[u] = self._inserted.get(u, 0) + 1  # earlier rows changed: cached results are stale
-        else:
-            rows.append(row)
         if st is not None and (query_id is None or st.last_row < 0 or self._hist.group[st.last_row] != group):
             st.last_row = row
         if self._per_user_exact:
@@ -753,8 +749,8 @@ class GMTRouter:
         with self._lock:
             hist = self._hist
             return History(user=hist.user.copy(), llm=hist.llm.copy(), rating=hist.rating.copy(),
-                           prev=hist.prev.copy(), query_emb=hist.emb.copy(),
-                           llm_emb=self.checkpoint.history.llm_emb, group=hist.group.copy())
+                           prev=hist.prev.copy(), llm_emb=self.checkpoint.history.llm_emb, group=hist.group.copy(),
+                           text_emb=hist.text.copy(), query_row=hist.query_row.copy())
 
 
 #: order keys of rows applied without a feedback log come after every log id
@@ -786,44 +782,108 @@ class _LRU(OrderedDict):
 
 
 class _GrowingHistory:
-    """Rated interactions as numpy columns with amortised O(1) appends."""
+    """Rated interactions as numpy columns with amortised O(1) appends; query
+    embeddings deduplicated (a growing text table and each row's index in it)."""
+
+    _COLS = ("_user", "_llm", "_rating", "_prev", "_query_row", "_group", "_order")
 
     def __init__(self, h: History) -> None:
         self.n = int(h.user.size)
-        cap = max(16, self.n * 2)
+        cap = self.n + max(1024, self.n // 4)
         self._user = np.zeros(cap, np.int64)
         self._llm = np.zeros(cap, np.int64)
         self._rating = np.zeros(cap, np.float32)
         self._prev = np.full(cap, -1, np.int64)
-        self._emb = np.zeros((cap, h.query_emb.shape[1]), np.float32)
+        self._query_row = np.zeros(cap, np.int64)
         self._group = np.zeros(cap, np.int64)
         self._order = np.arange(cap, dtype=np.int64) - self.n - _UNLOGGED  # checkpoint rows first
+        if h.deduplicated:
+            text, qrow = np.asarray(h.text_emb, np.float32), np.asarray(h.query_row, np.int64)
+        else:
+            text, qrow = np.asarray(h.query_emb, np.float32), np.arange(self.n, dtype=np.int64)
+        self.n_text = int(text.shape[0])
+        self._text = np.zeros((self.n_text + max(256, self.n_text // 4), text.shape[1]), np.float32)
+        self._text[: self.n_text] = text
         for name, src in (("_user", h.user), ("_llm", h.llm), ("_rating", h.rating), ("_prev", h.prev),
-                          ("_emb", h.query_emb), ("_group", h.group)):
+                          ("_query_row", qrow), ("_group", h.group)):
             getattr(self, name)[: self.n] = src
 
-    def append(self, user: int, llm: int, rating: float, prev: int, emb: np.ndarray, group: int, order: int) -> int:
+    def add_text(self, emb: np.ndarray) -> int:
+        if self.n_text == self._text.shape[0]:
+            new = np.zeros((self._text.shape[0] + max(256, self._text.shape[0] // 4),) + self._text.shape[1:],
+                           np.float32)
+            new[: self.n_text] = self._text[: self.n_text]
+            self._text = new
+        self._text[self.n_text] = emb
+        self.n_text += 1
+        return self.n_text - 1
+
+    def append(self, user: int, llm: int, rating: float, prev: int, text_row: int, group: int, order: int) -> int:
         if self.n == self._user.shape[0]:
-            for name in ("_user", "_llm", "_rating", "_prev", "_emb", "_group", "_order"):
+            grow = max(1024, self.n // 4)
+            for name in self._COLS:
                 old = getattr(self, name)
-                new = np.zeros((old.shape[0] * 2,) + old.shape[1:], old.dtype)
+                new = np.zeros((old.shape[0] + grow,) + old.shape[1:], old.dtype)
                 new[: self.n] = old[: self.n]
                 setattr(self, name, new)
         row = self.n
         self._user[row], self._llm[row], self._rating[row], self._prev[row] = user, llm, rating, prev
-        self._emb[row] = emb
-        self._group[row] = group
-        self._order[row] = order
+        self._query_row[row], self._group[row], self._order[row] = text_row, group, order
         self.n += 1
         return row
+
+    def vecs(self, rows: np.ndarray) -> np.ndarray:
+        """float32 (len(rows), d) query embeddings of the given rows."""
+        return self._text[self._query_row[np.asarray(rows, dtype=np.int64)]]
 
     user = property(lambda self: self._user[: self.n])
     llm = property(lambda self: self._llm[: self.n])
     rating = property(lambda self: self._rating[: self.n])
     prev = property(lambda self: self._prev[: self.n])
-    emb = property(lambda self: self._emb[: self.n])
+    query_row = property(lambda self: self._query_row[: self.n])
+    text = property(lambda self: self._text[: self.n_text])
     group = property(lambda self: self._group[: self.n])
     order = property(lambda self: self._order[: self.n])
+
+
+class _UserRows:
+    """Each user's rows in order: the checkpoint's rows as one sorted index
+    (no per-row Python objects), then the rows added since, per user."""
+
+    def __init__(self, user: np.ndarray, num_users: int) -> None:
+        user = np.asarray(user, np.int64)
+        self._order = np.argsort(user, kind="stable")
+        self._starts = np.searchsorted(user[self._order], np.arange(num_users + 1))
+        self._base_users = num_users
+        self._extra: dict[int, list[int]] = {}
+
+    def base_count(self, u: int) -> int:
+        return int(self._starts[u + 1] - self._starts[u]) if 0 <= u < self._base_users else 0
+
+    def count(self, u: int) -> int:
+        return self.base_count(u) + len(self._extra.get(u, ()))
+
+    def rows(self, u: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Positions ``start:stop`` of the user's rows (negative ``start`` counts from the end)."""
+        n = self.count(u)
+        lo, hi, _ = slice(start, stop).indices(n)
+        nb = self.base_count(u)
+        parts = []
+        if lo < nb:
+            b0 = int(self._starts[u]) if u < self._base_users else 0
+            parts.append(self._order[b0 + lo: b0 + min(hi, nb)])
+        if hi > nb:
+            parts.append(np.asarray(self._extra.get(u, [])[max(lo, nb) - nb: hi - nb], dtype=np.int64))
+        return np.concatenate(parts) if len(parts) > 1 else (parts[0] if parts else np.zeros(0, np.int64))
+
+    def add(self, u: int, row: int, order: np.ndarray) -> bool:
+        """Add a new row in ``order`` (log ids); True when it went before the user's last row."""
+        extra = self._extra.setdefault(u, [])
+        if extra and order[extra[-1]] > order[row]:
+            bisect.insort(extra, row, key=order.__getitem__)
+            return True
+        extra.append(row)
+        return False
 
 
 @dataclass
