@@ -121,7 +121,7 @@ def measure(ckpt: Path, n_texts: int, dim: int, touch: int, samples: int, cache_
     after_start = rss_mb()
     rng = np.random.default_rng(seed)
     users = router.users
-    heavy = max(range(len(users)), key=router.history_size) if len(users) < 2_000_000 else 0
+    heavy = max(range(len(users)), key=lambda i: router.history_size(users[i]))
 
     def q():
         return texts[int(rng.integers(n_texts))]

@@ -86,11 +86,13 @@ def test_posterior_converges_to_stated_preferences_against_a_confident_prior():
     final = gnn * post.gnn_weight + post.residual.reshape(L, -1)[:, 0]
     assert list(np.argsort(-final)) == list(range(L))  # exactly the user's order
     assert post.p_wide > 0.99
+    assert post.gnn_weight < 0.5  # this user learned to discount the GNN
     # a crowd-like user (votes agree with the GNN) keeps the tight component: little residual
     rating_c = np.tile([0.0, 1.0], len(votes))
     post_c = fit_posterior(build_evidence(grp, llm, rating_c, basis(emb), np.tile(gnn, (llm.size, 1)), cfg),
                            cfg, L, basis.dims)
     assert post_c.p_wide < 0.5 and np.abs(post_c.residual).max() < 0.5
+    assert post_c.gnn_weight > 0.9  # ... and keeps trusting it
 
 
 # ------------------------------------------------------------------ through the router
