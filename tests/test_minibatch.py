@@ -42,7 +42,7 @@ def _test_auc(g, model, batch_users=None):
 def runs(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("minibatch")
     with pytest.warns(UserWarning, match="fewer than record_per_user"):
-        full = train(tiny, _cfg(), out / "full", resume=False)
+        full = train(tiny, _cfg(epochs=200), out / "full", resume=False)
     with pytest.warns(UserWarning, match="fewer than record_per_user"):
         mini = train(tiny, _cfg(batch_users=40, epochs=60), out / "mini", resume=False)
     return full, mini
@@ -59,7 +59,8 @@ def test_minibatch_finds_the_planted_preferences_and_agrees_with_full_batch(tiny
     *_, sa, sb, label = pair_scores(gs, cs)
     auc_crowd = float(pairwise_auc(sa, sb, label))
     print(f"test AUC full {auc_full:.3f}, mini-batch {auc_mini:.3f}, crowd {auc_crowd:.3f}")
-    assert auc_mini >= 0.74 and auc_mini >= auc_crowd + 0.1
+    # 60 mini-batch epochs of 2 steps each reach what 200 full-batch epochs (one step each) reach
+    assert auc_mini >= 0.80 and auc_mini >= auc_crowd + 0.15
     assert abs(auc_mini - auc_full) <= 0.04
     assert mini.history and all(np.isfinite(r["train_loss"]) for r in mini.history)
 
