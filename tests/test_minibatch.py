@@ -110,3 +110,27 @@ def test_batch_users_config_key(tmp_path):
     assert load_train_config(p).batch_users is None
     with pytest.raises(ConfigError, match="batch_users"):
         TrainConfig(batch_users=0)
+
+
+@pytest.mark.parametrize("relations", ["reference", "full"])
+def test_subgraph_embed_equals_the_full_forward_on_scored_node_types(relations):
+    """Subgraph.embed skips the last layer's relations into session and response nodes; the user, LLM
+    and query representations it returns are exactly the model's full forward."""
+    from gmt_model.demo import DemoSpec
+    from gmt_model.engine import PRED_QUERY, build_subgraph
+    from gmt_model.model import GMTModel
+    from gmt_model.training import model_config_for
+
+    g, _ = demo_graph(DemoSpec(n_users=20, n_groups_per_user=8.0), HashedEncoder(16), relations=relations)
+    for layers in (1, 2, 3):
+        torch.manual_seed(layers)
+        model = GMTModel(model_config_for(TrainConfig(num_gnn_layers=layers, relations=relations, hidden_dim=32,
+                                                      predictor_dim=32), g)).eval()
+        sub = build_subgraph(g, np.flatnonzero(g.split_mask(S.SPLIT_TRAIN)),
+                             np.flatnonzero(g.split_mask(S.SPLIT_TEST)), CPU)
+        with torch.no_grad():
+            full = model.embed(sub.num_users, sub.query_emb, sub.llm_emb, sub.rating, sub.edges)
+            fast = sub.embed(model)
+        assert set(fast) == {S.USER, S.LLM, S.QUERY, PRED_QUERY}
+        for t in (S.USER, S.LLM, S.QUERY):
+            torch.testing.assert_close(fast[t], full[t], rtol=0, atol=0)
