@@ -217,3 +217,20 @@ def test_float16_store_option_and_no_half_precision_reuse(tmp_path):
     # float32 -> float32 reuses the previous store
     again = data_steps.materialize_text_embeddings("demo", store, ENC)
     assert again["sources"]["from_previous"] == again["n_texts"] and again["sources"]["embedded_now"] == 0
+
+
+def test_export_command_writes_valid_jsonl_and_refuses_changed_files(tmp_path, splits_source, capsys):
+    from pipelines.export_jsonl import main
+
+    store = DataStore(tmp_path / "data")
+    run_data_path(store, splits_source)
+    assert main(["demo", str(tmp_path / "out"), "--home", str(store.root)]) == 0
+    for s in SPLITS:  # the imported splits come back byte for byte
+        assert (tmp_path / "out" / SPLIT_FILES[s]).read_bytes() == (splits_source / SPLIT_FILES[s]).read_bytes()
+    p = store.area("embeddings", "demo") / data_steps.STORE_FILE
+    p.write_bytes(p.read_bytes()[:-10] + b"0123456789")
+    capsys.readouterr()
+    assert main(["demo", str(tmp_path / "out2"), "--home", str(store.root)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(p) in err and err.count("\n") == 1
+    assert not (tmp_path / "out2").exists()
