@@ -234,3 +234,36 @@ def test_export_command_writes_valid_jsonl_and_refuses_changed_files(tmp_path, s
     err = capsys.readouterr().err
     assert err.startswith("error: ") and str(p) in err and err.count("\n") == 1
     assert not (tmp_path / "out2").exists()
+
+
+def test_a_dagster_run_parses_each_split_once(tmp_path, splits_source, parses):
+    """The same through Dagster: raw_data -> interactions -> text_embeddings -> graph_parquet with their
+    blocking checks, in one run, with a feedback log to merge."""
+    from assets import build_dataset_assets, build_dataset_checks
+
+    assets = {a.key.path[-1]: a for a in build_dataset_assets("demo")}
+    chain = [assets[n] for n in ("raw_data", "interactions", "text_embeddings", "graph_parquet")]
+    checks = [c for c in build_dataset_checks("demo")
+              if {k.name for k in c.check_keys} & {"interactions_valid", "embedding_width", "graph_integrity"}]
+
+    class NoMLflow(dg.ConfigurableResource):
+        def run_for(self, *a, **k):
+            return "run"
+
+        def log_params(self, *a, **k):
+            pass
+
+        def finish(self, *a, **k):
+            pass
+
+    fb = _feedback_log(tmp_path / "fb.sqlite")
+    res = dg.materialize(
+        [*chain, *checks], instance=dg.DagsterInstance.ephemeral(),
+        resources={"paths": PathsResource(home=str(tmp_path / "data")), "encoder": HashEncoderResource(),
+                   "mlflow": NoMLflow()},
+        run_config={"ops": {"demo__raw_data": {"config": {"kind": "jsonl_splits", "url": str(splits_source)}},
+                            "demo__interactions": {"config": {"feedback_log": str(fb)}}}})
+    assert res.success
+    evals = [e for e in res.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+    assert len(evals) == 3 and all(e.event_specific_data.passed for e in evals)
+    assert parses == {SPLIT_FILES[s]: 1 for s in SPLITS}, dict(parses)
