@@ -46,6 +46,7 @@ __all__ = [
     "materialize_text_embeddings",
     "check_embedding_width",
     "materialize_graph",
+    "export_jsonl",
 ]
 
 log = logging.getLogger(__name__)
@@ -405,3 +406,15 @@ def materialize_graph(dataset: str, store: DataStore, *, relations: str = "full"
         }
         store.commit(tmp, "graph", dataset, manifest)
     return manifest
+
+
+# --------------------------------------------------------------------------
+# export
+# --------------------------------------------------------------------------
+def export_jsonl(dataset: str, store: DataStore, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
+    """The committed interactions + embedding store of ``dataset`` as GMTRouter JSONL splits in ``out_dir``
+    (the seed's interchange format; files verified against their manifests first)."""
+    verify_area(store, "interactions", dataset, asset="interactions")
+    em = verify_area(store, "embeddings", dataset, asset="text_embeddings")
+    return C.export_jsonl(store.area("interactions", dataset), out_dir,
+                          store.area("embeddings", dataset) / STORE_FILE, encoder=em.get("encoder"))

@@ -88,11 +88,22 @@ class _TrainingProgress:
                  every_s: float = 15.0) -> None:
         self.context, self.dataset, self.every_epochs, self.every_s = context, dataset, every_epochs, every_s
         self.last: dict[str, tuple[int, float]] = {}
+        self.prev: dict[str, tuple[int, Mapping[str, float]]] = {}
 
     def __call__(self, name: str, epoch: int, row: Mapping[str, float]) -> None:
+        # training may add an epoch's validation metrics to its row after this call: look at the row of the
+        # previous call too (complete by now)
+        prev = self.prev.get(name)
+        self.prev[name] = (epoch, row)
+        for ep, r in ((prev or (None, None)), (epoch, row)):
+            if ep is not None:
+                self._maybe_log(name, ep, r)
+
+    def _maybe_log(self, name: str, epoch: int, row: Mapping[str, float]) -> None:
         now = time.monotonic()
         last_epoch, last_t = self.last.setdefault(name, (0, now))
-        if "val_auc" not in row or (epoch - last_epoch < self.every_epochs and now - last_t < self.every_s):
+        if "val_auc" not in row or epoch <= last_epoch or (epoch - last_epoch < self.every_epochs
+                                                           and now - last_t < self.every_s):
             return
         self.last[name] = (epoch, now)
         self.context.log.info(f"{self.dataset} {name} epoch {epoch}: val_auc={row['val_auc']:.4f} "

@@ -240,26 +240,30 @@ def default_train_config(dataset: str, configs_dir: Path | None = None) -> Path:
 
 
 class _MetricBuffer:
-    """Per-epoch metrics, flushed to MLflow every few epochs (step = epoch)."""
+    """Per-epoch metrics, flushed to MLflow every few epochs (step = epoch).
+
+    Rows are kept by reference and read when flushed: training may complete an epoch's row (validation
+    metrics) after it handed it over, so the newest row stays pending until the next flush or the end.
+    """
 
     def __init__(self, tracker: Any, mlflow_run_id: str | None, prefix: str,
                  on_epoch: Callable[[int, Mapping[str, float]], None] | None) -> None:
         self.tracker, self.run_id, self.prefix, self.on_epoch = tracker, mlflow_run_id, prefix, on_epoch
-        self.rows: list[tuple[str, float, int]] = []
+        self.pending: list[tuple[int, Mapping[str, float]]] = []
 
     def __call__(self, epoch: int, row: Mapping[str, float]) -> None:
-        for k, v in row.items():
-            if k != "epoch" and v is not None and not (isinstance(v, float) and math.isnan(v)):
-                self.rows.append((f"{self.prefix}{k}", float(v), int(epoch)))
+        self.pending.append((int(epoch), row))
         if self.on_epoch is not None:
             self.on_epoch(epoch, row)
         if epoch % _METRIC_EVERY == 0:
-            self.flush()
+            self.flush(keep_last=True)
 
-    def flush(self) -> None:
-        if self.tracker is not None and self.run_id and self.rows:
-            self.tracker.log_metric_rows(self.run_id, self.rows)
-        self.rows = []
+    def flush(self, keep_last: bool = False) -> None:
+        done, self.pending = (self.pending[:-1], self.pending[-1:]) if keep_last else (self.pending, [])
+        rows = [(f"{self.prefix}{k}", float(v), epoch) for epoch, row in done for k, v in row.items()
+                if k != "epoch" and v is not None and not (isinstance(v, float) and math.isnan(v))]
+        if self.tracker is not None and self.run_id and rows:
+            self.tracker.log_metric_rows(self.run_id, rows)
 
 
 def materialize_model(dataset: str, store: DataStore, *, config_path: str | os.PathLike[str] | None = None,

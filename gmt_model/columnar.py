@@ -86,8 +86,10 @@ TEXTS_FILE = "texts.parquet"
 LLMS_FILE = "llms.parquet"
 IMPORTED_EMBEDDINGS_FILE = "embeddings.parquet"
 C_QUERY_HASH = "query_hash"
-#: rows per Parquet row group / per streamed batch
+#: rows per Parquet row group / per streamed batch of the import
 BATCH_ROWS = 65_536
+#: rows per batch of the export (each row becomes Python objects while its record is written)
+EXPORT_BATCH_ROWS = 16_384
 _MODEL_EMB_PREFIX = "gmtrouter:model_emb:"
 _SPLIT_CODE = {name: i for i, name in enumerate(S.SPLITS)}
 
@@ -530,7 +532,7 @@ def _text_lookup(sorted_h: np.ndarray, texts: pa.Array, keys: np.ndarray, where:
 # JSONL export
 # --------------------------------------------------------------------------
 def export_jsonl(folder: str | os.PathLike[str], out_dir: str | os.PathLike[str], store: EmbeddingStore | str | os.PathLike[str],
-                 *, encoder: str | None = None, batch_rows: int = BATCH_ROWS) -> dict[str, Path]:
+                 *, encoder: str | None = None, batch_rows: int = EXPORT_BATCH_ROWS) -> dict[str, Path]:
     """The columnar ``folder`` (+ the embedding ``store``) -> GMTRouter JSONL splits in ``out_dir``.
 
     Streams ``interactions.parquet`` in batches of ``batch_rows`` rows (a record that straddles two batches

@@ -47,9 +47,35 @@ class Subgraph:
         return self.num_users - 1
 
     def embed(self, model: GMTModel) -> dict[str, Tensor]:
-        reps = model.embed(self.num_users, self.query_emb, self.llm_emb, self.rating, self.edges)
-        reps[PRED_QUERY] = model.gnn.isolated(S.QUERY, model.gnn.project_query(self.pred_query_emb))
+        """User, LLM and query representations (and the predicted queries'), what scoring reads.
+
+        The same as ``model.embed`` for those node types, computed with less work: the last
+        layer only runs the relations into user, LLM and query nodes (under the reference
+        relations just session -> user), since no score reads a session or response output.
+        Session and response outputs are therefore not returned."""
+        gnn = model.gnn
+        x = gnn.input_features(self.num_users, self.query_emb.shape[0], self.query_emb, self.llm_emb, self.rating)
+        edges = {et: self.edges[et] for et in gnn.edge_types if et in self.edges}
+        last = len(gnn.convs) - 1
+        for i, (conv, norms) in enumerate(zip(gnn.convs, gnn.norms)):
+            if i < last:
+                rels = edges
+            else:
+                rels = {et: e for et, e in edges.items() if et[2] in _SCORED}
+            types = {t for et in rels for t in (et[0], et[2])}
+            out = conv({t: v for t, v in x.items() if t in types}, rels) if rels else {}
+            new = dict(x)
+            for t, v in out.items():
+                if v is not None and (i < last or t in _SCORED):
+                    new[t] = norms[t](gnn.dropout(v))
+            x = new
+        reps = {t: x[t] for t in _SCORED}
+        reps[PRED_QUERY] = gnn.isolated(S.QUERY, gnn.project_query(self.pred_query_emb))
         return reps
+
+
+#: node types whose representations scoring reads
+_SCORED = (S.USER, S.LLM, S.QUERY)
 
 
 def build_subgraph(g: GraphTables, visible: np.ndarray, predict: np.ndarray, device: torch.device,

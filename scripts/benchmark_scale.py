@@ -185,6 +185,7 @@ def run_mt_bench(args: argparse.Namespace) -> dict:
             row = {"split_seed": seed, "mode": mode, "batch_users": bu, "users": g.num_users,
                    "epochs": args.epochs, "train_wall_s": round(wall, 1), "best_epoch": res.best_epoch,
                    "best_val_auc": round(res.best_metric, 4), "test_auc": round(rep.methods["gmtrouter"].auc, 4),
+                   "test_auc_ci": [round(float(x), 4) for x in rep.methods["gmtrouter"].auc_ci],
                    "test_auc_gnn": round(rep.methods["gmtrouter_gnn"].auc, 4), "device": res.device}
             print(json.dumps(row), file=sys.stderr, flush=True)
             rows.append(row)

@@ -465,6 +465,13 @@ def main(argv: list[str] | None = None) -> int:
     if update_architecture(moved_all):
         print("  docs/architecture.md: module table replaced by the layout table")
 
+    # the installed `gmtrouter` command still names the old entry point until the project is reinstalled
+    for script in sorted(REPO.glob(".venv*/bin/gmtrouter")):
+        if f"from {PKG}.cli import" in script.read_text(encoding="utf-8", errors="replace"):
+            print(f"  note: {script.relative_to(REPO)} still imports {PKG}.cli: refresh the editable install with "
+                  f"`{script.parent.relative_to(REPO)}/python -m pip install -q --no-deps --no-build-isolation -e .` "
+                  "(or `bash scripts/setup.sh`, which does it because pyproject.toml changed)")
+
     # 6. check
     for f in (REPO / PKG).rglob("*.py"):
         ast.parse(f.read_text(encoding="utf-8"), str(f))

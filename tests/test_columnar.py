@@ -123,3 +123,41 @@ def test_graph_from_columnar_equals_the_graph_built_from_jsonl(jsonl, tmp_path):
     np.testing.assert_array_equal(g.llm_emb, ref.llm_emb)
     assert g.query_text == ref.query_text and list(g.response_text) == list(ref.response_text)
     assert g.encoder == ref.encoder == "planted" and g.check() == []
+
+
+def _synthetic(folder: Path, groups: int) -> dict[str, Path]:
+    """``groups`` two-record groups over a fixed set of 50 texts, 10 users, 4 LLMs (width 8)."""
+    from gmt_model.data import Record, Turn
+
+    rng = np.random.default_rng(0)
+    vec = rng.normal(size=(50, 8)).astype(np.float32)
+    llm = rng.normal(size=(4, 8)).astype(np.float32)
+    paths = {}
+    for code, split in enumerate(SPLITS):
+        def records(code=code):
+            line = 0
+            for g in range(code, groups, 3):
+                t = g % 50
+                for m in (g % 4, (g + 1) % 4):
+                    line += 1
+                    yield Record(line, f"u{g % 10}", f"m{m}", f"q{g}", 1,
+                                 (Turn(f"text {t}", vec[t], "r", float(g % 5)),), llm[m], None)
+        paths[split] = folder / SPLIT_FILES[split]
+        write_jsonl(paths[split], records())
+    return paths
+
+
+def test_import_memory_does_not_grow_with_the_file(tmp_path):
+    """Bounded batches: importing 4x the records (same distinct texts and users) peaks at about the same
+    Python memory; holding all rows until the end would make it grow ~4x."""
+    import tracemalloc
+
+    peaks = []
+    for n in (600, 2400):
+        src = _synthetic(tmp_path / f"src{n}", n)
+        tracemalloc.start()
+        summ = C.import_jsonl(src, tmp_path / f"col{n}", batch_rows=100)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        assert sum(s.n_records for s in summ.splits.values()) == 2 * n
+    assert peaks[1] < 1.5 * peaks[0], peaks

@@ -42,7 +42,7 @@ def _test_auc(g, model, batch_users=None):
 def runs(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("minibatch")
     with pytest.warns(UserWarning, match="fewer than record_per_user"):
-        full = train(tiny, _cfg(), out / "full", resume=False)
+        full = train(tiny, _cfg(epochs=200), out / "full", resume=False)
     with pytest.warns(UserWarning, match="fewer than record_per_user"):
         mini = train(tiny, _cfg(batch_users=40, epochs=60), out / "mini", resume=False)
     return full, mini
@@ -59,7 +59,8 @@ def test_minibatch_finds_the_planted_preferences_and_agrees_with_full_batch(tiny
     *_, sa, sb, label = pair_scores(gs, cs)
     auc_crowd = float(pairwise_auc(sa, sb, label))
     print(f"test AUC full {auc_full:.3f}, mini-batch {auc_mini:.3f}, crowd {auc_crowd:.3f}")
-    assert auc_mini >= 0.74 and auc_mini >= auc_crowd + 0.1
+    # 60 mini-batch epochs of 2 steps each reach what 200 full-batch epochs (one step each) reach
+    assert auc_mini >= 0.80 and auc_mini >= auc_crowd + 0.15
     assert abs(auc_mini - auc_full) <= 0.04
     assert mini.history and all(np.isfinite(r["train_loss"]) for r in mini.history)
 
@@ -109,3 +110,27 @@ def test_batch_users_config_key(tmp_path):
     assert load_train_config(p).batch_users is None
     with pytest.raises(ConfigError, match="batch_users"):
         TrainConfig(batch_users=0)
+
+
+@pytest.mark.parametrize("relations", ["reference", "full"])
+def test_subgraph_embed_equals_the_full_forward_on_scored_node_types(relations):
+    """Subgraph.embed skips the last layer's relations into session and response nodes; the user, LLM
+    and query representations it returns are exactly the model's full forward."""
+    from gmt_model.demo import DemoSpec
+    from gmt_model.engine import PRED_QUERY, build_subgraph
+    from gmt_model.model import GMTModel
+    from gmt_model.training import model_config_for
+
+    g, _ = demo_graph(DemoSpec(n_users=20, n_groups_per_user=8.0), HashedEncoder(16), relations=relations)
+    for layers in (1, 2, 3):
+        torch.manual_seed(layers)
+        model = GMTModel(model_config_for(TrainConfig(num_gnn_layers=layers, relations=relations, hidden_dim=32,
+                                                      predictor_dim=32), g)).eval()
+        sub = build_subgraph(g, np.flatnonzero(g.split_mask(S.SPLIT_TRAIN)),
+                             np.flatnonzero(g.split_mask(S.SPLIT_TEST)), CPU)
+        with torch.no_grad():
+            full = model.embed(sub.num_users, sub.query_emb, sub.llm_emb, sub.rating, sub.edges)
+            fast = sub.embed(model)
+        assert set(fast) == {S.USER, S.LLM, S.QUERY, PRED_QUERY}
+        for t in (S.USER, S.LLM, S.QUERY):
+            torch.testing.assert_close(fast[t], full[t], rtol=0, atol=0)

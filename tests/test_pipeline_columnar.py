@@ -217,3 +217,53 @@ def test_float16_store_option_and_no_half_precision_reuse(tmp_path):
     # float32 -> float32 reuses the previous store
     again = data_steps.materialize_text_embeddings("demo", store, ENC)
     assert again["sources"]["from_previous"] == again["n_texts"] and again["sources"]["embedded_now"] == 0
+
+
+def test_export_command_writes_valid_jsonl_and_refuses_changed_files(tmp_path, splits_source, capsys):
+    from pipelines.export_jsonl import main
+
+    store = DataStore(tmp_path / "data")
+    run_data_path(store, splits_source)
+    assert main(["demo", str(tmp_path / "out"), "--home", str(store.root)]) == 0
+    for s in SPLITS:  # the imported splits come back byte for byte
+        assert (tmp_path / "out" / SPLIT_FILES[s]).read_bytes() == (splits_source / SPLIT_FILES[s]).read_bytes()
+    p = store.area("embeddings", "demo") / data_steps.STORE_FILE
+    p.write_bytes(p.read_bytes()[:-10] + b"0123456789")
+    capsys.readouterr()
+    assert main(["demo", str(tmp_path / "out2"), "--home", str(store.root)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(p) in err and err.count("\n") == 1
+    assert not (tmp_path / "out2").exists()
+
+
+def test_a_dagster_run_parses_each_split_once(tmp_path, splits_source, parses):
+    """The same through Dagster: raw_data -> interactions -> text_embeddings -> graph_parquet with their
+    blocking checks, in one run, with a feedback log to merge."""
+    from assets import build_dataset_assets, build_dataset_checks
+
+    assets = {a.key.path[-1]: a for a in build_dataset_assets("demo")}
+    chain = [assets[n] for n in ("raw_data", "interactions", "text_embeddings", "graph_parquet")]
+    checks = [c for c in build_dataset_checks("demo")
+              if {k.name for k in c.check_keys} & {"interactions_valid", "embedding_width", "graph_integrity"}]
+
+    class NoMLflow(dg.ConfigurableResource):
+        def run_for(self, *a, **k):
+            return "run"
+
+        def log_params(self, *a, **k):
+            pass
+
+        def finish(self, *a, **k):
+            pass
+
+    fb = _feedback_log(tmp_path / "fb.sqlite")
+    res = dg.materialize(
+        [*chain, *checks], instance=dg.DagsterInstance.ephemeral(),
+        resources={"paths": PathsResource(home=str(tmp_path / "data")), "encoder": HashEncoderResource(),
+                   "mlflow": NoMLflow()},
+        run_config={"ops": {"demo__raw_data": {"config": {"kind": "jsonl_splits", "url": str(splits_source)}},
+                            "demo__interactions": {"config": {"feedback_log": str(fb)}}}})
+    assert res.success
+    evals = [e for e in res.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+    assert len(evals) == 3 and all(e.event_specific_data.passed for e in evals)
+    assert parses == {SPLIT_FILES[s]: 1 for s in SPLITS}, dict(parses)
