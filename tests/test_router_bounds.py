@@ -99,3 +99,18 @@ def test_residual_window_keeps_every_llms_latest_rows():
     assert keep.tolist() == [1, 2, 4, 7, 8, 9, 10, 11]  # last 5 rows + the latest 2 of LLM 1 and of LLM 2
     assert window_rows(llm[:4], cfg).tolist() == [0, 1, 2, 3]
     assert window_rows(llm, PersonalConfig(window=5, window_per_llm=0)).tolist() == [7, 8, 9, 10, 11]
+
+
+def test_bad_bound_settings_name_the_file_and_key(tmp_path):
+    import pytest
+
+    from gmt_model.config import ConfigError, load_router_config
+
+    p = tmp_path / "r.yaml"
+    for key, value in (("history_window", 0), ("cache_users", "many"), ("refresh_growth", -1)):
+        p.write_text(f"model_path:\n  load_model_path: m/x.pt\nrouter:\n  {key}: {value}\n")
+        with pytest.raises(ConfigError, match=f"{p}: router.{key}: expected"):
+            load_router_config(p)
+    p.write_text("model_path:\n  load_model_path: m/x.pt\nrouter:\n  history_window: 50\n  refresh_growth: 0\n")
+    cfg = load_router_config(p)
+    assert cfg.history_window == 50 and cfg.refresh_growth == 0.0 and cfg.cache_users == 20000
