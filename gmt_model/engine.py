@@ -86,8 +86,12 @@ def build_subgraph(g: GraphTables, visible: np.ndarray, predict: np.ndarray, dev
     from their graph node).  ``text_emb_t``/``llm_emb_t``/``rating_t``: the
     graph's ``text_emb``, ``llm_emb`` and ``rating`` already on ``device``
     (rows are gathered there; otherwise only the needed rows are copied).
-    ``users`` is accepted for symmetry with mini-batches; user nodes keep
-    their global index (a user node without edges costs one row)."""
+    ``users``: None keeps every user node at its global index (a user node
+    without edges costs one row; the empty-history user is ``num_users``);
+    given, the subgraph has only those user nodes, at their position in
+    ``users`` (the empty-history user last): what the live router uses, whose
+    table (``g``: any interactions table with the columns read here, e.g. the
+    router's growing history) has many users and few of them per call."""
     visible = np.asarray(visible, dtype=np.int64)
     predict = np.setdiff1d(np.asarray(predict, dtype=np.int64), visible)
     local = np.full(g.num_interactions, -1, dtype=np.int64)
@@ -106,12 +110,22 @@ def build_subgraph(g: GraphTables, visible: np.ndarray, predict: np.ndarray, dev
             return rating_t[to_device(torch.from_numpy(idx), rating_t.device)]
         return to_device(torch.from_numpy(np.ascontiguousarray(g.rating[idx])), device)
 
+    num_users = g.num_users + 1
+    umap = None
+    if users is not None:
+        users = np.asarray(users, dtype=np.int64)
+        umap = np.full(int(max(g.num_users, users.max(initial=-1) + 1)), -1, dtype=np.int64)
+        umap[users] = np.arange(users.size)
+        num_users = users.size + 1
     edges: dict[S.EdgeType, Tensor] = {}
     for rel in g.relations:
         src, dst = relation_edges(g, rel, visible, local)
+        if umap is not None:
+            src = umap[src] if rel[0] == S.USER else src
+            dst = umap[dst] if rel[2] == S.USER else dst
         edges[rel] = to_device(torch.from_numpy(np.stack([src, dst])), device)
     llm = llm_emb_t if llm_emb_t is not None else to_device(as_tensor(g.llm_emb), device)
-    return Subgraph(num_users=g.num_users + 1, nodes=visible, local=local, pred_nodes=predict,
+    return Subgraph(num_users=num_users, nodes=visible, local=local, pred_nodes=predict,
                     pred_local=pred_local, query_emb=queries(visible), pred_query_emb=queries(predict),
                     llm_emb=llm, rating=ratings(visible), edges=edges)
 

@@ -52,7 +52,8 @@ from . import schema as S
 from .checkpoint import Checkpoint, History, load_checkpoint
 from .config import RouterConfig, load_router_config
 from .errors import RoutingError
-from .graph import normalise_ratings, relation_edges
+from .engine import build_subgraph
+from .graph import normalise_ratings
 from .model import GMTModel
 from .personal import (POLICIES, CrowdCalibration, PersonalConfig, Posterior, QueryBasis, build_evidence,
                        fit_bias, fit_posterior, group_pairs, window_lookback, window_rows)
@@ -106,7 +107,7 @@ class GMTRouter:
         self.users: list[str] = list(ck.users)
         self._user_index = {u: i for i, u in enumerate(self.users)}
         h = ck.history
-        self._hist = _GrowingHistory(h)
+        self._hist = _GrowingHistory(h, self.model.cfg.edge_types, len(ck.users))
         self._rows_of = _UserRows(h.user, len(self.users))
         self._text_row: dict[str, int] = {}  # feedback query text -> its row in the history's text table
         self._rep_rows: dict[int, int] = {}
@@ -207,32 +208,27 @@ class GMTRouter:
 
     def _subgraph_reps(self, rows: np.ndarray, users: np.ndarray, extra: dict[str, np.ndarray] | None = None
                        ) -> dict[str, Tensor]:
-        """GNN over the history rows (local users ``users``), plus optional extra
-        context interactions (``extra``: user, llm, rating, prev, emb)."""
-        hist = self._hist
-        emb, user, llm = hist.vecs(rows), hist.user[rows], hist.llm[rows]
-        rating, prev_g = hist.rating[rows], hist.prev[rows]
-        local = np.full(hist.n + 1, -1, dtype=np.int64)  # slot n maps "no previous turn" (-1) to -1
-        local[rows] = np.arange(rows.size)
-        prev = local[prev_g]
+        """GNN over the history rows, with user nodes ``users`` only (the engine's
+        subgraph builder, as in training and evaluation), plus optional extra
+        context interactions (``extra``: user, llm, rating, prev (within the
+        extra rows), emb) that are not stored."""
+        table, rows = self._hist, np.asarray(rows, dtype=np.int64)
         if extra is not None and extra["user"].size:
+            h = self._hist
+            local = np.full(h.n + 1, -1, dtype=np.int64)  # slot n maps "no previous turn" (-1) to -1
+            local[rows] = np.arange(rows.size)
             off = rows.size
-            emb = np.concatenate([emb, extra["emb"]])
-            user = np.concatenate([user, extra["user"]])
-            llm = np.concatenate([llm, extra["llm"]])
-            rating = np.concatenate([rating, extra["rating"]])
-            prev = np.concatenate([prev, np.where(extra["prev"] >= 0, extra["prev"] + off, -1)])
-        umap = {int(u): i for i, u in enumerate(users)}
-        u_local = np.array([umap[int(u)] for u in user], dtype=np.int64)
-        view = _HistoryView(user=u_local, llm=llm, prev=prev, n=user.size)
-        idx = np.arange(user.size)
-        edges = {}
-        for rel in self.model.cfg.edge_types:
-            src, dst = relation_edges(view, rel, idx)  # type: ignore[arg-type]
-            edges[rel] = torch.from_numpy(np.stack([src, dst])).to(self.device)
-        llm_emb = torch.from_numpy(self.checkpoint.history.llm_emb).to(self.device)
-        return self.model.embed(len(users), torch.from_numpy(emb).to(self.device), llm_emb,
-                                torch.from_numpy(rating).to(self.device), edges)
+            n_extra = extra["user"].size
+            table = _GrowingHistory(History(
+                user=np.concatenate([h.user[rows], extra["user"]]), llm=np.concatenate([h.llm[rows], extra["llm"]]),
+                rating=np.concatenate([h.rating[rows], extra["rating"]]).astype(np.float32),
+                prev=np.concatenate([local[h.prev[rows]], np.where(extra["prev"] >= 0, extra["prev"] + off, -1)]),
+                llm_emb=h.llm_emb, group=np.zeros(off + n_extra, np.int64),
+                text_emb=np.concatenate([h.vecs(rows), extra["emb"]]).astype(np.float32),
+                query_row=np.arange(off + n_extra, dtype=np.int64)), h.relations, h.num_users)
+            rows = np.arange(off + n_extra)
+        sub = build_subgraph(table, rows, np.zeros(0, np.int64), self.device, users=users)
+        return sub.embed(self.model)
 
     def _rep_size(self, u: int) -> int:
         """How many of the user's rows the GNN representation is computed on: a
@@ -787,7 +783,10 @@ class _GrowingHistory:
 
     _COLS = ("_user", "_llm", "_rating", "_prev", "_query_row", "_group", "_order")
 
-    def __init__(self, h: History) -> None:
+    def __init__(self, h: History, relations: Sequence[S.EdgeType], num_users: int) -> None:
+        self.relations = tuple(relations)
+        self.llm_emb = np.asarray(h.llm_emb, np.float32)
+        self.num_users = int(num_users)  # grows with the users feedback adds
         self.n = int(h.user.size)
         cap = self.n + max(1024, self.n // 4)
         self._user = np.zeros(cap, np.int64)
@@ -827,6 +826,7 @@ class _GrowingHistory:
                 new[: self.n] = old[: self.n]
                 setattr(self, name, new)
         row = self.n
+        self.num_users = max(self.num_users, int(user) + 1)
         self._user[row], self._llm[row], self._rating[row], self._prev[row] = user, llm, rating, prev
         self._query_row[row], self._group[row], self._order[row] = text_row, group, order
         self.n += 1
@@ -842,6 +842,8 @@ class _GrowingHistory:
     prev = property(lambda self: self._prev[: self.n])
     query_row = property(lambda self: self._query_row[: self.n])
     text = property(lambda self: self._text[: self.n_text])
+    text_emb = text  # the interactions-table names the engine's subgraph builder reads
+    num_interactions = property(lambda self: self.n)
     group = property(lambda self: self._group[: self.n])
     order = property(lambda self: self._order[: self.n])
 
@@ -884,17 +886,3 @@ class _UserRows:
             return True
         extra.append(row)
         return False
-
-
-@dataclass
-class _HistoryView:
-    """The interaction columns :func:`graph.relation_edges` reads."""
-
-    user: np.ndarray
-    llm: np.ndarray
-    prev: np.ndarray
-    n: int
-
-    @property
-    def num_interactions(self) -> int:
-        return self.n
