@@ -139,6 +139,11 @@ class GMTRouter:
         self.epsilon = float(config.epsilon)
         self._rng = np.random.default_rng(config.seed)
         self._basis = QueryBasis.from_rows(self._hist.text, self._hist.query_row, self.personal.query_dims)
+        # the residual's query features of every text of the history, computed once per text
+        self._ztext = np.concatenate([self._basis(self._hist.text[i:i + 65536])
+                                      for i in range(0, self._hist.n_text, 65536)] or
+                                     [np.zeros((0, self._basis.dims + 1))])
+        self._ztext_n = self._hist.n_text
         self._post: _LRU = _LRU(cache)  # u -> Posterior
         self._offsets: _LRU = _LRU(cache)  # u -> (rep rows, history rows, GNN logits of those rows)
         self._prior = fit_posterior(build_evidence(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0),
@@ -520,11 +525,24 @@ class GMTRouter:
             # the residual's window only looks back this far (its per-LLM part at most L x window_per_llm rows)
             rows = self._rows_of.rows(u, -window_lookback(self.personal))
             rows = rows[window_rows(h.llm[rows], self.personal)]
-            ev = build_evidence(h.group[rows], h.llm[rows], h.rating[rows], self._basis(h.vecs(rows)),
+            ev = build_evidence(h.group[rows], h.llm[rows], h.rating[rows], self._zrows(rows),
                                 self._history_scores(u, rows), self.personal)
             post = fit_posterior(ev, self.personal, len(self.llms), self._basis.dims)
             self._post[u] = post
         return post
+
+    def _zrows(self, rows: np.ndarray) -> np.ndarray:
+        """The residual's query features of history rows (texts added since are featurised on demand)."""
+        h = self._hist
+        done = self._ztext_n
+        if done < h.n_text:
+            if self._ztext.shape[0] < h.n_text:  # amortised growth
+                grown = np.zeros((h.n_text + max(256, h.n_text // 4), self._ztext.shape[1]))
+                grown[:done] = self._ztext[:done]
+                self._ztext = grown
+            self._ztext[done:h.n_text] = self._basis(h.text[done:])
+            self._ztext_n = h.n_text
+        return self._ztext[h.query_row[rows]]
 
     def posterior(self, user_id: str) -> Posterior | None:
         """The user's residual posterior (None for a user without rated history)."""
