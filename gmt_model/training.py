@@ -541,8 +541,6 @@ def _train(g: GraphTables, cfg: TrainConfig, out: Path, resume: bool,
         row: dict[str, float] = {"epoch": float(epoch)}
         pending.append((epoch, row, epoch_loss))
         is_eval = has_valid and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs)
-        if dev.type != "cuda" or is_eval or epoch % cfg.eval_every == 0 or epoch % cfg.save_every == 0:
-            flush()  # on CUDA only here: the one host sync of these epochs
         if is_eval:
             metrics, val_sub = _validate(model, g, dev, val_sub, cfg.batch_users, amp)
             row.update(metrics)
@@ -554,6 +552,10 @@ def _train(g: GraphTables, cfg: TrainConfig, out: Path, resume: bool,
             history.append(row)
         elif epoch % cfg.eval_every == 0:
             history.append(row)
+        # the callback hears an epoch with its validation metrics; on CUDA only at validation and
+        # checkpoint epochs (validation syncs anyway): the one host read of the losses since the last
+        if dev.type != "cuda" or is_eval or epoch % cfg.eval_every == 0 or epoch % cfg.save_every == 0:
+            flush()
         if epoch % cfg.save_every == 0 and epoch != cfg.epochs:
             save_last(epoch)
     flush()

@@ -134,3 +134,13 @@ def test_subgraph_embed_equals_the_full_forward_on_scored_node_types(relations):
         assert set(fast) == {S.USER, S.LLM, S.QUERY, PRED_QUERY}
         for t in (S.USER, S.LLM, S.QUERY):
             torch.testing.assert_close(fast[t], full[t], rtol=0, atol=0)
+
+
+def test_callback_hears_every_epoch_in_order_with_its_validation_metrics(tiny, tmp_path):
+    rows = []
+    with pytest.warns(UserWarning, match="fewer than record_per_user"):
+        train(tiny, _cfg(epochs=6, eval_every=3, batch_users=40), tmp_path / "run", resume=False,
+              callback=lambda e, r: rows.append((e, dict(r))))
+    assert [e for e, _ in rows] == [1, 2, 3, 4, 5, 6]
+    assert all(np.isfinite(r["train_loss"]) for _, r in rows)
+    assert ["val_auc" in r for _, r in rows] == [False, False, True, False, False, True]
