@@ -39,21 +39,23 @@ BASELINE_NAMES = {"global_bt": "global best (Bradley-Terry)", "per_user_bt": "pe
 
 @torch.inference_mode()
 def online_scores(model: GMTModel, g: GraphTables, gs: GroupSteps, scores: np.ndarray, cold: np.ndarray,
-                  cfg: PersonalConfig | None = None, device: torch.device | None = None
-                  ) -> tuple[np.ndarray, np.ndarray, CrowdCalibration]:
+                  cfg: PersonalConfig | None = None, device: torch.device | None = None,
+                  batch_users: int | None = None) -> tuple[np.ndarray, np.ndarray, CrowdCalibration]:
     """What the router scores for these group-steps when it holds the training
     split as history: the GNN's ``scores`` plus each user's online residual
     fitted on the user's training interactions, and the ``cold`` (empty
     history) scores through the crowd calibration (``engine.cold_calibration``,
-    which training stores in the checkpoint).  Returns (warm, cold, calibration)."""
+    which training stores in the checkpoint).  Returns (warm, cold, calibration).
+    ``batch_users``: user representations from subgraphs of that many users at a time."""
     cfg = cfg or PersonalConfig()
     dev = device or torch.device("cpu")
     train = np.flatnonzero(g.split_mask(S.SPLIT_TRAIN))
-    sub = build_subgraph(g, train, np.zeros(0, np.int64), dev)
+    # batched: the cold user and the LLMs from a graph without history, each user batch's users from its own
+    sub = build_subgraph(g, np.zeros(0, np.int64) if batch_users else train, np.zeros(0, np.int64), dev)
     reps = sub.embed(model)
     keys = comparison_keys(g, train)
     n_llms = g.num_llms
-    calib = cold_calibration(model, g, dev)
+    calib = cold_calibration(model, g, dev, batch_users=batch_users)
     safe = np.where(gs.mask, gs.llm, 0)
     cold_out = np.where(gs.mask, calib.apply(cold, safe), cold)
     warm = np.array(scores, dtype=np.float64)
@@ -66,24 +68,29 @@ def online_scores(model: GMTModel, g: GraphTables, gs: GroupSteps, scores: np.nd
     tu = g.user[train]
     order = np.argsort(tu, kind="stable")
     starts = np.searchsorted(tu[order], np.arange(g.num_users + 1))
-    for u in np.unique(gs.user).tolist():
-        pos = order[starts[u]:starts[u + 1]]
-        pos = pos[window_rows(g.llm[train[pos]], cfg)]
-        sel = np.flatnonzero(gs.user == u)
-        if pos.size == 0:
-            warm[sel] = cold_out[sel]
-            continue
-        rows = train[pos]
-        q_hist = g.query_vecs(rows)
-        s_hist = score_rows(model, reps[S.USER][u], q_hist, reps[S.LLM])
-        s_hist = calib.blend(s_hist, score_rows(model, cold_rep, q_hist, reps[S.LLM])
-                             if calib.cold > 0 else s_hist, all_llms)
-        ev = build_evidence(keys[pos], g.llm[rows], g.rating[rows], basis(q_hist), s_hist, cfg)
-        post = fit_posterior(ev, cfg, n_llms, basis.dims)
-        r = post.residual.reshape(n_llms, -1)
-        zq = basis(g.query_vecs(gs.inter[sel, 0]))
-        warm[sel] = warm[sel] * np.where(gs.mask[sel], post.gnn_weight, 1.0) \
-            + np.einsum("bkj,bj->bk", r[safe[sel]], zq) * gs.mask[sel]
+    users = np.unique(gs.user)
+    chunks = [users[i:i + batch_users] for i in range(0, users.size, batch_users)] if batch_users else [users]
+    for chunk in chunks:
+        if batch_users:  # this batch's users with their training interactions visible
+            reps = build_subgraph(g, train[np.isin(tu, chunk)], np.zeros(0, np.int64), dev).embed(model)
+        for u in chunk.tolist():
+            pos = order[starts[u]:starts[u + 1]]
+            pos = pos[window_rows(g.llm[train[pos]], cfg)]
+            sel = np.flatnonzero(gs.user == u)
+            if pos.size == 0:
+                warm[sel] = cold_out[sel]
+                continue
+            rows = train[pos]
+            q_hist = g.query_vecs(rows)
+            s_hist = score_rows(model, reps[S.USER][u], q_hist, reps[S.LLM])
+            s_hist = calib.blend(s_hist, score_rows(model, cold_rep, q_hist, reps[S.LLM])
+                                 if calib.cold > 0 else s_hist, all_llms)
+            ev = build_evidence(keys[pos], g.llm[rows], g.rating[rows], basis(q_hist), s_hist, cfg)
+            post = fit_posterior(ev, cfg, n_llms, basis.dims)
+            r = post.residual.reshape(n_llms, -1)
+            zq = basis(g.query_vecs(gs.inter[sel, 0]))
+            warm[sel] = warm[sel] * np.where(gs.mask[sel], post.gnn_weight, 1.0) \
+                + np.einsum("bkj,bj->bk", r[safe[sel]], zq) * gs.mask[sel]
     return warm, cold_out, calib
 
 
@@ -124,16 +131,19 @@ def _result(name: str, g: GraphTables, s: _Scored, n_resamples: int, seed: int) 
 
 def evaluate(model: GMTModel, g: GraphTables, split: str = S.SPLIT_TEST, *, blind_model: GMTModel | None = None,
              baselines: bool = True, cold_start: bool = True, n_resamples: int = 1000, seed: int = 0,
-             device: str | None = None, knn_k: int = 20, personalization: PersonalConfig | None = None
-             ) -> EvalReport:
-    """The evaluation report of ``model`` (and the baselines) on ``split``."""
+             device: str | None = None, knn_k: int = 20, personalization: PersonalConfig | None = None,
+             batch_users: int | None = None) -> EvalReport:
+    """The evaluation report of ``model`` (and the baselines) on ``split``.
+
+    ``batch_users``: the GNN runs over subgraphs of that many users at a time (memory bounded by the
+    batch); under the reference relations the scores equal the full-graph ones."""
     if not g.split_mask(split).any():
         raise ValueError(f"split {split!r} has no interactions")
     dev = resolve_device(device)
     model = model.to(dev)
-    gs, scores, sub = predict_groups(model, g, split, dev)
-    _, cs, _ = predict_groups(model, g, split, dev, cold=True, sub=sub)
-    warm, cold_cal, calib = online_scores(model, g, gs, scores, cs, personalization, dev)
+    gs, scores, sub = predict_groups(model, g, split, dev, batch_users=batch_users)
+    _, cs, _ = predict_groups(model, g, split, dev, cold=True, sub=sub, batch_users=batch_users)
+    warm, cold_cal, calib = online_scores(model, g, gs, scores, cs, personalization, dev, batch_users)
     methods: dict[str, MethodResult] = {
         GMTROUTER: _result(GMTROUTER, g, _pairs_of(g, gs, warm), n_resamples, seed),
         GMTROUTER_GNN: _result(GMTROUTER_GNN, g, _pairs_of(g, gs, scores), n_resamples, seed)}
@@ -142,7 +152,7 @@ def evaluate(model: GMTModel, g: GraphTables, split: str = S.SPLIT_TEST, *, blin
         cold[GMTROUTER] = _result(GMTROUTER, g, _pairs_of(g, gs, cold_cal), n_resamples, seed)
         cold[GMTROUTER_GNN] = _result(GMTROUTER_GNN, g, _pairs_of(g, gs, cs), n_resamples, seed)
     if blind_model is not None:
-        _, bs, _ = predict_groups(blind_model.to(dev), g, split, dev, sub=sub)
+        _, bs, _ = predict_groups(blind_model.to(dev), g, split, dev, sub=sub, batch_users=batch_users)
         methods[USER_BLIND] = _result(USER_BLIND, g, _pairs_of(g, gs, bs), n_resamples, seed)
     if baselines:
         train = training_pairs(g)

@@ -144,3 +144,15 @@ def test_callback_hears_every_epoch_in_order_with_its_validation_metrics(tiny, t
     assert [e for e, _ in rows] == [1, 2, 3, 4, 5, 6]
     assert all(np.isfinite(r["train_loss"]) for _, r in rows)
     assert ["val_auc" in r for _, r in rows] == [False, False, True, False, False, True]
+
+
+def test_batched_evaluation_report_equals_the_full_one(tiny, runs):
+    """evaluate(batch_users=...) (GNN, online part, calibration in user batches) gives the full report's AUCs."""
+    from gmt_model.evaluation import evaluate
+
+    model = load_checkpoint(runs[1].best_dir).model
+    full = evaluate(model, tiny, "test", baselines=False, n_resamples=50)
+    batched = evaluate(model, tiny, "test", baselines=False, n_resamples=50, batch_users=9)
+    for name in ("gmtrouter", "gmtrouter_gnn"):
+        assert batched.methods[name].auc == pytest.approx(full.methods[name].auc, abs=1e-4), name
+        assert batched.cold_start[name].auc == pytest.approx(full.cold_start[name].auc, abs=1e-4), name  # float rounding
