@@ -2,7 +2,7 @@
 
 Every internal asset is columnar (Parquet) and committed with a manifest that lists each file's size
 and sha256.  Each split is parsed and validated once per run, by :func:`materialize_interactions`
-(for JSONL sources: ``gmt_model.columnar.import_jsonl``; raw judgments and the demo are converted, never
+(for JSONL sources: ``gmt_model.data.columnar.import_jsonl``; raw judgments and the demo are converted, never
 written as JSONL); every later step verifies the files it reads against their manifest
 (:func:`verify_area`: a changed file is refused with one line naming it) and trusts the counts
 recorded there.
@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from gmt_model import columnar as C
-from gmt_model import embeddings as E
-from gmt_model.datasets import SPLIT_KINDS, RawResult, llm_description_map, load_llm_descriptions, split_raw
-from gmt_model.schema import SPLIT_FILES, SPLITS
+from gmt_model.data import columnar as C
+from gmt_model.data import embeddings as E
+from gmt_model.data.datasets import SPLIT_KINDS, RawResult, llm_description_map, load_llm_descriptions, split_raw
+from gmt_model.method.schema import SPLIT_FILES, SPLITS
 
 from .feedback_merge import FeedbackMergeStats, feedback_groups
 from .storage import DataStore, read_json, write_json_atomic
@@ -81,7 +81,7 @@ def _training_groups_of(groups: Sequence[Sequence[Mapping[str, Any]]]) -> tuple[
 
 def _feedback(feedback_log: str | os.PathLike[str] | None, models: Sequence[str],
               rating_range: tuple[float, float], known_users: set[str]) -> tuple[list, FeedbackMergeStats]:
-    from gmt_model.feedback import FeedbackLog
+    from gmt_model.serving.feedback import FeedbackLog
 
     st = FeedbackMergeStats(log_path=None if feedback_log is None else os.fspath(feedback_log))
     if feedback_log is None or not Path(feedback_log).is_file():
@@ -372,7 +372,7 @@ def check_embedding_width(dataset: str, store: DataStore, encoder: Any) -> tuple
 # --------------------------------------------------------------------------
 def materialize_graph(dataset: str, store: DataStore, *, relations: str = "full", run_id: str = "") -> dict[str, Any]:
     """The graph tables from the verified interactions and embedding store; commit ``graph/<dataset>``."""
-    from gmt_model.graph import GraphIntegrityError
+    from gmt_model.method.graph import GraphIntegrityError
 
     im = verify_area(store, "interactions", dataset, asset="interactions")
     verify_area(store, "embeddings", dataset, asset="text_embeddings")

@@ -1,7 +1,7 @@
 """Merging router feedback into a dataset's training split.
 
 The router appends every rating it receives to a durable feedback log
-(``gmt_model.feedback.FeedbackLog``: ``user_id, query, model, rating``, ...).
+(``gmt_model.serving.feedback.FeedbackLog``: ``user_id, query, model, rating``, ...).
 A rating becomes training data only where it forms a *comparison*: the same
 user rated two or more different LLMs on the same query text.  Such a set
 becomes one GMTRouter group (one single-step record per rated LLM; the last
@@ -23,8 +23,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from gmt_model.feedback import FeedbackRecord
-from gmt_model.schema import (
+from gmt_model.serving.feedback import FeedbackRecord
+from gmt_model.method.schema import (
     F_CONVERSATION,
     F_JUDGE,
     F_MODEL,

@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 import dagster as dg
 
-from gmt_model.registry import ensure_sqlite_folder
+from gmt_model.serving.registry import ensure_sqlite_folder
 
 from .storage import REPO_ROOT, data_root
 
@@ -101,8 +101,8 @@ class EncoderResource(dg.ConfigurableResource):
         return override or self.name or os.environ.get(ENV_ENCODER) or None
 
     def get(self, override: str | None = None) -> Any:
-        """A shared ``gmt_model.encoder.Encoder`` (``override`` replaces the configured name)."""
-        from gmt_model.encoder import ENV_CACHE_DIR, get_encoder
+        """A shared ``gmt_model.data.encoder.Encoder`` (``override`` replaces the configured name)."""
+        from gmt_model.data.encoder import ENV_CACHE_DIR, get_encoder
 
         if self.cache_dir:
             cache: str = self.cache_dir

@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from gmt_model.atomic import copy_file_atomic
-from gmt_model.checkpoint import CheckpointError, file_sha256, load_checkpoint, read_config
-from gmt_model.datasets import load_source_config, prepare_raw
-from gmt_model.schema import SPLIT_TEST, SPLITS
+from gmt_model.method.checkpoint import CheckpointError, file_sha256, load_checkpoint, read_config
+from gmt_model.data.datasets import load_source_config, prepare_raw
+from gmt_model.method.schema import SPLIT_TEST, SPLITS
 
 from .data_steps import (check_embedding_width, check_interactions_valid, materialize_embedding_shard,
                          materialize_graph, materialize_interactions, materialize_text_embeddings)
@@ -207,8 +207,8 @@ def _count_files(path: Path) -> dict[str, int]:
 # --------------------------------------------------------------------------
 def check_graph_integrity(dataset: str, store: DataStore) -> tuple[bool, dict[str, Any]]:
     """Read the committed graph back and check it (indices in range, message receivers, pairs per split)."""
-    from gmt_model import schema as S
-    from gmt_model.graph import GraphIntegrityError, read_graph
+    from gmt_model.method import schema as S
+    from gmt_model.method.graph import GraphIntegrityError, read_graph
 
     folder = store.area("graph", dataset)
     problems: list[str] = []
@@ -278,9 +278,9 @@ def materialize_model(dataset: str, store: DataStore, *, config_path: str | os.P
     resumable checkpoints; a re-execution of the same run resumes from it.
     It is removed once the result is committed.
     """
-    from gmt_model.config import load_train_config
-    from gmt_model.graph import read_graph
-    from gmt_model.training import train
+    from gmt_model.method.config import load_train_config
+    from gmt_model.method.graph import read_graph
+    from gmt_model.method.training import train
 
     cfg_path = Path(config_path) if config_path else default_train_config(dataset)
     ov = {"dataset_name": dataset, **dict(overrides or {})}
@@ -446,8 +446,8 @@ def materialize_evaluation(dataset: str, store: DataStore, *, n_resamples: int =
                            tracker: Any = None, mlflow_run_id: str | None = None,
                            run_id: str = "") -> dict[str, Any]:
     """Evaluate the trained model, the user-blind model and the baselines on the test split."""
-    from gmt_model.evaluation import evaluate
-    from gmt_model.graph import read_graph
+    from gmt_model.evaluation.report import evaluate
+    from gmt_model.method.graph import read_graph
 
     mm = store.read_manifest("models", dataset, asset="trained_model")
     g = read_graph(store.area("graph", dataset))
@@ -499,9 +499,9 @@ def materialize_evaluation(dataset: str, store: DataStore, *, n_resamples: int =
 def _champion_score(dataset: str, store: DataStore, tracker: Any, name: str, version: str, metric: str,
                     n_resamples: int) -> tuple[float, str]:
     """The current champion's score on this test split (re-evaluated), else its registry tag."""
-    from gmt_model.evaluation import evaluate
-    from gmt_model.graph import read_graph
-    from gmt_model.registry import RegistryError, download_checkpoint
+    from gmt_model.evaluation.report import evaluate
+    from gmt_model.method.graph import read_graph
+    from gmt_model.serving.registry import RegistryError, download_checkpoint
 
     with tempfile.TemporaryDirectory(prefix=".champion-", dir=store.root) as tmp:
         try:
@@ -537,7 +537,7 @@ def publish_router(dataset: str, store: DataStore, tracker: Any, mlflow_run_id: 
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from gmt_model.registry import log_router_model, registered_model_name
+    from gmt_model.serving.registry import log_router_model, registered_model_name
 
     if metric not in ("auc", "accuracy"):
         raise ValueError(f"gate metric: expected 'auc' or 'accuracy', got {metric!r}")

@@ -28,20 +28,20 @@ __all__ = [
 
 # Lazy attributes: importing the package stays cheap (no torch) until a heavy name is used.
 _LAZY = {
-    "GMTRouter": ("router", "GMTRouter"),
+    "GMTRouter": ("serving.router", "GMTRouter"),
     "RoutingError": ("errors", "RoutingError"),
-    "TrainConfig": ("config", "TrainConfig"),
-    "load_train_config": ("config", "load_train_config"),
-    "build_graph": ("graph", "build_graph"),
-    "read_graph": ("graph", "read_graph"),
-    "train": ("training", "train"),
-    "evaluate": ("evaluation", "evaluate"),
-    "load_checkpoint": ("checkpoint", "load_checkpoint"),
-    "load_router": ("registry", "load_router"),
-    "FormatError": ("data", "FormatError"),
+    "TrainConfig": ("method.config", "TrainConfig"),
+    "load_train_config": ("method.config", "load_train_config"),
+    "build_graph": ("data.graph_files", "build_graph"),
+    "read_graph": ("method.graph", "read_graph"),
+    "train": ("method.training", "train"),
+    "evaluate": ("evaluation.report", "evaluate"),
+    "load_checkpoint": ("method.checkpoint", "load_checkpoint"),
+    "load_router": ("serving.registry", "load_router"),
+    "FormatError": ("data.jsonl", "FormatError"),
     # not in __all__ (it imports mlflow): the MLflow model code of registered routers imports it from here,
     # so models registered today keep loading whatever module the class lives in
-    "GMTRouterPyfunc": ("registry", "GMTRouterPyfunc"),
+    "GMTRouterPyfunc": ("serving.registry", "GMTRouterPyfunc"),
 }
 
 
@@ -57,12 +57,13 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .checkpoint import load_checkpoint
-    from .config import TrainConfig, load_train_config
-    from .data import FormatError
-    from .errors import RoutingError
-    from .evaluation import evaluate
-    from .graph import build_graph, read_graph
-    from .registry import load_router
-    from .router import GMTRouter
-    from .training import train
+    from gmt_model.method.checkpoint import load_checkpoint
+    from gmt_model.method.config import TrainConfig, load_train_config
+    from gmt_model.data.jsonl import FormatError
+    from gmt_model.errors import RoutingError
+    from gmt_model.evaluation.report import evaluate
+    from gmt_model.data.graph_files import build_graph
+    from gmt_model.method.graph import read_graph
+    from gmt_model.serving.registry import load_router
+    from gmt_model.serving.router import GMTRouter
+    from gmt_model.method.training import train

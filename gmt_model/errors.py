@@ -30,16 +30,16 @@ class RoutingError(ValueError):
 #: the CLI prints them as one line (no traceback unless --debug).
 _READABLE = (
     ("gmt_model.errors", ("RoutingError",)),
-    ("gmt_model.config", ("ConfigError",)),
-    ("gmt_model.data", ("FormatError",)),
-    ("gmt_model.checkpoint", ("CheckpointError",)),
-    ("gmt_model.sources", ("SourceError",)),
-    ("gmt_model.registry", ("RegistryError",)),
-    ("gmt_model.endpoints", ("EndpointConfigError", "MissingAPIKeyError", "UpstreamError")),
-    ("gmt_model.encoder", ("EncoderUnavailableError",)),
-    ("gmt_model.graph", ("GraphIntegrityError",)),
-    ("gmt_model.convert", ("ConversionError",)),
-    ("gmt_model.server", ("ServerConfigError",)),
+    ("gmt_model.method.config", ("ConfigError",)),
+    ("gmt_model.data.jsonl", ("FormatError",)),
+    ("gmt_model.method.checkpoint", ("CheckpointError",)),
+    ("gmt_model.data.sources", ("SourceError",)),
+    ("gmt_model.serving.registry", ("RegistryError",)),
+    ("gmt_model.serving.endpoints", ("EndpointConfigError", "MissingAPIKeyError", "UpstreamError")),
+    ("gmt_model.data.encoder", ("EncoderUnavailableError",)),
+    ("gmt_model.method.graph", ("GraphIntegrityError",)),
+    ("gmt_model.data.convert", ("ConversionError",)),
+    ("gmt_model.serving.server", ("ServerConfigError",)),
 )
 
 

@@ -29,7 +29,7 @@ CHAMPION = "champion"
 def _client(tracking_uri: str | None) -> Any:
     from mlflow import MlflowClient
 
-    from gmt_model.registry import default_tracking_uri
+    from gmt_model.serving.registry import default_tracking_uri
 
     uri = tracking_uri or default_tracking_uri()
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -77,7 +77,7 @@ def set_champion(client: Any, name: str, version: str, *, reason: str) -> str | 
 
 def _update_local(dataset: str, name: str, version: str, tracking_uri: str | None) -> str:
     from assets.storage import DataStore, copy_tree, data_root
-    from gmt_model.registry import default_tracking_uri, download_checkpoint
+    from gmt_model.serving.registry import default_tracking_uri, download_checkpoint
 
     uri = tracking_uri or default_tracking_uri()
     ckpt = download_checkpoint(f"models:/{name}/{version}", uri)
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from mlflow.exceptions import MlflowException
 
-    from gmt_model.registry import RegistryError, registered_model_name
+    from gmt_model.serving.registry import RegistryError, registered_model_name
 
     try:
         name = registered_model_name(args.dataset)

@@ -1,7 +1,7 @@
 """Feedback sensors: retrain a dataset when enough new feedback has arrived.
 
 The router appends every rating to the dataset's feedback log
-(``gmt_model.feedback.FeedbackLog``; path: ``assets.resources.feedback_log_path``).
+(``gmt_model.serving.feedback.FeedbackLog``; path: ``assets.resources.feedback_log_path``).
 Each evaluation counts the records after the sensor's cursor; at
 ``min_new_records`` or more (``$GMTROUTER_RETRAIN_MIN_FEEDBACK``, default 50)
 it requests one ``train_<dataset>`` run and moves the cursor to the log's
@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # the type define_asset_job returns
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from assets.resources import PathsResource
-from gmt_model.feedback import FeedbackLog
+from gmt_model.serving.feedback import FeedbackLog
 
 from .triggers import triggered_run_config
 

@@ -4,8 +4,8 @@
 
 Writes synthetic GMTRouter JSONL splits (``--groups`` comparison groups of two records, one or two steps,
 ``--texts`` distinct query texts, ``--dim``-wide embeddings), then, each in a fresh process (peak RSS is
-per process): ``gmt_model.columnar.import_jsonl`` (streaming, batches of 65,536 rows), the columnar
-tables + store -> ``GraphTables`` (``graph_from_columnar``), and ``gmt_model.graph.build_graph`` straight
+per process): ``gmt_model.data.columnar.import_jsonl`` (streaming, batches of 65,536 rows), the columnar
+tables + store -> ``GraphTables`` (``graph_from_columnar``), and ``gmt_model.data.jsonl.graph_files.build_graph`` straight
 from the JSONL, for comparison; then ``export_jsonl`` back, checked byte-identical.  Prints one JSON object
 as the last line.
 """
@@ -28,8 +28,8 @@ sys.path.insert(0, str(REPO))
 
 
 def _write(folder: Path, groups: int, texts: int, dim: int, seed: int = 0) -> dict[str, Path]:
-    from gmt_model.data import Record, Turn, write_jsonl
-    from gmt_model.schema import SPLIT_FILES, SPLITS
+    from gmt_model.data.jsonl import Record, Turn, write_jsonl
+    from gmt_model.method.schema import SPLIT_FILES, SPLITS
 
     rng = np.random.default_rng(seed)
     qvec = rng.normal(size=(texts, dim)).astype(np.float32)
@@ -58,8 +58,8 @@ def _write(folder: Path, groups: int, texts: int, dim: int, seed: int = 0) -> di
 
 
 def _child(kind: str, folder: str) -> None:
-    from gmt_model import columnar as C
-    from gmt_model.schema import SPLIT_FILES, SPLITS
+    from gmt_model.data import columnar as C
+    from gmt_model.method.schema import SPLIT_FILES, SPLITS
 
     src = {s: Path(folder) / "jsonl" / SPLIT_FILES[s] for s in SPLITS}
     t0 = time.perf_counter()
@@ -72,7 +72,7 @@ def _child(kind: str, folder: str) -> None:
                                   relations="full")
         extra = {"interactions": g.num_interactions}
     elif kind == "build_graph_from_jsonl":
-        from gmt_model.graph import build_graph
+        from gmt_model.data.graph_files import build_graph
 
         g = build_graph(src, relations="full")
         extra = {"interactions": g.num_interactions}

@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 
 def _lookup_bench(rows: int, lookups: int, dim: int) -> dict:
-    from gmt_model.embeddings import EmbeddingStore, write_store
+    from gmt_model.data.embeddings import EmbeddingStore, write_store
 
     rng = np.random.default_rng(0)
     h = np.frombuffer(rng.bytes(16 * rows), dtype="S16").copy()
@@ -66,9 +66,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from assets import data_steps, steps
     from assets.storage import DataStore
-    from gmt_model.columnar import graph_from_columnar
-    from gmt_model.embeddings import EmbeddingStore, write_store
-    from gmt_model.encoder import get_encoder
+    from gmt_model.data.columnar import graph_from_columnar
+    from gmt_model.data.embeddings import EmbeddingStore, write_store
+    from gmt_model.data.encoder import get_encoder
 
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,10 +88,10 @@ def main(argv: list[str] | None = None) -> int:
                        "min_self_cosine": float(((a * b).sum(1) / np.linalg.norm(b, axis=1)).min()),
                        "bytes_fp32": p32.stat().st_size, "bytes_fp16": p16.stat().st_size}
         if not args.skip_model:
-            from gmt_model.checkpoint import load_checkpoint
-            from gmt_model.config import load_train_config
-            from gmt_model.evaluation import evaluate
-            from gmt_model.training import train
+            from gmt_model.method.checkpoint import load_checkpoint
+            from gmt_model.method.config import load_train_config
+            from gmt_model.evaluation.report import evaluate
+            from gmt_model.method.training import train
 
             folder = store.area("interactions", "mt_bench")
             g32 = graph_from_columnar(folder, s32, relations="full")

@@ -80,8 +80,8 @@ class TableEncoder:
 
 # ----------------------------------------------------------------------------- data
 def build_mt_bench(work: Path, mt_bench: Path) -> dict[str, Path]:
-    from gmt_model import schema as S
-    from gmt_model.datasets import build_jsonl
+    from gmt_model.method import schema as S
+    from gmt_model.data.datasets import build_jsonl
 
     out = work / "mt_bench"
     if not all((out / f).exists() for f in S.SPLIT_FILES.values()):
@@ -91,7 +91,7 @@ def build_mt_bench(work: Path, mt_bench: Path) -> dict[str, Path]:
 
 def read_votes(paths: dict[str, Path]) -> tuple[list[Vote], dict[str, np.ndarray], dict, str]:
     """Every judged step of every group; query embeddings; responses by (qid, step, model)."""
-    from gmt_model.data import iter_groups
+    from gmt_model.data.jsonl import iter_groups
 
     votes, emb, answers, encoder = [], {}, {}, None
     for split in ("training", "valid", "test"):
@@ -132,9 +132,9 @@ def filter_judges(paths: dict[str, Path], drop: set[str], out: Path) -> dict[str
 
 
 def train_router_checkpoint(paths: dict[str, Path], out: Path, epochs: int, overrides: dict | None = None) -> Path:
-    from gmt_model.config import load_train_config
-    from gmt_model.graph import build_graph
-    from gmt_model.training import train
+    from gmt_model.method.config import load_train_config
+    from gmt_model.data.graph_files import build_graph
+    from gmt_model.method.training import train
 
     best = out / "best"
     g = build_graph(paths)
@@ -142,8 +142,8 @@ def train_router_checkpoint(paths: dict[str, Path], out: Path, epochs: int, over
         # a cached model: refresh its cold-start calibration with this code (cheap; training stores it)
         import torch
 
-        from gmt_model.checkpoint import load_checkpoint, update_meta
-        from gmt_model.engine import cold_calibration
+        from gmt_model.method.checkpoint import load_checkpoint, update_meta
+        from gmt_model.method.engine import cold_calibration
 
         ck = load_checkpoint(best)
         update_meta(best, {"cold_calibration": cold_calibration(ck.model, g, torch.device("cpu")).to_dict()})
@@ -158,7 +158,7 @@ def train_router_checkpoint(paths: dict[str, Path], out: Path, epochs: int, over
 
 # ------------------------------------------------------------------------- metrics
 def pair_auc(p_a: np.ndarray, label: np.ndarray) -> float:
-    from gmt_model.metrics import pairwise_auc
+    from gmt_model.evaluation.metrics import pairwise_auc
 
     keep = label != 0.5
     if keep.sum() < 2:
@@ -191,7 +191,7 @@ def fmt(point: float, ci=None) -> str:
 # ---------------------------------------------------------------------- baselines
 class CrowdBT:
     def __init__(self, votes: list[Vote], llms: list[str]) -> None:
-        from gmt_model.baselines import fit_bradley_terry
+        from gmt_model.evaluation.baselines import fit_bradley_terry
 
         self.llms = {m: i for i, m in enumerate(llms)}
         self.wins = np.zeros((len(llms), len(llms)))
@@ -202,7 +202,7 @@ class CrowdBT:
         self.strength = fit_bradley_terry(self.wins, self.wins + self.wins.T)
 
     def user_strength(self, revealed: list[Vote], shrinkage: float = 2.0) -> np.ndarray:
-        from gmt_model.baselines import fit_bradley_terry
+        from gmt_model.evaluation.baselines import fit_bradley_terry
 
         if not revealed:
             return self.strength
@@ -220,7 +220,7 @@ class CrowdBT:
 
 # ------------------------------------------------------------------------ routers
 def make_router(ckpt: Path, table: dict, encoder_name: str, **options):
-    from gmt_model.router import GMTRouter
+    from gmt_model.serving.router import GMTRouter
 
     return GMTRouter.from_checkpoint(ckpt, encoder=TableEncoder(table, encoder_name), threads=1, **options)
 
@@ -422,11 +422,11 @@ def part_d(ckpt: Path, votes, table, enc, llms, levels=(0, 20, 50, 100, 300), n:
 def part_e(work: Path, mt_bench: Path, seeds: list[int]):
     """Personalized vs user-blind on per-judge splits with different seeds; multi-turn context (turns linked
     as sessions vs the same turns as independent single-step records) with 2 and 3 HGT layers."""
-    from gmt_model.checkpoint import load_checkpoint
-    from gmt_model.datasets import build_jsonl
-    from gmt_model.evaluation import evaluate
-    from gmt_model.graph import build_graph
-    from gmt_model import schema as S
+    from gmt_model.method.checkpoint import load_checkpoint
+    from gmt_model.data.datasets import build_jsonl
+    from gmt_model.evaluation.report import evaluate
+    from gmt_model.data.graph_files import build_graph
+    from gmt_model.method import schema as S
 
     res = {}
 

@@ -7,7 +7,7 @@
 
 The router is trained on the real MT-Bench human judgments
 (``../shared/data/mt_bench_human``, converted with
-``gmt_model.datasets.build_jsonl`` into ``.cache/benchmark_router/``) with
+``gmt_model.data.datasets.build_jsonl`` into ``.cache/benchmark_router/``) with
 the seed training config (``configs/model_config_train/gmtrouter.yaml``),
 then measured on CPU with ``time.perf_counter`` after warm-up:
 
@@ -15,7 +15,7 @@ then measured on CPU with ``time.perf_counter`` after warm-up:
   embedding cache is pre-warmed with the query texts) and including the
   MiniLM encoding (a fresh, never-seen text each call: the MT-Bench
   questions with a suffix " (<two random words> <call number>)", ~4 tokens) with the router's default encoder backend (ONNX
-  fp32 when onnxruntime is installed, see ``gmt_model.encoder``);
+  fp32 when onnxruntime is installed, see ``gmt_model.data.encoder``);
 * the same ``route_single`` including encoding for each encoder backend, in
   the same process, in interleaved rounds (so a change of machine load hits
   all alike), as wall time and as process CPU time (all threads; less
@@ -79,8 +79,8 @@ def _log(*a: Any) -> None:
 
 def prepare_data(work: Path, mt_bench: Path) -> dict[str, Path]:
     """Convert MT-Bench into GMTRouter JSONL splits under ``work/data`` (skipped when present)."""
-    from gmt_model import schema as S
-    from gmt_model.datasets import build_jsonl
+    from gmt_model.method import schema as S
+    from gmt_model.data.datasets import build_jsonl
 
     out = work / "data" / "mt_bench"
     paths = {s: out / S.SPLIT_FILES[s] for s in S.SPLITS}
@@ -95,9 +95,9 @@ def prepare_data(work: Path, mt_bench: Path) -> dict[str, Path]:
 
 def train_router(work: Path, paths: dict[str, Path], epochs: int, seed_config: Path) -> tuple[Path, dict[str, Any]]:
     """Train with the seed config's keys (``epochs`` overridden) on CPU; returns the best checkpoint folder."""
-    from gmt_model.config import load_train_config
-    from gmt_model.graph import build_graph
-    from gmt_model.training import train
+    from gmt_model.method.config import load_train_config
+    from gmt_model.data.graph_files import build_graph
+    from gmt_model.method.training import train
 
     overrides = {"epochs": epochs, "device": "cpu", "training_set": str(paths["training"]),
                  "valid_set": str(paths["valid"]), "test_set": str(paths["test"]),
@@ -158,7 +158,7 @@ def measure(checkpoint: Path, work: Path, mt_bench: Path, *, iters: int, encoded
     import numpy as np
     import torch
 
-    from gmt_model.router import GMTRouter
+    from gmt_model.serving.router import GMTRouter
 
     rng = np.random.default_rng(seed)
     fb_path = work / "feedback_benchmark.sqlite"
@@ -255,8 +255,8 @@ def compare_encoder_backends(checkpoint: Path, mt_bench: Path, *, iters: int, ro
     """
     import numpy as np
 
-    from gmt_model.encoder import Encoder
-    from gmt_model.router import GMTRouter
+    from gmt_model.data.encoder import Encoder
+    from gmt_model.serving.router import GMTRouter
 
     rng = np.random.default_rng(seed)
     texts = _question_texts(mt_bench, [])

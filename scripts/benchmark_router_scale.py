@@ -60,8 +60,8 @@ def build(out: Path, users: int, rows: int, n_texts: int, llms: int, dim: int, s
     """A checkpoint with ``rows`` rated interactions of ``users`` users (pairs of LLMs per query)."""
     import torch
 
-    from gmt_model.checkpoint import History, save_checkpoint
-    from gmt_model.model import GMTModel, ModelConfig
+    from gmt_model.method.checkpoint import History, save_checkpoint
+    from gmt_model.method.model import GMTModel, ModelConfig
 
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -109,7 +109,7 @@ class TableEncoder:
 def measure(ckpt: Path, n_texts: int, dim: int, touch: int, samples: int, cache_users: int, seed: int) -> dict:
     import torch
 
-    from gmt_model.router import GMTRouter
+    from gmt_model.serving.router import GMTRouter
 
     torch.set_num_threads(1)
     texts, emb = texts_table(n_texts, dim)

@@ -8,8 +8,8 @@
 Steps (each timed):
 
 1. generation: the demo generator's plan (users, groups, ratings) straight into
-   columns (``gmt_model.demo.demo_columns``; no JSONL), and every distinct query
-   text embedded once with the hashed test encoder ``gmt_model.demo.HashedEncoder``
+   columns (``gmt_model.data.demo.demo_columns``; no JSONL), and every distinct query
+   text embedded once with the hashed test encoder ``gmt_model.data.demo.HashedEncoder``
    (a deterministic hashed bag of words and word pairs, ``--dim`` wide).  Not MiniLM:
    a million template texts say nothing new to a sentence encoder, and encoding them
    would take minutes of what is meant to measure the graph and training;
@@ -75,13 +75,13 @@ def run(args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
-    from gmt_model import schema as S
-    from gmt_model.checkpoint import load_checkpoint
-    from gmt_model.config import load_train_config
-    from gmt_model.demo import DemoSpec, HashedEncoder, demo_columns
-    from gmt_model.graph import from_columns, read_graph
-    from gmt_model.metrics import pairwise_auc
-    from gmt_model.training import pair_scores, predict_groups, resolve_device, train
+    from gmt_model.method import schema as S
+    from gmt_model.method.checkpoint import load_checkpoint
+    from gmt_model.method.config import load_train_config
+    from gmt_model.data.demo import DemoSpec, HashedEncoder, demo_columns
+    from gmt_model.method.graph import from_columns, read_graph
+    from gmt_model.evaluation.metrics import pairwise_auc
+    from gmt_model.method.training import pair_scores, predict_groups, resolve_device, train
 
     dev = resolve_device(args.device)
     tuned = fixed_mmap_threshold() if args.fixed_mmap_threshold else False
@@ -179,13 +179,13 @@ def run_mt_bench(args: argparse.Namespace) -> dict:
     GNN alone), full-graph evaluation for both so only training differs."""
     import torch
 
-    from gmt_model import schema as S
-    from gmt_model.checkpoint import load_checkpoint
-    from gmt_model.config import load_train_config
-    from gmt_model.datasets import build_jsonl
-    from gmt_model.evaluation import evaluate
-    from gmt_model.graph import build_graph
-    from gmt_model.training import train
+    from gmt_model.method import schema as S
+    from gmt_model.method.checkpoint import load_checkpoint
+    from gmt_model.method.config import load_train_config
+    from gmt_model.data.datasets import build_jsonl
+    from gmt_model.evaluation.report import evaluate
+    from gmt_model.data.graph_files import build_graph
+    from gmt_model.method.training import train
 
     work = Path(args.work or REPO / ".cache" / "bench_scale")
     rows = []

@@ -38,18 +38,18 @@ SEED_CONFIG = REPO / "configs" / "model_config_train" / "gmtrouter.yaml"
 
 
 def prepare(name: str, work: Path, mt_bench: Path) -> dict[str, Path]:
-    from gmt_model import schema as S
+    from gmt_model.method import schema as S
 
     out = work / name
     if all((out / f).exists() for f in S.SPLIT_FILES.values()):
         return {s: out / f for s, f in S.SPLIT_FILES.items()}
     if name.startswith("demo_"):
-        from gmt_model.demo import write_demo_dataset
+        from gmt_model.data.demo import write_demo_dataset
 
         paths = write_demo_dataset(out, name.split("_", 1)[1])
         return {s: paths[s] for s in S.SPLITS}
     if name == "mt_bench":
-        from gmt_model.datasets import build_jsonl
+        from gmt_model.data.datasets import build_jsonl
 
         res = build_jsonl("mt_bench", mt_bench, out)
         return {s: Path(p) for s, p in res.paths.items()}
@@ -60,11 +60,11 @@ def run_one(name: str, work: Path, epochs: int, mt_bench: Path, device: str | No
     import numpy as np
     import torch
 
-    from gmt_model import schema as S
-    from gmt_model.config import load_train_config
-    from gmt_model.engine import PRED_QUERY, build_subgraph, score_groups
-    from gmt_model.graph import build_graph
-    from gmt_model.training import EpochSampler, pairs_as_groups, resolve_device, train
+    from gmt_model.method import schema as S
+    from gmt_model.method.config import load_train_config
+    from gmt_model.method.engine import PRED_QUERY, build_subgraph, score_groups
+    from gmt_model.data.graph_files import build_graph
+    from gmt_model.method.training import EpochSampler, pairs_as_groups, resolve_device, train
 
     t0 = time.perf_counter()
     paths = prepare(name, work, mt_bench)
@@ -112,8 +112,8 @@ def run_one(name: str, work: Path, epochs: int, mt_bench: Path, device: str | No
     # batched step vs a reference-style step (two predictor calls per pair, Python loop), same batches
     if compare:
         dev = resolve_device(device)
-        from gmt_model.model import GMTModel
-        from gmt_model.training import model_config_for
+        from gmt_model.method.model import GMTModel
+        from gmt_model.method.training import model_config_for
 
         model = GMTModel(model_config_for(cfg, g)).to(dev)
         sampler = EpochSampler(g, cfg.record_per_user, cfg.prediction_count)

@@ -12,7 +12,7 @@
 # then prints one table.  Each run's JSON line is kept in $GPU_CHECK_OUT (default .cache/gpu_check).
 #
 # MT-Bench data: $GPU_CHECK_SPLITS (a folder with mt_bench_split0/{training,valid,test}_set.jsonl built by
-# gmt_model.datasets.build_jsonl), else the raw judgments in $GPU_CHECK_MT_BENCH (default
+# gmt_model.data.datasets.build_jsonl), else the raw judgments in $GPU_CHECK_MT_BENCH (default
 # ../shared/data/mt_bench_human; converting them needs the sentence encoder); when neither exists the
 # MT-Bench rows are skipped and say so.
 # GPU_CHECK_SMALL=1: MT-Bench 10 epochs and 5k interactions x 2 epochs instead (a smoke test of the script).

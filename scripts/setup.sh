@@ -21,10 +21,10 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q -e ".[test]"
   echo "$want" > "$stamp"
 fi
-# The sentence encoder's ONNX export (gmt_model.encoder; ~10 s once, then only verified): made here so the
+# The sentence encoder's ONNX export (gmt_model.data.encoder; ~10 s once, then only verified): made here so the
 # first routed query is fast. Without it the export is made on first use (and torch is used if that fails).
 if [ "${GMTROUTER_SKIP_ONNX_EXPORT:-0}" != "1" ]; then
-  HF_HUB_OFFLINE=1 .venv/bin/python -m gmt_model.encoder export \
+  HF_HUB_OFFLINE=1 .venv/bin/python -m gmt_model.data.encoder export \
     || echo "[setup] the encoder's ONNX export failed; it is retried on first use" >&2
 fi
 # Headless Chromium for the chat-page browser test (Debian packages; needs root).

@@ -73,13 +73,13 @@ def planted_paths(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def planted_graph(planted_paths):
-    from gmt_model.graph import build_graph
+    from gmt_model.data.graph_files import build_graph
 
     return build_graph(planted_paths)
 
 
 def quick_config(**kw):
-    from gmt_model.config import TrainConfig
+    from gmt_model.method.config import TrainConfig
 
     base = dict(epochs=120, eval_every=10, save_every=40, hidden_dim=64, predictor_dim=64, seed=3, lr=2e-3)
     base.update(kw)
@@ -89,7 +89,7 @@ def quick_config(**kw):
 @pytest.fixture(scope="session")
 def planted_models(planted_graph, tmp_path_factory):
     """(personalized TrainResult, None) trained once on the planted data."""
-    from gmt_model.training import train
+    from gmt_model.method.training import train
 
     out = tmp_path_factory.mktemp("planted_runs")
     pers = train(planted_graph, quick_config(), out / "personalized", resume=False)
@@ -105,6 +105,6 @@ def encoder_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_paths(tmp_path_factory, encoder_cache) -> dict[str, Path]:
-    from gmt_model.demo import write_demo_dataset
+    from gmt_model.data.demo import write_demo_dataset
 
     return write_demo_dataset(tmp_path_factory.mktemp("demo"), "tiny")

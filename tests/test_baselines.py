@@ -1,11 +1,11 @@
-"""Tests of gmt_model.baselines on synthetic data with planted preferences."""
+"""Tests of gmt_model.evaluation.baselines on synthetic data with planted preferences."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from gmt_model.baselines import (
+from gmt_model.evaluation.baselines import (
     BASELINES,
     GlobalBradleyTerry,
     KNNQuery,
@@ -13,7 +13,7 @@ from gmt_model.baselines import (
     PerUserMajority,
     fit_bradley_terry,
 )
-from gmt_model.metrics import PairSet, pairwise_accuracy
+from gmt_model.evaluation.metrics import PairSet, pairwise_accuracy
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:

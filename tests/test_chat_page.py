@@ -27,9 +27,9 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
-from gmt_model.endpoints import load_endpoints
-from gmt_model.router import RoutingError
-from gmt_model.server import create_app
+from gmt_model.serving.endpoints import load_endpoints
+from gmt_model.serving.router import RoutingError
+from gmt_model.serving.server import create_app
 from servers import ServerThread
 
 CHROMIUM = "/usr/bin/chromium"

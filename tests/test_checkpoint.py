@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from gmt_model import schema as S
-from gmt_model.checkpoint import CheckpointError, History, load_checkpoint, save_checkpoint
-from gmt_model.model import GMTModel, ModelConfig
-from gmt_model.training import predict_groups
+from gmt_model.method import schema as S
+from gmt_model.method.checkpoint import CheckpointError, History, load_checkpoint, save_checkpoint
+from gmt_model.method.model import GMTModel, ModelConfig
+from gmt_model.method.training import predict_groups
 
 
 @pytest.fixture
@@ -98,7 +98,7 @@ def test_missing_folder_and_wrong_format(tmp_path):
 def test_overwrite_is_atomic(saved, planted_graph, monkeypatch):
     model, d = saved
     before = (d / "config.json").read_text()
-    import gmt_model.checkpoint as ckmod
+    import gmt_model.method.checkpoint as ckmod
 
     def fail(*a, **k):
         raise OSError("disk full")

@@ -2,7 +2,7 @@
 
 ``gmtrouter train`` runs once per module as a real subprocess (the seed's
 config keys, ``--quiet``, ``--device cpu``); the other verbs run in-process
-through ``gmt_model.cli.main`` (one more subprocess checks a real non-zero
+through ``gmt_model.serving.cli.main`` (one more subprocess checks a real non-zero
 exit status).  ``infer`` without ``--route-only`` calls a fake
 OpenAI-compatible upstream served by uvicorn on 127.0.0.1.
 """
@@ -25,11 +25,11 @@ import yaml
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from gmt_model import schema as S
-from gmt_model.checkpoint import load_checkpoint
-from gmt_model.cli import main
-from gmt_model.demo import LLMS
-from gmt_model.feedback import FeedbackLog
+from gmt_model.method import schema as S
+from gmt_model.method.checkpoint import load_checkpoint
+from gmt_model.serving.cli import main
+from gmt_model.data.demo import LLMS
+from gmt_model.serving.feedback import FeedbackLog
 from servers import ServerThread, TenantUpstream as Upstream
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,7 +60,7 @@ def _env(encoder_cache: Path) -> dict[str, str]:
 
 
 def _cli(args: list[str], cwd: Path, encoder_cache: Path, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gmt_model.cli", *args], cwd=cwd, env=_env(encoder_cache),
+    return subprocess.run([sys.executable, "-m", "gmt_model.serving.cli", *args], cwd=cwd, env=_env(encoder_cache),
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -311,7 +311,7 @@ def test_infer_without_endpoints_says_it_only_routed(trained, route_yaml, capsys
 
 
 def test_feedback_pairwise_and_turn(trained, route_yaml, tmp_path, capsys):
-    from gmt_model.router import GMTRouter
+    from gmt_model.serving.router import GMTRouter
 
     if not hasattr(GMTRouter, "update_user_preference"):
         pytest.skip("GMTRouter.update_user_preference has not landed yet")

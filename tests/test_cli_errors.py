@@ -1,7 +1,7 @@
 """Errors a person can read (issue 9 item 7): every ``gmtrouter`` verb prints one line and exits
 non-zero for bad data, configuration, checkpoints and input; ``--debug`` shows the traceback.
 
-Most cases run in-process through ``gmt_model.cli.main`` (fast); one runs the real
+Most cases run in-process through ``gmt_model.serving.cli.main`` (fast); one runs the real
 command in a subprocess, where nothing else may reach stderr.
 """
 
@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from conftest import planted_records, write_records
-from gmt_model import cli
-from gmt_model.cli import main
+from gmt_model.serving import cli
+from gmt_model.serving.cli import main
 from test_server_reload import tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,9 +110,9 @@ def test_bad_config_and_serve_settings(files, capsys, tmp_path):
 
 
 @pytest.mark.parametrize("module, cls, make", [
-    ("gmt_model.sources", "SourceError", lambda c: c("https://example.invalid/x.zip: HTTP 404 (not there)")),
+    ("gmt_model.data.sources", "SourceError", lambda c: c("https://example.invalid/x.zip: HTTP 404 (not there)")),
     ("gmt_model.errors", "RoutingError", lambda c: c("field 'rating': expected a finite number, got nan")),
-    ("gmt_model.config", "ConfigError", lambda c: c("train.yaml: train.epochs: expected int,\n got 'ten'")),
+    ("gmt_model.method.config", "ConfigError", lambda c: c("train.yaml: train.epochs: expected int,\n got 'ten'")),
 ])
 def test_every_readable_error_is_one_line_and_debug_shows_the_traceback(monkeypatch, capsys, module, cls, make):
     import importlib
@@ -143,7 +143,7 @@ def test_a_bug_still_shows_its_traceback(monkeypatch):
 def test_real_command_prints_one_line(files):
     """A subprocess: nothing else (warnings, logging) reaches stderr. (--debug is checked in-process above.)"""
     env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    args = [sys.executable, "-m", "gmt_model.cli", "infer", "--config", str(files["router_yaml"]), "--query", "hi",
+    args = [sys.executable, "-m", "gmt_model.serving.cli", "infer", "--config", str(files["router_yaml"]), "--query", "hi",
             "--route-only"]
     proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=240, cwd=files["root"])
     assert proc.returncode == 2 and proc.stdout == ""

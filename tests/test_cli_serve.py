@@ -17,9 +17,9 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from gmt_model import registry, server
-from gmt_model.cli import main
-from gmt_model.registry import RegistryError
+from gmt_model.serving import registry, server
+from gmt_model.serving.cli import main
+from gmt_model.serving.registry import RegistryError
 from test_server_reload import HashEncoder, tiny_checkpoint
 
 ADMIN = "cli-admin-token-0001"
@@ -31,9 +31,9 @@ def served(monkeypatch):
     """Run ``gmtrouter serve`` up to uvicorn; the app it would serve is ``served["app"]``."""
     out: dict[str, Any] = {}
     monkeypatch.setattr(server, "run_server", lambda app, host, port, **kw: out.update(app=app, host=host, port=port))
-    import gmt_model.encoder
+    import gmt_model.data.encoder
 
-    monkeypatch.setattr(gmt_model.encoder, "get_encoder", lambda name=None, **kw: HashEncoder())
+    monkeypatch.setattr(gmt_model.data.encoder, "get_encoder", lambda name=None, **kw: HashEncoder())
     for var in ("GMTROUTER_AUTH_TOKEN", "GMTROUTER_ADMIN_TOKEN", "GMTROUTER_API_KEYS_FILE",
                 "GMTROUTER_IDENTITY_HEADER"):
         monkeypatch.delenv(var, raising=False)

@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import planted_records, write_records
-from gmt_model import columnar as C
-from gmt_model.data import FormatError, iter_records, validate_file, write_jsonl
-from gmt_model.embeddings import EmbeddingStore, text_hash
-from gmt_model.schema import SPLIT_FILES, SPLITS
+from gmt_model.data import columnar as C
+from gmt_model.data.jsonl import FormatError, iter_records, validate_file, write_jsonl
+from gmt_model.data.embeddings import EmbeddingStore, text_hash
+from gmt_model.method.schema import SPLIT_FILES, SPLITS
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_manifest_verification_refuses_a_changed_file(jsonl, tmp_path):
 
 
 def test_graph_from_columnar_equals_the_graph_built_from_jsonl(jsonl, tmp_path):
-    from gmt_model.graph import build_graph
+    from gmt_model.data.graph_files import build_graph
 
     C.import_jsonl(jsonl, tmp_path / "col")
     ref = build_graph(jsonl)
@@ -127,7 +127,7 @@ def test_graph_from_columnar_equals_the_graph_built_from_jsonl(jsonl, tmp_path):
 
 def _synthetic(folder: Path, groups: int) -> dict[str, Path]:
     """``groups`` two-record groups over a fixed set of 50 texts, 10 users, 4 LLMs (width 8)."""
-    from gmt_model.data import Record, Turn
+    from gmt_model.data.jsonl import Record, Turn
 
     rng = np.random.default_rng(0)
     vec = rng.normal(size=(50, 8)).astype(np.float32)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gmt_model.config import ConfigError, load_router_config, load_train_config
+from gmt_model.method.config import ConfigError, load_router_config, load_train_config
 
 from conftest import REPO
 

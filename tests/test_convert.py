@@ -1,4 +1,4 @@
-"""Tests for gmt_model.convert and gmt_model.datasets.
+"""Tests for gmt_model.data.convert and gmt_model.data.datasets.
 
 The converter runs on the real MT-Bench human judgments in
 ../shared/data/mt_bench_human/ (read in place, also through file:// URLs);
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gmt_model import schema as S
-from gmt_model.convert import (
+from gmt_model.method import schema as S
+from gmt_model.data.convert import (
     QID_SEPARATOR,
     ConversionError,
     convert_chatbot_arena,
@@ -27,16 +27,16 @@ from gmt_model.convert import (
     convert_mt_bench_split,
     convert_raw,
 )
-from gmt_model.data import read_groups, validate_file
-from gmt_model.datasets import (
+from gmt_model.data.jsonl import read_groups, validate_file
+from gmt_model.data.datasets import (
     SourceConfig,
     build_jsonl,
     load_llm_descriptions,
     load_source_config,
     prepare_raw,
 )
-from gmt_model.sources import SourceError
-from gmt_model.splits import split_groups
+from gmt_model.data.sources import SourceError
+from gmt_model.data.splits import split_groups
 
 MT = Path(__file__).resolve().parents[2] / "shared" / "data" / "mt_bench_human"
 pytestmark = pytest.mark.skipif(not (MT / "human_judgments.jsonl").is_file(),
@@ -492,7 +492,7 @@ def test_demo_raw_and_build(tmp_path):
 
 @pytest.mark.slow
 def test_end_to_end_mt_bench_with_default_encoder(tmp_path):
-    from gmt_model.encoder import get_encoder
+    from gmt_model.data.encoder import get_encoder
 
     enc = get_encoder(None, cache_dir=tmp_path / "cache")
     src = load_source_config("mt_bench", env={}, overrides={"kind": "mt_bench_split", "url": MT.as_uri()})

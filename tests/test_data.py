@@ -1,4 +1,4 @@
-"""Tests for gmt_model.data: the GMTRouter JSONL reader, validator and writer."""
+"""Tests for gmt_model.data.jsonl: the GMTRouter JSONL reader, validator and writer."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gmt_model import data
-from gmt_model.data import (
+from gmt_model.data import jsonl as data
+from gmt_model.data.jsonl import (
     GROUP_KEY_FIELD,
     FormatError,
     Group,
@@ -26,7 +26,7 @@ from gmt_model.data import (
     validate_file,
     write_jsonl,
 )
-from gmt_model.schema import (
+from gmt_model.method.schema import (
     F_CONVERSATION,
     F_ENCODER,
     F_JUDGE,

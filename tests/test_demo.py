@@ -1,4 +1,4 @@
-"""Tests for gmt_model.splits and gmt_model.demo (the planted-preference demo dataset)."""
+"""Tests for gmt_model.data.splits and gmt_model.data.demo (the planted-preference demo dataset)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gmt_model import demo
-from gmt_model.demo import (
+from gmt_model.data import demo
+from gmt_model.data.demo import (
     LLM_DESCRIPTIONS,
     LLMS,
     RAW_FILE,
@@ -30,7 +30,7 @@ from gmt_model.demo import (
     generate_conversations,
     write_demo_dataset,
 )
-from gmt_model.schema import (
+from gmt_model.method.schema import (
     F_CONVERSATION,
     F_ENCODER,
     F_JUDGE,
@@ -47,10 +47,10 @@ from gmt_model.schema import (
     SPLIT_VALID,
     SPLITS,
 )
-from gmt_model.splits import split_groups, split_summary, thin_users, user_rng
+from gmt_model.data.splits import split_groups, split_summary, thin_users, user_rng
 
 try:  # the reader is another contributor's module
-    from gmt_model import data as gmt_data
+    from gmt_model.data import jsonl as gmt_data
 except ImportError:  # pragma: no cover - only while data.py does not exist
     gmt_data = None  # type: ignore[assignment]
 
@@ -174,7 +174,7 @@ def test_split_of_a_user_ignores_other_users() -> None:
 def test_split_does_not_depend_on_python_hash_seed() -> None:
     users = _users_with_counts({f"user-{i}": 2 + i % 9 for i in range(40)})
     code = (
-        "import json,sys; from gmt_model.splits import split_groups; "
+        "import json,sys; from gmt_model.data.splits import split_groups; "
         "u=json.load(sys.stdin); print(json.dumps(split_groups(u, seed=11).tolist()))"
     )
     outs = []
@@ -379,7 +379,7 @@ def _file_bytes(folder: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def real_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    from gmt_model.encoder import Encoder
+    from gmt_model.data.encoder import Encoder
 
     cache = tmp_path_factory.mktemp("emb-cache")
     first = tmp_path_factory.mktemp("demo-a")
@@ -398,7 +398,7 @@ def test_write_is_byte_identical(real_dataset) -> None:
 
 def test_written_splits_read_back(real_dataset, tiny) -> None:
     if gmt_data is None:  # pragma: no cover
-        pytest.skip("gmt_model.data is not available")
+        pytest.skip("gmt_model.data.jsonl is not available")
     folder = real_dataset[0]
     records, truth = tiny
     stats = json.loads((folder / TRUTH_FILE).read_text())["stats"]

@@ -11,8 +11,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from gmt_model import embeddings as E
-from gmt_model.embeddings import (EmbeddingStore, EmbeddingStoreError, MissingEmbeddingError, append_to_store,
+from gmt_model.data import embeddings as E
+from gmt_model.data.embeddings import (EmbeddingStore, EmbeddingStoreError, MissingEmbeddingError, append_to_store,
                                   merge_stores, shard_of, text_hash, text_hashes, write_store)
 
 

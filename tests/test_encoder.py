@@ -1,4 +1,4 @@
-"""Tests for gmt_model.encoder: the offline default encoder and its on-disk cache."""
+"""Tests for gmt_model.data.encoder: the offline default encoder and its on-disk cache."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gmt_model import encoder as encmod
-from gmt_model.encoder import (
+from gmt_model.data import encoder as encmod
+from gmt_model.data.encoder import (
     CACHE_FILE_NAME,
     DEFAULT_ENCODER,
     DEFAULT_ENCODER_NAME,

@@ -1,4 +1,4 @@
-"""Tests for the ONNX backend of gmt_model.encoder: same embeddings as torch, a safe export cache.
+"""Tests for the ONNX backend of gmt_model.data.encoder: same embeddings as torch, a safe export cache.
 
 One real fp32 export (and one int8) is made per test session, in a folder under pytest's
 base temp shared with tests/test_encoder.py; corruption and locking cases use copies of it.
@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gmt_model import encoder as encmod
-from gmt_model.encoder import (
+from gmt_model.data import encoder as encmod
+from gmt_model.data.encoder import (
     DEFAULT_ENCODER,
     DEFAULT_ENCODER_NAME,
     ENV_BACKEND,
@@ -283,7 +283,7 @@ def test_failed_export_falls_back_to_torch_in_auto_only(
 
     monkeypatch.setattr(encmod, "_build_export", broken)
     auto = Encoder(cache_dir=False, onnx_dir=tmp_path / "empty")
-    with caplog.at_level("WARNING", logger="gmt_model.encoder"):
+    with caplog.at_level("WARNING", logger="gmt_model.data.encoder"):
         v = auto.encode(["fallback text"])
     assert auto.backend == "torch" and v.shape == (1, 384)
     assert "exporter exploded" in caplog.text
@@ -388,7 +388,7 @@ def test_model_that_onnxruntime_refuses_is_rebuilt(
     (copy / "manifest.json").write_text(json.dumps(m))
     counter = tmp_path / "builds"
     monkeypatch.setattr(encmod, "_build_export", _fake_build(fp32_export, counter))
-    with caplog.at_level("WARNING", logger="gmt_model.encoder"):
+    with caplog.at_level("WARNING", logger="gmt_model.data.encoder"):
         e = Encoder(cache_dir=False, onnx_dir=onnx_dir, backend="onnx")
         assert e.encode(["still works"]).shape == (1, 384)
     assert len(list(counter.iterdir())) == 1 and "failed to load" in caplog.text
@@ -424,7 +424,7 @@ def test_cached_export_runs_without_torch(fp32_export: Path, onnx_exports: Path)
     # the serving path: a cached export needs onnxruntime and tokenizers only
     code = (
         "import sys\n"
-        "from gmt_model.encoder import Encoder\n"
+        "from gmt_model.data.encoder import Encoder\n"
         "e = Encoder(cache_dir=False)\n"
         "v = e.encode(['no torch here'])\n"
         "assert e.backend == 'onnx' and v.shape == (1, 384), (e.backend, v.shape)\n"

@@ -10,7 +10,7 @@ import sqlite3
 import pyarrow.parquet as pq
 import pytest
 
-from gmt_model.feedback import FEEDBACK_COLUMNS, FeedbackLog, FeedbackRecord
+from gmt_model.serving.feedback import FEEDBACK_COLUMNS, FeedbackLog, FeedbackRecord
 
 N_PROCS = 4
 N_PER_PROC = 200

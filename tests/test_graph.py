@@ -8,8 +8,9 @@ import os
 import numpy as np
 import pytest
 
-from gmt_model import schema as S
-from gmt_model.graph import GRAPH_TABLES, GraphIntegrityError, build_graph, read_graph, relation_edges
+from gmt_model.method import schema as S
+from gmt_model.method.graph import GRAPH_TABLES, GraphIntegrityError, read_graph, relation_edges
+from gmt_model.data.graph_files import build_graph
 
 from conftest import write_records
 

@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pytest
 
-from gmt_model import schema as S
-from gmt_model.checkpoint import load_checkpoint
-from gmt_model.config import TrainConfig
-from gmt_model.evaluation import evaluate
-from gmt_model.graph import build_graph
-from gmt_model.training import train
+from gmt_model.method import schema as S
+from gmt_model.method.checkpoint import load_checkpoint
+from gmt_model.method.config import TrainConfig
+from gmt_model.evaluation.report import evaluate
+from gmt_model.data.graph_files import build_graph
+from gmt_model.method.training import train
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +60,8 @@ class _TextTable:
 def test_new_user_is_learned_from_feedback_alone(demo_report):
     """A brand-new user whose taste is the opposite of the crowd's, on the demo's queries: 50 pairwise
     votes through the public API, no retraining, then AUC >= 0.85 on the user's other votes."""
-    from gmt_model.metrics import pairwise_auc
-    from gmt_model.router import GMTRouter
+    from gmt_model.evaluation.metrics import pairwise_auc
+    from gmt_model.serving.router import GMTRouter
 
     g, _, best = demo_report
     router = GMTRouter.from_checkpoint(best, encoder=_TextTable(g))

@@ -1,4 +1,4 @@
-"""Tests of gmt_model.metrics: planted data with known answers."""
+"""Tests of gmt_model.evaluation.metrics: planted data with known answers."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from gmt_model.metrics import (
+from gmt_model.evaluation.metrics import (
     EvalReport,
     GroupScores,
     MethodResult,

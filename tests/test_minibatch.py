@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from gmt_model import schema as S
-from gmt_model.baselines import GlobalBradleyTerry
-from gmt_model.checkpoint import load_checkpoint
-from gmt_model.config import ConfigError, TrainConfig, load_train_config
-from gmt_model.demo import HashedEncoder, demo_graph
-from gmt_model.evaluation import training_pairs
-from gmt_model.metrics import pairwise_auc
-from gmt_model.training import UserBatchSampler, pair_scores, predict_groups, train
+from gmt_model.method import schema as S
+from gmt_model.evaluation.baselines import GlobalBradleyTerry
+from gmt_model.method.checkpoint import load_checkpoint
+from gmt_model.method.config import ConfigError, TrainConfig, load_train_config
+from gmt_model.data.demo import HashedEncoder, demo_graph
+from gmt_model.evaluation.report import training_pairs
+from gmt_model.evaluation.metrics import pairwise_auc
+from gmt_model.method.training import UserBatchSampler, pair_scores, predict_groups, train
 
 CPU = torch.device("cpu")
 
@@ -116,10 +116,10 @@ def test_batch_users_config_key(tmp_path):
 def test_subgraph_embed_equals_the_full_forward_on_scored_node_types(relations):
     """Subgraph.embed skips the last layer's relations into session and response nodes; the user, LLM
     and query representations it returns are exactly the model's full forward."""
-    from gmt_model.demo import DemoSpec
-    from gmt_model.engine import PRED_QUERY, build_subgraph
-    from gmt_model.model import GMTModel
-    from gmt_model.training import model_config_for
+    from gmt_model.data.demo import DemoSpec
+    from gmt_model.method.engine import PRED_QUERY, build_subgraph
+    from gmt_model.method.model import GMTModel
+    from gmt_model.method.training import model_config_for
 
     g, _ = demo_graph(DemoSpec(n_users=20, n_groups_per_user=8.0), HashedEncoder(16), relations=relations)
     for layers in (1, 2, 3):
@@ -148,7 +148,7 @@ def test_callback_hears_every_epoch_in_order_with_its_validation_metrics(tiny, t
 
 def test_batched_evaluation_report_equals_the_full_one(tiny, runs):
     """evaluate(batch_users=...) (GNN, online part, calibration in user batches) gives the full report's AUCs."""
-    from gmt_model.evaluation import evaluate
+    from gmt_model.evaluation.report import evaluate
 
     model = load_checkpoint(runs[1].best_dir).model
     full = evaluate(model, tiny, "test", baselines=False, n_resamples=50)

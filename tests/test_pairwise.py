@@ -1,4 +1,4 @@
-"""The method's validation metrics (gmt_model.pairwise) equal the evaluation layer's (gmt_model.metrics)."""
+"""The method's validation metrics (gmt_model.method.pairwise) equal the evaluation layer's (gmt_model.evaluation.metrics)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from gmt_model.metrics import pairwise_accuracy, pairwise_auc
-from gmt_model.pairwise import pair_accuracy, pair_auc
+from gmt_model.evaluation.metrics import pairwise_accuracy, pairwise_auc
+from gmt_model.method.pairwise import pair_accuracy, pair_auc
 
 
 @pytest.mark.parametrize("seed", range(6))

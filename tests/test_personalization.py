@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from gmt_model import schema as S
-from gmt_model.checkpoint import update_meta
+from gmt_model.method import schema as S
+from gmt_model.method.checkpoint import update_meta
 from gmt_model.errors import RoutingError
-from gmt_model.evaluation import online_scores
-from gmt_model.metrics import pairwise_auc
-from gmt_model.personal import PersonalConfig, QueryBasis, build_evidence, fit_posterior
-from gmt_model.router import GMTRouter
-from gmt_model.training import predict_groups
+from gmt_model.evaluation.report import online_scores
+from gmt_model.evaluation.metrics import pairwise_auc
+from gmt_model.method.personal import PersonalConfig, QueryBasis, build_evidence, fit_posterior
+from gmt_model.serving.router import GMTRouter
+from gmt_model.method.training import predict_groups
 
 
 class DictEncoder:

@@ -23,9 +23,9 @@ dg = pytest.importorskip("dagster")
 mlflow = pytest.importorskip("mlflow")
 
 from assets import ASSET_NAMES, DATASETS, build_dataset_assets  # noqa: E402
-from gmt_model.demo import LLMS  # noqa: E402
-from gmt_model.feedback import FeedbackLog  # noqa: E402
-from gmt_model.schema import F_QUESTION_ID, SPLIT_FILES, SPLITS  # noqa: E402
+from gmt_model.data.demo import LLMS  # noqa: E402
+from gmt_model.serving.feedback import FeedbackLog  # noqa: E402
+from gmt_model.method.schema import F_QUESTION_ID, SPLIT_FILES, SPLITS  # noqa: E402
 from assets.resources import EncoderResource, MLflowResource, PathsResource, feedback_log_path  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -265,8 +265,8 @@ def test_first_run_is_informative(chain) -> None:
 
 
 def test_champion_loads_through_mlflow_and_routes(chain) -> None:
-    from gmt_model.registry import load_router
-    from gmt_model.router import GMTRouter
+    from gmt_model.serving.registry import load_router
+    from gmt_model.serving.router import GMTRouter
 
     assert chain.result.success
     client = mlflow_client(chain.data)
@@ -313,7 +313,7 @@ def _tar_of(files: dict[str, bytes], path: Path) -> Path:
 def archives(chain, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A good release-style archive of the demo splits and its broken variants."""
     d = tmp_path_factory.mktemp("archives")
-    from gmt_model.columnar import export_jsonl
+    from gmt_model.data.columnar import export_jsonl
 
     exported = export_jsonl(chain.data / "interactions" / "demo", d / "exported",
                             chain.data / "embeddings" / "demo" / "embeddings.parquet")
@@ -500,7 +500,7 @@ def test_interactions_merge_feedback_comparisons(tmp_path: Path, cache: Path) ->
     assert sorted((r["user_id"], r["llm_name"], r["raw_rating"]) for r in fb_rows) == sorted([
         ("user_0001", LLMS[0], 3.0), ("user_0001", LLMS[1], 1.0),
         ("fb_new_user", LLMS[0], 1.0), ("fb_new_user", LLMS[1], 5.0), ("fb_new_user", LLMS[2], 4.0)])
-    from gmt_model.embeddings import EmbeddingStore
+    from gmt_model.data.embeddings import EmbeddingStore
 
     store = EmbeddingStore.open(data / "embeddings" / "demo" / "embeddings.parquet")
     assert store.lookup([r["query_hash"] for r in fb_rows]).shape == (5, 384)

@@ -66,7 +66,7 @@ def test_rollback_can_refresh_the_local_copy(tmp_path: Path, monkeypatch: pytest
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     client.set_model_version_tag(NAME, v1, "promoted", "true")
     with mlflow.start_run(experiment_id=client.get_experiment_by_name("registry-test").experiment_id):
-        from gmt_model.registry import log_router_model
+        from gmt_model.serving.registry import log_router_model
 
         v2 = str(log_router_model(make_checkpoint(tmp_path / "c2", users, seed=2),
                                   registered_model_name=NAME).registered_model_version)

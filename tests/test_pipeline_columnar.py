@@ -14,16 +14,16 @@ import pytest
 
 dg = pytest.importorskip("dagster")
 
-import gmt_model.data as D  # noqa: E402
+import gmt_model.data.jsonl as D  # noqa: E402
 from assets import data_steps, steps  # noqa: E402
 from assets.resources import EncoderResource, PathsResource  # noqa: E402
 from assets.storage import DataStore  # noqa: E402
 from conftest import planted_records  # noqa: E402
-from gmt_model import columnar as C  # noqa: E402
-from gmt_model.data import write_jsonl  # noqa: E402
-from gmt_model.embeddings import EmbeddingStore  # noqa: E402
-from gmt_model.feedback import FeedbackLog  # noqa: E402
-from gmt_model.schema import SPLIT_FILES, SPLITS  # noqa: E402
+from gmt_model.data import columnar as C  # noqa: E402
+from gmt_model.data.jsonl import write_jsonl  # noqa: E402
+from gmt_model.data.embeddings import EmbeddingStore  # noqa: E402
+from gmt_model.serving.feedback import FeedbackLog  # noqa: E402
+from gmt_model.method.schema import SPLIT_FILES, SPLITS  # noqa: E402
 
 
 class HashEncoder:
@@ -63,7 +63,7 @@ def splits_source(tmp_path: Path) -> Path:
 
 @pytest.fixture()
 def parses(monkeypatch: pytest.MonkeyPatch) -> collections.Counter:
-    """Counts every parse of a JSONL file (``gmt_model.data.iter_records``, which every reader goes through)."""
+    """Counts every parse of a JSONL file (``gmt_model.data.jsonl.iter_records``, which every reader goes through)."""
     counts: collections.Counter = collections.Counter()
     original = D.iter_records
 
@@ -188,7 +188,7 @@ def test_stale_shards_are_not_merged(tmp_path, splits_source):
         data_steps.materialize_embedding_shard("demo", store, ENC, k)
     assert data_steps.materialize_text_embeddings("demo", store, ENC)["n_shards_used"] == 16
     # new texts (a feedback comparison on a new query): the texts table changes, the shards are stale
-    from gmt_model.demo import LLMS
+    from gmt_model.data.demo import LLMS
 
     with FeedbackLog(tmp_path / "fb.sqlite") as log:
         log.append("user_0001", "a brand new question", LLMS[0], 5.0)

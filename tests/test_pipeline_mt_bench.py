@@ -17,7 +17,7 @@ import pytest
 dg = pytest.importorskip("dagster")
 mlflow = pytest.importorskip("mlflow")
 
-from gmt_model.schema import SPLIT_FILES, SPLITS  # noqa: E402
+from gmt_model.method.schema import SPLIT_FILES, SPLITS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MT_BENCH = (REPO.parent / "shared" / "data" / "mt_bench_human").resolve()
@@ -160,7 +160,7 @@ def test_hugging_face_schema_sample_chain(home) -> None:
             for turn, text in enumerate(msgs, start=1):
                 answers[(r["judge"], r[f"model_{side}"], str(r["question_id"]), turn)] = text
     seen = 0
-    from gmt_model.columnar import export_jsonl
+    from gmt_model.data.columnar import export_jsonl
 
     exported = export_jsonl(home.data / "interactions" / "mt_bench", home.root / "exported",
                             home.data / "embeddings" / "mt_bench" / "embeddings.parquet")

@@ -9,8 +9,8 @@ import pytest
 
 dg = pytest.importorskip("dagster")
 
-from gmt_model.demo import LLMS  # noqa: E402
-from gmt_model.feedback import FeedbackLog  # noqa: E402
+from gmt_model.data.demo import LLMS  # noqa: E402
+from gmt_model.serving.feedback import FeedbackLog  # noqa: E402
 from pipelines import jobs, schedules, sensors  # noqa: E402
 from assets.resources import PathsResource, feedback_log_path  # noqa: E402
 from pipelines.triggers import ENV_TRIGGERED_RUN_CONFIG, triggered_run_config  # noqa: E402

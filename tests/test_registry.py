@@ -1,4 +1,4 @@
-"""gmt_model.registry: the router as a pickle-free MLflow pyfunc model, and load_router."""
+"""gmt_model.serving.registry: the router as a pickle-free MLflow pyfunc model, and load_router."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from gmt_model import registry as R
-from gmt_model.checkpoint import History, save_checkpoint
-from gmt_model.encoder import DEFAULT_ENCODER_NAME
-from gmt_model.model import GMTModel, ModelConfig
+from gmt_model.serving import registry as R
+from gmt_model.method.checkpoint import History, save_checkpoint
+from gmt_model.data.encoder import DEFAULT_ENCODER_NAME
+from gmt_model.method.model import GMTModel, ModelConfig
 
 mlflow = pytest.importorskip("mlflow")
 

@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gmt_model import schema as S
-from gmt_model.data import read_groups, validate_file
-from gmt_model.datasets import RawResult, _separate_equal_keys, build_jsonl
-from gmt_model.engine import group_steps
-from gmt_model.graph import build_graph
+from gmt_model.method import schema as S
+from gmt_model.data.jsonl import read_groups, validate_file
+from gmt_model.data.datasets import RawResult, _separate_equal_keys, build_jsonl
+from gmt_model.method.engine import group_steps
+from gmt_model.data.graph_files import build_graph
 
 MT = Path(__file__).resolve().parents[2] / "shared" / "data" / "mt_bench_human"
 DIM = 8

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from gmt_model import schema as S
+from gmt_model.method import schema as S
 from gmt_model.errors import RoutingError
-from gmt_model.router import GMTRouter
-from gmt_model.evaluation import online_scores
-from gmt_model.training import predict_groups
+from gmt_model.serving.router import GMTRouter
+from gmt_model.evaluation.report import online_scores
+from gmt_model.method.training import predict_groups
 
 
 class DictEncoder:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from gmt_model import schema as S
-from gmt_model.personal import PersonalConfig, window_rows
+from gmt_model.method import schema as S
+from gmt_model.method.personal import PersonalConfig, window_rows
 
 from test_personalization import DictEncoder, make_router, reveal, taste_votes  # noqa: F401 (fixtures via conftest)
 
@@ -104,7 +104,7 @@ def test_residual_window_keeps_every_llms_latest_rows():
 def test_bad_bound_settings_name_the_file_and_key(tmp_path):
     import pytest
 
-    from gmt_model.config import ConfigError, load_router_config
+    from gmt_model.method.config import ConfigError, load_router_config
 
     p = tmp_path / "r.yaml"
     for key, value in (("history_window", 0), ("cache_users", "many"), ("refresh_growth", -1)):

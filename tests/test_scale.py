@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gmt_model import schema as S
-from gmt_model.checkpoint import History, load_checkpoint, save_checkpoint
-from gmt_model.demo import DemoSpec, HashedEncoder, demo_columns, demo_graph, write_demo_dataset
-from gmt_model.graph import (GRAPH_TABLES, build_graph, from_columns, normalise_ratings, pair_labels, read_graph)
-from gmt_model.model import GMTModel, ModelConfig
+from gmt_model.method import schema as S
+from gmt_model.method.checkpoint import History, load_checkpoint, save_checkpoint
+from gmt_model.data.demo import DemoSpec, HashedEncoder, demo_columns, demo_graph, write_demo_dataset
+from gmt_model.method.graph import GRAPH_TABLES, from_columns, normalise_ratings, pair_labels, read_graph
+from gmt_model.data.graph_files import build_graph
+from gmt_model.method.model import GMTModel, ModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
 

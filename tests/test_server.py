@@ -23,7 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.testclient import TestClient
 
-from gmt_model.endpoints import (
+from gmt_model.serving.endpoints import (
     Endpoint,
     EndpointConfigError,
     MissingAPIKeyError,
@@ -31,9 +31,9 @@ from gmt_model.endpoints import (
     chat_completion,
     load_endpoints,
 )
-from gmt_model.feedback import FeedbackLog
-from gmt_model.router import RoutingError
-from gmt_model.server import ROUTED_MODEL_HEADER, create_app
+from gmt_model.serving.feedback import FeedbackLog
+from gmt_model.serving.router import RoutingError
+from gmt_model.serving.server import ROUTED_MODEL_HEADER, create_app
 from servers import ServerThread as _ServerThread
 
 TOKEN = "test-bearer-token-123"
@@ -673,7 +673,7 @@ def test_create_app_rejects_bad_settings():
 
 
 def test_sse_rewriter_sets_the_model_in_every_event_whatever_the_chunking():
-    from gmt_model.server import _SSEModelRewriter
+    from gmt_model.serving.server import _SSEModelRewriter
 
     events = [
         b'data: {"id": "1", "model": "up-name", "choices": [{"delta": {"content": "h\xc3\xa9"}}]}\n\n',

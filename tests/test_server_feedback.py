@@ -14,9 +14,9 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from gmt_model.feedback import FeedbackLog
-from gmt_model.router import GMTRouter
-from gmt_model.server import create_app
+from gmt_model.serving.feedback import FeedbackLog
+from gmt_model.serving.router import GMTRouter
+from gmt_model.serving.server import create_app
 from servers import ServerThread
 from test_server_reload import tiny_checkpoint, tiny_router
 

@@ -17,9 +17,9 @@ import logging
 import httpx
 import pytest
 
-from gmt_model.endpoints import load_endpoints
-from gmt_model.feedback import FeedbackLog
-from gmt_model.server import ApiKeys, ServerConfigError, create_app, load_api_keys
+from gmt_model.serving.endpoints import load_endpoints
+from gmt_model.serving.feedback import FeedbackLog
+from gmt_model.serving.server import ApiKeys, ServerConfigError, create_app, load_api_keys
 from servers import ServerThread, TenantUpstream
 from test_server_reload import LLMS, tiny_checkpoint, tiny_router
 

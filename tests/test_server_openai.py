@@ -12,8 +12,8 @@ import pytest
 
 openai = pytest.importorskip("openai", reason="the openai client is in the test extras: pip install -e .[test]")
 
-from gmt_model.endpoints import load_endpoints  # noqa: E402
-from gmt_model.server import ROUTED_MODEL_HEADER, create_app  # noqa: E402
+from gmt_model.serving.endpoints import load_endpoints  # noqa: E402
+from gmt_model.serving.server import ROUTED_MODEL_HEADER, create_app  # noqa: E402
 from servers import ServerThread, TenantUpstream  # noqa: E402
 from test_server_reload import tiny_checkpoint, tiny_router  # noqa: E402
 

@@ -22,12 +22,12 @@ import numpy as np
 import pytest
 import torch
 
-from gmt_model.checkpoint import History, save_checkpoint
-from gmt_model.config import RouterConfig
-from gmt_model.feedback import FeedbackLog
-from gmt_model.model import GMTModel, ModelConfig
-from gmt_model.router import GMTRouter
-from gmt_model.server import (ModelRef, ModelReloader, RouterHolder, ServerConfigError, checkpoint_source,
+from gmt_model.method.checkpoint import History, save_checkpoint
+from gmt_model.method.config import RouterConfig
+from gmt_model.serving.feedback import FeedbackLog
+from gmt_model.method.model import GMTModel, ModelConfig
+from gmt_model.serving.router import GMTRouter
+from gmt_model.serving.server import (ModelRef, ModelReloader, RouterHolder, ServerConfigError, checkpoint_source,
                               create_app)
 from servers import ServerThread
 
@@ -207,7 +207,7 @@ def test_a_bad_new_model_is_refused_and_the_current_one_keeps_serving(stack, ver
     q = {"query_text": "Write a haiku about rain.", "user_id": "u2"}
     before = stack.client.post("/v1/route", json=q).json()
     stack.registry.point(version)
-    with caplog.at_level(logging.INFO, logger="gmt_model.server"):
+    with caplog.at_level(logging.INFO, logger="gmt_model.serving.server"):
         r = stack.reload()
     assert r.status_code == 409, r.text
     out = r.json()
@@ -226,7 +226,7 @@ def test_a_bad_new_model_is_refused_and_the_current_one_keeps_serving(stack, ver
 def test_registry_down_keeps_serving_and_retries(stack, caplog):
     stack.registry.point("2")
     stack.registry.down = True
-    with caplog.at_level(logging.WARNING, logger="gmt_model.server"):
+    with caplog.at_level(logging.WARNING, logger="gmt_model.serving.server"):
         r = stack.reload()
     assert r.status_code == 503 and r.json()["status"] == "unavailable"
     assert "refused the connection" in r.json()["error"]

@@ -21,10 +21,10 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from gmt_model import schema as S
-from gmt_model.endpoints import load_endpoints
-from gmt_model.router import GMTRouter
-from gmt_model.server import ROUTED_MODEL_HEADER, create_app
+from gmt_model.method import schema as S
+from gmt_model.serving.endpoints import load_endpoints
+from gmt_model.serving.router import GMTRouter
+from gmt_model.serving.server import ROUTED_MODEL_HEADER, create_app
 from servers import ServerThread, TenantUpstream as Upstream
 
 N_FEEDBACK = 8

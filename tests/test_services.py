@@ -355,8 +355,8 @@ def test_schedule_tick_runs_through_the_daemon_and_the_router_serves_the_first_c
 @services
 @pytest.mark.slow
 def test_feedback_retrains_promotes_and_the_router_reloads(deployment) -> None:
-    from gmt_model.demo import LLMS
-    from gmt_model.feedback import FeedbackLog
+    from gmt_model.data.demo import LLMS
+    from gmt_model.serving.feedback import FeedbackLog
 
     d = deployment
     probe = ("user_0001", "Write a limerick about a database migration")

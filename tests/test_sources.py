@@ -1,4 +1,4 @@
-"""Tests for gmt_model.sources: downloads (local HTTP server on 127.0.0.1,
+"""Tests for gmt_model.data.sources: downloads (local HTTP server on 127.0.0.1,
 file:// URLs, local paths) and safe archive extraction."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from gmt_model.sources import SourceError, extract, fetch, sha256_file
+from gmt_model.data.sources import SourceError, extract, fetch, sha256_file
 
 
 # --------------------------------------------------------------------------
@@ -495,7 +495,7 @@ def drive():
 
 def _drive_url(drive: _Drive) -> str:
     """The configured release URL with the Drive host replaced by the local mimic."""
-    from gmt_model.datasets import load_source_config
+    from gmt_model.data.datasets import load_source_config
 
     real = load_source_config("mmlu", env={}).url
     assert real == f"https://drive.google.com/uc?export=download&id={DRIVE_ID}"
@@ -559,7 +559,7 @@ def test_html_or_wrong_format_is_never_saved(drive, tmp_path, path, match):
 
 def test_release_source_downloads_through_the_drive_page(drive, tmp_path):
     """The configured release source, its host pointed at the mimic: fetched, extracted, found."""
-    from gmt_model.datasets import load_source_config, prepare_raw
+    from gmt_model.data.datasets import load_source_config, prepare_raw
 
     src = load_source_config("mmlu", env={"GMTROUTER_RELEASE_URL": _drive_url(drive)},
                              overrides={"path_in_archive": "data/mt_bench"})

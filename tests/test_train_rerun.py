@@ -6,7 +6,7 @@
 * after a kill: "resuming from epoch N" and the progress bar starts at N;
 * ``--no-resume``: trains again from scratch.
 
-In process (``gmt_model.cli.main``) on a small planted dataset, few epochs.
+In process (``gmt_model.serving.cli.main``) on a small planted dataset, few epochs.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from conftest import planted_records, write_records
-from gmt_model.cli import main
+from gmt_model.serving.cli import main
 
 EPOCHS = 8
 
@@ -92,9 +92,9 @@ def test_changed_lr_is_one_line_naming_no_resume(data, tmp_path, capsys):
 
 
 def test_resumed_run_says_so_and_the_bar_starts_there(data, tmp_path, capsys):
-    from gmt_model.config import load_train_config
-    from gmt_model.graph import build_graph
-    from gmt_model.training import train
+    from gmt_model.method.config import load_train_config
+    from gmt_model.data.graph_files import build_graph
+    from gmt_model.method.training import train
 
     config = _config(tmp_path, data)
     cfg = load_train_config(config, {"device": "cpu"})

@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from gmt_model import schema as S
-from gmt_model.engine import build_subgraph
-from gmt_model.training import EpochSampler, train
+from gmt_model.method import schema as S
+from gmt_model.method.engine import build_subgraph
+from gmt_model.method.training import EpochSampler, train
 
 from conftest import quick_config
 
@@ -51,8 +51,8 @@ def test_predicted_ratings_never_enter_the_subgraph(planted_graph):
 
 def test_isolated_path_equals_unconnected_nodes(planted_graph):
     """The predicted queries' shortcut equals running them through the GNN unconnected."""
-    from gmt_model.engine import PRED_QUERY
-    from gmt_model.model import GMTModel, ModelConfig
+    from gmt_model.method.engine import PRED_QUERY
+    from gmt_model.method.model import GMTModel, ModelConfig
 
     g = planted_graph
     g.relations = S.FULL_RELATIONS  # query nodes receive messages under the full schema
@@ -66,7 +66,7 @@ def test_isolated_path_equals_unconnected_nodes(planted_graph):
             reps = sub.embed(model)
             both = np.concatenate([visible, target])
             rating = torch.from_numpy(np.where(np.isin(both, target), 0.0, g.rating[both]).astype(np.float32))
-            from gmt_model.graph import relation_edges
+            from gmt_model.method.graph import relation_edges
 
             local = np.full(g.num_interactions, -1)
             local[both] = np.arange(both.size)
@@ -126,8 +126,8 @@ def test_resume_after_kill_matches_uninterrupted_run(planted_graph, tmp_path):
     assert [r["epoch"] for r in resumed.history] == [2.0, 4.0, 6.0, 8.0]
     np.testing.assert_allclose([r["val_auc"] for r in resumed.history], [r["val_auc"] for r in full.history], atol=1e-6)
     # a different configuration refuses to resume from that folder, and says what changed
-    from gmt_model.checkpoint import CheckpointError
-    from gmt_model.training import ResumeMismatchError
+    from gmt_model.method.checkpoint import CheckpointError
+    from gmt_model.method.training import ResumeMismatchError
 
     with pytest.raises(CheckpointError, match="different configuration") as ei:
         train(planted_graph, quick_config(epochs=10, eval_every=2, save_every=4, lr=1e-2), tmp_path / "run")
@@ -179,7 +179,7 @@ def test_fresh_start_leaves_no_older_run_to_resume(planted_graph, tmp_path):
 
 @pytest.mark.parametrize("loss", ["ce", "bce"])
 def test_group_losses_train_on_k3_groups(demo_paths, tmp_path, loss):
-    from gmt_model.graph import build_graph
+    from gmt_model.data.graph_files import build_graph
 
     g = build_graph({k: v for k, v in demo_paths.items() if k in S.SPLITS})
     assert (np.bincount(g.group) > 4).any()  # the demo has K=3 groups with multi-turn records
@@ -188,8 +188,8 @@ def test_group_losses_train_on_k3_groups(demo_paths, tmp_path, loss):
 
 
 def test_full_relation_schema_trains_and_learns(planted_graph, tmp_path):
-    from gmt_model.checkpoint import load_checkpoint
-    from gmt_model.evaluation import evaluate
+    from gmt_model.method.checkpoint import load_checkpoint
+    from gmt_model.evaluation.report import evaluate
 
     res = train(planted_graph, quick_config(relations="full", epochs=60, eval_every=10), tmp_path, resume=False)
     ck = load_checkpoint(res.best_dir)

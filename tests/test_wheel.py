@@ -84,7 +84,7 @@ def test_demo_and_train_outside_the_repository(installed, tmp_path):
     before = _tree(site)
     probe = ("import json, gmt_model\n"
              "from gmt_model.paths import default_home, package_config\n"
-             "from gmt_model.datasets import load_source_config, load_llm_descriptions\n"
+             "from gmt_model.data.datasets import load_source_config, load_llm_descriptions\n"
              "print(json.dumps({'module': gmt_model.__file__, 'home': str(default_home()),\n"
              "  'train_config': str(package_config('model_config_train/demo.yaml')),\n"
              "  'mt_bench_kind': load_source_config('mt_bench', env={}).kind,\n"

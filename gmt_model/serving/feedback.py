@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from gmt_model.atomic import atomic_path
-from gmt_model.schema import C_USER_ID, F_MODEL, F_QUERY, F_RATING, F_TURN
+from gmt_model.method.schema import C_USER_ID, F_MODEL, F_QUERY, F_RATING, F_TURN
 
 __all__ = [
     "FeedbackRecord",

@@ -14,14 +14,14 @@ A dataset folder holds (all Parquet, written atomically; ``manifest.json`` besid
     llms.parquet           llm_name string, text_hash fixed_size_binary(16): the text whose embedding is the
                            LLM's (its description; for imported JSONL the synthetic text
                            ``gmtrouter:model_emb:<name>`` keyed to the file's ``model_emb``)
-    embeddings.parquet     (imports only) the embeddings the JSONL carried, as a ``gmt_model.embeddings`` store
+    embeddings.parquet     (imports only) the embeddings the JSONL carried, as a ``gmt_model.data.embeddings`` store
 
-Texts are referenced by hash (``gmt_model.embeddings.text_hash``); embeddings live once per distinct text in
+Texts are referenced by hash (``gmt_model.data.embeddings.text_hash``); embeddings live once per distinct text in
 an embedding store.  GMTRouter JSONL with inline embeddings is the import/export format: :func:`import_jsonl`
 and :func:`export_jsonl` stream it in bounded batches (memory: one batch of rows plus the set of distinct
-text keys), and import reports format errors exactly as ``gmt_model.data`` does (one line: file, line,
+text keys), and import reports format errors exactly as ``gmt_model.data.jsonl`` does (one line: file, line,
 field).  Each split file is parsed once; the returned :class:`ColumnarSummary` carries what
-``gmt_model.data.validate_file`` would have counted, so nothing downstream parses it again.
+``gmt_model.data.jsonl.validate_file`` would have counted, so nothing downstream parses it again.
 
 :func:`write_columnar` writes the same tables from un-embedded record dicts (the converters' output).
 :func:`file_sha256` / :func:`verify_files` are the manifest's integrity check.
@@ -44,9 +44,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gmt_model import schema as S
-from gmt_model.data import FormatError, Record, Turn, iter_groups, write_jsonl
-from gmt_model.embeddings import (
+from gmt_model.method import schema as S
+from gmt_model.data.jsonl import FormatError, Record, Turn, iter_groups, write_jsonl
+from gmt_model.data.embeddings import (
     C_TEXT,
     C_TEXT_HASH,
     HASH_BYTES,
@@ -163,7 +163,7 @@ def verify_files(folder: str | os.PathLike[str], entries: Mapping[str, Mapping[s
 # --------------------------------------------------------------------------
 @dataclass
 class SplitSummary:
-    """What one split holds (the counts ``gmt_model.data.FileSummary`` has, computed while writing)."""
+    """What one split holds (the counts ``gmt_model.data.jsonl.FileSummary`` has, computed while writing)."""
 
     n_records: int = 0
     n_groups: int = 0
@@ -381,8 +381,8 @@ def import_jsonl(splits: Mapping[str, str | os.PathLike[str]], out_dir: str | os
                  ) -> ColumnarSummary:
     """GMTRouter JSONL splits -> the columnar tables (+ ``embeddings.parquet`` with the files' embeddings).
 
-    Each file is parsed and validated once, streaming (``gmt_model.data.iter_groups``: every format rule;
-    a :class:`~gmt_model.data.FormatError` names file, line and field).  The files must agree on the
+    Each file is parsed and validated once, streaming (``gmt_model.data.jsonl.iter_groups``: every format rule;
+    a :class:`~gmt_model.data.jsonl.FormatError` names file, line and field).  The files must agree on the
     embedding width and the encoder.  A text's embedding is the first one met; the LLM embedding is the
     first ``model_emb`` of that LLM.  ``keep_embeddings=False`` drops the inline embeddings (to re-embed).
     ``extra_groups(split, summary so far)`` may return un-embedded groups (record dicts) to append to a
@@ -455,7 +455,7 @@ def import_jsonl(splits: Mapping[str, str | os.PathLike[str]], out_dir: str | os
             flush_vectors()
             if store is not None:
                 store.encoder = encoder
-                from gmt_model.embeddings import _schema  # the encoder is known only at the end
+                from gmt_model.data.embeddings import _schema  # the encoder is known only at the end
 
                 # the schema's metadata carries the encoder: rewrite it on close through a fresh writer
                 store.close()
@@ -536,7 +536,7 @@ def export_jsonl(folder: str | os.PathLike[str], out_dir: str | os.PathLike[str]
     """The columnar ``folder`` (+ the embedding ``store``) -> GMTRouter JSONL splits in ``out_dir``.
 
     Streams ``interactions.parquet`` in batches of ``batch_rows`` rows (a record that straddles two batches
-    is carried over); each split file is written atomically (``gmt_model.data.write_jsonl``, which
+    is carried over); each split file is written atomically (``gmt_model.data.jsonl.write_jsonl``, which
     validates every record).  ``encoder`` is written into every record (default: the store's).
     """
     src = Path(folder)
@@ -611,13 +611,13 @@ def graph_from_columnar(folder: str | os.PathLike[str], store: EmbeddingStore | 
                         relations: str | Sequence = "reference", rating_scale: tuple[float, float] | None = None,
                         user_ids: Sequence[str] | None = None, llm_names: Sequence[str] | None = None,
                         keep_texts: bool = True) -> Any:
-    """The interactions table of ``folder`` + the embedding ``store`` -> ``gmt_model.graph.GraphTables``.
+    """The interactions table of ``folder`` + the embedding ``store`` -> ``gmt_model.method.graph.GraphTables``.
 
     Vectorised: users and LLMs are dictionary-encoded by Arrow, query texts become rows of a deduplicated
-    ``text_emb`` matrix (one ``searchsorted`` lookup in the store), and ``gmt_model.graph.from_columns``
+    ``text_emb`` matrix (one ``searchsorted`` lookup in the store), and ``gmt_model.method.graph.from_columns``
     derives previous steps, normalised ratings and comparison pairs.
     """
-    from gmt_model.graph import from_columns
+    from gmt_model.method.graph import from_columns
 
     src = Path(folder)
     st = store if isinstance(store, EmbeddingStore) else EmbeddingStore.open(store)

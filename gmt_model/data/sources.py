@@ -50,7 +50,7 @@ import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
-from .atomic import copy_file_atomic, replace_dir
+from gmt_model.atomic import copy_file_atomic, replace_dir
 
 __all__ = ["SourceError", "fetch", "extract", "sha256_file"]
 

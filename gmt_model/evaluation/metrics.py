@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .atomic import write_text_atomic
+from gmt_model.atomic import write_text_atomic
 
 __all__ = [
     "PairSet",

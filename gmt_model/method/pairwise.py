@@ -1,7 +1,7 @@
 """The method's own pairwise validation metrics (numpy only).
 
 Training validates with these, so the method never imports the evaluation
-layer; ``gmt_model.metrics`` has the full set (bootstrap intervals, per-user
+layer; ``gmt_model.evaluation.metrics`` has the full set (bootstrap intervals, per-user
 breakdowns) and tests check that both give the same numbers.
 """
 

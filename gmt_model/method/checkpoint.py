@@ -29,8 +29,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .atomic import atomic_file, replace_dir
-from .model import GMTModel, ModelConfig
+from gmt_model.atomic import atomic_file, replace_dir
+from gmt_model.method.model import GMTModel, ModelConfig
 
 __all__ = ["Checkpoint", "History", "CheckpointError", "save_checkpoint", "load_checkpoint", "file_sha256", "update_meta"]
 

@@ -60,13 +60,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import schema as S
-from .checkpoint import CheckpointError, History, load_tensors, read_config, save_checkpoint
-from .config import TrainConfig
-from .engine import GroupSteps, Subgraph, to_device, build_subgraph, group_steps, pair_positions, score_groups
-from .graph import GraphTables, as_tensor, pair_labels
-from .pairwise import pair_accuracy, pair_auc
-from .model import GMTModel, ModelConfig
+from gmt_model.method import schema as S
+from gmt_model.method.checkpoint import CheckpointError, History, load_tensors, read_config, save_checkpoint
+from gmt_model.method.config import TrainConfig
+from gmt_model.method.engine import (
+    GroupSteps,
+    Subgraph,
+    to_device,
+    build_subgraph,
+    group_steps,
+    pair_positions,
+    score_groups,
+)
+from gmt_model.method.graph import GraphTables, as_tensor, pair_labels
+from gmt_model.method.pairwise import pair_accuracy, pair_auc
+from gmt_model.method.model import GMTModel, ModelConfig
 
 __all__ = ["TrainResult", "train", "model_config_for", "resolve_device", "predict_groups", "pair_scores",
            "EpochSampler", "UserBatchSampler", "ResumeMismatchError", "concat_group_steps"]
@@ -575,8 +583,8 @@ def _store_cold_calibration(best_dir: Path, g: GraphTables, dev: torch.device,
                             batch_users: int | None = None) -> None:
     """The best model's cold-start calibration (crowd Bradley-Terry + validated weight
     of the cold-start GNN) into its checkpoint, for the router."""
-    from .checkpoint import load_checkpoint, update_meta
-    from .engine import cold_calibration
+    from gmt_model.method.checkpoint import load_checkpoint, update_meta
+    from gmt_model.method.engine import cold_calibration
 
     ck = load_checkpoint(best_dir, device=dev)
     update_meta(best_dir, {"cold_calibration": cold_calibration(ck.model, g, dev, batch_users=batch_users).to_dict()})

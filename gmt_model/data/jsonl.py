@@ -11,7 +11,7 @@ question, as in the MT-Bench human votes); :class:`FileSummary` counts such
 groups as ``n_repeated_keys``.  Every rule the reader checks raises :class:`FormatError`, which
 names the file, the 1-based line, the field and what was expected.
 
-Field names come from :mod:`gmt_model.schema`.  In error messages a turn of a
+Field names come from :mod:`gmt_model.method.schema`.  In error messages a turn of a
 conversation is addressed by its 0-based list index, JSON-path style:
 ``conversation[1].rating`` is the rating of the second turn.
 
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from gmt_model.atomic import atomic_file
-from gmt_model.schema import (
+from gmt_model.method.schema import (
     F_CONVERSATION,
     F_ENCODER,
     F_JUDGE,

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.nn import HGTConv
 
-from . import schema as S
+from gmt_model.method import schema as S
 
 __all__ = ["ModelConfig", "HeteroGNN", "PreferencePredictor", "GMTModel", "FastHGTConv"]
 

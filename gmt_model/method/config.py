@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from . import schema as S
+from gmt_model.method import schema as S
 
 __all__ = ["TrainConfig", "RouterConfig", "ConfigError", "load_train_config", "load_router_config",
            "checkpoint_dir_from_model_path"]
@@ -212,7 +212,7 @@ class RouterConfig:
     #: torch intra-op threads for this process (routing is many tiny ops: 1 is fastest); None leaves it
     threads: int | None = None
     source: str | None = None
-    #: online personalization (``gmt_model.personal.PersonalConfig`` keys); ``{enabled: false}`` = the GNN alone
+    #: online personalization (``gmt_model.method.personal.PersonalConfig`` keys); ``{enabled: false}`` = the GNN alone
     personalization: dict[str, Any] = field(default_factory=dict)
     #: routing policy: greedy (default), thompson (sample the user's posterior) or epsilon
     policy: str = "greedy"
@@ -265,7 +265,7 @@ def load_router_config(path: str | Path, *, relative_to: str | Path | None = Non
     pers = router.get("personalization") or {}
     if not isinstance(pers, dict):
         raise ConfigError(f"{path}: router.personalization: expected a mapping")
-    from .personal import PersonalConfig
+    from gmt_model.method.personal import PersonalConfig
 
     try:
         PersonalConfig.from_dict(pers, "router.personalization")

@@ -15,9 +15,9 @@ __all__ = ["main"]
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .config import load_train_config
-    from .graph import build_graph
-    from .training import ResumeMismatchError, train
+    from gmt_model.method.config import load_train_config
+    from gmt_model.data.graph_files import build_graph
+    from gmt_model.method.training import ResumeMismatchError, train
 
     overrides: dict[str, Any] = {}
     if args.device:
@@ -75,7 +75,7 @@ def _train(args: argparse.Namespace) -> int:
             return
         import shutil
 
-        from .atomic import replace_dir
+        from gmt_model.atomic import replace_dir
 
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -95,8 +95,8 @@ def _train(args: argparse.Namespace) -> int:
     summary = {"best_epoch": result.best_epoch, f"best_val_{cfg.objective}": result.best_metric,
                "device": result.device, "wall_time_s": round(result.wall_time_s, 2), "model": str(target)}
     if "test" in paths and not args.skip_test:
-        from .checkpoint import load_checkpoint
-        from .evaluation import evaluate
+        from gmt_model.method.checkpoint import load_checkpoint
+        from gmt_model.evaluation.report import evaluate
 
         report = evaluate(load_checkpoint(target).model, g, "test", n_resamples=args.resamples)
         summary["test_auc"] = report.methods["gmtrouter"].auc
@@ -108,10 +108,10 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .checkpoint import load_checkpoint
-    from .config import load_train_config
-    from .evaluation import evaluate
-    from .graph import build_graph
+    from gmt_model.method.checkpoint import load_checkpoint
+    from gmt_model.method.config import load_train_config
+    from gmt_model.evaluation.report import evaluate
+    from gmt_model.data.graph_files import build_graph
 
     cfg = load_train_config(args.config)
     ck = load_checkpoint(args.checkpoint or cfg.model_dir)
@@ -126,8 +126,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _router(args: argparse.Namespace):
-    from .config import load_router_config
-    from .router import GMTRouter
+    from gmt_model.method.config import load_router_config
+    from gmt_model.serving.router import GMTRouter
 
     cfg = load_router_config(args.config)
     if getattr(args, "device", None):
@@ -158,7 +158,7 @@ def _read_queries(path: str) -> list[dict[str, Any]]:
 
 
 def _infer(args: argparse.Namespace) -> int:
-    from .router import RoutingError
+    from gmt_model.serving.router import RoutingError
 
     router = _router(args)
     if args.query is not None:
@@ -190,7 +190,12 @@ def _infer(args: argparse.Namespace) -> int:
     if not args.route_only and router.config.endpoints:
         import httpx
 
-        from .endpoints import MissingAPIKeyError, UpstreamError, chat_completion, load_endpoints
+        from gmt_model.serving.endpoints import (
+            MissingAPIKeyError,
+            UpstreamError,
+            chat_completion,
+            load_endpoints,
+        )
 
         endpoints = load_endpoints(router.config.endpoints)
         for q, r in zip(queries, results):
@@ -207,7 +212,7 @@ def _infer(args: argparse.Namespace) -> int:
     out = [dict(query=q["query_text"], user_id=q["user_id"], **r) for q, r in zip(queries, results)]
     text = json.dumps(out if args.input else out[0], indent=2, ensure_ascii=False)
     if args.output:
-        from .atomic import write_text_atomic
+        from gmt_model.atomic import write_text_atomic
 
         write_text_atomic(args.output, text + "\n")
         print(f"wrote {len(out)} result(s) to {args.output}")
@@ -217,7 +222,7 @@ def _infer(args: argparse.Namespace) -> int:
 
 
 def _feedback(args: argparse.Namespace) -> int:
-    from .router import RoutingError
+    from gmt_model.serving.router import RoutingError
 
     rating = args.model is not None or args.rating is not None
     pairwise = args.preferred is not None or args.rejected is not None
@@ -252,10 +257,18 @@ def _feedback(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace, chat: bool = False) -> int:
     import dataclasses
 
-    from .config import RouterConfig, checkpoint_dir_from_model_path, load_router_config
-    from .endpoints import load_endpoints
-    from .server import (ModelReloader, RouterHolder, ServerConfigError, checkpoint_source, create_app,
-                         load_api_keys, registry_source, run_server)
+    from gmt_model.method.config import RouterConfig, checkpoint_dir_from_model_path, load_router_config
+    from gmt_model.serving.endpoints import load_endpoints
+    from gmt_model.serving.server import (
+        ModelReloader,
+        RouterHolder,
+        ServerConfigError,
+        checkpoint_source,
+        create_app,
+        load_api_keys,
+        registry_source,
+        run_server,
+    )
 
     if args.config is None and args.model is None:
         raise SystemExit("error: give --config (the router YAML) and/or --model "
@@ -271,10 +284,10 @@ def _serve(args: argparse.Namespace, chat: bool = False) -> int:
         resolve = checkpoint_source(folder)
 
     def build(ref: Any, current: Any = None) -> Any:
-        from .router import GMTRouter
+        from gmt_model.serving.router import GMTRouter
 
         if ref.location.startswith("models:/"):
-            from .registry import download_checkpoint
+            from gmt_model.serving.registry import download_checkpoint
 
             ckpt = str(download_checkpoint(ref.location, args.tracking_uri))
         else:
@@ -314,7 +327,7 @@ def _serve(args: argparse.Namespace, chat: bool = False) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import write_demo_dataset
+    from gmt_model.data.demo import write_demo_dataset
 
     paths = write_demo_dataset(args.out, args.size, seed=args.seed)
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
@@ -421,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     shows the traceback instead."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    from .errors import one_line, readable_error_types
+    from gmt_model.errors import one_line, readable_error_types
 
     try:
         return int(args.func(args) or 0)

@@ -32,11 +32,11 @@ How the data is made
 
 Files written by :func:`write_demo_dataset` (names from ``schema.SPLIT_FILES``):
 ``training_set.jsonl``, ``valid_set.jsonl``, ``test_set.jsonl`` (GMTRouter
-JSONL, split per user with :func:`gmt_model.splits.split_groups`),
+JSONL, split per user with :func:`gmt_model.data.splits.split_groups`),
 ``raw_conversations.jsonl`` (records without embeddings, plus ``topic`` and
 ``split``) and ``truth.json`` (the planted structure, the spec and counts).
 
-Command line: ``python -m gmt_model.demo --size tiny --out DIR``.
+Command line: ``python -m gmt_model.data.demo --size tiny --out DIR``.
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from gmt_model.atomic import write_lines_atomic
-from gmt_model.data import write_jsonl
-from gmt_model.schema import (
+from gmt_model.data.jsonl import write_jsonl
+from gmt_model.method.schema import (
     F_CONVERSATION,
     F_ENCODER,
     F_JUDGE,
@@ -73,7 +73,7 @@ from gmt_model.schema import (
     SPLIT_FILES,
     SPLITS,
 )
-from gmt_model.splits import split_groups, split_summary, thin_users
+from gmt_model.data.splits import split_groups, split_summary, thin_users
 
 __all__ = [
     "TOPICS",
@@ -1048,7 +1048,7 @@ def unique_query_count(spec: DemoSpec | str) -> dict[str, int]:
 # Embedding
 # --------------------------------------------------------------------------
 class TextEncoder(Protocol):
-    """What the demo needs from an encoder (``gmt_model.encoder.Encoder`` fits)."""
+    """What the demo needs from an encoder (``gmt_model.data.encoder.Encoder`` fits)."""
 
     name: str
 
@@ -1057,7 +1057,7 @@ class TextEncoder(Protocol):
 
 def _resolve_encoder(encoder: TextEncoder | str | None) -> TextEncoder:
     if encoder is None or isinstance(encoder, (str, os.PathLike)):
-        from gmt_model.encoder import get_encoder
+        from gmt_model.data.encoder import get_encoder
 
         return get_encoder(encoder)
     if not hasattr(encoder, "encode") or not hasattr(encoder, "name"):
@@ -1120,9 +1120,9 @@ def embed_records(
 
     Every distinct query text and model description is encoded once, in one
     batch; embeddings are lists of floats (plain JSON).  Extra fields such as
-    ``topic`` are kept.  ``encoder`` is an :class:`~gmt_model.encoder.Encoder`
+    ``topic`` are kept.  ``encoder`` is an :class:`~gmt_model.data.encoder.Encoder`
     (or anything with ``name`` and ``encode``), a name for
-    :func:`~gmt_model.encoder.get_encoder`, or None for the default.
+    :func:`~gmt_model.data.encoder.get_encoder`, or None for the default.
     """
     enc = _resolve_encoder(encoder)
     queries = [t[F_QUERY] for rec in records for t in rec[F_CONVERSATION]]
@@ -1159,7 +1159,7 @@ def write_demo_dataset(
     """Generate the demo dataset into ``out_dir``.
 
     Writes the three GMTRouter JSONL splits (``schema.SPLIT_FILES``), split
-    per user with :func:`gmt_model.splits.split_groups`; ``raw_conversations.jsonl``
+    per user with :func:`gmt_model.data.splits.split_groups`; ``raw_conversations.jsonl``
     (raw records with ``topic`` and ``split``, no embeddings); and
     ``truth.json`` (planted structure, spec and counts).  Generation streams
     group by group; every distinct query text is embedded once.  All files
@@ -1304,7 +1304,7 @@ class HashedEncoder:
 
 def demo_graph(spec_or_size: DemoSpec | str = "tiny", encoder: TextEncoder | None = None, *,
                seed: int | None = None, relations: str | Sequence = "reference", with_text: bool = False):
-    """The demo dataset straight into a :class:`~gmt_model.graph.GraphTables`,
+    """The demo dataset straight into a :class:`~gmt_model.method.graph.GraphTables`,
     with no JSONL in between: the same groups, splits, ratings and query
     texts as :func:`write_demo_dataset` (the graph equals ``build_graph`` of
     its files when ``with_text``), built column-wise; every distinct query
@@ -1312,7 +1312,7 @@ def demo_graph(spec_or_size: DemoSpec | str = "tiny", encoder: TextEncoder | Non
     ``with_text`` also keeps question ids and response texts (slow at scale;
     training does not read them).  Returns ``(graph, truth)``.
     """
-    from gmt_model.graph import from_columns
+    from gmt_model.method.graph import from_columns
 
     cols, truth = demo_columns(spec_or_size, encoder, seed=seed, relations=relations, with_text=with_text)
     return from_columns(**cols), truth
@@ -1391,8 +1391,8 @@ def demo_columns(spec_or_size: DemoSpec | str = "tiny", encoder: TextEncoder | N
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m gmt_model.demo --size tiny --out DIR``"""
-    parser = argparse.ArgumentParser(prog="python -m gmt_model.demo", description=__doc__.split("\n\n")[0])
+    """``python -m gmt_model.data.demo --size tiny --out DIR``"""
+    parser = argparse.ArgumentParser(prog="python -m gmt_model.data.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="tiny", choices=sorted(PRESETS), help="preset size (default tiny)")
     parser.add_argument("--out", required=True, help="output folder (data/<dataset>/)")
     parser.add_argument("--seed", type=int, default=None, help="seed (default: the preset's, 0)")
@@ -1409,7 +1409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.count_only:
         print(json.dumps({"size": args.size, **unique_query_count(spec)}))
         return 0
-    from gmt_model.encoder import get_encoder
+    from gmt_model.data.encoder import get_encoder
 
     cache_dir: Any = False if args.no_cache else args.cache_dir
     enc = get_encoder(args.encoder, cache_dir=cache_dir, allow_download=args.allow_download)

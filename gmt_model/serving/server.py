@@ -70,9 +70,9 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gmt_model.endpoints import Endpoint, MissingAPIKeyError, redact
+from gmt_model.serving.endpoints import Endpoint, MissingAPIKeyError, redact
 from gmt_model.errors import RoutingError
-from gmt_model.feedback import FeedbackLog
+from gmt_model.serving.feedback import FeedbackLog
 
 __all__ = [
     "create_app",
@@ -520,7 +520,7 @@ def registry_source(uri: str, tracking_uri: str | None = None, *,
                     registry_uri: str | None = None) -> Callable[[], ModelRef]:
     """A model source for ``models:/<name>@<alias>`` (or ``models:/<name>/<version>``) in the
     MLflow registry: each call asks the registry which version the alias names now."""
-    from . import registry  # mlflow itself is imported lazily inside registry's functions
+    from gmt_model.serving import registry  # mlflow itself is imported lazily inside registry's functions
 
     name, _, _ = registry.parse_model_uri(uri)
 
@@ -612,7 +612,7 @@ class ModelReloader:
         return out
 
     def _reload(self, retry_refused: bool) -> dict[str, Any]:
-        from .errors import one_line
+        from gmt_model.errors import one_line
 
         current = self.holder.current
         serving = current.info.get("version")

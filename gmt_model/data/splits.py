@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from gmt_model.schema import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VALID, SPLITS
+from gmt_model.method.schema import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VALID, SPLITS
 
 __all__ = ["DEFAULT_FRACTIONS", "user_rng", "split_groups", "thin_users", "split_summary"]
 

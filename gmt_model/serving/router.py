@@ -13,7 +13,7 @@ per batch.  Under other relation sets (``full``) LLM and query nodes receive
 messages from everybody's history; the router then recomputes the whole
 history graph after feedback (exact, slower).
 
-On top of the GNN, each user has an online residual (``gmt_model.personal``):
+On top of the GNN, each user has an online residual (``gmt_model.method.personal``):
 a Bayesian logistic model over LLM indicators and LLM x query features whose
 mixture prior lets a user be crowd-like or idiosyncratic; it converges to
 what the user told us, whatever the GNN says.  Unknown users get the
@@ -48,15 +48,26 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import schema as S
-from .checkpoint import Checkpoint, History, load_checkpoint
-from .config import RouterConfig, load_router_config
-from .errors import RoutingError
-from .engine import build_subgraph
-from .graph import normalise_ratings
-from .model import GMTModel
-from .personal import (POLICIES, CrowdCalibration, PersonalConfig, Posterior, QueryBasis, build_evidence,
-                       fit_bias, fit_posterior, group_pairs, window_lookback, window_rows)
+from gmt_model.method import schema as S
+from gmt_model.method.checkpoint import Checkpoint, History, load_checkpoint
+from gmt_model.method.config import RouterConfig, load_router_config
+from gmt_model.errors import RoutingError
+from gmt_model.method.engine import build_subgraph
+from gmt_model.method.graph import normalise_ratings
+from gmt_model.method.model import GMTModel
+from gmt_model.method.personal import (
+    POLICIES,
+    CrowdCalibration,
+    PersonalConfig,
+    Posterior,
+    QueryBasis,
+    build_evidence,
+    fit_bias,
+    fit_posterior,
+    group_pairs,
+    window_lookback,
+    window_rows,
+)
 
 __all__ = ["GMTRouter", "RoutingError"]
 
@@ -76,7 +87,7 @@ class GMTRouter:
 
     ``GMTRouter(yaml_path)`` reads a seed-style test config;
     ``GMTRouter.from_checkpoint(dir)``; a registered model:
-    ``gmt_model.load_router(uri)`` (:mod:`gmt_model.registry`, which imports this module, not the reverse).
+    ``gmt_model.load_router(uri)`` (:mod:`gmt_model.serving.registry`, which imports this module, not the reverse).
     """
 
     def __init__(self, yaml_path: str | Path | None = None, *, config: RouterConfig | None = None,
@@ -120,7 +131,7 @@ class GMTRouter:
         self._global_reps: dict[str, Tensor] | None = None
         self.feedback_log = None
         if config.feedback_log:
-            from .feedback import FeedbackLog
+            from gmt_model.serving.feedback import FeedbackLog
 
             self.feedback_log = FeedbackLog(config.feedback_log)
         with torch.inference_mode():
@@ -186,7 +197,7 @@ class GMTRouter:
     @property
     def encoder(self):
         if self._encoder is None:
-            from .encoder import get_encoder
+            from gmt_model.data.encoder import get_encoder
 
             self._encoder = get_encoder(self.encoder_name, device=str(self.device) if self.device.type == "cuda" else None)
             if self._encoder.dim != self.model.cfg.embed_dim:

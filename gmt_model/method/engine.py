@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import schema as S
-from .graph import GraphTables, as_tensor, relation_edges
-from .model import GMTModel
+from gmt_model.method import schema as S
+from gmt_model.method.graph import GraphTables, as_tensor, relation_edges
+from gmt_model.method.model import GMTModel
 
 __all__ = ["Subgraph", "build_subgraph", "GroupSteps", "group_steps", "score_groups", "pair_positions",
            "PRED_QUERY", "score_rows", "cold_calibration", "to_device"]
@@ -232,8 +232,8 @@ def cold_calibration(model: GMTModel, g: GraphTables, device: torch.device, max_
     the crowd's Bradley-Terry for cold start, the GNN alone for users).
     ``batch_users``: the representations come from subgraphs of that many
     users at a time (their training interactions), as in mini-batch training."""
-    from .checkpoint import comparison_keys
-    from .personal import fit_bias, fit_blend, fit_calibration, group_pairs
+    from gmt_model.method.checkpoint import comparison_keys
+    from gmt_model.method.personal import fit_bias, fit_blend, fit_calibration, group_pairs
 
     def pairs(split: str):
         idx = np.flatnonzero(g.split_mask(split))

@@ -3,7 +3,7 @@
 A *record* here is one model's conversation for one comparison, as a dict
 with the schema's fields ``judge``, ``model``, ``question_id``, ``turn`` and
 ``conversation = [{query, response, rating}, ...]``; embeddings are added
-later (``gmt_model.demo.embed_records``).  Every comparison becomes one
+later (``gmt_model.data.demo.embed_records``).  Every comparison becomes one
 *group* of two consecutive records, one per compared model.
 
 Sources:
@@ -52,7 +52,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-from gmt_model.schema import F_CONVERSATION, F_JUDGE, F_MODEL, F_QUERY, F_QUESTION_ID, F_RATING, F_RESPONSE, F_TURN
+from gmt_model.method.schema import F_CONVERSATION, F_JUDGE, F_MODEL, F_QUERY, F_QUESTION_ID, F_RATING, F_RESPONSE, F_TURN
 
 __all__ = [
     "RATING_WIN",

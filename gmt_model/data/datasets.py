@@ -4,15 +4,15 @@ Two steps, each a plain function (the Dagster assets call them; no Dagster
 here):
 
 * :func:`prepare_raw` gets a dataset's raw data into a folder: it downloads
-  (``gmt_model.sources.fetch``: resume, retries, sha256) and extracts
+  (``gmt_model.data.sources.fetch``: resume, retries, sha256) and extracts
   archives safely, reads a local folder in place, or, for ``demo``,
   generates raw conversations offline.
 * :func:`build_jsonl` turns raw data into ``training_set.jsonl``,
   ``valid_set.jsonl`` and ``test_set.jsonl`` (``schema.SPLIT_FILES``):
-  converts raw judgments to records (``gmt_model.convert``), embeds queries
-  and LLM descriptions with the encoder (``gmt_model.demo.embed_records``),
-  splits groups per user (``gmt_model.splits.split_groups``: every user keeps
-  history in training), writes atomically (``gmt_model.data.write_jsonl``)
+  converts raw judgments to records (``gmt_model.data.convert``), embeds queries
+  and LLM descriptions with the encoder (``gmt_model.data.demo.embed_records``),
+  splits groups per user (``gmt_model.data.splits.split_groups``: every user keeps
+  history in training), writes atomically (``gmt_model.data.jsonl.write_jsonl``)
   and validates the result.  Data already in the GMTRouter format (the
   GMTRouter release) keeps its splits; it is copied through when its
   ``encoder`` equals the configured encoder's name and re-embedded otherwise.
@@ -33,12 +33,12 @@ from typing import Any
 
 import yaml
 
-from gmt_model import demo as demo_mod
+from gmt_model.data import demo as demo_mod
 from gmt_model.atomic import copy_file_atomic, write_lines_atomic, write_text_atomic
-from gmt_model.convert import ConversionError, ConversionStats, convert_raw, find_mt_bench_files
-from gmt_model.data import iter_groups, validate_file, write_jsonl
+from gmt_model.data.convert import ConversionError, ConversionStats, convert_raw, find_mt_bench_files
+from gmt_model.data.jsonl import iter_groups, validate_file, write_jsonl
 from gmt_model.paths import config_path
-from gmt_model.schema import (
+from gmt_model.method.schema import (
     F_CONVERSATION,
     F_JUDGE,
     F_MODEL,
@@ -50,8 +50,8 @@ from gmt_model.schema import (
     SPLIT_FILES,
     SPLITS,
 )
-from gmt_model.sources import SourceError, extract, fetch, sha256_file
-from gmt_model.splits import DEFAULT_FRACTIONS, split_groups, split_summary, thin_users
+from gmt_model.data.sources import SourceError, extract, fetch, sha256_file
+from gmt_model.data.splits import DEFAULT_FRACTIONS, split_groups, split_summary, thin_users
 
 __all__ = [
     "DATASETS",
@@ -77,7 +77,7 @@ log = logging.getLogger(__name__)
 
 DATASETS = ("demo", "mt_bench", "chatbot_arena", "gsm8k", "mmlu")
 SOURCE_KINDS = ("demo", "gmtrouter_release", "mt_bench_split", "mt_bench_hf", "chatbot_arena", "jsonl_splits")
-#: kinds whose raw data is converted by gmt_model.convert
+#: kinds whose raw data is converted by gmt_model.data.convert
 CONVERTED_KINDS = ("mt_bench_split", "mt_bench_hf", "chatbot_arena")
 #: kinds whose raw data is already GMTRouter JSONL splits
 SPLIT_KINDS = ("gmtrouter_release", "jsonl_splits")
@@ -296,7 +296,7 @@ def prepare_raw(dataset: str, source: SourceConfig, raw_dir: str | os.PathLike[s
     """Get ``dataset``'s raw data into ``raw_dir`` as ``source`` says.
 
     * ``demo``: generates the raw conversations (``raw_conversations.jsonl``,
-      no embeddings) and ``truth.json`` offline with ``gmt_model.demo``
+      no embeddings) and ``truth.json`` offline with ``gmt_model.data.demo``
       (preset ``source.size``, seed ``source.seed``).
     * a local folder (path or ``file://`` URL): read in place (nothing copied).
     * otherwise the URL is fetched (resume, retries, sha256 when configured)
@@ -305,7 +305,7 @@ def prepare_raw(dataset: str, source: SourceConfig, raw_dir: str | os.PathLike[s
 
     For ``gmtrouter_release`` / ``jsonl_splits`` the result's path is the
     folder holding the three split files (``path_in_archive`` inside the
-    archive).  A missing URL raises :class:`~gmt_model.sources.SourceError`
+    archive).  A missing URL raises :class:`~gmt_model.data.sources.SourceError`
     saying which key or environment variable to set.
     """
     if dataset != source.dataset:
@@ -356,7 +356,7 @@ def _prepare_demo(dataset: str, source: SourceConfig, raw: Path) -> RawResult:
     truth_doc = truth.to_dict()
     truth_doc["spec"] = spec.to_dict()
     write_text_atomic(raw / DEMO_TRUTH_FILE, json.dumps(truth_doc, sort_keys=True, indent=1))
-    return RawResult(dataset=dataset, kind="demo", path=out, source=f"gmt_model.demo:{spec.name}",
+    return RawResult(dataset=dataset, kind="demo", path=out, source=f"gmt_model.data.demo:{spec.name}",
                      info={"spec": spec.to_dict(), "n_records": n})
 
 
@@ -378,7 +378,7 @@ class JsonlResult:
     thin_users: dict[str, int]  # user -> training groups, for users below min_user_groups
     min_user_groups: int
     splits: dict[str, dict[str, int]]  # split -> {groups, users}
-    summaries: dict[str, dict[str, Any]]  # split -> gmt_model.data.FileSummary.to_dict()
+    summaries: dict[str, dict[str, Any]]  # split -> gmt_model.data.jsonl.FileSummary.to_dict()
     mode: str  # "converted", "copied" or "reembedded"
     conversion: dict[str, Any] | None = None  # ConversionStats.to_dict() for converted raw data
 
@@ -489,7 +489,7 @@ def _interleave(order: list[int], keys: Sequence[tuple[str, int, str]], split: s
 
 def _resolve_encoder(encoder: Any) -> Any:
     if encoder is None or isinstance(encoder, (str, os.PathLike)):
-        from gmt_model.encoder import get_encoder
+        from gmt_model.data.encoder import get_encoder
 
         return get_encoder(encoder)
     return encoder
@@ -518,7 +518,7 @@ def build_jsonl(
     training).  Raw data already in splits keeps them: each file is
     validated, then copied through when its ``encoder`` equals the encoder's
     name, or re-embedded (queries and LLM descriptions) otherwise.  Every
-    written file is validated with ``gmt_model.data.validate_file``.  Users
+    written file is validated with ``gmt_model.data.jsonl.validate_file``.  Users
     with fewer than ``min_user_groups`` training groups are reported in
     ``thin_users`` (they are kept).
     """
@@ -558,7 +558,7 @@ def split_raw(dataset: str, raw: RawResult, *, seed: int = 0, fractions: Sequenc
               on_conflict: str = "first") -> SplitPlan:
     """Raw judgments (converted) or demo conversations -> groups per split, split per user.
 
-    Every user keeps at least one group in training (``gmt_model.splits.split_groups``); within a split no
+    Every user keeps at least one group in training (``gmt_model.data.splits.split_groups``); within a split no
     two neighbouring groups share ``(question_id, turn, judge)``.  The JSONL writer (:func:`build_jsonl`)
     and the columnar pipeline cut the data with this one function.
     """

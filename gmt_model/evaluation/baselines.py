@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from gmt_model.metrics import PairSet
+from gmt_model.evaluation.metrics import PairSet
 
 __all__ = [
     "Baseline",

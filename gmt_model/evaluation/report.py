@@ -16,15 +16,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import schema as S
-from .baselines import GlobalBradleyTerry, KNNQuery, PerUserBradleyTerry
-from .checkpoint import comparison_keys
-from .engine import GroupSteps, build_subgraph, cold_calibration, score_rows
-from .graph import GraphTables
-from .metrics import EvalReport, GroupScores, MethodResult, PairSet, evaluate_pair_scores
-from .model import GMTModel
-from .personal import CrowdCalibration, PersonalConfig, QueryBasis, build_evidence, fit_posterior, window_rows
-from .training import pair_scores, predict_groups, resolve_device
+from gmt_model.method import schema as S
+from gmt_model.evaluation.baselines import GlobalBradleyTerry, KNNQuery, PerUserBradleyTerry
+from gmt_model.method.checkpoint import comparison_keys
+from gmt_model.method.engine import GroupSteps, build_subgraph, cold_calibration, score_rows
+from gmt_model.method.graph import GraphTables
+from gmt_model.evaluation.metrics import EvalReport, GroupScores, MethodResult, PairSet, evaluate_pair_scores
+from gmt_model.method.model import GMTModel
+from gmt_model.method.personal import (
+    CrowdCalibration,
+    PersonalConfig,
+    QueryBasis,
+    build_evidence,
+    fit_posterior,
+    window_rows,
+)
+from gmt_model.method.training import pair_scores, predict_groups, resolve_device
 
 __all__ = ["evaluate", "training_pairs", "online_scores", "GMTROUTER", "GMTROUTER_GNN", "USER_BLIND",
            "BASELINE_NAMES"]

@@ -21,7 +21,7 @@ so both carry the same encoder name and share cache entries:
 ``backend="auto"`` (the default; ``$GMTROUTER_ENCODER_BACKEND`` overrides it)
 picks ``onnx`` on CPU when onnxruntime is installed and falls back to torch
 when the export cannot be made.  The export is made once, lazily on first use
-or by ``python -m gmt_model.encoder export`` at set-up, into
+or by ``python -m gmt_model.data.encoder export`` at set-up, into
 ``$GMTROUTER_ONNX_DIR`` (default ``<cache dir>/onnx``, i.e.
 ``~/.cache/gmtrouter/onnx``): built in a temporary folder and renamed into
 place under a file lock, with a manifest of sha256 sums that is verified once
@@ -1047,10 +1047,10 @@ def get_encoder(name: str | os.PathLike[str] | None = None, **kw: Any) -> Encode
 # command line: make the ONNX exports at set-up
 # --------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m gmt_model.encoder export [--int8] [--onnx-dir DIR] [--rebuild]``."""
+    """``python -m gmt_model.data.encoder export [--int8] [--onnx-dir DIR] [--rebuild]``."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m gmt_model.encoder",
+    p = argparse.ArgumentParser(prog="python -m gmt_model.data.encoder",
                                 description="Make (or verify) the ONNX exports of the bundled all-MiniLM-L6-v2.")
     sub = p.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("export", help="make or verify the fp32 export (and the int8 one with --int8)")

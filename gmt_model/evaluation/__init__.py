@@ -1,0 +1,1 @@
+"""gmt_model.evaluation: metrics, baselines and the evaluation report (imports method and data)."""
