@@ -91,7 +91,7 @@ class EncoderResource(dg.ConfigurableResource):
     name: Optional[str] = None
     """Encoder name or local folder; None: $GMTROUTER_ENCODER, else the bundled all-MiniLM-L6-v2."""
     device: Optional[str] = None
-    """torch device for the encoder; None: sentence-transformers decides."""
+    """torch device for the encoder; None: CUDA when present (torch backend), else the CPU (ONNX backend)."""
     cache_dir: Optional[str] = None
     """Embedding cache; None: $GMTROUTER_CACHE_DIR, else <data root>/cache/encoder."""
     home: Optional[str] = None
@@ -110,7 +110,14 @@ class EncoderResource(dg.ConfigurableResource):
             cache = os.environ[ENV_CACHE_DIR]
         else:
             cache = str(_home(self.home) / "cache" / "encoder")
-        return get_encoder(self.resolved_name(override), device=self.device, cache_dir=cache)
+        return get_encoder(self.resolved_name(override), device=self.device or _cuda_if_present(), cache_dir=cache)
+
+
+def _cuda_if_present() -> str | None:
+    """Batch embedding runs on the GPU when the machine has one (the router keeps its own device setting)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else None
 
 
 class MLflowResource(dg.ConfigurableResource):
