@@ -114,3 +114,23 @@ def test_bad_bound_settings_name_the_file_and_key(tmp_path):
     p.write_text("model_path:\n  load_model_path: m/x.pt\nrouter:\n  history_window: 50\n  refresh_growth: 0\n")
     cfg = load_router_config(p)
     assert cfg.history_window == 50 and cfg.refresh_growth == 0.0 and cfg.cache_users == 20000
+
+
+def test_subgraph_with_only_some_users_scores_as_with_all(planted_models, planted_graph):
+    """build_subgraph(users=...) (what the router uses) holds only those users' nodes and scores the same."""
+    from gmt_model.method.checkpoint import load_checkpoint
+    from gmt_model.method.engine import build_subgraph, group_steps, score_groups
+
+    g = planted_graph
+    model = load_checkpoint(planted_models[0].best_dir).model.eval()
+    users = np.array([2, 5, 7])
+    vis = np.flatnonzero(g.split_mask(S.SPLIT_TRAIN) & np.isin(g.user, users))
+    gs = group_steps(g, np.flatnonzero(g.split_mask(S.SPLIT_TEST) & np.isin(g.user, users)))
+    cpu = torch.device("cpu")
+    with torch.inference_mode():
+        whole = build_subgraph(g, vis, gs.inter[gs.mask], cpu)
+        part = build_subgraph(g, vis, gs.inter[gs.mask], cpu, users=users)
+        a = score_groups(model, whole.embed(model), whole, gs)
+        b = score_groups(model, part.embed(model), part, gs)
+    assert part.num_users == users.size + 1 < whole.num_users
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

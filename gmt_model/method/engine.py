@@ -41,6 +41,17 @@ class Subgraph:
     llm_emb: Tensor
     rating: Tensor
     edges: dict[S.EdgeType, Tensor]
+    #: global user -> user node (-1 when absent), when the subgraph holds only some users' nodes
+    user_map: np.ndarray | None = None
+
+    def user_nodes(self, users: np.ndarray) -> np.ndarray:
+        """The user nodes of global user indices."""
+        if self.user_map is None:
+            return np.asarray(users, dtype=np.int64)
+        out = self.user_map[np.asarray(users, dtype=np.int64)]
+        if np.any(out < 0):
+            raise ValueError("a scored user has no node in this subgraph")
+        return out
 
     @property
     def cold_user(self) -> int:
@@ -125,7 +136,7 @@ def build_subgraph(g: GraphTables, visible: np.ndarray, predict: np.ndarray, dev
             dst = umap[dst] if rel[2] == S.USER else dst
         edges[rel] = to_device(torch.from_numpy(np.stack([src, dst])), device)
     llm = llm_emb_t if llm_emb_t is not None else to_device(as_tensor(g.llm_emb), device)
-    return Subgraph(num_users=num_users, nodes=visible, local=local, pred_nodes=predict,
+    return Subgraph(user_map=umap, num_users=num_users, nodes=visible, local=local, pred_nodes=predict,
                     pred_local=pred_local, query_emb=queries(visible), pred_query_emb=queries(predict),
                     llm_emb=llm, rating=ratings(visible), edges=edges)
 
@@ -185,7 +196,7 @@ def score_groups(model: GMTModel, reps: dict[str, Tensor], sub: Subgraph, gs: Gr
     ``cold``: rows (or all) scored with the empty-history user.
     """
     device = sub.query_emb.device
-    user = np.where(cold, sub.cold_user, gs.user)
+    user = np.where(cold, sub.cold_user, sub.user_nodes(gs.user))
     u = reps[S.USER][to_device(torch.from_numpy(np.asarray(user, dtype=np.int64)), device)]
     first = gs.inter[:, 0]
     in_graph = sub.local[first]
