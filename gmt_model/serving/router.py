@@ -227,23 +227,29 @@ class GMTRouter:
         """GNN over the history rows, with user nodes ``users`` only (the engine's
         subgraph builder, as in training and evaluation), plus optional extra
         context interactions (``extra``: user, llm, rating, prev (within the
-        extra rows), emb) that are not stored."""
-        table, rows = self._hist, np.asarray(rows, dtype=np.int64)
+        extra rows), emb) that are not stored.  The rows are gathered into a
+        table of their own first: the cost follows the rows, not the history."""
+        h = self._hist
+        rows = np.sort(np.asarray(rows, dtype=np.int64))
+        prev_g = h.prev[rows]
+        at = np.minimum(np.searchsorted(rows, prev_g), max(rows.size - 1, 0))
+        prev = np.where((prev_g >= 0) & (rows.size > 0) & (rows[at] == prev_g), at, -1) if rows.size else prev_g
+        cols = {"user": h.user[rows], "llm": h.llm[rows], "rating": h.rating[rows], "prev": prev,
+                "emb": h.vecs(rows)}
         if extra is not None and extra["user"].size:
-            h = self._hist
-            local = np.full(h.n + 1, -1, dtype=np.int64)  # slot n maps "no previous turn" (-1) to -1
-            local[rows] = np.arange(rows.size)
             off = rows.size
-            n_extra = extra["user"].size
-            table = _GrowingHistory(History(
-                user=np.concatenate([h.user[rows], extra["user"]]), llm=np.concatenate([h.llm[rows], extra["llm"]]),
-                rating=np.concatenate([h.rating[rows], extra["rating"]]).astype(np.float32),
-                prev=np.concatenate([local[h.prev[rows]], np.where(extra["prev"] >= 0, extra["prev"] + off, -1)]),
-                llm_emb=h.llm_emb, group=np.zeros(off + n_extra, np.int64),
-                text_emb=np.concatenate([h.vecs(rows), extra["emb"]]).astype(np.float32),
-                query_row=np.arange(off + n_extra, dtype=np.int64)), h.relations, h.num_users)
-            rows = np.arange(off + n_extra)
-        sub = build_subgraph(table, rows, np.zeros(0, np.int64), self.device, users=users)
+            cols = {"user": np.concatenate([cols["user"], extra["user"]]),
+                    "llm": np.concatenate([cols["llm"], extra["llm"]]),
+                    "rating": np.concatenate([cols["rating"], extra["rating"]]),
+                    "prev": np.concatenate([cols["prev"], np.where(extra["prev"] >= 0, extra["prev"] + off, -1)]),
+                    "emb": np.concatenate([cols["emb"], extra["emb"]])}
+        m = cols["user"].size
+        table = _GrowingHistory(History(
+            user=cols["user"].astype(np.int64), llm=cols["llm"].astype(np.int64),
+            rating=cols["rating"].astype(np.float32), prev=cols["prev"].astype(np.int64), llm_emb=h.llm_emb,
+            group=np.zeros(m, np.int64), text_emb=np.asarray(cols["emb"], np.float32),
+            query_row=np.arange(m, dtype=np.int64)), h.relations, h.num_users, headroom=0)
+        sub = build_subgraph(table, np.arange(m), np.zeros(0, np.int64), self.device, users=users)
         return sub.embed(self.model)
 
     def _rep_size(self, u: int) -> int:
@@ -812,12 +818,12 @@ class _GrowingHistory:
 
     _COLS = ("_user", "_llm", "_rating", "_prev", "_query_row", "_group", "_order")
 
-    def __init__(self, h: History, relations: Sequence[S.EdgeType], num_users: int) -> None:
+    def __init__(self, h: History, relations: Sequence[S.EdgeType], num_users: int, headroom: int = 1024) -> None:
         self.relations = tuple(relations)
         self.llm_emb = np.asarray(h.llm_emb, np.float32)
         self.num_users = int(num_users)  # grows with the users feedback adds
         self.n = int(h.user.size)
-        cap = self.n + max(1024, self.n // 4)
+        cap = self.n + max(headroom, self.n // 4 if headroom else 0)
         self._user = np.zeros(cap, np.int64)
         self._llm = np.zeros(cap, np.int64)
         self._rating = np.zeros(cap, np.float32)
@@ -830,7 +836,7 @@ class _GrowingHistory:
         else:
             text, qrow = np.asarray(h.query_emb, np.float32), np.arange(self.n, dtype=np.int64)
         self.n_text = int(text.shape[0])
-        self._text = np.zeros((self.n_text + max(256, self.n_text // 4), text.shape[1]), np.float32)
+        self._text = np.zeros((self.n_text + (max(256, self.n_text // 4) if headroom else 0), text.shape[1]), np.float32)
         self._text[: self.n_text] = text
         for name, src in (("_user", h.user), ("_llm", h.llm), ("_rating", h.rating), ("_prev", h.prev),
                           ("_query_row", qrow), ("_group", h.group)):
