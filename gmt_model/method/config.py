@@ -164,12 +164,7 @@ def load_train_config(path: str | Path | None = None, overrides: dict[str, Any] 
     src = None
     if path is not None:
         src = str(path)
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML: {e}") from None
+        raw = _read_yaml(path)
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
     types = {f.name: f.type for f in fields(TrainConfig)}
@@ -232,6 +227,17 @@ class RouterConfig:
     cache_users: int = 20000
 
 
+
+def _read_yaml(path: str | Path) -> Any:
+    """A YAML file's content ({} when empty); one-line ConfigError when missing or invalid."""
+    try:
+        return yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+
+
 def load_router_config(path: str | Path, *, relative_to: str | Path | None = None) -> RouterConfig:
     """Read the routing YAML.  Accepts the seed's ``model_path.load_model_path``
     as the checkpoint and an optional ``router`` section::
@@ -240,12 +246,7 @@ def load_router_config(path: str | Path, *, relative_to: str | Path | None = Non
         router: {candidates: [...], encoder: ..., device: cpu, feedback_log: ./feedback.sqlite}
         endpoints: {gpt-4: {base_url: ..., model: ..., api_key_env: OPENAI_API_KEY}}
     """
-    try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    raw = _read_yaml(path)
     base = Path(relative_to) if relative_to is not None else Path.cwd()
     router = raw.get("router") or {}
     ckpt = router.get("checkpoint") or (raw.get("model_path") or {}).get("load_model_path")

@@ -279,18 +279,9 @@ def download_checkpoint(
     cache = ``$GMTROUTER_CACHE_DIR`` or ``~/.cache/gmtrouter``) through a
     temporary sibling folder, so a half-finished download is never used.
     """
-    from mlflow import MlflowClient
     from mlflow.artifacts import download_artifacts
-    from mlflow.exceptions import MlflowException
 
-    name, alias, version = parse_model_uri(uri)
-    t_uri = tracking_uri or default_tracking_uri()
-    r_uri = registry_uri or t_uri
-    client = MlflowClient(tracking_uri=t_uri, registry_uri=r_uri)
-    try:
-        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
-    except MlflowException as exc:
-        raise RegistryError(f"{uri}: not found in the registry at {r_uri} ({exc.message})") from exc
+    name, mv, client, t_uri, r_uri = _model_version(uri, tracking_uri, registry_uri)
     if dst_path is not None:
         target = Path(dst_path)
     else:  # the same name and version exist in every store: key the cache by store and model identity too
@@ -343,6 +334,11 @@ def resolve_model_version(uri: str, tracking_uri: str | None = None, *, registry
     The serving router polls this to notice a moved alias.  Raises
     ``RegistryError`` when the registry cannot be reached or has no such model.
     """
+    return str(_model_version(uri, tracking_uri, registry_uri)[1].version)
+
+
+def _model_version(uri: str, tracking_uri: str | None, registry_uri: str | None):
+    """(model name, the ModelVersion ``uri`` names now, the MlflowClient, tracking URI, registry URI)."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -354,7 +350,7 @@ def resolve_model_version(uri: str, tracking_uri: str | None = None, *, registry
         mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
     except MlflowException as exc:
         raise RegistryError(f"{uri}: not found in the registry at {r_uri} ({exc.message})") from exc
-    return str(mv.version)
+    return name, mv, client, t_uri, r_uri
 
 
 # --------------------------------------------------------------------------
