@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> dict:
     out: dict = {"requested_interactions": args.interactions, "device": str(dev), "batch_users": args.batch_users,
                  "dim": args.dim, "epochs": args.epochs, "torch_threads": torch.get_num_threads(),
                  "malloc_mmap_threshold_fixed": tuned,
-                 "load_avg_1m_start": round(os.getloadavg()[0], 2)}
+                 "train_seed": args.train_seed, "load_avg_1m_start": round(os.getloadavg()[0], 2)}
 
     t0 = time.perf_counter()
     cols, _ = demo_columns(spec, HashedEncoder(args.dim))
@@ -120,7 +120,8 @@ def run(args: argparse.Namespace) -> dict:
 
         cfg = load_train_config(SEED_CONFIG, {
             "epochs": args.epochs, "batch_users": args.batch_users, "eval_every": args.epochs,
-            "save_every": 10**9, "device": str(dev), "amp": args.amp, "num_gnn_layers": args.layers})
+            "save_every": 10**9, "device": str(dev), "amp": args.amp, "num_gnn_layers": args.layers,
+            **({"seed": args.train_seed} if args.train_seed is not None else {})})
         stamps: list[float] = []
         start: list[float] = []
         cpu: list[float] = []
@@ -242,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layers", type=int, default=2, help="HGT layers (default 2, the seed config's)")
     ap.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA only)")
     ap.add_argument("--seed", type=int, default=0, help="demo seed")
+    ap.add_argument("--train-seed", type=int, default=None, help="training seed (default: the seed config's)")
     ap.add_argument("--work", default=None, help="folder for the temporary graph and checkpoints")
     ap.add_argument("--fixed-mmap-threshold", action="store_true",
                     help="fix glibc's mmap threshold at 1 MB: lower peak memory, more CPU (see fixed_mmap_threshold)")

@@ -36,8 +36,11 @@ class Subgraph:
     local: np.ndarray  # global -> local (-1 when not a graph node)
     pred_nodes: np.ndarray  # global index of each predicted-only interaction
     pred_local: np.ndarray  # global -> row of pred_nodes (-1 when absent)
-    query_emb: Tensor
-    pred_query_emb: Tensor
+    #: embeddings of the distinct query texts of the visible and predicted interactions;
+    #: each text is projected once however many interactions share it
+    text_emb: Tensor
+    text_of: Tensor  # visible node -> row of text_emb
+    pred_text_of: Tensor  # predicted-only interaction -> row of text_emb
     llm_emb: Tensor
     rating: Tensor
     edges: dict[S.EdgeType, Tensor]
@@ -54,6 +57,16 @@ class Subgraph:
         return out
 
     @property
+    def query_emb(self) -> Tensor:
+        """The visible interactions' query embeddings, one row per node."""
+        return self.text_emb[self.text_of]
+
+    @property
+    def pred_query_emb(self) -> Tensor:
+        """The predicted-only interactions' query embeddings."""
+        return self.text_emb[self.pred_text_of]
+
+    @property
     def cold_user(self) -> int:
         return self.num_users - 1
 
@@ -65,23 +78,25 @@ class Subgraph:
         relations just session -> user), since no score reads a session or response output.
         Session and response outputs are therefore not returned."""
         gnn = model.gnn
-        x = gnn.input_features(self.num_users, self.query_emb.shape[0], self.query_emb, self.llm_emb, self.rating)
+        proj = gnn.project_query(self.text_emb)
+        x = gnn.input_features(self.num_users, self.text_of.shape[0], None, self.llm_emb, self.rating,
+                               query_x=proj[self.text_of])
         edges = {et: self.edges[et] for et in gnn.edge_types if et in self.edges}
         last = len(gnn.convs) - 1
         for i, (conv, norms) in enumerate(zip(gnn.convs, gnn.norms)):
             if i < last:
-                rels = edges
+                rels, wanted = edges, None
             else:
-                rels = {et: e for et, e in edges.items() if et[2] in _SCORED}
+                rels, wanted = {et: e for et, e in edges.items() if et[2] in _SCORED}, set(_SCORED)
             types = {t for et in rels for t in (et[0], et[2])}
-            out = conv({t: v for t, v in x.items() if t in types}, rels) if rels else {}
+            out = conv({t: v for t, v in x.items() if t in types}, rels, outputs=wanted) if rels else {}
             new = dict(x)
             for t, v in out.items():
                 if v is not None and (i < last or t in _SCORED):
                     new[t] = norms[t](gnn.dropout(v))
             x = new
         reps = {t: x[t] for t in _SCORED}
-        reps[PRED_QUERY] = gnn.isolated(S.QUERY, gnn.project_query(self.pred_query_emb))
+        reps[PRED_QUERY] = gnn.isolated(S.QUERY, proj[self.pred_text_of])
         return reps
 
 
@@ -110,11 +125,12 @@ def build_subgraph(g: GraphTables, visible: np.ndarray, predict: np.ndarray, dev
     pred_local = np.full(g.num_interactions, -1, dtype=np.int64)
     pred_local[predict] = np.arange(predict.size)
 
-    def queries(idx: np.ndarray) -> Tensor:
-        rows = g.query_row[idx]
-        if text_emb_t is not None:
-            return text_emb_t[to_device(torch.from_numpy(rows), text_emb_t.device)]
-        return to_device(torch.from_numpy(np.ascontiguousarray(g.text_emb[rows])), device)
+    texts, text_of = np.unique(np.concatenate([g.query_row[visible], g.query_row[predict]]), return_inverse=True)
+    text_of = text_of.reshape(-1).astype(np.int64)
+    if text_emb_t is not None:
+        text_emb = text_emb_t[to_device(torch.from_numpy(texts), text_emb_t.device)]
+    else:
+        text_emb = to_device(torch.from_numpy(np.ascontiguousarray(g.text_emb[texts])), device)
 
     def ratings(idx: np.ndarray) -> Tensor:
         if rating_t is not None:
@@ -137,7 +153,9 @@ def build_subgraph(g: GraphTables, visible: np.ndarray, predict: np.ndarray, dev
         edges[rel] = to_device(torch.from_numpy(np.stack([src, dst])), device)
     llm = llm_emb_t if llm_emb_t is not None else to_device(as_tensor(g.llm_emb), device)
     return Subgraph(user_map=umap, num_users=num_users, nodes=visible, local=local, pred_nodes=predict,
-                    pred_local=pred_local, query_emb=queries(visible), pred_query_emb=queries(predict),
+                    pred_local=pred_local, text_emb=text_emb,
+                    text_of=to_device(torch.from_numpy(text_of[:visible.size]), device),
+                    pred_text_of=to_device(torch.from_numpy(text_of[visible.size:]), device),
                     llm_emb=llm, rating=ratings(visible), edges=edges)
 
 
@@ -195,7 +213,7 @@ def score_groups(model: GMTModel, reps: dict[str, Tensor], sub: Subgraph, gs: Gr
 
     ``cold``: rows (or all) scored with the empty-history user.
     """
-    device = sub.query_emb.device
+    device = sub.text_emb.device
     user = np.where(cold, sub.cold_user, sub.user_nodes(gs.user))
     u = reps[S.USER][to_device(torch.from_numpy(np.asarray(user, dtype=np.int64)), device)]
     first = gs.inter[:, 0]

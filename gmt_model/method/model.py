@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor, nn
 from torch_geometric.nn import HGTConv
+from torch_geometric.utils.hetero import construct_bipartite_edge_index
 
 from gmt_model.method import schema as S
 
@@ -37,6 +38,51 @@ class FastHGTConv(HGTConv):
             ks.append(torch.einsum("nhd,hde->nhe", k_dict[src], wk[idx]))
             vs.append(torch.einsum("nhd,hde->nhe", v_dict[src], wv[idx]))
         return torch.cat(ks, dim=0), torch.cat(vs, dim=0), offset
+
+    def forward(self, x_dict: dict[str, Tensor], edge_index_dict: dict[S.EdgeType, Tensor],
+                outputs: set[str] | None = None) -> dict[str, Tensor]:
+        """``HGTConv.forward`` computing only what some output reads: keys and values
+        of the node types that are a source of ``edge_index_dict``, queries of the
+        destination types, and the outputs of the destination types (only those in
+        ``outputs`` when given).  The outputs computed equal ``HGTConv``'s."""
+        f, heads = self.out_channels, self.heads
+        d = f // heads
+        dst = [t for t in x_dict if t in self.dst_node_types and (outputs is None or t in outputs)]
+        src = {et[0] for et in edge_index_dict}
+        k_dict, q_dict, v_dict = {}, {}, {}
+        for t, x in x_dict.items():
+            lin = self.kqv_lin.lins[t]
+            w, b = lin.weight, lin.bias
+            if t in src:
+                if t in dst:
+                    k, q, v = torch.tensor_split(lin(x), 3, dim=1)
+                    q_dict[t] = q.reshape(-1, heads, d)
+                else:
+                    k, v = torch.tensor_split(
+                        nn.functional.linear(x, torch.cat([w[:f], w[2 * f:]]), torch.cat([b[:f], b[2 * f:]])), 2, dim=1)
+                k_dict[t], v_dict[t] = k.reshape(-1, heads, d), v.reshape(-1, heads, d)
+            elif t in dst:
+                q_dict[t] = nn.functional.linear(x, w[f:2 * f], b[f:2 * f]).reshape(-1, heads, d)
+        edges = {et: e for et, e in edge_index_dict.items() if et[2] in q_dict}
+        if not q_dict:
+            return {}
+        q, dst_offset = self._cat(q_dict)
+        if edges:
+            k, v, src_offset = self._construct_src_node_feat(k_dict, v_dict, edges)
+            edge_index, edge_attr = construct_bipartite_edge_index(
+                edges, src_offset, dst_offset, edge_attr_dict=self.p_rel, num_nodes=k.size(0))
+            out = self.propagate(edge_index, k=k, q=q, v=v, edge_attr=edge_attr, size=(k.size(0), q.size(0)))
+        else:
+            out = q.new_zeros(q.size(0), f)
+        a_dict = self.out_lin({t: nn.functional.gelu(out[dst_offset[t]:dst_offset[t] + q_dict[t].size(0)])
+                               for t in q_dict})
+        result = {}
+        for t, a in a_dict.items():
+            if a.size(-1) == x_dict[t].size(-1):
+                alpha = self.skip[t].sigmoid()
+                a = alpha * a + (1 - alpha) * x_dict[t]
+            result[t] = a
+        return result
 
 
 @dataclass
@@ -129,16 +175,17 @@ class HeteroGNN(nn.Module):
     def project_llm(self, emb: Tensor) -> Tensor:
         return self.llm_in((emb - self.llm_mean) / self.llm_scale)
 
-    def input_features(self, num_users: int, num_interactions: int, query_emb: Tensor,
-                       llm_emb: Tensor, rating: Tensor) -> dict[str, Tensor]:
-        """Projected input features. ``rating`` must be 0 for hidden responses."""
+    def input_features(self, num_users: int, num_interactions: int, query_emb: Tensor | None,
+                       llm_emb: Tensor, rating: Tensor, *, query_x: Tensor | None = None) -> dict[str, Tensor]:
+        """Projected input features. ``rating`` must be 0 for hidden responses.
+        ``query_x``: the query nodes' projected inputs, given instead of ``query_emb``."""
         h = self.cfg.hidden_dim
         # the projection of rating * ones(d) is rating * (W @ ones) + b: a learned
         # vector scaled by the rating, i.e. a Linear(1, h) of the rating
         return {
             S.USER: self.user_start.expand(num_users, h),
             S.SESSION: self.session_start.expand(num_interactions, h),
-            S.QUERY: self.project_query(query_emb),
+            S.QUERY: self.project_query(query_emb) if query_x is None else query_x,
             S.LLM: self.project_llm(llm_emb),
             S.RESPONSE: self.response_in(rating[:, None]),
         }
