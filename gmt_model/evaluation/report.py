@@ -78,8 +78,11 @@ def online_scores(model: GMTModel, g: GraphTables, gs: GroupSteps, scores: np.nd
     users = np.unique(gs.user)
     chunks = [users[i:i + batch_users] for i in range(0, users.size, batch_users)] if batch_users else [users]
     for chunk in chunks:
-        if batch_users:  # this batch's users with their training interactions visible
-            reps = build_subgraph(g, train[np.isin(tu, chunk)], np.zeros(0, np.int64), dev).embed(model)
+        node = {u: u for u in chunk.tolist()}
+        if batch_users:  # this batch's users (only their nodes) with their training interactions visible
+            bsub = build_subgraph(g, train[np.isin(tu, chunk)], np.zeros(0, np.int64), dev, users=chunk)
+            reps = bsub.embed(model)
+            node = dict(zip(chunk.tolist(), bsub.user_nodes(chunk).tolist()))
         for u in chunk.tolist():
             pos = order[starts[u]:starts[u + 1]]
             pos = pos[window_rows(g.llm[train[pos]], cfg)]
@@ -89,7 +92,7 @@ def online_scores(model: GMTModel, g: GraphTables, gs: GroupSteps, scores: np.nd
                 continue
             rows = train[pos]
             q_hist = g.query_vecs(rows)
-            s_hist = score_rows(model, reps[S.USER][u], q_hist, reps[S.LLM])
+            s_hist = score_rows(model, reps[S.USER][node[u]], q_hist, reps[S.LLM])
             s_hist = calib.blend(s_hist, score_rows(model, cold_rep, q_hist, reps[S.LLM])
                                  if calib.cold > 0 else s_hist, all_llms)
             ev = build_evidence(keys[pos], g.llm[rows], g.rating[rows], basis(q_hist), s_hist, cfg)

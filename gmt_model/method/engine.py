@@ -297,12 +297,13 @@ def cold_calibration(model: GMTModel, g: GraphTables, device: torch.device, max_
                 lo, hi = np.searchsorted(au, chunk[0], "left"), np.searchsorted(au, chunk[-1], "right")
                 rows = order[lo:hi]
                 vis = np.sort(tr[np.searchsorted(tu, chunk[0], "left"):np.searchsorted(tu, chunk[-1], "right")])
-            sub = build_subgraph(g, vis, np.zeros(0, np.int64), device)
+                vis = vis[np.isin(g.user[vis], chunk)]  # the range may hold users without pairs here
+            sub = build_subgraph(g, vis, np.zeros(0, np.int64), device, users=chunk)
             reps = sub.embed(model)
             qa = g.query_vecs(a[rows])
             s[rows] = score_rows(model, reps[S.USER][sub.cold_user], qa, reps[S.LLM])
-            warm[rows] = score_rows(model, reps[S.USER][torch.from_numpy(g.user[a[rows]]).to(device)], qa,
-                                    reps[S.LLM])
+            nodes = torch.from_numpy(sub.user_nodes(g.user[a[rows]])).to(device)
+            warm[rows] = score_rows(model, reps[S.USER][nodes], qa, reps[S.LLM])
     idx = np.arange(a.size)
     la, lb = g.llm[a], g.llm[b]
     calib = fit_calibration(bias, s[idx, la] - s[idx, lb], la, lb, label)

@@ -310,7 +310,8 @@ def predict_groups(model: GMTModel, g: GraphTables, split: str, device: torch.de
         parts_gs, parts_scores = [], []
         for chunk, tgt in user_batches(g, target, int(batch_users)):
             vis = _slice_users(vis_sorted, vis_user, chunk)
-            bsub = build_subgraph(g, vis, tgt, device)
+            vis = vis[np.isin(g.user[vis], chunk)]  # the range may hold users without targets here
+            bsub = build_subgraph(g, vis, tgt, device, users=chunk)  # only this batch's user nodes
             with _autocast(device, amp):
                 reps = bsub.embed(model)
                 gs = group_steps(g, tgt)
@@ -511,7 +512,9 @@ def _train(g: GraphTables, cfg: TrainConfig, out: Path, resume: bool,
             gs = pairs_as_groups(g, pred)
         else:
             gs = group_steps(g, np.unique(np.concatenate([g.pair_a[pred], g.pair_b[pred]])))
-        sub = build_subgraph(g, visible, gs.inter[gs.mask], dev, qe, le, rt)
+        # mini-batch: only the batch's user nodes (a user node without edges only costs work)
+        users = np.unique(np.concatenate([g.user[visible], gs.user])) if batcher is not None else None
+        sub = build_subgraph(g, visible, gs.inter[gs.mask], dev, qe, le, rt, users=users)
         cold = rng.random(gs.size) < cfg.cold_start_rate if cfg.cold_start_rate > 0 else False
         with _autocast(dev, amp):
             reps = sub.embed(model)
