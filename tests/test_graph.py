@@ -167,3 +167,21 @@ def test_embedding_width_mismatch_between_splits(small_paths, tmp_path):
 def test_no_receiver_is_an_integrity_problem(small_paths):
     g = build_graph(small_paths, relations=["query__included_by__session"])
     assert any("'user' receives no messages" in p for p in g.check())
+
+
+def test_index_map_equals_a_dense_local_index():
+    """IndexMap gives what a table-sized array ``local[keys] = arange`` gives, for sorted,
+    unsorted and empty keys, arrays and scalars."""
+    from gmt_model.method.graph import IndexMap
+
+    rng = np.random.default_rng(0)
+    n = 1000
+    for keys in (np.sort(rng.choice(n, 300, replace=False)), rng.choice(n, 300, replace=False),
+                 np.zeros(0, np.int64), np.array([7])):
+        dense = np.full(n, -1, dtype=np.int64)
+        dense[keys] = np.arange(keys.size)
+        m = IndexMap(keys)
+        q = rng.integers(0, n, 500)
+        np.testing.assert_array_equal(m[q], dense[q])
+        np.testing.assert_array_equal(m[np.arange(n)], dense)
+        assert int(m[int(q[0])]) == dense[q[0]]

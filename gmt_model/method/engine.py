@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from gmt_model.method import schema as S
-from gmt_model.method.graph import GraphTables, as_tensor, relation_edges
+from gmt_model.method.graph import GraphTables, IndexMap, as_tensor, relation_edges
 from gmt_model.method.model import GMTModel
 
 __all__ = ["Subgraph", "build_subgraph", "GroupSteps", "group_steps", "score_groups", "pair_positions",
@@ -33,9 +33,9 @@ PRED_QUERY = "predicted_query"
 class Subgraph:
     num_users: int  # including the empty-history user
     nodes: np.ndarray  # global interaction index of each local (visible) interaction node
-    local: np.ndarray  # global -> local (-1 when not a graph node)
+    local: IndexMap  # global -> local (-1 when not a graph node)
     pred_nodes: np.ndarray  # global index of each predicted-only interaction
-    pred_local: np.ndarray  # global -> row of pred_nodes (-1 when absent)
+    pred_local: IndexMap  # global -> row of pred_nodes (-1 when absent)
     #: embeddings of the distinct query texts of the visible and predicted interactions;
     #: each text is projected once however many interactions share it
     text_emb: Tensor
@@ -120,10 +120,7 @@ def build_subgraph(g: GraphTables, visible: np.ndarray, predict: np.ndarray, dev
     router's growing history) has many users and few of them per call."""
     visible = np.asarray(visible, dtype=np.int64)
     predict = np.setdiff1d(np.asarray(predict, dtype=np.int64), visible)
-    local = np.full(g.num_interactions, -1, dtype=np.int64)
-    local[visible] = np.arange(visible.size)
-    pred_local = np.full(g.num_interactions, -1, dtype=np.int64)
-    pred_local[predict] = np.arange(predict.size)
+    local, pred_local = IndexMap(visible), IndexMap(predict)  # no arrays the size of the table
 
     texts, text_of = np.unique(np.concatenate([g.query_row[visible], g.query_row[predict]]), return_inverse=True)
     text_of = text_of.reshape(-1).astype(np.int64)

@@ -44,6 +44,7 @@ __all__ = [
     "GraphTables",
     "GraphIntegrityError",
     "relation_edges",
+    "IndexMap",
     "read_graph",
     "normalise_ratings",
     "pair_labels",
@@ -399,26 +400,54 @@ def from_columns(*, user_ids: Sequence[str], llm_names: Sequence[str], llm_emb: 
         sources=dict(sources or {}))
 
 
+class IndexMap:
+    """Global interaction index -> position in ``keys`` (distinct indices), -1 when absent.
+
+    What ``local = np.full(n, -1); local[keys] = arange`` gives, without an array the size
+    of the table: a subgraph of a few thousand rows of a 10M-row table costs a binary search
+    per lookup instead of filling 80 MB per call."""
+
+    def __init__(self, keys: np.ndarray) -> None:
+        keys = np.asarray(keys, dtype=np.int64)
+        self.size = keys.size
+        if keys.size > 1 and not np.all(keys[1:] > keys[:-1]):
+            self._order = np.argsort(keys, kind="stable")
+            self._sorted = keys[self._order]
+        else:
+            self._order, self._sorted = None, keys
+
+    def __getitem__(self, q) -> np.ndarray:
+        q = np.asarray(q, dtype=np.int64)
+        if self.size == 0:
+            return np.full(q.shape, -1, dtype=np.int64)
+        pos = np.searchsorted(self._sorted, q)
+        safe = np.minimum(pos, self.size - 1)
+        found = self._sorted[safe] == q
+        if self._order is not None:
+            safe = self._order[safe]
+        return np.where(found, safe, -1)
+
+
 def relation_edges(g: GraphTables, rel: S.EdgeType, idx: np.ndarray,
                    local: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Edges of relation ``rel`` among the interactions ``idx``.
 
     ``idx`` are global interaction indices (the visible ones).  Interaction
     owned endpoints are reported through ``local`` (a global -> local index
-    map, identity when None); user and LLM endpoints are global indices.
+    map: an array or an :class:`IndexMap`; identity when None); user and LLM endpoints are global indices.
     A multi-turn edge exists only when both turns are in ``idx``.
     """
     idx = np.asarray(idx, dtype=np.int64)
     src_t, _, dst_t = rel
     if rel in (S.SESSION_NEXT_SESSION, S.SESSION_PREV_SESSION, S.QUERY_NEXT_QUERY, S.QUERY_PREV_QUERY):
         prev = g.prev[idx]
+        keep = prev >= 0
         if local is None:
             present = np.zeros(g.num_interactions, dtype=bool)
             present[idx] = True
+            keep[keep] = present[prev[keep]]
         else:
-            present = local >= 0
-        keep = prev >= 0
-        keep[keep] = present[prev[keep]]
+            keep[keep] = local[prev[keep]] >= 0
         later, earlier = idx[keep], prev[keep]
         if local is not None:
             later, earlier = local[later], local[earlier]
