@@ -125,7 +125,8 @@ def test_batch_users_config_key(tmp_path):
 @pytest.mark.parametrize("relations", ["reference", "full"])
 def test_subgraph_embed_equals_the_full_forward_on_scored_node_types(relations):
     """Subgraph.embed skips the last layer's relations into session and response nodes; the user, LLM
-    and query representations it returns are exactly the model's full forward."""
+    and query representations it returns are the model's full forward (to float rounding: it computes
+    each distinct input row once, so other kernels run)."""
     from gmt_model.data.demo import DemoSpec
     from gmt_model.method.engine import PRED_QUERY, build_subgraph
     from gmt_model.method.model import GMTModel
@@ -143,7 +144,7 @@ def test_subgraph_embed_equals_the_full_forward_on_scored_node_types(relations):
             fast = sub.embed(model)
         assert set(fast) == {S.USER, S.LLM, S.QUERY, PRED_QUERY}
         for t in (S.USER, S.LLM, S.QUERY):
-            torch.testing.assert_close(fast[t], full[t], rtol=0, atol=0)
+            torch.testing.assert_close(fast[t], full[t], rtol=1e-5, atol=1e-5)  # one row per distinct input: other kernels
 
 
 @pytest.mark.parametrize("relations", ["reference", "full"])

@@ -42,7 +42,8 @@ class Subgraph:
     text_of: Tensor  # visible node -> row of text_emb
     pred_text_of: Tensor  # predicted-only interaction -> row of text_emb
     llm_emb: Tensor
-    rating: Tensor
+    rating_values: Tensor  # the distinct ratings of the visible interactions
+    rating_of: Tensor  # visible node -> row of rating_values
     edges: dict[S.EdgeType, Tensor]
     #: global user -> user node (-1 when absent), when the subgraph holds only some users' nodes
     user_map: np.ndarray | None = None
@@ -67,6 +68,11 @@ class Subgraph:
         return self.text_emb[self.pred_text_of]
 
     @property
+    def rating(self) -> Tensor:
+        """The visible interactions' ratings, one per node."""
+        return self.rating_values[self.rating_of]
+
+    @property
     def cold_user(self) -> int:
         return self.num_users - 1
 
@@ -79,8 +85,9 @@ class Subgraph:
         Session and response outputs are therefore not returned."""
         gnn = model.gnn
         proj = gnn.project_query(self.text_emb)
-        x = gnn.input_features(self.num_users, self.text_of.shape[0], None, self.llm_emb, self.rating,
-                               query_x=proj[self.text_of])
+        # nodes with the same input share one row until a layer gives them their own output
+        x, rows = gnn.input_tables(self.num_users, self.text_of.shape[0], proj, self.text_of, self.llm_emb,
+                                   self.rating_values, self.rating_of)
         edges = {et: self.edges[et] for et in gnn.edge_types if et in self.edges}
         last = len(gnn.convs) - 1
         for i, (conv, norms) in enumerate(zip(gnn.convs, gnn.norms)):
@@ -89,13 +96,15 @@ class Subgraph:
             else:
                 rels, wanted = {et: e for et, e in edges.items() if et[2] in _SCORED}, set(_SCORED)
             types = {t for et in rels for t in (et[0], et[2])}
-            out = conv({t: v for t, v in x.items() if t in types}, rels, outputs=wanted) if rels else {}
+            out = conv({t: v for t, v in x.items() if t in types}, rels, outputs=wanted,
+                       rows={t: r for t, r in rows.items() if t in types}) if rels else {}
             new = dict(x)
             for t, v in out.items():
                 if v is not None and (i < last or t in _SCORED):
                     new[t] = norms[t](gnn.dropout(v))
+                    rows.pop(t, None)  # per node from now on
             x = new
-        reps = {t: x[t] for t in _SCORED}
+        reps = {t: x[t] if t not in rows else x[t][rows[t]] for t in _SCORED}
         reps[PRED_QUERY] = gnn.isolated(S.QUERY, proj[self.pred_text_of])
         return reps
 
@@ -106,12 +115,14 @@ _SCORED = (S.USER, S.LLM, S.QUERY)
 
 def build_subgraph(g: GraphTables, visible: np.ndarray, predict: np.ndarray, device: torch.device,
                    text_emb_t: Tensor | None = None, llm_emb_t: Tensor | None = None,
-                   rating_t: Tensor | None = None, *, users: np.ndarray | None = None) -> Subgraph:
+                   *, users: np.ndarray | None = None) -> Subgraph:
     """``visible``: global interaction indices in the graph; ``predict``:
     interactions to score (their queries only; those also visible are scored
-    from their graph node).  ``text_emb_t``/``llm_emb_t``/``rating_t``: the
-    graph's ``text_emb``, ``llm_emb`` and ``rating`` already on ``device``
-    (rows are gathered there; otherwise only the needed rows are copied).
+    from their graph node).  ``text_emb_t``/``llm_emb_t``: the graph's
+    ``text_emb`` and ``llm_emb`` already on ``device`` (rows are gathered
+    there; otherwise only the needed rows are copied).  Nodes that share an
+    input share a row: each distinct query text and each distinct rating is
+    stored once, with the row of each node.
     ``users``: None keeps every user node at its global index (a user node
     without edges costs one row; the empty-history user is ``num_users``);
     given, the subgraph has only those user nodes, at their position in
@@ -129,10 +140,7 @@ def build_subgraph(g: GraphTables, visible: np.ndarray, predict: np.ndarray, dev
     else:
         text_emb = to_device(torch.from_numpy(np.ascontiguousarray(g.text_emb[texts])), device)
 
-    def ratings(idx: np.ndarray) -> Tensor:
-        if rating_t is not None:
-            return rating_t[to_device(torch.from_numpy(idx), rating_t.device)]
-        return to_device(torch.from_numpy(np.ascontiguousarray(g.rating[idx])), device)
+    values, rating_of = np.unique(np.asarray(g.rating[visible], dtype=np.float32), return_inverse=True)
 
     num_users = g.num_users + 1
     umap = None
@@ -153,7 +161,9 @@ def build_subgraph(g: GraphTables, visible: np.ndarray, predict: np.ndarray, dev
                     pred_local=pred_local, text_emb=text_emb,
                     text_of=to_device(torch.from_numpy(text_of[:visible.size]), device),
                     pred_text_of=to_device(torch.from_numpy(text_of[visible.size:]), device),
-                    llm_emb=llm, rating=ratings(visible), edges=edges)
+                    llm_emb=llm, rating_values=to_device(torch.from_numpy(values), device),
+                    rating_of=to_device(torch.from_numpy(rating_of.reshape(-1).astype(np.int64)), device),
+                    edges=edges)
 
 
 def to_device(t: Tensor, device: torch.device) -> Tensor:

@@ -40,13 +40,24 @@ class FastHGTConv(HGTConv):
         return torch.cat(ks, dim=0), torch.cat(vs, dim=0), offset
 
     def forward(self, x_dict: dict[str, Tensor], edge_index_dict: dict[S.EdgeType, Tensor],
-                outputs: set[str] | None = None) -> dict[str, Tensor]:
+                outputs: set[str] | None = None, rows: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
         """``HGTConv.forward`` computing only what some output reads: keys and values
         of the node types that are a source of ``edge_index_dict``, queries of the
         destination types, and the outputs of the destination types (only those in
-        ``outputs`` when given).  The outputs computed equal ``HGTConv``'s."""
+        ``outputs`` when given).  The outputs computed equal ``HGTConv``'s.
+
+        ``rows``: for some node types, ``x_dict`` holds the distinct input rows and
+        ``rows[t]`` the row of each node (nodes with the same input share one row:
+        in the first layer every session and user node, each query text, each
+        rating).  Keys, values and queries are then computed once per distinct row;
+        the outputs are per node, as if ``x_dict[t][rows[t]]`` had been given."""
         f, heads = self.out_channels, self.heads
         d = f // heads
+        rows = rows or {}
+
+        def per_node(t: str, a: Tensor) -> Tensor:
+            return a if t not in rows else a[rows[t]]
+
         dst = [t for t in x_dict if t in self.dst_node_types and (outputs is None or t in outputs)]
         src = {et[0] for et in edge_index_dict}
         k_dict, q_dict, v_dict = {}, {}, {}
@@ -56,14 +67,16 @@ class FastHGTConv(HGTConv):
             if t in src:
                 if t in dst:
                     k, q, v = torch.tensor_split(lin(x), 3, dim=1)
-                    q_dict[t] = q.reshape(-1, heads, d)
+                    q_dict[t] = per_node(t, q).reshape(-1, heads, d)
                 else:
                     k, v = torch.tensor_split(
                         nn.functional.linear(x, torch.cat([w[:f], w[2 * f:]]), torch.cat([b[:f], b[2 * f:]])), 2, dim=1)
                 k_dict[t], v_dict[t] = k.reshape(-1, heads, d), v.reshape(-1, heads, d)
             elif t in dst:
-                q_dict[t] = nn.functional.linear(x, w[f:2 * f], b[f:2 * f]).reshape(-1, heads, d)
-        edges = {et: e for et, e in edge_index_dict.items() if et[2] in q_dict}
+                q_dict[t] = per_node(t, nn.functional.linear(x, w[f:2 * f], b[f:2 * f])).reshape(-1, heads, d)
+        # a source node's key and value are its row's: edges leave from rows
+        edges = {et: (e if et[0] not in rows else torch.stack([rows[et[0]][e[0]], e[1]]))
+                 for et, e in edge_index_dict.items() if et[2] in q_dict}
         if not q_dict:
             return {}
         q, dst_offset = self._cat(q_dict)
@@ -80,7 +93,7 @@ class FastHGTConv(HGTConv):
         for t, a in a_dict.items():
             if a.size(-1) == x_dict[t].size(-1):
                 alpha = self.skip[t].sigmoid()
-                a = alpha * a + (1 - alpha) * x_dict[t]
+                a = alpha * a + (1 - alpha) * per_node(t, x_dict[t])
             result[t] = a
         return result
 
@@ -189,6 +202,21 @@ class HeteroGNN(nn.Module):
             S.LLM: self.project_llm(llm_emb),
             S.RESPONSE: self.response_in(rating[:, None]),
         }
+
+    def input_tables(self, num_users: int, num_interactions: int, query_x: Tensor, query_of: Tensor,
+                     llm_emb: Tensor, rating_values: Tensor, rating_of: Tensor
+                     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """:meth:`input_features` as distinct rows and the row of each node (see
+        ``FastHGTConv.forward``'s ``rows``): one row for all users, one for all
+        sessions, the projected query texts (``query_x``, ``query_of``), one row per
+        distinct rating (``rating_values``, ``rating_of``)."""
+        dev = query_x.device
+        x = {S.USER: self.user_start[None], S.SESSION: self.session_start[None], S.QUERY: query_x,
+             S.LLM: self.project_llm(llm_emb), S.RESPONSE: self.response_in(rating_values[:, None])}
+        rows = {S.USER: torch.zeros(num_users, dtype=torch.long, device=dev),
+                S.SESSION: torch.zeros(num_interactions, dtype=torch.long, device=dev),
+                S.QUERY: query_of, S.RESPONSE: rating_of}
+        return x, rows
 
     def isolated(self, node_type: str, x: Tensor) -> Tensor:
         """Outputs of ``node_type`` nodes that have no incoming edges, from their

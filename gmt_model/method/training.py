@@ -491,7 +491,6 @@ def _train(g: GraphTables, cfg: TrainConfig, out: Path, resume: bool,
         on_start(start_epoch - 1)
     qe = _device_table(g.text_emb, dev)
     le = _device_table(g.llm_emb, dev)
-    rt = _device_table(g.rating, dev)
     val_sub: Subgraph | None = None
     epoch = start_epoch - 1
     pending: list[tuple[int, dict[str, float], torch.Tensor]] = []
@@ -514,7 +513,7 @@ def _train(g: GraphTables, cfg: TrainConfig, out: Path, resume: bool,
             gs = group_steps(g, np.unique(np.concatenate([g.pair_a[pred], g.pair_b[pred]])))
         # mini-batch: only the batch's user nodes (a user node without edges only costs work)
         users = np.unique(np.concatenate([g.user[visible], gs.user])) if batcher is not None else None
-        sub = build_subgraph(g, visible, gs.inter[gs.mask], dev, qe, le, rt, users=users)
+        sub = build_subgraph(g, visible, gs.inter[gs.mask], dev, qe, le, users=users)
         cold = rng.random(gs.size) < cfg.cold_start_rate if cfg.cold_start_rate > 0 else False
         with _autocast(dev, amp):
             reps = sub.embed(model)
