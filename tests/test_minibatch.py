@@ -172,6 +172,16 @@ def test_lean_hgt_layer_equals_pyg_hgtconv(relations):
             torch.testing.assert_close(got[t], want[t], rtol=1e-5, atol=1e-6)
         some = {sorted(want)[0]}
         assert set(lean(x, call, outputs=some)) == some
+    # nodes given as shared rows (rows[t]: the row of each node) give the outputs of the expanded inputs
+    base = {t: torch.randn(2 + i, 16) for i, t in enumerate(S.NODE_TYPES)}
+    rows = {t: torch.randint(0, base[t].shape[0], (n[t],)) for t in S.NODE_TYPES[:3]}
+    expanded = {t: base[t][rows[t]] if t in rows else torch.randn(n[t], 16) for t in S.NODE_TYPES}
+    shared = {t: base[t] if t in rows else expanded[t] for t in S.NODE_TYPES}
+    want = {t: v for t, v in ref(expanded, edges).items() if v is not None}
+    got = lean(shared, edges, rows=rows)
+    assert set(got) == set(want)
+    for t in want:
+        torch.testing.assert_close(got[t], want[t], rtol=1e-5, atol=1e-6)
     # gradients flow to the same inputs
     ga = torch.autograd.grad(sum(v.sum() for v in ref(x, edges).values() if v is not None), list(x.values()),
                              allow_unused=True)
