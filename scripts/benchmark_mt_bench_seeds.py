@@ -12,7 +12,8 @@ epochs) on one split with one training seed and evaluates the best checkpoint on
 written once with this checkout's ``build_jsonl(..., seed=0/1/2)`` into ``--splits`` and read by
 whichever code runs, so two versions are compared on the same files.  It imports the library by its
 current module names or the flat names it had before the relayout, so it runs on older commits too.
-``--compare`` prints the paired differences (new - old) over the (split, seed) runs both files
+``--batch-users N`` trains in mini-batches of N users (``--compare`` then sets it against a full-batch
+file).  ``--compare`` prints the paired differences (new - old) over the (split, seed) runs both files
 hold, with a bootstrap 95% CI, and the mean training time of each.  One line of JSON per run.
 """
 
@@ -64,7 +65,8 @@ def run(args: argparse.Namespace) -> None:
             folder = splits / f"split{sp}"
             g = build_graph({k: folder / f for k, f in S.SPLIT_FILES.items()})
             cfg = load_train_config(str(REPO / "configs" / "model_config_train" / "gmtrouter.yaml"),
-                                    {"epochs": args.epochs, "save_every": 10**9, "seed": ts, "device": args.device})
+                                    {"epochs": args.epochs, "save_every": 10**9, "seed": ts, "device": args.device,
+                                     **({"batch_users": args.batch_users} if args.batch_users else {})})
             with tempfile.TemporaryDirectory() as d:
                 t0 = time.perf_counter()
                 res = train(g, cfg, Path(d) / "run", resume=False)
@@ -72,6 +74,7 @@ def run(args: argparse.Namespace) -> None:
                 rep = evaluate(load_checkpoint(res.best_dir).model, g, "test", baselines=False, cold_start=False,
                                n_resamples=200, device=args.device)
             row = {"code": str(Path(gmt_model.__file__).parent.parent), "train_seed": ts, "split": sp,
+                   "batch_users": args.batch_users,
                    "test_auc": round(rep.methods["gmtrouter"].auc, 4),
                    "test_auc_gnn": round(rep.methods["gmtrouter_gnn"].auc, 4),
                    "best_epoch": res.best_epoch, "train_wall_s": round(wall, 1)}
@@ -108,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-seeds", type=int, nargs="+", default=[136, 1, 2], help="136: the seed config's")
     ap.add_argument("--epochs", type=int, default=350)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch-users", type=int, default=None, help="mini-batch training, N users per step "
+                    "(default: full batch)")
     ap.add_argument("--compare", nargs=2, metavar=("NEW", "OLD"), help="paired comparison of two --out files")
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore")
