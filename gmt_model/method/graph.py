@@ -434,7 +434,8 @@ def relation_edges(g: GraphTables, rel: S.EdgeType, idx: np.ndarray,
 
     ``idx`` are global interaction indices (the visible ones).  Interaction
     owned endpoints are reported through ``local`` (a global -> local index
-    map: an array or an :class:`IndexMap`; identity when None); user and LLM endpoints are global indices.
+    map: an array or an :class:`IndexMap`; identity when None); user and LLM
+    endpoints are global indices.
     A multi-turn edge exists only when both turns are in ``idx``.
     """
     idx = np.asarray(idx, dtype=np.int64)

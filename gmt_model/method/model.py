@@ -188,28 +188,15 @@ class HeteroGNN(nn.Module):
     def project_llm(self, emb: Tensor) -> Tensor:
         return self.llm_in((emb - self.llm_mean) / self.llm_scale)
 
-    def input_features(self, num_users: int, num_interactions: int, query_emb: Tensor | None,
-                       llm_emb: Tensor, rating: Tensor, *, query_x: Tensor | None = None) -> dict[str, Tensor]:
-        """Projected input features. ``rating`` must be 0 for hidden responses.
-        ``query_x``: the query nodes' projected inputs, given instead of ``query_emb``."""
-        h = self.cfg.hidden_dim
-        # the projection of rating * ones(d) is rating * (W @ ones) + b: a learned
-        # vector scaled by the rating, i.e. a Linear(1, h) of the rating
-        return {
-            S.USER: self.user_start.expand(num_users, h),
-            S.SESSION: self.session_start.expand(num_interactions, h),
-            S.QUERY: self.project_query(query_emb) if query_x is None else query_x,
-            S.LLM: self.project_llm(llm_emb),
-            S.RESPONSE: self.response_in(rating[:, None]),
-        }
-
     def input_tables(self, num_users: int, num_interactions: int, query_x: Tensor, query_of: Tensor,
                      llm_emb: Tensor, rating_values: Tensor, rating_of: Tensor
                      ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """:meth:`input_features` as distinct rows and the row of each node (see
-        ``FastHGTConv.forward``'s ``rows``): one row for all users, one for all
-        sessions, the projected query texts (``query_x``, ``query_of``), one row per
-        distinct rating (``rating_values``, ``rating_of``)."""
+        """Projected input features as distinct rows and the row of each node (see
+        ``FastHGTConv.forward``'s ``rows``): one row for all users and one for all
+        sessions (zero features through a linear layer: a learned per-type vector), the
+        projected query texts (``query_x``, ``query_of``), one row per distinct rating
+        (``rating_values``, ``rating_of``; 0 for hidden responses).  The projection of
+        ``rating * ones(d)`` is ``rating * (W @ ones) + b``: a ``Linear(1, h)`` of the rating."""
         dev = query_x.device
         x = {S.USER: self.user_start[None], S.SESSION: self.session_start[None], S.QUERY: query_x,
              S.LLM: self.project_llm(llm_emb), S.RESPONSE: self.response_in(rating_values[:, None])}
@@ -217,6 +204,14 @@ class HeteroGNN(nn.Module):
                 S.SESSION: torch.zeros(num_interactions, dtype=torch.long, device=dev),
                 S.QUERY: query_of, S.RESPONSE: rating_of}
         return x, rows
+
+    def input_features(self, num_users: int, num_interactions: int, query_emb: Tensor,
+                       llm_emb: Tensor, rating: Tensor) -> dict[str, Tensor]:
+        """Projected input features, one row per node (:meth:`input_tables` expanded)."""
+        every = torch.arange(num_interactions, device=query_emb.device)
+        x, rows = self.input_tables(num_users, num_interactions, self.project_query(query_emb), every,
+                                    llm_emb, rating, every)
+        return {t: v[rows[t]] if t in rows else v for t, v in x.items()}
 
     def isolated(self, node_type: str, x: Tensor) -> Tensor:
         """Outputs of ``node_type`` nodes that have no incoming edges, from their

@@ -264,10 +264,11 @@ def user_batches(g: GraphTables, interactions: np.ndarray, batch_users: int) -> 
 
 
 def _slice_users(sorted_idx: np.ndarray, sorted_user: np.ndarray, chunk: np.ndarray) -> np.ndarray:
-    """The entries of ``sorted_idx`` (sorted by ``sorted_user``) whose user lies in [chunk[0], chunk[-1]]."""
+    """The entries of ``sorted_idx`` (sorted by ``sorted_user``) whose user is in ``chunk`` (sorted)."""
     lo = np.searchsorted(sorted_user, chunk[0], side="left")
     hi = np.searchsorted(sorted_user, chunk[-1], side="right")
-    return np.sort(sorted_idx[lo:hi])
+    idx, user = sorted_idx[lo:hi], sorted_user[lo:hi]
+    return np.sort(idx[np.isin(user, chunk)])  # the range may hold users that are not in the chunk
 
 
 def pairs_as_groups(g: GraphTables, pairs: np.ndarray) -> GroupSteps:
@@ -310,7 +311,6 @@ def predict_groups(model: GMTModel, g: GraphTables, split: str, device: torch.de
         parts_gs, parts_scores = [], []
         for chunk, tgt in user_batches(g, target, int(batch_users)):
             vis = _slice_users(vis_sorted, vis_user, chunk)
-            vis = vis[np.isin(g.user[vis], chunk)]  # the range may hold users without targets here
             bsub = build_subgraph(g, vis, tgt, device, users=chunk)  # only this batch's user nodes
             with _autocast(device, amp):
                 reps = bsub.embed(model)
