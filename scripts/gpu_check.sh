@@ -18,6 +18,7 @@
 # GPU_CHECK_SMALL=1: MT-Bench 10 epochs and 5k interactions x 2 epochs instead (a smoke test of the script).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the scripts import gmt_model from the checkout (no install needed)
 PY=${PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 DEVICE=${GPU_CHECK_DEVICE:-cuda}
