@@ -138,6 +138,7 @@ def materialize_model(store: DataStore, *, config_path: str | os.PathLike[str] |
     from gmt_model.method.graph import read_graph
     from gmt_model.method.training import train
 
+    dataset = store.dataset
     cfg_path = Path(config_path) if config_path else default_train_config(dataset)
     ov = {"dataset_name": dataset, **dict(overrides or {})}
     tc = load_train_config(cfg_path, ov, relative_to=REPO_ROOT)
