@@ -367,7 +367,7 @@ def test_bad_source_fails_raw_and_keeps_earlier_materializations(chain, archives
     text = failure_text(result)
     assert message in text, text
     if case == "missing":
-        assert "datasets.demo.url" in text  # says what to set
+        assert "ops.demo__raw_data.config.url in the run config" in text  # the setting that gave the URL
     assert snapshot(chain.data) == before
     assert chain.instance.get_latest_materialization_event(RAW).run_id == last.run_id
     assert not [p for p in chain.data.rglob("*staging*")]
@@ -395,7 +395,7 @@ def test_good_archive_source_works(archives, tmp_path: Path, cache: Path) -> Non
 # --------------------------------------------------------------------------
 # promotion gate
 # --------------------------------------------------------------------------
-def test_promotion_gate_blocks_a_worse_model(chain) -> None:
+def test_promotion_gate_blocks_a_worse_model(chain, capsys: pytest.CaptureFixture) -> None:
     assert chain.result.success
     champion_score = materializations(chain.result)["test_evaluation"]["gmtrouter_auc"]
     local_manifest = (chain.data / "routers" / "demo" / "current" / "manifest.json").read_text()
@@ -430,6 +430,13 @@ def test_promotion_gate_blocks_a_worse_model(chain) -> None:
     published = materializations(result)["published_router"]
     assert published["promoted"] is False and published["champion_version"] == "1"
     assert published["result"] == gate.description
+    # python -m pipelines.run_job prints the reason under the published version
+    from pipelines.run_job import _summary
+
+    _summary(result, chain.data)
+    out = capsys.readouterr().out
+    assert "run " in out and ": SUCCESS" in out
+    assert f"\n  {gate.description}\n" in out and "not promoted: auc " in out
 
 
 # --------------------------------------------------------------------------
