@@ -8,7 +8,9 @@ In a run config file the op of an asset is ``<dataset>__<asset>``::
       mt_bench__trained_model:
         config: {epochs: 50, seed: 1}
 
-Every field is optional; ``None`` keeps the value from ``configs/``.
+Every field is optional; ``None`` keeps the value from ``configs/``.  Relative paths (``url``,
+``sources_file``, ``download_dir``, ``feedback_log``, ``config_path``) are read from the repository root,
+whatever the working directory (``assets.storage.repo_path``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from __future__ import annotations
 from typing import Any, List, Optional
 
 import dagster as dg
+
+from .storage import repo_path
 
 __all__ = [
     "RawDataConfig",
@@ -50,10 +54,18 @@ class RawDataConfig(dg.Config):
     timeout: Optional[float] = None
 
     def overrides(self) -> dict[str, Any]:
-        """The source overrides that are set."""
+        """The source overrides that are set (relative local paths made absolute from the repository root)."""
         keys = ("kind", "url", "sha256", "path_in_archive", "filename", "size", "seed", "download_dir",
                 "retries", "timeout")
-        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+        out = {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+        for k in ("url", "download_dir"):
+            if k in out:
+                out[k] = repo_path(out[k])
+        return out
+
+    def sources_path(self) -> str | None:
+        """``sources_file``, a relative one read from the repository root."""
+        return repo_path(self.sources_file)
 
 
 class InteractionsConfig(dg.Config):
@@ -73,6 +85,11 @@ class InteractionsConfig(dg.Config):
     feedback_log: Optional[str] = None
     """None: $GMTROUTER_<DATASET>_FEEDBACK_LOG, $GMTROUTER_FEEDBACK_DIR/<dataset>.sqlite or
     <data root>/feedback/<dataset>.sqlite."""
+
+
+    def feedback_log_path(self) -> str | None:
+        """``feedback_log``, a relative one read from the repository root."""
+        return repo_path(self.feedback_log)
 
 
 class EmbeddingConfig(dg.Config):
@@ -122,6 +139,11 @@ class TrainModelConfig(dg.Config):
         keys = ("epochs", "lr", "seed", "eval_every", "save_every", "prediction_count", "record_per_user",
                 "hidden_dim", "num_gnn_layers", "dropout", "objective", "relations", "device")
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+
+
+    def config_file(self) -> str | None:
+        """``config_path``, a relative one read from the repository root."""
+        return repo_path(self.config_path)
 
 
 class EvaluationConfig(dg.Config):

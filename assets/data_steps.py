@@ -1,4 +1,5 @@
-"""The data half of the pipeline as plain functions: raw data -> interactions -> text embeddings -> graph.
+"""The data role of the pipeline as plain functions: raw data -> interactions -> text embeddings -> graph,
+and the checks of each (``check_*``: ``(passed, metadata)``).
 
 Every internal asset is columnar (Parquet) and committed with a manifest that lists each file's size
 and sha256.  Each split is parsed and validated once per run, by :func:`materialize_interactions`
@@ -18,6 +19,7 @@ No Dagster import here.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -29,23 +31,26 @@ import pyarrow.parquet as pq
 
 from gmt_model.data import columnar as C
 from gmt_model.data import embeddings as E
-from gmt_model.data.datasets import SPLIT_KINDS, RawResult, llm_description_map, load_llm_descriptions, split_raw
+from gmt_model.atomic import copy_file_atomic, file_sha256
+from gmt_model.data.datasets import (SPLIT_KINDS, RawResult, llm_description_map, load_llm_descriptions,
+                                     load_source_config, prepare_raw, split_raw)
 from gmt_model.method.schema import SPLIT_FILES, SPLITS
 
 from .feedback_merge import FeedbackMergeStats, feedback_groups
-from .storage import DataStore, read_json, write_json_atomic
+from .storage import REPO_ROOT, DataStore, read_json, write_json_atomic
 
 __all__ = [
     "SHARD_KEYS",
     "N_SHARDS",
     "STORE_FILE",
-    "verify_area",
+    "materialize_raw",
     "materialize_interactions",
     "check_interactions_valid",
     "materialize_embedding_shard",
     "materialize_text_embeddings",
     "check_embedding_width",
     "materialize_graph",
+    "check_graph_integrity",
     "export_jsonl",
 ]
 
@@ -61,13 +66,106 @@ _LLM_PREFIX = C.llm_text_for_embedding("")
 
 
 # --------------------------------------------------------------------------
-# manifests
+# raw data
 # --------------------------------------------------------------------------
-def verify_area(store: DataStore, area: str, dataset: str, *, asset: str) -> dict[str, Any]:
-    """The committed manifest of ``area``, after checking every file it lists (size and sha256)."""
-    m = store.read_manifest(area, dataset, asset=asset)
-    C.verify_files(store.area(area, dataset), m.get("files") or {}, manifest=store.manifest_path(area, dataset))
-    return m
+def materialize_raw(store: DataStore, *, overrides: Mapping[str, Any] | None = None,
+                    sources_file: str | os.PathLike[str] | None = None, run_id: str = "",
+                    url_setting: str | None = None) -> dict[str, Any]:
+    """Fetch / generate ``dataset``'s raw data; commit ``raw/<dataset>``.
+
+    Downloads land in the persistent ``downloads/<dataset>`` folder (unless
+    the source sets ``download_dir``), so a partial download resumes and a
+    verified one is reused (with ``sha256`` set); archives are
+    extracted into the staging folder, single downloaded files are copied
+    into it, local folders are read in place.  Any error (missing source,
+    checksum mismatch, truncated or unsafe archive) leaves the previous
+    ``raw/<dataset>`` untouched.  ``url_setting`` names where an overriding ``url`` was set (a run
+    config), for the hint of a missing or unreachable source.
+    """
+    cfg_file = Path(sources_file) if sources_file else REPO_ROOT / "configs" / "datasets.yaml"
+    source = load_source_config(store.dataset, cfg_file, dict(overrides or {}))
+    if url_setting and (overrides or {}).get("url"):  # errors name the setting that gave the URL
+        source = dataclasses.replace(source, config_key=url_setting)
+    if source.kind != "demo" and not source.download_dir:
+        source = dataclasses.replace(source, download_dir=str(store.downloads()))
+    dl_dir = Path(source.download_dir) if source.download_dir else None
+    before = _file_states(dl_dir)
+    try:
+        return _materialize_raw(store, source, run_id)
+    except BaseException:
+        _remove_refused_downloads(dl_dir, before)
+        raise
+
+
+def _file_states(folder: Path | None) -> dict[str, tuple[int, int]]:
+    """name -> (size, mtime) of the files directly in ``folder``."""
+    if folder is None or not folder.is_dir():
+        return {}
+    out = {}
+    for p in folder.iterdir():
+        if p.is_file():
+            st = p.stat()
+            out[p.name] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def _remove_refused_downloads(folder: Path | None, before: Mapping[str, tuple[int, int]]) -> None:
+    """After a failed fetch/extract, delete the files this attempt added or rewrote in the download folder
+    (a refused archive must not be reused, nor pile up), keeping partial transfers (``.part``) to resume."""
+    for name, state in _file_states(folder).items():
+        if before.get(name) == state or name.endswith((".part", ".part.json")):
+            continue
+        try:
+            (folder / name).unlink()  # type: ignore[operator]
+            log.info("removed the refused download %s", folder / name)  # type: ignore[operator]
+        except OSError:
+            pass
+
+
+def _materialize_raw(store: DataStore, source: Any, run_id: str) -> dict[str, Any]:
+    with store.staging("raw") as tmp:
+        res = prepare_raw(store.dataset, source, tmp)
+        path = Path(res.path)
+        if path.is_file() and not _is_inside(path, tmp):  # a downloaded single file: keep this run's copy
+            files = tmp / "files"
+            files.mkdir()
+            copied = files / path.name
+            copy_file_atomic(path, copied)
+            path = copied
+        manifest = {
+            "kind": res.kind,
+            "path": store.relative(tmp, path),
+            "read_in_place": not _is_inside(path, tmp),
+            "source": res.source,
+            "downloaded": None if res.downloaded is None else str(res.downloaded),
+            "sha256": res.sha256,
+            "n_bytes": res.n_bytes,
+            "info": res.info,
+            "source_config": source.to_dict(),
+            "dagster_run_id": run_id,
+            "files": _count_files(path),
+        }
+        store.commit(tmp, "raw", manifest)
+    return manifest
+
+
+def _is_inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _count_files(path: Path) -> dict[str, int]:
+    if path.is_file():
+        return {"files": 1, "bytes": path.stat().st_size}
+    n = size = 0
+    for p in path.rglob("*"):
+        if p.is_file():
+            n += 1
+            size += p.stat().st_size
+    return {"files": n, "bytes": size}
 
 
 # --------------------------------------------------------------------------
@@ -105,7 +203,7 @@ def _thin_users(folder: Path, min_user_groups: int) -> dict[str, int]:
     return {u: int(counts.get(u, 0)) for u in sorted(all_users) if counts.get(u, 0) < min_user_groups}
 
 
-def materialize_interactions(dataset: str, store: DataStore, encoder: Any, *, split_seed: int = 0,
+def materialize_interactions(store: DataStore, encoder: Any, *, split_seed: int = 0,
                              split_fractions: Sequence[float] = (0.7, 0.1, 0.2), min_user_groups: int = 3,
                              feedback_log: str | os.PathLike[str] | None = None,
                              run_id: str = "") -> dict[str, Any]:
@@ -116,13 +214,13 @@ def materialize_interactions(dataset: str, store: DataStore, encoder: Any, *, sp
     Raw judgments and the demo are converted and split per user.  Feedback comparisons are appended to the
     training split.  The manifest holds per-split counts and every file's size and sha256.
     """
-    raw_m = store.read_manifest("raw", dataset, asset="raw_data")
+    raw_m = store.read_manifest("raw")
     kind = raw_m["kind"]
-    path = store.resolve("raw", dataset, raw_m["path"])
+    path = store.resolve("raw", raw_m["path"])
     descriptions = load_llm_descriptions()
     fb_stats = FeedbackMergeStats()
     conversion = None
-    with store.staging("interactions", dataset) as tmp:
+    with store.staging("interactions") as tmp:
         if kind in SPLIT_KINDS:
             files = {s: path / SPLIT_FILES[s] for s in SPLITS}
 
@@ -138,7 +236,7 @@ def materialize_interactions(dataset: str, store: DataStore, encoder: Any, *, sp
             imported = {"encoder": summ.encoder, "dim": summ.dim}
             mode = "imported" if summ.encoder == encoder.name else "reembedded"
         else:
-            plan = split_raw(dataset, RawResult(dataset=dataset, kind=kind, path=path), seed=split_seed,
+            plan = split_raw(store.dataset, RawResult(dataset=store.dataset, kind=kind, path=path), seed=split_seed,
                              fractions=split_fractions)
             splits, conversion = plan.groups, plan.conversion
             models, rating_range = _training_groups_of(splits[SPLITS[0]])
@@ -152,7 +250,7 @@ def materialize_interactions(dataset: str, store: DataStore, encoder: Any, *, sp
         split_docs = {s: summ.splits[s].to_dict() for s in SPLITS if s in summ.splits}
         for s in SPLITS:
             if s not in split_docs or split_docs[s]["n_groups"] == 0:
-                raise ValueError(f"dataset {dataset!r}: the {s} split has no groups")
+                raise ValueError(f"dataset {store.dataset!r}: the {s} split has no groups")
         judges = sorted({j for d in split_docs.values() for j in d["judges"]})
         models = sorted({m for d in split_docs.values() for m in d["models"]})
         manifest = {
@@ -180,7 +278,7 @@ def materialize_interactions(dataset: str, store: DataStore, encoder: Any, *, sp
             "raw_kind": kind,
             "dagster_run_id": run_id,
         }
-        store.commit(tmp, "interactions", dataset, manifest)
+        store.commit(tmp, "interactions", manifest)
     return manifest
 
 
@@ -196,12 +294,12 @@ def _conversion_summary(conv: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def check_interactions_valid(dataset: str, store: DataStore) -> tuple[bool, dict[str, Any]]:
+def check_interactions_valid(store: DataStore) -> tuple[bool, dict[str, Any]]:
     """The committed tables match their manifest (sha256) and every split has groups (from the manifest)."""
     problems: list[str] = []
     meta: dict[str, Any] = {}
     try:
-        m = verify_area(store, "interactions", dataset, asset="interactions")
+        m = store.verify("interactions")
     except (C.ManifestError, OSError, ValueError) as exc:
         return False, {"problems": [str(exc)]}
     for s in SPLITS:
@@ -216,10 +314,10 @@ def check_interactions_valid(dataset: str, store: DataStore) -> tuple[bool, dict
 # --------------------------------------------------------------------------
 # embeddings
 # --------------------------------------------------------------------------
-def _texts(store: DataStore, dataset: str) -> tuple[dict[str, Any], np.ndarray, list[str]]:
+def _texts(store: DataStore) -> tuple[dict[str, Any], np.ndarray, list[str]]:
     """(verified interactions manifest, text hashes in table order, texts)."""
-    m = verify_area(store, "interactions", dataset, asset="interactions")
-    t = pq.read_table(store.area("interactions", dataset) / C.TEXTS_FILE)
+    m = store.verify("interactions")
+    t = pq.read_table(store.area("interactions") / C.TEXTS_FILE)
     return m, E.hashes_from_arrow(t.column(E.C_TEXT_HASH)).copy(), t.column(E.C_TEXT).to_pylist()
 
 
@@ -236,12 +334,11 @@ def _embed(encoder: Any, texts: Sequence[str], descriptions: Mapping[str, str]) 
     return out
 
 
-def _shard_dir(store: DataStore, dataset: str) -> Path:
-    store.area("interactions", dataset)  # validates the dataset name
-    return store.root / "embedding_shards" / dataset
+def _shard_dir(store: DataStore) -> Path:
+    return store.area("embedding_shards")
 
 
-def materialize_embedding_shard(dataset: str, store: DataStore, encoder: Any, shard: str, *,
+def materialize_embedding_shard(store: DataStore, encoder: Any, shard: str, *,
                                 run_id: str = "") -> dict[str, Any]:
     """Embed the texts whose hash starts with hex digit ``shard`` into ``embedding_shards/<dataset>/shard-<k>``.
 
@@ -251,27 +348,27 @@ def materialize_embedding_shard(dataset: str, store: DataStore, encoder: Any, sh
     """
     if shard not in SHARD_KEYS:
         raise ValueError(f"shard: expected one of {''.join(SHARD_KEYS)}, got {shard!r}")
-    m, hashes, texts = _texts(store, dataset)
+    m, hashes, texts = _texts(store)
     k = SHARD_KEYS.index(shard)
     sel = np.flatnonzero(E.shard_of(hashes, N_SHARDS) == k)
     vecs = _embed(encoder, [texts[i] for i in sel], load_llm_descriptions())
-    folder = _shard_dir(store, dataset)
+    folder = _shard_dir(store)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"shard-{shard}.parquet"
     with E.StoreWriter(path, int(encoder.dim), encoder=encoder.name) as w:
         w.add(hashes[sel], vecs)
-    doc = {"dataset": dataset, "shard": shard, "n_shards": N_SHARDS, "encoder": encoder.name,
+    doc = {"dataset": store.dataset, "shard": shard, "n_shards": N_SHARDS, "encoder": encoder.name,
            "dim": int(encoder.dim), "n_texts": int(sel.size),
            "texts_sha256": m["files"][C.TEXTS_FILE]["sha256"],
-           "file": path.name, "sha256": C.file_sha256(path), "dagster_run_id": run_id}
+           "file": path.name, "sha256": file_sha256(path), "dagster_run_id": run_id}
     write_json_atomic(folder / f"shard-{shard}.json", doc)
     return doc
 
 
-def _fresh_shards(store: DataStore, dataset: str, texts_sha: str, encoder: Any) -> list[Path]:
+def _fresh_shards(store: DataStore, texts_sha: str, encoder: Any) -> list[Path]:
     """Shard stores cut from this texts table with this encoder, whose file matches its manifest."""
     out = []
-    folder = _shard_dir(store, dataset)
+    folder = _shard_dir(store)
     for key in SHARD_KEYS:
         mp = folder / f"shard-{key}.json"
         if not mp.is_file():
@@ -285,7 +382,7 @@ def _fresh_shards(store: DataStore, dataset: str, texts_sha: str, encoder: Any) 
     return out
 
 
-def materialize_text_embeddings(dataset: str, store: DataStore, encoder: Any, *, dtype: str = "float32",
+def materialize_text_embeddings(store: DataStore, encoder: Any, *, dtype: str = "float32",
                                 run_id: str = "") -> dict[str, Any]:
     """``embeddings/<dataset>/embeddings.parquet``: one embedding per distinct text of the interactions.
 
@@ -293,7 +390,7 @@ def materialize_text_embeddings(dataset: str, store: DataStore, encoder: Any, *,
     imported embeddings (a JSONL source written with the configured encoder), the previous committed store
     (same encoder); the rest are embedded here, in bounded batches.
     """
-    m, hashes, texts = _texts(store, dataset)
+    m, hashes, texts = _texts(store)
     dim = int(encoder.dim)
     n = len(hashes)
     vecs = np.zeros((n, dim), np.float32)
@@ -314,14 +411,14 @@ def materialize_text_embeddings(dataset: str, store: DataStore, encoder: Any, *,
             have[idx] = True
         counts[name] = counts.get(name, 0) + int(idx.size)
 
-    shards = _fresh_shards(store, dataset, m["files"][C.TEXTS_FILE]["sha256"], encoder)
+    shards = _fresh_shards(store, m["files"][C.TEXTS_FILE]["sha256"], encoder)
     for p in shards:
         take("from_shards", p, llm_keys=True)
     imp = m.get("imported") or {}
-    folder = store.area("interactions", dataset)
+    folder = store.area("interactions")
     if imp.get("encoder") == encoder.name and (folder / C.IMPORTED_EMBEDDINGS_FILE).is_file():
         take("from_import", folder / C.IMPORTED_EMBEDDINGS_FILE, llm_keys=True)
-    prev = store.area("embeddings", dataset) / STORE_FILE
+    prev = store.area("embeddings") / STORE_FILE
     if prev.is_file():
         try:
             take("from_previous", prev, llm_keys=False)
@@ -331,7 +428,7 @@ def materialize_text_embeddings(dataset: str, store: DataStore, encoder: Any, *,
     if missing.size:
         vecs[missing] = _embed(encoder, [texts[i] for i in missing], load_llm_descriptions())
     counts["embedded_now"] = int(missing.size)
-    with store.staging("embeddings", dataset) as tmp:
+    with store.staging("embeddings") as tmp:
         with E.StoreWriter(tmp / STORE_FILE, dim, encoder=encoder.name, dtype=dtype) as w:
             w.add(hashes, vecs)
         manifest = {
@@ -342,17 +439,17 @@ def materialize_text_embeddings(dataset: str, store: DataStore, encoder: Any, *,
             "interactions_texts_sha256": m["files"][C.TEXTS_FILE]["sha256"],
             "dagster_run_id": run_id,
         }
-        store.commit(tmp, "embeddings", dataset, manifest)
+        store.commit(tmp, "embeddings", manifest)
     return manifest
 
 
-def check_embedding_width(dataset: str, store: DataStore, encoder: Any) -> tuple[bool, dict[str, Any]]:
+def check_embedding_width(store: DataStore, encoder: Any) -> tuple[bool, dict[str, Any]]:
     """The store matches its manifest, holds the configured encoder's width and name, and every text."""
     problems: list[str] = []
     try:
-        em = verify_area(store, "embeddings", dataset, asset="text_embeddings")
-        _m, hashes, _ = _texts(store, dataset)
-        st = E.EmbeddingStore.open(store.area("embeddings", dataset) / STORE_FILE)
+        em = store.verify("embeddings")
+        _m, hashes, _ = _texts(store)
+        st = E.EmbeddingStore.open(store.area("embeddings") / STORE_FILE)
     except (C.ManifestError, E.EmbeddingStoreError, OSError, ValueError) as exc:
         return False, {"problems": [str(exc)]}
     if st.dim != int(encoder.dim):
@@ -370,19 +467,19 @@ def check_embedding_width(dataset: str, store: DataStore, encoder: Any) -> tuple
 # --------------------------------------------------------------------------
 # graph
 # --------------------------------------------------------------------------
-def materialize_graph(dataset: str, store: DataStore, *, relations: str = "full", run_id: str = "") -> dict[str, Any]:
+def materialize_graph(store: DataStore, *, relations: str = "full", run_id: str = "") -> dict[str, Any]:
     """The graph tables from the verified interactions and embedding store; commit ``graph/<dataset>``."""
     from gmt_model.method.graph import GraphIntegrityError
 
-    im = verify_area(store, "interactions", dataset, asset="interactions")
-    verify_area(store, "embeddings", dataset, asset="text_embeddings")
-    g = C.graph_from_columnar(store.area("interactions", dataset), store.area("embeddings", dataset) / STORE_FILE,
+    im = store.verify("interactions")
+    store.verify("embeddings")
+    g = C.graph_from_columnar(store.area("interactions"), store.area("embeddings") / STORE_FILE,
                               relations=relations)
     problems = g.check()
     if problems:
-        raise GraphIntegrityError(f"graph of {dataset}: " + "; ".join(problems))
+        raise GraphIntegrityError(f"graph of {store.dataset}: " + "; ".join(problems))
     counts = g.counts()
-    with store.staging("graph", dataset) as tmp:
+    with store.staging("graph") as tmp:
         g.write_parquet(tmp)
         manifest = {
             "relations": relations,
@@ -404,17 +501,41 @@ def materialize_graph(dataset: str, store: DataStore, *, relations: str = "full"
             "feedback_unmerged_ids": list(im.get("feedback_unmerged_ids") or []),
             "dagster_run_id": run_id,
         }
-        store.commit(tmp, "graph", dataset, manifest)
+        store.commit(tmp, "graph", manifest)
     return manifest
+
+
+def check_graph_integrity(store: DataStore) -> tuple[bool, dict[str, Any]]:
+    """Read the committed graph back and check it (indices in range, message receivers, pairs per split)."""
+    from gmt_model.method import schema as S
+    from gmt_model.method.graph import GraphIntegrityError, read_graph
+
+    folder = store.area("graph")
+    problems: list[str] = []
+    meta: dict[str, Any] = {}
+    try:
+        g = read_graph(folder)  # runs GraphTables.check() on the stored relations
+    except (GraphIntegrityError, FileNotFoundError, OSError, KeyError, ValueError) as exc:
+        return False, {"problems": [f"{folder}: {exc}"]}
+    for name, rels in S.RELATION_SETS.items():  # both relation sets a model may train on
+        g.relations = rels
+        problems += [f"relations {name!r}: {p}" for p in g.check()]
+    for s in SPLITS:
+        n = int(g.pair_mask(s).sum())
+        meta[f"pairs_{s}"] = n
+        if n == 0:
+            problems.append(f"split {s!r} has no comparison pairs")
+    meta["problems"] = problems
+    return not problems, meta
 
 
 # --------------------------------------------------------------------------
 # export
 # --------------------------------------------------------------------------
-def export_jsonl(dataset: str, store: DataStore, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
+def export_jsonl(store: DataStore, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
     """The committed interactions + embedding store of ``dataset`` as GMTRouter JSONL splits in ``out_dir``
     (the seed's interchange format; files verified against their manifests first)."""
-    verify_area(store, "interactions", dataset, asset="interactions")
-    em = verify_area(store, "embeddings", dataset, asset="text_embeddings")
-    return C.export_jsonl(store.area("interactions", dataset), out_dir,
-                          store.area("embeddings", dataset) / STORE_FILE, encoder=em.get("encoder"))
+    store.verify("interactions")
+    em = store.verify("embeddings")
+    return C.export_jsonl(store.area("interactions"), out_dir,
+                          store.area("embeddings") / STORE_FILE, encoder=em.get("encoder"))

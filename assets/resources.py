@@ -27,6 +27,8 @@ from .storage import REPO_ROOT, data_root
 
 __all__ = [
     "DAGSTER_RUN_TAG",
+    "EXPERIMENT_KIND",
+    "EXPERIMENT_KIND_TAG",
     "ENV_ENCODER",
     "ENV_FEEDBACK_DIR",
     "ENV_MLFLOW_ARTIFACTS",
@@ -39,6 +41,10 @@ __all__ = [
 
 #: MLflow run tag holding the Dagster run id (one MLflow run per Dagster run and dataset)
 DAGSTER_RUN_TAG = "dagster_run_id"
+#: MLflow 3's experiment kind tag: the UI opens a ``custom_model_development`` experiment on its runs and
+#: model-training charts, not on the GenAI view (traces, latency)
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 ENV_ENCODER = "GMTROUTER_ENCODER"
 ENV_FEEDBACK_DIR = "GMTROUTER_FEEDBACK_DIR"
 ENV_MLFLOW_ARTIFACTS = "GMTROUTER_MLFLOW_ARTIFACTS"
@@ -232,10 +238,12 @@ class MLflowResource(dg.ConfigurableResource):
         if exp is not None:
             if exp.lifecycle_stage == "deleted":
                 client.restore_experiment(exp.experiment_id)
+            if (exp.tags or {}).get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # made before the tag existed
+                client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return exp.experiment_id
         try:
             return client.create_experiment(name, artifact_location=self.resolved_artifact_location(),
-                                            tags={"dataset": dataset})
+                                            tags={"dataset": dataset, EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except MlflowException:
             exp = client.get_experiment_by_name(name)  # created concurrently by another step
             if exp is None:
@@ -262,6 +270,18 @@ class MLflowResource(dg.ConfigurableResource):
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         """Mark the MLflow run FINISHED (or FAILED)."""
         self.client().set_terminated(run_id, status=status)
+
+    @contextmanager
+    def run(self, context: Any, dataset: str) -> Iterator[str]:
+        """The MLflow run of this Dagster run (``context.run``) and dataset, open for the block: yields its
+        id; FINISHED when the block ends, FAILED (and the error re-raised) when it raises."""
+        run_id = self.run_for(context.run.run_id, dataset, job_name=context.run.job_name)
+        try:
+            yield run_id
+        except BaseException:
+            self.finish(run_id, "FAILED")
+            raise
+        self.finish(run_id)
 
     # --------------------------------------------------------------- logging
     def log_params(self, run_id: str, params: Mapping[str, Any], prefix: str = "") -> None:

@@ -19,7 +19,8 @@ Everything the pipeline writes lives under one folder, ``$GMTROUTER_HOME``
     feedback/<dataset>.sqlite   default feedback log read by the retraining sensor
     cache/encoder/              embedding cache (unless GMTROUTER_CACHE_DIR is set)
 
-Every asset builds its output in a hidden staging folder next to its target
+A :class:`DataStore` is bound to one dataset: ``DataStore("demo").area("graph")`` is
+``<root>/graph/demo``.  Every asset builds its output in a hidden staging folder next to its target
 and swaps it into place with one rename (``commit``), manifest included, so
 a failing step leaves the previous materialization exactly as it was.
 
@@ -38,10 +39,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from gmt_model.atomic import replace_dir, write_text_atomic
-from gmt_model.paths import ENV_HOME, HOME_DIRNAME
+from gmt_model.atomic import copy_tree, replace_dir, write_text_atomic
+from gmt_model.data import columnar as C
+from gmt_model.paths import ENV_HOME
+from gmt_model.paths import data_root as _library_data_root
 
 __all__ = [
+    "AREAS",
     "DATASETS",
     "ENV_HOME",
     "MANIFEST",
@@ -50,6 +54,7 @@ __all__ = [
     "DataStore",
     "data_root",
     "repo_root",
+    "repo_path",
     "write_json_atomic",
     "read_json",
     "copy_tree",
@@ -58,6 +63,11 @@ __all__ = [
 #: datasets the pipeline knows (one asset group and one job each)
 DATASETS: tuple[str, ...] = ("demo", "mt_bench", "chatbot_arena", "gsm8k", "mmlu")
 MANIFEST = "manifest.json"
+#: area -> the asset that commits it (named in "materialize ... first" errors)
+AREAS: dict[str, str] = {"downloads": "raw_data", "raw": "raw_data", "interactions": "interactions",
+                         "embedding_shards": "embedding_shards", "embeddings": "text_embeddings",
+                         "graph": "graph_parquet", "training": "trained_model", "models": "trained_model",
+                         "evaluation": "test_evaluation", "routers": "published_router"}
 
 
 def repo_root() -> Path:
@@ -74,13 +84,22 @@ REPO_ROOT = repo_root()
 
 
 def data_root(home: str | os.PathLike[str] | None = None) -> Path:
-    """``home``, else ``$GMTROUTER_HOME``, else ``<repo>/.gmtrouter`` (absolute)."""
-    if home:
-        return Path(home).expanduser().resolve()
-    env = os.environ.get(ENV_HOME)
-    if env:
-        return Path(env).expanduser().resolve()
-    return (REPO_ROOT / HOME_DIRNAME).resolve()
+    """The pipeline's data root: ``gmt_model.paths.data_root`` with the repository as its base
+    (``home``, else ``$GMTROUTER_HOME``, else ``<repo>/.gmtrouter``)."""
+    return _library_data_root(home, base=REPO_ROOT)
+
+
+def repo_path(value: str | os.PathLike[str] | None) -> str | None:
+    """A path from a run config or a pipeline setting: a relative one is read from the repository root
+    (not the working directory), so a run config works from any folder; absolute paths, ``~`` paths and
+    URLs (``scheme://...``) are kept as they are."""
+    if value is None or value == "":
+        return None if value is None else ""
+    text = os.fspath(value)
+    if "://" in text:
+        return text
+    p = Path(text).expanduser()
+    return str(p if p.is_absolute() else (REPO_ROOT / p).resolve())
 
 
 class ManifestMissingError(FileNotFoundError):
@@ -113,100 +132,89 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         raise ValueError(f"{p}: invalid JSON at line {exc.lineno}: {exc.msg}") from exc
 
 
-def copy_tree(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
-    """Copy folder ``src`` to ``dst`` (which must not exist), files fsynced."""
-    src_p, dst_p = Path(src), Path(dst)
-    if not src_p.is_dir():
-        raise FileNotFoundError(f"{src_p}: folder to copy does not exist")
-    shutil.copytree(src_p, dst_p, symlinks=False)
-    for dirpath, _dirs, files in os.walk(dst_p):
-        for name in files:
-            with open(Path(dirpath) / name, "rb+") as fh:
-                os.fsync(fh.fileno())
-    return dst_p
-
-
 class DataStore:
-    """Paths and atomic commits under one data root."""
+    """One dataset's folders under the data root: paths, manifests and atomic commits.
 
-    AREAS = ("downloads", "raw", "interactions", "embeddings", "graph", "training", "models", "evaluation",
-             "routers")
+    ``DataStore("demo")`` uses the default root (:func:`data_root`); ``DataStore("demo", home)`` another.
+    """
 
-    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
-        self.root = data_root(root)
-
-    def __repr__(self) -> str:
-        return f"DataStore({str(self.root)!r})"
-
-    # ------------------------------------------------------------------ paths
-    def area(self, area: str, dataset: str) -> Path:
-        """The committed folder of ``area`` for ``dataset`` (may not exist yet)."""
-        if area not in self.AREAS:
-            raise ValueError(f"unknown area {area!r}; expected one of {self.AREAS}")
+    def __init__(self, dataset: str, home: str | os.PathLike[str] | None = None) -> None:
         if dataset not in DATASETS:
             raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
-        return self.root / area / dataset
+        self.dataset = dataset
+        self.root = data_root(home)
 
-    def downloads(self, dataset: str) -> Path:
-        """Persistent download folder of ``dataset`` (partial downloads resume from here)."""
-        p = self.area("downloads", dataset)
+    def __repr__(self) -> str:
+        return f"DataStore({self.dataset!r}, {str(self.root)!r})"
+
+    # ------------------------------------------------------------------ paths
+    def area(self, area: str) -> Path:
+        """The committed folder of ``area`` (may not exist yet); ``routers`` is ``routers/<dataset>/current``."""
+        if area not in AREAS:
+            raise ValueError(f"unknown area {area!r}; expected one of {tuple(AREAS)}")
+        if area == "routers":
+            return self.root / area / self.dataset / "current"
+        return self.root / area / self.dataset
+
+    def downloads(self) -> Path:
+        """Persistent download folder (partial downloads resume from here); created."""
+        p = self.area("downloads")
         p.mkdir(parents=True, exist_ok=True)
         return p
 
-    def training_dir(self, dataset: str, run_key: str) -> Path:
+    def training_dir(self, run_key: str) -> Path:
         """Work folder of one training run (resumed when the same run key trains again)."""
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in run_key) or "run"
-        return self.area("training", dataset) / safe
+        return self.area("training") / safe
 
-    def router_dir(self, dataset: str) -> Path:
+    def router_dir(self) -> Path:
         """The stable local path of the published (champion) router checkpoint."""
-        return self.area("routers", dataset) / "current"
-
-    @property
-    def cache_dir(self) -> Path:
-        """Default embedding cache folder."""
-        return self.root / "cache" / "encoder"
+        return self.area("routers")
 
     # -------------------------------------------------------------- manifests
-    def manifest_path(self, area: str, dataset: str) -> Path:
-        """Where the manifest of ``area`` / ``dataset`` lives."""
-        if area == "routers":
-            return self.router_dir(dataset) / MANIFEST
-        return self.area(area, dataset) / MANIFEST
+    def manifest_path(self, area: str) -> Path:
+        """Where the manifest of ``area`` lives."""
+        return self.area(area) / MANIFEST
 
-    def read_manifest(self, area: str, dataset: str, *, asset: str | None = None) -> dict[str, Any]:
+    def has(self, area: str) -> bool:
+        """Whether ``area`` has been committed (its manifest exists)."""
+        return self.manifest_path(area).is_file()
+
+    def read_manifest(self, area: str) -> dict[str, Any]:
         """The committed manifest; ``ManifestMissingError`` says which asset to materialize first."""
-        p = self.manifest_path(area, dataset)
+        p = self.manifest_path(area)
         if not p.is_file():
-            what = asset or area
             raise ManifestMissingError(
-                f"{p} does not exist: materialize {dataset}/{what} first "
-                f"(e.g. `dagster job execute -j train_{dataset}`), or check {ENV_HOME}={self.root}")
+                f"{p} does not exist: materialize {self.dataset}/{AREAS[area]} first "
+                f"(e.g. `dagster job execute -j train_{self.dataset}`), or check {ENV_HOME}={self.root}")
         doc = read_json(p)
         if not isinstance(doc, dict):
             raise ValueError(f"{p}: expected a JSON object")
         return doc
 
-    def resolve(self, area: str, dataset: str, rel_or_abs: str) -> Path:
+    def verify(self, area: str) -> dict[str, Any]:
+        """The committed manifest of ``area``, after checking every file it lists (size and sha256)."""
+        m = self.read_manifest(area)
+        C.verify_files(self.area(area), m.get("files") or {}, manifest=self.manifest_path(area))
+        return m
+
+    def resolve(self, area: str, rel_or_abs: str) -> Path:
         """A path stored in a manifest: relative ones are inside the committed folder."""
         p = Path(rel_or_abs)
-        if p.is_absolute():
-            return p
-        base = self.router_dir(dataset) if area == "routers" else self.area(area, dataset)
-        return base / p
+        return p if p.is_absolute() else self.area(area) / p
 
     # ----------------------------------------------------------------- commit
     @contextmanager
-    def staging(self, area: str, dataset: str) -> Iterator[Path]:
+    def staging(self, area: str) -> Iterator[Path]:
         """A fresh hidden folder next to the target; removed unless committed.
 
         Use with :meth:`commit`::
 
-            with store.staging("interactions", ds) as tmp:
+            with store.staging("interactions") as tmp:
                 ... write into tmp ...
-                store.commit(tmp, "interactions", ds, manifest)
+                store.commit(tmp, "interactions", manifest)
         """
-        target = self.router_dir(dataset) if area == "routers" else self.area(area, dataset)
+        target = self.area(area)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.parent / f".{target.name}.staging-{uuid.uuid4().hex[:12]}"
         tmp.mkdir()
@@ -216,17 +224,27 @@ class DataStore:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
 
-    def commit(self, staged: Path, area: str, dataset: str, manifest: Mapping[str, Any]) -> Path:
+    def commit(self, staged: Path, area: str, manifest: Mapping[str, Any]) -> Path:
         """Write ``manifest`` into ``staged``, then swap ``staged`` into place atomically."""
-        target = self.router_dir(dataset) if area == "routers" else self.area(area, dataset)
-        doc = dict(manifest)
-        doc.setdefault("dataset", dataset)
-        doc.setdefault("area", area)
-        doc.setdefault("committed_at", time.time())
-        write_json_atomic(staged / MANIFEST, doc)
+        target = self.area(area)
+        write_json_atomic(staged / MANIFEST, self._stamp(area, manifest))
         os.chmod(staged, 0o755)
         replace_dir(staged, target)
         return target
+
+    def commit_copy(self, src: str | os.PathLike[str], area: str, manifest: Mapping[str, Any]) -> Path:
+        """Copy folder ``src`` into ``area`` with ``manifest``, atomically (``gmt_model.atomic.copy_dir_atomic``)."""
+        from gmt_model.atomic import copy_dir_atomic
+
+        doc = self._stamp(area, manifest)
+        return copy_dir_atomic(src, self.area(area), prepare=lambda tmp: write_json_atomic(tmp / MANIFEST, doc))
+
+    def _stamp(self, area: str, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        doc = dict(manifest)
+        doc.setdefault("dataset", self.dataset)
+        doc.setdefault("area", area)
+        doc.setdefault("committed_at", time.time())
+        return doc
 
     def relative(self, staged: Path, path: str | os.PathLike[str]) -> str:
         """``path`` relative to ``staged`` when inside it (it moves with the commit), else absolute."""

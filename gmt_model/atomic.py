@@ -1,5 +1,8 @@
 """Atomic writes, the one implementation: build in a temporary sibling, then rename over the target.
 
+Also the file helpers every layer shares: :func:`file_sha256` (the one file digest) and
+:func:`copy_dir_atomic` (the one routine that copies a folder into place).
+
 Readers see the old file (or folder) or the new one, never half of one; on an
 error the target is untouched and no temporary file remains.  Files are
 fsynced before the rename unless ``fsync=False``.  A new file gets the mode
@@ -9,6 +12,7 @@ keeps its mode.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -19,7 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 __all__ = ["atomic_file", "atomic_path", "write_text_atomic", "write_lines_atomic", "copy_file_atomic",
-           "replace_dir"]
+           "replace_dir", "copy_tree", "copy_dir_atomic", "file_sha256"]
 
 
 def _umask() -> int:
@@ -130,3 +134,44 @@ def replace_dir(new: str | os.PathLike[str], target: str | os.PathLike[str]) -> 
         shutil.rmtree(old, ignore_errors=True)
     else:
         old.unlink(missing_ok=True)
+
+
+def copy_tree(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
+    """Copy folder ``src`` to ``dst`` (which must not exist; no symlinks followed), every file fsynced."""
+    src_p, dst_p = Path(src), Path(dst)
+    if not src_p.is_dir():
+        raise FileNotFoundError(f"{src_p}: folder to copy does not exist")
+    shutil.copytree(src_p, dst_p, symlinks=False)
+    for dirpath, _dirs, files in os.walk(dst_p):
+        for name in files:
+            _fsync_file(Path(dirpath) / name)
+    return dst_p
+
+
+def copy_dir_atomic(src: str | os.PathLike[str], target: str | os.PathLike[str], *,
+                    prepare: Any = None) -> Path:
+    """Copy folder ``src`` into place at ``target``: a fsynced copy in a hidden sibling, ``prepare(tmp)``
+    (may add files, e.g. a manifest, or raise), then :func:`replace_dir`.  On any error ``target`` is
+    untouched and the copy is removed."""
+    target_p = Path(target)
+    target_p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target_p.with_name(f".{target_p.name}.copy-{uuid.uuid4().hex[:12]}")
+    try:
+        copy_tree(src, tmp)
+        if prepare is not None:
+            prepare(tmp)
+        os.chmod(tmp, 0o755)
+        replace_dir(tmp, target_p)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target_p
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (the one file digest of the project)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -18,7 +18,7 @@ import os
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["ENV_HOME", "HOME_DIRNAME", "default_home", "package_config", "config_path"]
+__all__ = ["ENV_HOME", "HOME_DIRNAME", "data_root", "default_home", "package_config", "config_path"]
 
 #: environment variable naming the data home
 ENV_HOME = "GMTROUTER_HOME"
@@ -27,12 +27,26 @@ HOME_DIRNAME = ".gmtrouter"
 _CONFIGS = "configs"
 
 
-def default_home() -> Path:
-    """``$GMTROUTER_HOME`` if set, else ``./.gmtrouter`` in the working directory (absolute)."""
+def data_root(home: str | os.PathLike[str] | None = None, *, base: str | os.PathLike[str] | None = None) -> Path:
+    """The data home, absolute: ``home`` when given, else ``$GMTROUTER_HOME``, else ``.gmtrouter`` in
+    ``base`` (default: the working directory).
+
+    The one resolver of the project: the CLI, the server and the registry call it with no ``base``; the
+    pipeline (a folder of the repository, never installed) passes the repository as ``base``, so a run
+    started from any folder writes to ``<repo>/.gmtrouter``, the same folder as a CLI run from the
+    repository root.
+    """
+    if home:
+        return Path(home).expanduser().resolve()
     env = os.environ.get(ENV_HOME)
     if env:
         return Path(env).expanduser().resolve()
-    return (Path.cwd() / HOME_DIRNAME).resolve()
+    return (Path(base) if base is not None else Path.cwd()).joinpath(HOME_DIRNAME).resolve()
+
+
+def default_home() -> Path:
+    """``data_root()``: ``$GMTROUTER_HOME`` if set, else ``./.gmtrouter`` in the working directory."""
+    return data_root()
 
 
 def package_config(name: str | os.PathLike[str]) -> Path:

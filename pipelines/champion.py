@@ -11,19 +11,17 @@ Uses ``MLFLOW_TRACKING_URI`` (``--tracking-uri`` overrides; the activated venv a
 /admin/reload``) switch to the new champion by themselves; ``--update-local`` also
 replaces the pipeline's local copy ``<data root>/routers/<dataset>/current`` that
 ``gmtrouter serve --config`` loads.  Every change is tagged on the version
-(``champion_set_by``, ``champion_set_at``).
+(``champion_set_by``, ``champion_set_at``).  The champion logic itself is ``assets.champion``; this is
+its command line.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 from typing import Any
 
-__all__ = ["main", "previous_champion", "set_champion"]
-
-CHAMPION = "champion"
+__all__ = ["main"]
 
 
 def _client(tracking_uri: str | None) -> Any:
@@ -35,73 +33,28 @@ def _client(tracking_uri: str | None) -> Any:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def _versions(client: Any, name: str) -> list[Any]:
-    return sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
-
-
-def _champion(client: Any, name: str) -> str | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return str(client.get_model_version_by_alias(name, CHAMPION).version)
-    except MlflowException:
-        return None
-
-
-def previous_champion(client: Any, name: str) -> str:
-    """The newest version below the current champion that passed its gate (tag ``promoted=true``)."""
-    current = _champion(client, name)
-    if current is None:
-        raise ValueError(f"{name} has no champion to roll back")
-    older = [v for v in _versions(client, name)
-             if int(v.version) < int(current) and (v.tags or {}).get("promoted") == "true"]
-    if not older:
-        raise ValueError(f"{name}: no promoted version older than the champion v{current} to roll back to")
-    return str(older[-1].version)
-
-
-def set_champion(client: Any, name: str, version: str, *, reason: str) -> str | None:
-    """Point ``champion`` at ``version``; returns the previous champion version."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.get_model_version(name, version)
-    except MlflowException:
-        raise ValueError(f"{name} has no version {version}") from None
-    before = _champion(client, name)
-    client.set_registered_model_alias(name, CHAMPION, version)
-    client.set_model_version_tag(name, version, "champion_set_by", reason)
-    client.set_model_version_tag(name, version, "champion_set_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    return before
-
-
 def _update_local(dataset: str, name: str, version: str, tracking_uri: str | None) -> str:
-    from assets.storage import DataStore, copy_tree, data_root
+    from assets.champion import CHAMPION, update_local_router
+    from assets.storage import DataStore
     from gmt_model.serving.registry import default_tracking_uri, download_checkpoint
 
-    uri = tracking_uri or default_tracking_uri()
-    ckpt = download_checkpoint(f"models:/{name}/{version}", uri)
-    store = DataStore(data_root())
-    with store.staging("routers", dataset) as tmp:
-        import shutil
-
-        shutil.rmtree(tmp)
-        copy_tree(ckpt, tmp)
-        path = store.commit(tmp, "routers", dataset, {
-            "registered_model": name, "version": version, "model_uri": f"models:/{name}/{version}",
-            "alias": CHAMPION, "set_by": "pipelines.champion"})
-    return str(path)
+    ckpt = download_checkpoint(f"models:/{name}/{version}", tracking_uri or default_tracking_uri())
+    return str(update_local_router(DataStore(dataset), ckpt, {
+        "registered_model": name, "version": version, "model_uri": f"models:/{name}/{version}",
+        "alias": CHAMPION, "set_by": "pipelines.champion"}))
 
 
 def _show(client: Any, name: str) -> None:
-    versions = _versions(client, name)
-    if not versions:
+    from assets.champion import versions
+
+    found = versions(client, name)
+    if not found:
         raise ValueError(f"no registered model {name}")
     aliases: dict[str, list[str]] = {}
     for alias, version in (client.get_registered_model(name).aliases or {}).items():
         aliases.setdefault(str(version), []).append(alias)
     print(f"{name}:")
-    for v in versions:
+    for v in found:
         t = v.tags or {}
         print(f"  v{v.version:<4} {','.join(aliases.get(str(v.version), [])) or '-':<22} "
               f"test_auc={t.get('test_auc', '?')[:6]:<7} promoted={t.get('promoted', '?'):<5} "
@@ -124,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from mlflow.exceptions import MlflowException
 
+    from assets.champion import previous_champion, set_champion
     from gmt_model.serving.registry import RegistryError, registered_model_name
 
     try:

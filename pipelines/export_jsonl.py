@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     from assets.storage import DataStore
 
     try:
-        paths = export_jsonl(args.dataset, DataStore(args.home), args.out_dir)
+        paths = export_jsonl(DataStore(args.dataset, args.home), args.out_dir)
     except (OSError, ValueError) as exc:  # ManifestError, FormatError, a missing manifest: one line
         print(f"error: {exc}", file=sys.stderr)
         return 2

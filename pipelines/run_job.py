@@ -110,12 +110,19 @@ def main(argv: list[str] | None = None) -> int:
     with instance:
         try:
             result = defs.resolve_job_def(args.job).execute_in_process(run_config=run_config, instance=instance,
-                                                                       raise_on_error=False)
+                                                                       raise_on_error=False, tags=_tags(args.config))
         except Exception as exc:  # noqa: BLE001 - storage lost during the run, invalid run config, ...
             print(f"error: {args.job} could not run: {_one_line(exc)}", file=sys.stderr)
             return 2
         _summary(result, home)
     return 0 if result.success else 1
+
+
+def _tags(config_files: list[str]) -> dict[str, str]:
+    """Run tags naming the run config files (errors about a setting name the file that set it)."""
+    from assets.data_assets import RUN_CONFIG_TAG
+
+    return {RUN_CONFIG_TAG: ", ".join(str(Path(p).resolve()) for p in config_files)} if config_files else {}
 
 
 def _run_partition(job: str, run_config: dict[str, Any], key: str) -> tuple[str, str, bool, list[str]]:
@@ -215,6 +222,8 @@ def _summary(result: Any, dagster_home: Path) -> None:
         if key.endswith("published_router"):
             print(f"\n{key}: {md['registered_model'].value} v{md['version'].value}, promoted={md['promoted'].value}, "
                   f"champion={md['champion_uri'].value}, local copy={md['local_router'].value}")
+            if "result" in md:  # the gate's decision: "promoted: ..." or "not promoted: <reason>; ..."
+                print(f"  {md['result'].value}")
     step_failed = False
     for ev in result.all_events:
         if ev.event_type_value == "STEP_FAILURE":
@@ -229,8 +238,17 @@ def _summary(result: Any, dagster_home: Path) -> None:
                 break
     print("\nwhere to look:")
     print(f"  data:    {PathsResource().root()}")
-    print(f"  Dagster: DAGSTER_HOME={dagster_home} dagster-webserver -w workspace.yaml -h 127.0.0.1 -p 3000")
-    print(f"  MLflow:  mlflow ui --backend-store-uri {MLflowResource().resolved_tracking_uri()} -p 5000")
+    print(f"  Dagster: DAGSTER_HOME={dagster_home} {_bin('dagster-webserver')} -w workspace.yaml -h 127.0.0.1 -p 3000")
+    print(f"  MLflow:  {_bin('mlflow')} ui --backend-store-uri {MLflowResource().resolved_tracking_uri()} -p 5000")
+
+
+def _bin(name: str) -> str:
+    """The venv's command ``name`` as a new shell can type it (``.venv/bin/mlflow`` from the repository root)."""
+    path = Path(sys.executable).parent / name
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-model", action="store_true")
     args = ap.parse_args(argv)
 
-    from assets import data_steps, steps
+    from assets import data_steps
     from assets.storage import DataStore
     from gmt_model.data.columnar import graph_from_columnar
     from gmt_model.data.embeddings import EmbeddingStore, write_store
@@ -72,12 +72,12 @@ def main(argv: list[str] | None = None) -> int:
 
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        store = DataStore(Path(tmp) / "data")
+        store = DataStore("mt_bench", Path(tmp) / "data")
         enc = get_encoder(None)
-        steps.materialize_raw("mt_bench", store, overrides={"kind": "mt_bench_split", "url": str(args.mt_bench)})
-        data_steps.materialize_interactions("mt_bench", store, enc)
-        data_steps.materialize_text_embeddings("mt_bench", store, enc)
-        p32 = store.area("embeddings", "mt_bench") / data_steps.STORE_FILE
+        data_steps.materialize_raw(store, overrides={"kind": "mt_bench_split", "url": str(args.mt_bench)})
+        data_steps.materialize_interactions(store, enc)
+        data_steps.materialize_text_embeddings(store, enc)
+        p32 = store.area("embeddings") / data_steps.STORE_FILE
         s32 = EmbeddingStore.open(p32)
         p16 = Path(tmp) / "fp16.parquet"
         s16 = write_store(p16, s32.hashes, s32.matrix, encoder=s32.encoder, dtype="float16")
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             from gmt_model.evaluation.report import evaluate
             from gmt_model.method.training import train
 
-            folder = store.area("interactions", "mt_bench")
+            folder = store.area("interactions")
             g32 = graph_from_columnar(folder, s32, relations="full")
             g16 = graph_from_columnar(folder, s16, relations="full")
             tc = load_train_config(REPO / "configs" / "model_config_train" / "gmtrouter.yaml",

@@ -83,3 +83,42 @@ def test_replace_dir_swaps_and_puts_the_old_folder_back_on_failure(tmp_path, mon
         replace_dir(new, target)
     monkeypatch.setattr(os, "replace", real)
     assert (target / "f").read_text() == "new" and _leftovers(tmp_path) == []
+
+
+def test_copy_dir_atomic_puts_a_complete_copy_in_place_or_nothing(tmp_path):
+    from gmt_model.atomic import copy_dir_atomic
+
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.bin").write_bytes(b"a" * 10)
+    (src / "sub" / "b.txt").write_text("b")
+    target = tmp_path / "out" / "current"
+    copy_dir_atomic(src, target, prepare=lambda tmp: (tmp / "manifest.json").write_text("{}"))
+    assert sorted(p.relative_to(target).as_posix() for p in target.rglob("*")) == [
+        "a.bin", "manifest.json", "sub", "sub/b.txt"]
+    # a failing prepare (or copy) leaves the old folder exactly as it was, and no temporary folder
+    (src / "a.bin").write_bytes(b"changed")
+
+    def refuse(tmp):
+        raise RuntimeError("refused")
+
+    with pytest.raises(RuntimeError, match="refused"):
+        copy_dir_atomic(src, target, prepare=refuse)
+    assert (target / "a.bin").read_bytes() == b"a" * 10 and (target / "manifest.json").is_file()
+    assert _leftovers(target.parent) == []
+    copy_dir_atomic(src, target)
+    assert (target / "a.bin").read_bytes() == b"changed" and not (target / "manifest.json").exists()
+
+
+def test_one_file_digest_for_the_whole_project(tmp_path):
+    """The library's four file-sha256 helpers are one function (gmt_model.atomic.file_sha256)."""
+    import hashlib
+
+    from gmt_model.atomic import file_sha256
+    from gmt_model.data import columnar, encoder, sources
+    from gmt_model.method import checkpoint
+
+    p = tmp_path / "f"
+    p.write_bytes(os.urandom(3 << 20))
+    assert file_sha256(p) == hashlib.sha256(p.read_bytes()).hexdigest()
+    assert columnar.file_sha256 is sources.sha256_file is checkpoint.file_sha256 is encoder._file_sha256 is file_sha256

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import filecmp
 import importlib
+import re
 from pathlib import Path
 
 import pytest
@@ -239,3 +240,26 @@ def test_data_home_is_the_environment_or_the_working_directory(tmp_path, monkeyp
     assert default_home() == (tmp_path / ".gmtrouter").resolve()
     monkeypatch.setenv(ENV_HOME, str(tmp_path / "h"))
     assert default_home() == (tmp_path / "h").resolve()
+
+
+def test_one_data_root_resolver(tmp_path, monkeypatch):
+    """gmt_model.paths.data_root is the only reader of $GMTROUTER_HOME; the pipeline passes the repository
+    as its base, the CLI the working directory, and both honour the environment and an explicit home."""
+    from assets.storage import REPO_ROOT, data_root as pipeline_root
+    from gmt_model.paths import ENV_HOME, data_root
+
+    offenders = []
+    for pkg in PACKAGES:
+        for f in sorted((REPO / pkg).rglob("*.py")):
+            text = f.read_text(encoding="utf-8")
+            if f.relative_to(REPO).as_posix() != "gmt_model/paths.py" and re.search(
+                    r"environ(\.get\(|\[)\s*(ENV_HOME|[\"']GMTROUTER_HOME[\"'])", text):
+                offenders.append(str(f.relative_to(REPO)))
+    assert offenders == []
+    monkeypatch.delenv(ENV_HOME, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert data_root() == (tmp_path / ".gmtrouter").resolve()
+    assert pipeline_root() == (REPO_ROOT / ".gmtrouter").resolve()
+    monkeypatch.setenv(ENV_HOME, str(tmp_path / "h"))
+    assert data_root() == pipeline_root() == (tmp_path / "h").resolve()
+    assert data_root(tmp_path / "x") == pipeline_root(tmp_path / "x") == (tmp_path / "x").resolve()

@@ -32,7 +32,6 @@ Pure library: numpy + pyarrow, never Dagster.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -44,6 +43,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from gmt_model.atomic import file_sha256
 from gmt_model.method import schema as S
 from gmt_model.data.jsonl import FormatError, Record, Turn, iter_groups, write_jsonl
 from gmt_model.data.embeddings import (
@@ -124,15 +124,6 @@ def llm_text_for_embedding(name: str) -> str:
 # --------------------------------------------------------------------------
 # manifest integrity
 # --------------------------------------------------------------------------
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def file_entries(folder: str | os.PathLike[str], names: Iterable[str]) -> dict[str, dict[str, Any]]:
     """``{name: {"bytes", "sha256"}}`` of files in ``folder`` (the manifest's ``files`` section)."""
     d = Path(folder)

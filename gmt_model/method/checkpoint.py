@@ -16,7 +16,6 @@ model from its config and checks every weight's name and shape.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -29,7 +28,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from gmt_model.atomic import atomic_file, replace_dir
+from gmt_model.atomic import atomic_file, file_sha256, replace_dir
 from gmt_model.method.model import GMTModel, ModelConfig
 
 __all__ = ["Checkpoint", "History", "CheckpointError", "save_checkpoint", "load_checkpoint", "file_sha256", "update_meta"]
@@ -147,14 +146,6 @@ class Checkpoint:
     @property
     def config(self) -> ModelConfig:
         return self.model.cfg
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_checkpoint(directory: str | Path, model: GMTModel, *, users: list[str], llms: list[str],
