@@ -604,9 +604,12 @@ def _set_input_stats(model: GMTModel, g: GraphTables) -> None:
     if not model.cfg.normalize_inputs:
         return
     w = np.bincount(g.query_row[train], minlength=g.num_texts).astype(np.float64)
-    x = np.asarray(g.text_emb, dtype=np.float64)
-    mean = (w @ x) / w.sum()
-    var = (w @ ((x - mean) ** 2)).sum() / (w.sum() * g.dim)
+    # two passes over the text table in row chunks (a float64 copy of millions of texts would not fit)
+    step = 1 << 16
+    chunks = range(0, g.num_texts, step)
+    mean = sum(w[i:i + step] @ np.asarray(g.text_emb[i:i + step], dtype=np.float64) for i in chunks) / w.sum()
+    var = sum(w[i:i + step] @ ((np.asarray(g.text_emb[i:i + step], dtype=np.float64) - mean) ** 2)
+              for i in chunks).sum() / (w.sum() * g.dim)
     gnn = model.gnn
     with torch.no_grad():
         gnn.query_mean.copy_(torch.from_numpy(mean.astype(np.float32)))
