@@ -592,13 +592,17 @@ def _store_cold_calibration(best_dir: Path, g: GraphTables, dev: torch.device,
     update_meta(best_dir, {"cold_calibration": cold_calibration(ck.model, g, dev, batch_users=batch_users).to_dict()})
 
 
+#: up to this many (training interaction x width) cells the input statistics are computed on the rows
+_EXACT_STATS_CELLS = 20_000_000
+
+
 def _set_input_stats(model: GMTModel, g: GraphTables) -> None:
     """The input normalisation from the training interactions' query embeddings
     (each text weighted by its number of training interactions) and the LLM
     embeddings.  Small graphs take the exact per-interaction path (bit-for-bit as
     before deduplication); large ones never materialise the (N, d) matrix."""
     train = np.flatnonzero(g.split_mask(S.SPLIT_TRAIN))
-    if train.size * g.dim <= 20_000_000:
+    if train.size * g.dim <= _EXACT_STATS_CELLS:
         model.gnn.set_input_stats(as_tensor(g.query_vecs(train)), as_tensor(g.llm_emb))
         return
     if not model.cfg.normalize_inputs:
