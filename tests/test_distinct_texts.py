@@ -168,3 +168,20 @@ def test_input_stats_without_the_rows_equal_the_exact_ones(monkeypatch):
         a, b = getattr(exact.gnn, name), getattr(chunked.gnn, name)
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-5), name
     assert float(exact.gnn.query_scale) != 1.0
+
+
+def test_router_benchmark_stream_has_the_share_and_continues_into_the_routed_queries():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_router_scale.py"
+    spec = importlib.util.spec_from_file_location("benchmark_router_scale", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    texts, rows = mod.query_stream(6000, 0.7, 0)
+    assert abs(_new_share(rows) - 0.7) < 0.03 and len(set(texts)) == len(texts) == rows.max() + 1
+    assert _new_share(rows[5000:]) < 1.0  # the routed tail repeats earlier queries too
+    v = mod.HashVecEncoder(16).encode([texts[0], texts[0], texts[1]])
+    assert np.array_equal(v[0], v[1]) and not np.array_equal(v[0], v[2]) and abs(np.linalg.norm(v[0]) - 1) < 1e-6
+    old_texts, old_rows = mod.query_stream(100, None, 40)
+    assert len(old_texts) == 40 and old_rows.max() < 40
