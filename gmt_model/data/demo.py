@@ -1413,18 +1413,20 @@ class HashedEncoder:
 
         find = re.compile(r"[a-z0-9']+").findall
         cache, slot = self._cache, self._slot
-        cells: list[int] = []
-        signs: list[float] = []
+        toks: list[str] = []
+        counts = np.zeros(len(texts), np.int64)
         for i, text in enumerate(texts):
             words = find(text.lower())
-            base = i * self.dim
-            for tok in words + [f"{a} {b}" for a, b in zip(words, words[1:])]:
-                j, sign = cache.get(tok) or slot(tok)
-                cells.append(base + j)
-                signs.append(sign)
+            toks += words
+            toks += [f"{a} {b}" for a, b in zip(words, words[1:])]
+            counts[i] = 2 * len(words) - 1 if words else 0
+        hits = [cache.get(t) or slot(t) for t in toks]
+        cols = np.fromiter((h[0] for h in hits), np.int64, len(hits))
+        signs = np.fromiter((h[1] for h in hits), np.float64, len(hits))
+        cells = np.repeat(np.arange(len(texts), dtype=np.int64) * self.dim, counts) + cols
         # sums of +-1 are exact in any order, so this equals adding token by token
-        out = np.bincount(np.asarray(cells, dtype=np.int64), weights=np.asarray(signs, dtype=np.float64),
-                          minlength=len(texts) * self.dim).astype(np.float32).reshape(len(texts), self.dim)
+        out = np.bincount(cells, weights=signs, minlength=len(texts) * self.dim).astype(np.float32)
+        out = out.reshape(len(texts), self.dim)
         norm = np.sqrt(np.einsum("ij,ij->i", out, out))
         empty = norm == 0
         out[~empty] /= norm[~empty, None]
