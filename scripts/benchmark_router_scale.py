@@ -2,11 +2,20 @@
 
     .venv/bin/python scripts/benchmark_router_scale.py                          # 100k users, 5M history rows
     .venv/bin/python scripts/benchmark_router_scale.py --users 10000 --rows 200000 --json
+    .venv/bin/python scripts/benchmark_router_scale.py --distinct-texts none --texts 50000   # the old stream
 
 Builds a synthetic checkpoint (an untrained model of the seed config's
-shape: the weights do not change the cost; ``--texts`` distinct query texts,
-users with a skewed number of rated interactions, two LLMs rated per query),
-then, in a fresh process, measures what a serving process pays:
+shape: the weights do not change the cost; users with a skewed number of
+rated interactions, two LLMs rated per query), then, in a fresh process,
+measures what a serving process pays.  The query stream: ``--distinct-texts F``
+(default 0.7) of the queries are new texts, never seen before in the stream,
+the rest repeat earlier ones (popular ones most), as in a real query log;
+the texts are the demo's templates worded like real queries
+(``gmt_model.data.demo.distinct_query_rows``).  The history holds the stream's
+first queries and the routed queries continue it, so they are new with the same
+share.  ``--distinct-texts none``: ``--texts`` synthetic texts drawn uniformly
+(the stream before issue 17).  The checkpoint stores the text table as
+``--text-dtype`` (float16 by default, as training on a float16 graph writes it).
 
 - start-up: ``GMTRouter.from_checkpoint`` (load, integrity check, per-user
   row index, crowd calibration) and the resident memory after it;
@@ -16,8 +25,13 @@ then, in a fresh process, measures what a serving process pays:
 - the resident memory after routing ``--touch`` distinct users, with the LRU
   bounding cached users at ``cache_users``.
 
-Embeddings are random unit vectors (no encoder is loaded: the router gets a
-table encoder).  The last line is one JSON object.
+Embeddings are random unit vectors seeded by the text's hash (no encoder
+model is loaded, and no table of them: the router gets an encoder that
+computes a text's vector from the text in microseconds).  The last line is one
+JSON object: the keys as before, plus ``distinct_texts`` (the share asked for;
+null with ``none``), ``distinct_texts_share_realised`` (new queries / queries
+of the history), ``text_dtype``; ``texts`` is the number of distinct texts of
+the history.
 """
 
 from __future__ import annotations
@@ -49,15 +63,36 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def texts_table(n_texts: int, dim: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
-    rng = np.random.default_rng(seed)
-    emb = rng.normal(size=(n_texts, dim)).astype(np.float32)
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    return [f"synthetic query {i}" for i in range(n_texts)], emb
+def text_vec(text: str, dim: int) -> np.ndarray:
+    """A random unit vector seeded by the text (the same text, the same vector; float32)."""
+    import hashlib
+
+    seed = int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+    v = np.random.default_rng(seed).standard_normal(dim, dtype=np.float32)
+    return v / np.linalg.norm(v)
 
 
-def build(out: Path, users: int, rows: int, n_texts: int, llms: int, dim: int, seed: int) -> dict:
-    """A checkpoint with ``rows`` rated interactions of ``users`` users (pairs of LLMs per query)."""
+def query_stream(n_queries: int, share: float | None, n_texts: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    """``(texts, row of each query)``: texts in order of first appearance.  ``share`` None: ``n_texts``
+    synthetic texts drawn uniformly (the old stream)."""
+    if share is None:
+        rng = np.random.default_rng(seed)
+        return [f"synthetic query {i}" for i in range(n_texts)], rng.integers(n_texts, size=n_queries)
+    from gmt_model.data.demo import DemoSpec, HashedEncoder, demo_columns, distinct_query_rows
+
+    # the demo's template texts (first turns and follow-ups) as the pool the queries are worded from
+    templ = demo_columns(DemoSpec(n_users=200, n_groups_per_user=26.0, seed=seed), HashedEncoder(2))[0]["texts"]
+    rng = np.random.default_rng(seed + 1)
+    base = rng.integers(len(templ), size=(n_queries, 1))
+    table, texts = distinct_query_rows(base, np.ones(n_queries, np.int64), rng.integers(6, size=n_queries), templ,
+                                       share, seed)
+    return texts, table[:, 0]
+
+
+def build(out: Path, users: int, rows: int, n_texts: int, llms: int, dim: int, seed: int, share: float | None,
+          text_dtype: str, n_routed: int) -> dict:
+    """A checkpoint with ``rows`` rated interactions of ``users`` users (pairs of LLMs per query), and the
+    queries to route after it (``routed.json`` beside it: the stream continued)."""
     import torch
 
     from gmt_model.method.checkpoint import History, save_checkpoint
@@ -80,40 +115,51 @@ def build(out: Path, users: int, rows: int, n_texts: int, llms: int, dim: int, s
     swap = rng.random(n_pairs) < 0.5
     rating.reshape(-1, 2)[swap] = rating.reshape(-1, 2)[swap][:, ::-1]
     group = np.repeat(np.arange(n_pairs), 2)
-    query_row = np.repeat(rng.integers(n_texts, size=n_pairs), 2)
-    prev = np.full(user.size, -1, dtype=np.int64)
-    _, text_emb = texts_table(n_texts, dim)
+    # the history's queries in random order of users (a stream interleaves users)
+    texts, q_rows = query_stream(n_pairs + n_routed, share, n_texts, seed)
+    hist_q = q_rows[:n_pairs]
+    order = rng.permutation(n_pairs)  # stream position of each pair
+    n_hist_texts = int(hist_q.max()) + 1 if share is not None else n_texts
+    query_row = np.repeat(hist_q[order], 2)
+    np_dtype = np.float16 if text_dtype == "float16" else np.float32
+    text_emb = np.empty((n_hist_texts, dim), np_dtype)
+    for i in range(n_hist_texts):
+        text_emb[i] = text_vec(texts[i], dim)
+    new = np.r_[True, hist_q[1:] > np.maximum.accumulate(hist_q)[:-1]] if share is not None else None
+    routed = [texts[int(r)] for r in q_rows[n_pairs:]]
+    (out.parent / "routed.json").write_text(json.dumps(routed))
     llm_emb = np.random.default_rng(seed + 1).normal(size=(llms, dim)).astype(np.float32)
-    hist = History(user=user.astype(np.int64), llm=llm.astype(np.int64), rating=rating, prev=prev,
+    hist = History(user=user.astype(np.int64), llm=llm.astype(np.int64), rating=rating, prev=np.full(user.size, -1, np.int64),
                    llm_emb=llm_emb, group=group.astype(np.int64), text_emb=text_emb,
                    query_row=query_row.astype(np.int64))
     model = GMTModel(ModelConfig(embed_dim=dim))
     save_checkpoint(out, model, users=[f"user_{i:07d}" for i in range(users)],
-                    llms=[f"llm_{i}" for i in range(llms)], history=hist, encoder="synthetic-table",
+                    llms=[f"llm_{i}" for i in range(llms)], history=hist, encoder="synthetic-hash",
                     rating_scale=(0.0, 1.0))
-    return {"rows": int(user.size), "users": users, "texts": n_texts, "max_rows_per_user": int(per_user.max()),
-            "build_s": time.perf_counter() - t0}
+    return {"rows": int(user.size), "users": users, "texts": n_hist_texts, "max_rows_per_user": int(per_user.max()),
+            "build_s": time.perf_counter() - t0,
+            "distinct_texts_share_realised": None if new is None else round(float(new.mean()), 4)}
 
 
-class TableEncoder:
-    def __init__(self, texts: list[str], emb: np.ndarray) -> None:
-        self.index = {t: i for i, t in enumerate(texts)}
-        self.emb = emb
-        self.dim = emb.shape[1]
-        self.name = "synthetic-table"
+class HashVecEncoder:
+    """The encoder of the synthetic checkpoint: ``text_vec`` of each text (no model, no table)."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.name = "synthetic-hash"
 
     def encode(self, texts, **_):
-        return self.emb[[self.index[t] for t in texts]]
+        return np.stack([text_vec(t, self.dim) for t in texts]) if len(texts) else np.zeros((0, self.dim), np.float32)
 
 
-def measure(ckpt: Path, n_texts: int, dim: int, touch: int, samples: int, cache_users: int, seed: int) -> dict:
+def measure(ckpt: Path, dim: int, touch: int, samples: int, cache_users: int, seed: int) -> dict:
     import torch
 
     from gmt_model.serving.router import GMTRouter
 
     torch.set_num_threads(1)
-    texts, emb = texts_table(n_texts, dim)
-    enc = TableEncoder(texts, emb)
+    routed = iter(json.loads((ckpt.parent / "routed.json").read_text()))
+    enc = HashVecEncoder(dim)
     base = rss_mb()
     t0 = time.perf_counter()
     router = GMTRouter.from_checkpoint(ckpt, encoder=enc, threads=1, cache_users=cache_users)
@@ -123,8 +169,8 @@ def measure(ckpt: Path, n_texts: int, dim: int, touch: int, samples: int, cache_
     users = router.users
     heavy = max(range(len(users)), key=lambda i: router.history_size(users[i]))
 
-    def q():
-        return texts[int(rng.integers(n_texts))]
+    def q():  # the query stream, continued after the history's
+        return next(routed)
 
     first, again, fb = [], [], []
     pick = rng.choice(len(users), size=min(samples, len(users)), replace=False)
@@ -159,7 +205,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--users", type=int, default=100_000)
     ap.add_argument("--rows", type=int, default=5_000_000)
-    ap.add_argument("--texts", type=int, default=50_000)
+    ap.add_argument("--texts", type=int, default=50_000, help="with --distinct-texts none: distinct texts")
+    ap.add_argument("--distinct-texts", default="0.7", metavar="F",
+                    help="share of queries whose text is new in the stream (default 0.7); 'none': --texts "
+                         "synthetic texts drawn uniformly (the stream before issue 17)")
+    ap.add_argument("--text-dtype", choices=("float16", "float32"), default="float16",
+                    help="the checkpoint's text table (default float16)")
     ap.add_argument("--llms", type=int, default=6)
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--touch", type=int, default=30_000, help="distinct users routed once after the timings")
@@ -173,22 +224,37 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(REPO))
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if args._measure is not None:
-        print(json.dumps(measure(args._measure, args.texts, args.dim, args.touch, args.samples, args.cache_users,
-                                 args.seed)))
+        print(json.dumps(measure(args._measure, args.dim, args.touch, args.samples, args.cache_users, args.seed)))
         return 0
+    share = None
+    if args.distinct_texts != "none":
+        try:
+            share = float(args.distinct_texts)
+        except ValueError:
+            share = -1.0
+        if not 0.0 <= share <= 1.0:
+            ap.error(f"--distinct-texts: expected a share in [0, 1] or 'none', got {args.distinct_texts!r}")
+    n_routed = 4 * args.samples + 1 + args.touch  # per sample: 3 routes and 1 feedback
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         ckpt = Path(tmp) / "ck"
-        info = build(ckpt, args.users, args.rows, args.texts, args.llms, args.dim, args.seed)
+        info = build(ckpt, args.users, args.rows, args.texts, args.llms, args.dim, args.seed, share, args.text_dtype,
+                     n_routed)
         size = sum(p.stat().st_size for p in ckpt.iterdir())
         if not args.json:
             print(f"checkpoint: {info['rows']} rows, {info['users']} users, {size / 2**20:.0f} MiB, "
                   f"built in {info['build_s']:.0f} s; measuring in a fresh process", flush=True)
-        cmd = [sys.executable, __file__, "--_measure", str(ckpt), "--texts", str(args.texts), "--dim", str(args.dim),
+        cmd = [sys.executable, __file__, "--_measure", str(ckpt), "--dim", str(args.dim),
                "--touch", str(args.touch), "--samples", str(args.samples), "--cache-users", str(args.cache_users),
                "--seed", str(args.seed)]
-        res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
-    res.update({"users": info["users"], "rows": info["rows"], "texts": args.texts, "checkpoint_mib": size / 2**20,
-                "max_rows_per_user": info["max_rows_per_user"]})
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode:
+            sys.stderr.write(proc.stderr)
+            raise SystemExit(f"the measuring process failed (exit {proc.returncode})")
+        res = json.loads(proc.stdout.strip().splitlines()[-1])
+    res.update({"users": info["users"], "rows": info["rows"], "texts": info["texts"], "checkpoint_mib": size / 2**20,
+                "max_rows_per_user": info["max_rows_per_user"], "distinct_texts": share,
+                "distinct_texts_share_realised": info["distinct_texts_share_realised"], "text_dtype": args.text_dtype,
+                "build_s": info["build_s"], "load_avg_1m_end": round(os.getloadavg()[0], 2)})
     if not args.json:
         for k, v in res.items():
             print(f"  {k}: {v:.2f}" if isinstance(v, float) else f"  {k}: {v}")

@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/benchmark_scale.py --interactions 100000 --epochs 5 --json
     .venv/bin/python scripts/benchmark_scale.py --interactions 1000000 --epochs 5 --device cpu --json
+    .venv/bin/python scripts/benchmark_scale.py --interactions 1000000 --distinct-texts templates --json  # the old stream
     .venv/bin/python scripts/benchmark_scale.py --interactions 2000 --epochs 2 --json      # smoke
     .venv/bin/python scripts/benchmark_scale.py --mt-bench-compare --epochs 350           # MT-Bench: full vs mini-batch
 
@@ -10,9 +11,16 @@ Steps (each timed):
 1. generation: the demo generator's plan (users, groups, ratings) straight into
    columns (``gmt_model.data.demo.demo_columns``; no JSONL), and every distinct query
    text embedded once with the hashed test encoder ``gmt_model.data.demo.HashedEncoder``
-   (a deterministic hashed bag of words and word pairs, ``--dim`` wide).  Not MiniLM:
-   a million template texts say nothing new to a sentence encoder, and encoding them
-   would take minutes of what is meant to measure the graph and training;
+   (a deterministic hashed bag of words and word pairs, ``--dim`` wide), stored as
+   ``--text-dtype`` (float16 by default).  Not MiniLM: encoding millions of texts
+   would take hours of what is meant to measure the graph and training.
+   ``--distinct-texts F`` (default 0.7): the share of queries whose text is new,
+   never seen before in the stream, as in a real query log (a query is one turn of
+   one comparison group; the K LLMs compared answer it, so K interactions share
+   it); the rest repeat earlier queries of the same topic, popular ones most
+   (``demo.distinct_query_rows``).  ``--distinct-texts templates``: the demo's
+   template texts (3,341 distinct texts at 1M interactions: the stream the
+   figures before issue 17 rest on);
 2. build (``build_s``): the interactions table (``graph.from_columns``: pairs, labels,
    normalised ratings), written to Parquet and read back memory-mapped
    (``read_graph``, which also runs the integrity checks);
@@ -25,6 +33,13 @@ Steps (each timed):
 The demo spec scales the ``large`` preset (5,000 users x 52 groups, ~1M interactions):
 users = N / (52 x 3.85).  The last line printed is one JSON object with ``interactions``,
 ``users``, ``build_s``, ``epoch_ms_median``, ``peak_rss_mb``, ``test_auc`` and more.
+The text keys: ``distinct_texts`` is the number of distinct query texts (its meaning
+since before ``--distinct-texts``, kept so old and new JSON compare key by key);
+``distinct_texts_share`` the share asked for (null: templates);
+``distinct_texts_share_realised`` new queries / queries; ``queries``;
+``distinct_embeddings`` distinct embedding rows (a check that distinct texts are
+distinct vectors; counted by two random projections); ``text_dtype``;
+``text_table_mb`` the text embedding table's size.
 ``peak_rss_mb`` is the process's peak resident memory over all steps (generation included).
 On CUDA the training loop never syncs per step, so the epoch time is the mean over the
 epochs (the losses are read once at the end), not a median.
@@ -49,6 +64,11 @@ INTERACTIONS_PER_GROUP = 3.85  # the demo's mean (k 2.2 records x 1.75 turns)
 GROUPS_PER_USER = 52.0  # the large preset's
 
 
+def cpu_seconds() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
 def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
@@ -71,6 +91,26 @@ def fixed_mmap_threshold(nbytes: int = 1 << 20) -> bool:
         return False
 
 
+def text_stats(cols: dict) -> dict:
+    """Queries (distinct (group, step)), the share of them whose text is new in stream order, distinct
+    embedding rows (two random projections per row, in chunks), the table's size."""
+    import numpy as np
+
+    key = cols["group"].astype(np.int64) * 8 + cols["step"]
+    first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])  # rows are in (group, record, step) order
+    first = first[np.argsort(key[first], kind="stable")]
+    _, one = np.unique(key[first], return_index=True)  # one interaction per query, in stream order
+    rows = cols["query_row"][np.sort(first[one])]
+    # text rows are numbered in order of first appearance: a query is new when its row passes the maximum so far
+    new = int(np.count_nonzero(rows == np.maximum.accumulate(np.r_[-1, rows[:-1]]) + 1)) if rows.size else 0
+    emb = cols["text_emb"]
+    proj = np.random.default_rng(0).normal(size=(emb.shape[1], 2))
+    sig = np.concatenate([np.asarray(emb[i:i + 65536], dtype=np.float64) @ proj for i in range(0, emb.shape[0], 65536)])
+    return {"queries": int(rows.size), "distinct_texts_share_realised": round(new / max(rows.size, 1), 4),
+            "distinct_embeddings": int(np.unique(sig, axis=0).shape[0]),
+            "text_table_mb": round(emb.nbytes / 2**20, 1)}
+
+
 def run(args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
@@ -87,19 +127,23 @@ def run(args: argparse.Namespace) -> dict:
     tuned = fixed_mmap_threshold() if args.fixed_mmap_threshold else False
     n_users = max(4, int(round(args.interactions / (GROUPS_PER_USER * INTERACTIONS_PER_GROUP))))
     spec = DemoSpec(n_users=n_users, n_groups_per_user=GROUPS_PER_USER, seed=args.seed, name="scale")
+    share = None if args.distinct_texts == "templates" else float(args.distinct_texts)
     out: dict = {"requested_interactions": args.interactions, "device": str(dev), "batch_users": args.batch_users,
+                 "distinct_texts_share": share, "text_dtype": args.text_dtype,
                  "dim": args.dim, "epochs": args.epochs, "torch_threads": torch.get_num_threads(),
                  "malloc_mmap_threshold_fixed": tuned,
                  "train_seed": args.train_seed, "load_avg_1m_start": round(os.getloadavg()[0], 2)}
 
-    t0 = time.perf_counter()
-    cols, _ = demo_columns(spec, HashedEncoder(args.dim))
+    t0, c0 = time.perf_counter(), cpu_seconds()
+    cols, _ = demo_columns(spec, HashedEncoder(args.dim), distinct_texts=share, text_dtype=args.text_dtype)
     out["generation_s"] = round(time.perf_counter() - t0, 2)
+    out["generation_cpu_s"] = round(cpu_seconds() - c0, 2)
+    out.update(text_stats(cols))
     out["rss_after_generation_mb"] = peak_rss_mb()
 
     with tempfile.TemporaryDirectory(dir=args.work) as work:
         work = Path(work)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu_seconds()
         g = from_columns(**cols)
         t_tables = time.perf_counter() - t0
         del cols
@@ -110,6 +154,7 @@ def run(args: argparse.Namespace) -> dict:
         g = read_graph(work / "graph")
         t_read = time.perf_counter() - t1
         out["build_s"] = round(time.perf_counter() - t0, 2)
+        out["build_cpu_s"] = round(cpu_seconds() - c0, 2)  # what the build costs whatever else runs
         out["build_parts_s"] = {"tables": round(t_tables, 2), "write_parquet": round(t_write, 2),
                                 "read_graph_mmap": round(t_read, 2)}
         out["graph_mb_on_disk"] = round(sum(p.stat().st_size for p in (work / "graph").iterdir()) / 2**20, 1)
@@ -224,6 +269,18 @@ def run_mt_bench(args: argparse.Namespace) -> dict:
     return out
 
 
+def _share(value: str) -> str:
+    if value == "templates":
+        return value
+    try:
+        f = float(value)
+    except ValueError:
+        f = -1.0
+    if not 0.0 <= f <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a share in [0, 1] or 'templates', got {value!r}")
+    return str(f)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--interactions", type=int, default=None, help="about this many interactions")
@@ -240,6 +297,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default=None, help="cpu, cuda, or auto (default)")
     ap.add_argument("--batch-users", type=int, default=512, help="users per optimiser step (default 512)")
     ap.add_argument("--dim", type=int, default=384, help="width of the hashed test embeddings (default 384)")
+    ap.add_argument("--distinct-texts", default="0.7", type=_share, metavar="F",
+                    help="share of queries whose text is new in the stream (default 0.7); 'templates': the "
+                         "demo's template texts (3,341 at 1M interactions, the stream before issue 17)")
+    ap.add_argument("--text-dtype", choices=("float16", "float32"), default="float16",
+                    help="storage of the text embeddings in the graph (default float16)")
     ap.add_argument("--layers", type=int, default=2, help="HGT layers (default 2, the seed config's)")
     ap.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA only)")
     ap.add_argument("--seed", type=int, default=0, help="demo seed")

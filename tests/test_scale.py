@@ -104,3 +104,7 @@ def test_benchmark_scale_prints_one_json_line(tmp_path):
     assert res["steps_per_epoch"] == 3 and len(res["epoch_ms_all"]) == 2
     assert 0.0 <= res["test_auc"] <= 1.0 and res["peak_rss_mb"] > 0
     assert list(tmp_path.iterdir()) == []  # the temporary graph and checkpoints are gone
+    # real-looking text by default (issue 17): 0.7 of the queries new; `distinct_texts` stays the count
+    assert res["distinct_texts_share"] == 0.7 and abs(res["distinct_texts_share_realised"] - 0.7) < 0.06
+    assert res["text_dtype"] == "float16" and res["distinct_embeddings"] == res["distinct_texts"]
+    assert res["queries"] * 0.6 < res["distinct_texts"] < res["queries"] * 0.8

@@ -98,6 +98,7 @@ __all__ = [
     "HashedEncoder",
     "demo_graph",
     "demo_columns",
+    "distinct_query_rows",
     "main",
 ]
 
@@ -1253,6 +1254,122 @@ def write_demo_dataset(
 # --------------------------------------------------------------------------
 # Columnar generation (no JSONL): scale tests and benchmarks
 # --------------------------------------------------------------------------
+#: wording around a new query (a distinct query is its group's template text with its own combination)
+_PREFIXES: tuple[str, ...] = ("", "Hi! ", "Hello, ", "Quick question: ", "Hey, ", "Please help: ", "Question: ",
+                              "I need some help. ", "Good morning! ", "Hi there, ", "Hey assistant, ",
+                              "Sorry to bother you, ")
+_SUFFIXES: tuple[str, ...] = ("", " Thanks!", " Thank you.", " Please be brief.", " Please explain step by step.",
+                              " Any tips?", " Cheers.", " Much appreciated!", " Please keep it simple.", " Be concise.")
+_CONTEXTS: tuple[str, ...] = (
+    "This is for {w}, and I need it within {n} minutes.",
+    "Context: I'm doing this for {w} with a team of {n} people.",
+    "I've been stuck on this for {n} hours while working on {w}.",
+    "It's part of {w}; the deadline is in {n} days.",
+    "Some background: it's for {w}, about {n} pages so far.",
+    "My manager asked for it as part of {w} (ticket #{n}).",
+    "I asked {n} friends from {w} and got different answers.",
+    "Please assume a budget of {n} dollars for {w}.",
+)
+_CONTEXT_WHAT: tuple[str, ...] = ("a school project", "my job", "a side project", "a hackathon",
+                                  "a client presentation", "my thesis", "a startup pitch", "a volunteer group",
+                                  "a job interview", "my personal blog", "an online course", "a family trip")
+_CONTEXT_NUMBERS = 500  # {n} in 2 .. 501
+_N_CONTEXT = 1 + len(_CONTEXTS) * len(_CONTEXT_WHAT) * _CONTEXT_NUMBERS  # the first: no context sentence
+#: distinct wordings of one template text
+_WORDINGS = len(_PREFIXES) * _N_CONTEXT * len(_SUFFIXES)
+#: coprime with _WORDINGS, near its golden section: x -> x * stride mod _WORDINGS is a bijection that sends
+#: neighbouring x far apart (so consecutive wordings differ in every part)
+_WORDING_STRIDE = next(m for m in range(int(_WORDINGS * 0.6180339887), _WORDINGS) if math.gcd(m, _WORDINGS) == 1)
+
+
+def _worded(base: str, base_id: int, n: int, seed: int) -> str:
+    """The ``n``-th distinct wording of the template text ``base`` (0 <= n < _WORDINGS): distinct n give
+    distinct texts (a bijection onto (prefix, context, suffix), spread so that neighbours differ)."""
+    if not 0 <= n < _WORDINGS:
+        raise ValueError(f"demo: more than {_WORDINGS} new queries of one template text")
+    c = ((n + base_id * 7919 + seed * 104_729) % _WORDINGS) * _WORDING_STRIDE % _WORDINGS
+    c, s = divmod(c, len(_SUFFIXES))
+    p, ctx = divmod(c, _N_CONTEXT)
+    prefix = _PREFIXES[p]
+    if prefix.endswith(", ") and not base.startswith(("I ", "I'")):
+        base = base[:1].lower() + base[1:]
+    if ctx:
+        ctx -= 1
+        ctx, num = divmod(ctx, _CONTEXT_NUMBERS)
+        tpl, what = divmod(ctx, len(_CONTEXT_WHAT))
+        base = f"{base} {_CONTEXTS[tpl].format(w=_CONTEXT_WHAT[what], n=2 + num)}"
+    return prefix + base + _SUFFIXES[s]
+
+
+def distinct_query_rows(q_table: np.ndarray, n_turns: np.ndarray, topic: np.ndarray, template_texts: list[str],
+                        share: float, seed: int) -> tuple[np.ndarray, list[str]]:
+    """A query stream with ``share`` of its queries new (see :func:`demo_columns`).
+
+    ``q_table`` (G, max turns): each group's template text row per turn, groups in
+    stream order; ``n_turns`` and ``topic`` per group.  Returns the new table (rows
+    into the returned texts, numbered in order of first appearance) and the texts.
+    Vectorised but for one string per new query.
+
+    The stream is read in order, query by query (group, then turn).  Each query is
+    new with probability ``share`` (the first of its topic and kind always), and
+    is then its template text in the next unused wording of that text.  Otherwise
+    it repeats one of the earlier new queries of its topic and kind: the i-th of
+    the m so far with i = floor(m u^3), u uniform, so early (popular) queries come
+    back most, as the head of a real query log does.
+    """
+    if not 0.0 <= float(share) <= 1.0:
+        raise ValueError(f"distinct_texts: expected a share in [0, 1], got {share!r}")
+    n_turns = np.asarray(n_turns, dtype=np.int64)
+    pos = np.repeat(np.arange(n_turns.size), n_turns)
+    step = np.arange(pos.size) - np.repeat(np.cumsum(n_turns) - n_turns, n_turns)
+    base = q_table[pos, step]
+    pool = np.asarray(topic, dtype=np.int64)[pos] * 2 + (step > 0)
+    rng = np.random.default_rng([int(seed), 0x5EED7E47])
+    new = rng.random(pos.size) < float(share)
+    u = rng.random(pos.size)
+    new[np.unique(pool, return_index=True)[1]] = True  # nothing to repeat before the first
+    new_row = np.cumsum(new) - 1  # text row of each new query (order of first appearance)
+    row = np.empty(pos.size, np.int64)
+    for k in np.unique(pool):
+        idx = np.flatnonzero(pool == k)
+        nk = new[idx]
+        seen = np.cumsum(nk)  # new queries of the pool so far (this one included)
+        pick = np.where(nk, seen - 1, np.minimum((seen * u[idx] ** 3).astype(np.int64), seen - 1))
+        row[idx] = new_row[idx[nk]][pick]
+    # the wording of each new query: its rank among the new queries of the same template text
+    first = np.flatnonzero(new)
+    b = base[first]
+    by = np.argsort(b, kind="stable")
+    sb = b[by]
+    starts = np.flatnonzero(np.r_[True, sb[1:] != sb[:-1]])
+    rank = np.empty(b.size, np.int64)
+    rank[by] = np.arange(b.size) - np.repeat(starts, np.diff(np.r_[starts, b.size]))
+    texts = [_worded(template_texts[bi], bi, n, seed) for bi, n in zip(b.tolist(), rank.tolist())]
+    out = np.zeros_like(q_table)
+    out[pos, step] = row
+    return out, texts
+
+
+def _encode_table(enc: TextEncoder, texts: Sequence[str], dtype: str = "float32",
+                  chunk: int = 65_536) -> np.ndarray:
+    """(len(texts), d) embeddings of ``dtype`` ("float32" or "float16"), encoded in chunks
+    straight into the table (no float32 copy of the whole table when it is float16)."""
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"text_dtype: expected 'float32' or 'float16', got {dtype!r}")
+    np_dtype = np.float16 if dtype == "float16" else np.float32
+    out: np.ndarray | None = None
+    for s0 in range(0, max(len(texts), 1), chunk):
+        part = np.asarray(enc.encode(list(texts[s0:s0 + chunk])), dtype=np.float32)
+        if part.ndim != 2 or part.shape[0] != len(texts[s0:s0 + chunk]):
+            raise ValueError(f"encoder {enc.name!r} returned an array of shape {part.shape} for "
+                             f"{len(texts[s0:s0 + chunk])} texts")
+        if out is None:
+            out = np.empty((len(texts), part.shape[1]), np_dtype)
+        out[s0:s0 + part.shape[0]] = part
+    assert out is not None
+    return out
+
+
 class HashedEncoder:
     """A deterministic hashed bag-of-words test encoder (no model, no download).
 
@@ -1276,52 +1393,86 @@ class HashedEncoder:
         self.name = f"hashed-bow-{self.dim}"
         self._cache: dict[str, tuple[int, float]] = {}
 
+    #: tokens remembered (a stream of distinct texts has millions of distinct word pairs: past this many
+    #: the rest are hashed each time instead of growing the cache without bound)
+    CACHE_TOKENS = 1_000_000
+
     def _slot(self, token: str) -> tuple[int, float]:
         hit = self._cache.get(token)
         if hit is None:
             import hashlib
 
             h = int.from_bytes(hashlib.blake2b(token.encode("utf-8"), digest_size=8).digest(), "little")
-            hit = self._cache[token] = ((h >> 1) % self.dim, 1.0 if h & 1 else -1.0)
+            hit = ((h >> 1) % self.dim, 1.0 if h & 1 else -1.0)
+            if len(self._cache) < self.CACHE_TOKENS:
+                self._cache[token] = hit
         return hit
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         import re
 
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        find = re.compile(r"[a-z0-9']+").findall
+        cache, slot = self._cache, self._slot
+        toks: list[str] = []
+        counts = np.zeros(len(texts), np.int64)
         for i, text in enumerate(texts):
-            words = re.findall(r"[a-z0-9']+", text.lower())
-            for tok in words + [f"{a} {b}" for a, b in zip(words, words[1:])]:
-                j, sign = self._slot(tok)
-                out[i, j] += sign
-            norm = float(np.linalg.norm(out[i]))
-            if norm > 0:
-                out[i] /= norm
-            else:
-                out[i, 0] = 1.0
+            words = find(text.lower())
+            toks += words
+            toks += [f"{a} {b}" for a, b in zip(words, words[1:])]
+            counts[i] = 2 * len(words) - 1 if words else 0
+        hits = [cache.get(t) or slot(t) for t in toks]
+        cols = np.fromiter((h[0] for h in hits), np.int64, len(hits))
+        signs = np.fromiter((h[1] for h in hits), np.float64, len(hits))
+        cells = np.repeat(np.arange(len(texts), dtype=np.int64) * self.dim, counts) + cols
+        # sums of +-1 are exact in any order, so this equals adding token by token
+        out = np.bincount(cells, weights=signs, minlength=len(texts) * self.dim).astype(np.float32)
+        out = out.reshape(len(texts), self.dim)
+        norm = np.sqrt(np.einsum("ij,ij->i", out, out))
+        empty = norm == 0
+        out[~empty] /= norm[~empty, None]
+        out[empty, 0] = 1.0
         return out
 
 
 def demo_graph(spec_or_size: DemoSpec | str = "tiny", encoder: TextEncoder | None = None, *,
-               seed: int | None = None, relations: str | Sequence = "reference", with_text: bool = False):
+               seed: int | None = None, relations: str | Sequence = "reference", with_text: bool = False,
+               distinct_texts: float | None = None, text_dtype: str = "float32"):
     """The demo dataset straight into a :class:`~gmt_model.method.graph.GraphTables`,
     with no JSONL in between: the same groups, splits, ratings and query
     texts as :func:`write_demo_dataset` (the graph equals ``build_graph`` of
     its files when ``with_text``), built column-wise; every distinct query
     text is embedded once.  ``encoder`` defaults to :class:`HashedEncoder`.
     ``with_text`` also keeps question ids and response texts (slow at scale;
-    training does not read them).  Returns ``(graph, truth)``.
+    training does not read them).  ``distinct_texts`` and ``text_dtype``: see
+    :func:`demo_columns`.  Returns ``(graph, truth)``.
     """
     from gmt_model.method.graph import from_columns
 
-    cols, truth = demo_columns(spec_or_size, encoder, seed=seed, relations=relations, with_text=with_text)
+    cols, truth = demo_columns(spec_or_size, encoder, seed=seed, relations=relations, with_text=with_text,
+                               distinct_texts=distinct_texts, text_dtype=text_dtype)
     return from_columns(**cols), truth
 
 
 def demo_columns(spec_or_size: DemoSpec | str = "tiny", encoder: TextEncoder | None = None, *,
-                 seed: int | None = None, relations: str | Sequence = "reference", with_text: bool = False):
+                 seed: int | None = None, relations: str | Sequence = "reference", with_text: bool = False,
+                 distinct_texts: float | None = None, text_dtype: str = "float32"):
     """The generation half of :func:`demo_graph`: ``(keyword arguments of
-    graph.from_columns, truth)``."""
+    graph.from_columns, truth)``.
+
+    ``distinct_texts``: None keeps the template texts (a bounded set: 3,341
+    distinct texts at 1M interactions).  A share F in [0, 1] makes the stream
+    look like a real query log instead: each *query* (one turn of one
+    comparison group: the K LLMs compared answer the same query, so K
+    interactions share it) is new, never seen before in the stream, with
+    probability F, and otherwise repeats an earlier query of the same topic and
+    kind (first turn or follow-up), popular ones more often (see
+    :func:`distinct_query_rows`).  A new query is its group's template text
+    with its own wording around it (greeting, context sentence with specifics,
+    sign-off), distinct from every other; the first query of each topic and kind
+    is always new, so the realised share is F or a hair above it.
+    ``text_dtype``: ``"float32"`` or ``"float16"``, the storage of the text
+    embeddings (float16 halves the table; the model reads them as float32);
+    they are encoded in chunks straight into that table."""
     spec = _resolve_spec(spec_or_size)
     if seed is not None:
         spec = replace(spec, seed=int(seed))
@@ -1366,7 +1517,9 @@ def demo_columns(spec_or_size: DemoSpec | str = "tiny", encoder: TextEncoder | N
                 r = rows[q] = len(rows)
             q_table[pos, t] = r
     texts = list(rows)
-    text_emb = np.asarray(enc.encode(texts), dtype=np.float32)
+    if distinct_texts is not None:
+        q_table, texts = distinct_query_rows(q_table, n_turns, plan.topic[order], texts, distinct_texts, spec.seed)
+    text_emb = _encode_table(enc, texts, text_dtype)
     llm_names = [LLMS[int(i)] for i in l_order]
     llm_emb = np.asarray(enc.encode([LLM_DESCRIPTIONS[m] for m in llm_names]), dtype=np.float32)
     if text_emb.shape[1] != llm_emb.shape[1]:
@@ -1386,7 +1539,8 @@ def demo_columns(spec_or_size: DemoSpec | str = "tiny", encoder: TextEncoder | N
         turn=n_turns[it_pos], split=split_code[it_pos], raw_rating=raw, text_emb=text_emb,
         query_row=q_table[it_pos, it_step], texts=texts, question_id=question_id, response_text=response_text,
         line=rec_line[it_rec], relations=relations, encoder=enc.name,
-        sources={"demo": json.dumps(spec.to_dict(), sort_keys=True)})
+        sources={"demo": json.dumps(spec.to_dict(), sort_keys=True),
+                 **({} if distinct_texts is None else {"demo_distinct_texts": str(float(distinct_texts))})})
     return cols, plan.truth
 
 

@@ -6,7 +6,8 @@
 <dir>/model.safetensors    model weights
 <dir>/history.safetensors  the user histories the router embeds users from
                            (user, llm, rating, prev, group per interaction; the query
-                           embeddings deduplicated as text_emb + query_row; llm_emb)
+                           embeddings deduplicated as text_emb (float32, or float16 when the
+                           graph stores float16) + query_row; llm_emb)
 ```
 
 Loading parses JSON and safetensors only (never ``torch.load``/pickle),
@@ -112,8 +113,15 @@ class History:
         return cls(user=g.user[idx].astype(np.int64), llm=g.llm[idx].astype(np.int64),
                    rating=g.rating[idx].astype(np.float32), prev=prev.astype(np.int64),
                    llm_emb=g.llm_emb.astype(np.float32), group=comparison_keys(g, idx),
-                   text_emb=np.asarray(g.text_emb[used], dtype=np.float32),
+                   text_emb=_stored(g.text_emb[used]),
                    query_row=query_row.reshape(-1).astype(np.int64))
+
+
+def _stored(text_emb: np.ndarray) -> np.ndarray:
+    """A history's text table as the graph stores it: float16 stays float16 (half the checkpoint; readers
+    convert the rows they use), anything else float32."""
+    a = np.asarray(text_emb)
+    return a if a.dtype == np.float16 else np.asarray(a, dtype=np.float32)
 
 
 def comparison_keys(g, idx: np.ndarray) -> np.ndarray:

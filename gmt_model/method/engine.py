@@ -135,10 +135,11 @@ def build_subgraph(g: GraphTables, visible: np.ndarray, predict: np.ndarray, dev
 
     texts, text_of = np.unique(np.concatenate([g.query_row[visible], g.query_row[predict]]), return_inverse=True)
     text_of = text_of.reshape(-1).astype(np.int64)
+    # float16 tables (storage only) are read as float32: only the rows of this subgraph are converted
     if text_emb_t is not None:
-        text_emb = text_emb_t[to_device(torch.from_numpy(texts), text_emb_t.device)]
+        text_emb = text_emb_t[to_device(torch.from_numpy(texts), text_emb_t.device)].float()
     else:
-        text_emb = to_device(torch.from_numpy(np.ascontiguousarray(g.text_emb[texts])), device)
+        text_emb = to_device(torch.from_numpy(np.ascontiguousarray(g.text_emb[texts], dtype=np.float32)), device)
 
     values, rating_of = np.unique(np.asarray(g.rating[visible], dtype=np.float32), return_inverse=True)
 

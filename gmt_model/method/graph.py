@@ -7,8 +7,11 @@ conversation) owns one session, one query and one response node that share
 its index.  Query texts are stored once: ``text_emb`` is a deduplicated
 (T, d) matrix and ``query_row`` maps every interaction to its row, so a
 million interactions over a few thousand distinct texts cost N int64s, not
-N x d floats.  Edges are derived from the interaction columns by
-:func:`relation_edges` with vectorised numpy, for any visible subset of
+N x d floats.  ``text_emb`` may be float16 (a real query stream has nearly one
+distinct text per query: 10M interactions hold millions of texts), kept
+float16 in memory and on disk; readers gather rows and convert those to
+float32 (:meth:`GraphTables.query_vecs`, :meth:`GraphTables.text_vecs`).
+Edges are derived from the interaction columns by :func:`relation_edges` with vectorised numpy, for any visible subset of
 interactions (training, evaluation and the router); they are never stored.
 
 Ratings are normalised by :func:`normalise_ratings` and pair labels come
@@ -147,7 +150,7 @@ class GraphTables:
     raw_rating: np.ndarray  # float32 (N,)
     prev: np.ndarray  # int64 (N,) previous step of the same record, -1 if none
     line: np.ndarray  # int32 (N,) JSONL line of the record (0 when not from a file)
-    text_emb: np.ndarray  # (T, d) float32: one row per distinct query text
+    text_emb: np.ndarray  # (T, d) float32 or float16 (storage only: read as float32): one row per distinct query text
     query_row: np.ndarray  # int64 (N,) row of text_emb holding the interaction's query
     texts: list[str] | None  # (T,) the distinct query texts (None: not kept)
     question_id: Sequence[str] | None
@@ -204,15 +207,19 @@ class GraphTables:
 
     # ------------------------------------------------------------ query texts
     def query_vecs(self, idx: np.ndarray) -> np.ndarray:
-        """Query embeddings (len(idx), d) of the given interactions."""
-        return self.text_emb[self.query_row[np.asarray(idx, dtype=np.int64)]]
+        """float32 query embeddings (len(idx), d) of the given interactions."""
+        return np.asarray(self.text_emb[self.query_row[np.asarray(idx, dtype=np.int64)]], dtype=np.float32)
+
+    def text_vecs(self, rows: np.ndarray) -> np.ndarray:
+        """float32 embeddings of the given rows of ``text_emb`` (whatever its storage type)."""
+        return np.asarray(self.text_emb[np.asarray(rows, dtype=np.int64)], dtype=np.float32)
 
     @property
     def query_emb(self) -> np.ndarray:
         """(N, d) query embedding of every interaction, materialised on each
-        access (N x d floats): for small graphs and old callers only; use
+        access (N x d float32): for small graphs and old callers only; use
         :meth:`query_vecs` or ``text_emb[query_row[...]]``."""
-        return self.text_emb[self.query_row]
+        return self.query_vecs(np.arange(self.num_interactions))
 
     @property
     def query_text(self) -> list[str] | None:
@@ -286,7 +293,9 @@ class GraphTables:
         dim = self.dim
 
         def emb_col(a: np.ndarray) -> pa.Array:
-            flat = pa.array(np.ascontiguousarray(a, dtype=np.float32).reshape(-1))
+            # float16 tables stay float16 on disk (half the file; read back memory-mapped as float16)
+            dtype = np.float16 if a.dtype == np.float16 else np.float32
+            flat = pa.array(np.ascontiguousarray(a, dtype=dtype).reshape(-1))
             return pa.FixedSizeListArray.from_arrays(flat, dim)
 
         def write(name: str, cols: dict) -> None:
@@ -347,7 +356,7 @@ class GraphTables:
                 problems.append(f"{name} index out of range [0, {n})")
         if self.pair_a.size and np.any(self.group[self.pair_a] != self.group[self.pair_b]):
             problems.append("a pair joins interactions of different groups")
-        if not np.all(np.isfinite(self.text_emb)) or not np.all(np.isfinite(self.llm_emb)):
+        if not _all_finite(self.text_emb) or not _all_finite(self.llm_emb):
             problems.append("non-finite embedding values")
         if not np.all(np.isfinite(self.rating)) or (self.rating.size and (self.rating.min() < 0 or self.rating.max() > 1)):
             problems.append("normalised ratings outside [0, 1]")
@@ -363,6 +372,18 @@ class GraphTables:
                 if arr.size and (arr.min() < 0 or arr.max() >= hi):
                     problems.append(f"edge {S.relation_key(rel)}: {end} index out of range")
         return problems
+
+
+def _text_table(a: np.ndarray) -> np.ndarray:
+    """The text embedding table as stored: float16 stays float16 (half the memory; every reader converts
+    the rows it gathers to float32), anything else becomes float32."""
+    a = np.asarray(a)
+    return a if a.dtype == np.float16 else np.asarray(a, dtype=np.float32)
+
+
+def _all_finite(a: np.ndarray, chunk: int = 1 << 16) -> bool:
+    """``np.isfinite(a).all()`` in row chunks (no boolean array the size of a large table)."""
+    return all(bool(np.isfinite(a[i:i + chunk]).all()) for i in range(0, a.shape[0], chunk))
 
 
 def from_columns(*, user_ids: Sequence[str], llm_names: Sequence[str], llm_emb: np.ndarray, user: np.ndarray,
@@ -393,7 +414,7 @@ def from_columns(*, user_ids: Sequence[str], llm_names: Sequence[str], llm_emb: 
         record=np.asarray(record, dtype=np.int64), step=step, turn=np.asarray(turn, dtype=np.int16),
         split=np.asarray(split, dtype=np.int8), rating=normalise_ratings(raw, lo, hi), raw_rating=raw, prev=prev,
         line=np.zeros(n, np.int32) if line is None else np.asarray(line, dtype=np.int32),
-        text_emb=np.asarray(text_emb, dtype=np.float32), query_row=np.asarray(query_row, dtype=np.int64),
+        text_emb=_text_table(text_emb), query_row=np.asarray(query_row, dtype=np.int64),
         texts=texts, question_id=question_id, response_text=response_text,
         pair_a=pair_a, pair_b=pair_b, pair_label=pair_labels(raw[pair_a], raw[pair_b]),
         relations=S.resolve_relations(relations), encoder=encoder, rating_min=float(lo), rating_max=float(hi),
@@ -498,7 +519,8 @@ def read_graph(directory: str | Path, *, relations: str | Sequence | None = None
         col = tbl.column(S.C_EMBEDDING)
         chunk = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
         width = chunk.type.list_size
-        return arr(pa.table({"v": chunk.flatten()}), "v", np.float32).reshape(-1, width)
+        dtype = np.float16 if pa.types.is_float16(chunk.type.value_type) else np.float32
+        return arr(pa.table({"v": chunk.flatten()}), "v", dtype).reshape(-1, width)
 
     def strings(tbl: pa.Table, name: str) -> list | None:
         return tbl.column(name).to_pylist() if name in tbl.column_names else None

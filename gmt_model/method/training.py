@@ -592,21 +592,28 @@ def _store_cold_calibration(best_dir: Path, g: GraphTables, dev: torch.device,
     update_meta(best_dir, {"cold_calibration": cold_calibration(ck.model, g, dev, batch_users=batch_users).to_dict()})
 
 
+#: up to this many (training interaction x width) cells the input statistics are computed on the rows
+_EXACT_STATS_CELLS = 20_000_000
+
+
 def _set_input_stats(model: GMTModel, g: GraphTables) -> None:
     """The input normalisation from the training interactions' query embeddings
     (each text weighted by its number of training interactions) and the LLM
     embeddings.  Small graphs take the exact per-interaction path (bit-for-bit as
     before deduplication); large ones never materialise the (N, d) matrix."""
     train = np.flatnonzero(g.split_mask(S.SPLIT_TRAIN))
-    if train.size * g.dim <= 20_000_000:
+    if train.size * g.dim <= _EXACT_STATS_CELLS:
         model.gnn.set_input_stats(as_tensor(g.query_vecs(train)), as_tensor(g.llm_emb))
         return
     if not model.cfg.normalize_inputs:
         return
     w = np.bincount(g.query_row[train], minlength=g.num_texts).astype(np.float64)
-    x = np.asarray(g.text_emb, dtype=np.float64)
-    mean = (w @ x) / w.sum()
-    var = (w @ ((x - mean) ** 2)).sum() / (w.sum() * g.dim)
+    # two passes over the text table in row chunks (a float64 copy of millions of texts would not fit)
+    step = 1 << 16
+    chunks = range(0, g.num_texts, step)
+    mean = sum(w[i:i + step] @ np.asarray(g.text_emb[i:i + step], dtype=np.float64) for i in chunks) / w.sum()
+    var = sum(w[i:i + step] @ ((np.asarray(g.text_emb[i:i + step], dtype=np.float64) - mean) ** 2)
+              for i in chunks).sum() / (w.sum() * g.dim)
     gnn = model.gnn
     with torch.no_grad():
         gnn.query_mean.copy_(torch.from_numpy(mean.astype(np.float32)))
