@@ -67,7 +67,10 @@ def _train(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    target = cfg.model_dir
+    # --out DIR: DIR is the run folder and DIR/best the model; the configured model
+    # (model_path.save_model_path) is left alone.  Without --out the best checkpoint is
+    # published to the configured model folder.
+    target = result.best_dir if args.out else cfg.model_dir
 
     def publish() -> None:
         """Copy the best checkpoint to model_dir (atomically), unless it is that folder."""
@@ -88,6 +91,10 @@ def _train(args: argparse.Namespace) -> int:
         print(f"already trained ({result.resumed_from} epochs): use --no-resume to retrain", file=sys.stderr)
         if not target.exists():  # the earlier run ended before copying it
             publish()
+        elif not _same_checkpoint(target, result.best_dir):  # replaced since (e.g. by another run)
+            print(f"note: {target} did not hold this run's best model: copied {result.best_dir} there again",
+                  file=sys.stderr)
+            publish()
         print(json.dumps({"already_trained": True, "epochs": result.resumed_from, "best_epoch": result.best_epoch,
                           f"best_val_{cfg.objective}": result.best_metric, "model": str(target)}, indent=2))
         return 0
@@ -105,6 +112,16 @@ def _train(args: argparse.Namespace) -> int:
     log(f"Training completed! Best {cfg.objective}: {result.best_metric:.4f} at epoch {result.best_epoch}")
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _same_checkpoint(a: Path, b: Path) -> bool:
+    """Whether two checkpoint folders hold the same model (their config.json lists every file's sha256)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return (a / "config.json").read_bytes() == (b / "config.json").read_bytes()
+    except OSError:
+        return False
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -352,7 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default=None, help="cpu, cuda, cuda:0 (default: cuda when available)")
     t.add_argument("--quiet", action="store_true")
     t.add_argument("--epochs", type=int, default=None)
-    t.add_argument("--out", default=None, help="run folder (default: checkpoint.root/<dataset>)")
+    t.add_argument("--out", default=None,
+                   help="run folder; the model is written to OUT/best and the configured model "
+                        "(model_path.save_model_path) is left alone (default: checkpoint.root/<dataset>, "
+                        "the best model copied to the configured model)")
     t.add_argument("--no-resume", action="store_true", help="ignore a periodic checkpoint in the run folder")
     t.add_argument("--skip-test", action="store_true")
     t.add_argument("--resamples", type=int, default=1000)
