@@ -79,13 +79,12 @@ def test_changed_lr_is_one_line_naming_no_resume(data, tmp_path, capsys):
     rc, *_ = _train(_config(tmp_path, data), tmp_path / "run", capsys, "--quiet")
     assert rc == 0
     before = _snapshot(tmp_path / "run")
-    with pytest.raises(SystemExit) as ei:
-        _train(_config(tmp_path, data, lr=1e-2), tmp_path / "run", capsys, "--quiet")
-    msg = ei.value.code
-    assert isinstance(msg, str) and "\n" not in msg, msg  # one line, exit status 1, no traceback
+    rc, out, err = _train(_config(tmp_path, data, lr=1e-2), tmp_path / "run", capsys, "--quiet")
+    assert rc == 2 and len(err.splitlines()) == 1, err  # one line, exit status 2, no traceback
+    msg = err.strip()
     assert msg.startswith("error: ") and "--no-resume" in msg and "train.lr: 0.002 -> 0.01" in msg
     assert str(tmp_path / "run" / "last") in msg
-    assert "Traceback" not in capsys.readouterr().err
+    assert "Traceback" not in err
     assert _snapshot(tmp_path / "run") == before
     rc, out, err = _train(_config(tmp_path, data, lr=1e-2), tmp_path / "run", capsys, "--quiet", "--no-resume")
     assert rc == 0 and '"best_epoch"' in out

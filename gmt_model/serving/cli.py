@@ -11,7 +11,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["main"]
+__all__ = ["CLIError", "main"]
+
+
+class CLIError(Exception):
+    """Bad command-line input (a flag, a file, a value): printed as one ``error:`` line, exit status 2."""
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -25,9 +29,13 @@ def _train(args: argparse.Namespace) -> int:
     if args.epochs:
         overrides["epochs"] = args.epochs
     cfg = load_train_config(args.config, overrides)
+    if cfg.device:  # a device this machine lacks: one line now, not after loading the data
+        from gmt_model.method.training import resolve_device
+
+        resolve_device(cfg.device)
     paths = {k: v for k, v in cfg.split_paths().items() if Path(v).exists()}
     if "training" not in paths:
-        raise SystemExit(f"error: training set not found: {cfg.split_paths()['training']} "
+        raise CLIError(f"training set not found: {cfg.split_paths()['training']} "
                          f"(set data_path.training_set in {args.config}, or run `gmtrouter demo --out ./data/demo`)")
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
     log("=" * 70)
@@ -61,7 +69,7 @@ def _train(args: argparse.Namespace) -> int:
     try:
         result = train(g, cfg, out_root, resume=not args.no_resume, callback=on_epoch, on_start=on_start)
     except ResumeMismatchError as e:
-        raise SystemExit(f"error: {e.folder} holds a run with a different configuration or data "
+        raise CLIError(f"{e.folder} holds a run with a different configuration or data "
                          f"({'; '.join(e.changes[:6])}): use --no-resume to retrain from scratch, "
                          f"or --out to train into another folder") from None
     finally:
@@ -114,6 +122,18 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare_output(path: str) -> None:
+    """Check an ``--output`` file's folder before the work: a missing folder is created, and said so."""
+    folder = Path(path).parent
+    if Path(path).is_dir():
+        raise CLIError(f"--output {path}: is a folder (expected a file name)")
+    if not folder.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        print(f"note: created the folder {folder} for --output", file=sys.stderr)
+    elif not folder.is_dir():
+        raise CLIError(f"--output {path}: {folder} is not a folder")
+
+
 def _same_checkpoint(a: Path, b: Path) -> bool:
     """Whether two checkpoint folders hold the same model (their config.json lists every file's sha256)."""
     if a.resolve() == b.resolve():
@@ -130,6 +150,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     from gmt_model.evaluation.report import evaluate
     from gmt_model.data.graph_files import build_graph
 
+    from gmt_model.method.schema import SPLITS
+
+    if args.split not in SPLITS:
+        raise CLIError(f"--split {args.split!r}: expected one of {', '.join(SPLITS)}")
+    if args.output:
+        _prepare_output(args.output)
     cfg = load_train_config(args.config)
     ck = load_checkpoint(args.checkpoint or cfg.model_dir)
     paths = {k: v for k, v in cfg.split_paths().items() if Path(v).exists()}
@@ -149,24 +175,44 @@ def _router(args: argparse.Namespace):
     cfg = load_router_config(args.config)
     if getattr(args, "device", None):
         cfg.device = args.device
+    if cfg.feedback_log and Path(cfg.feedback_log).is_dir():
+        raise CLIError(f"{args.config}: router.feedback_log: {cfg.feedback_log} is a folder "
+                       "(expected an SQLite file, created when missing)")
     return GMTRouter(config=cfg)
+
+
+def _sqlite_error(e: Exception, what: str, tail: str = "") -> CLIError:
+    """A one-line error for an SQLite failure (read-only, full disk, locked) on ``what``."""
+    hint = " (is it read-only, or the disk full?)" if "readonly" in str(e) or "disk" in str(e) else ""
+    return CLIError(f"{what}: {e}{hint}{tail}")
+
+
+def _encoder_cache(router: Any) -> str:
+    cache = getattr(getattr(router, "_encoder", None), "cache", None)
+    path = getattr(cache, "path", None)
+    return f"the embedding cache {path}" if path else "the embedding cache ($GMTROUTER_CACHE_DIR)"
 
 
 def _read_queries(path: str) -> list[dict[str, Any]]:
     """Queries of a JSONL file; each carries its line number under ``_line``."""
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise CLIError(f"{path}:{n}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})") \
+                    from None
             if not line.strip():
                 continue
             try:
                 q = json.loads(line)
             except json.JSONDecodeError as e:
-                raise SystemExit(f"error: {path}:{n}: invalid JSON ({e.msg})")
+                raise CLIError(f"{path}:{n}: invalid JSON ({e.msg})")
             if isinstance(q, str):
                 q = {"query_text": q}
             if not isinstance(q, dict):
-                raise SystemExit(f"error: {path}:{n}: expected an object with query_text (and user_id)")
+                raise CLIError(f"{path}:{n}: expected an object with query_text (and user_id)")
             if "query" in q and "query_text" not in q:
                 q["query_text"] = q.pop("query")
             q["_line"] = n
@@ -187,16 +233,22 @@ def _infer(args: argparse.Namespace) -> int:
         q.setdefault("user_id", args.user_id)
         if args.session_id:
             q.setdefault("session_id", args.session_id)
+    if args.output:
+        _prepare_output(args.output)
+    import sqlite3
+
     try:
         results = router.route_batch(queries)
+    except sqlite3.Error as e:
+        raise _sqlite_error(e, _encoder_cache(router)) from None
     except RoutingError as e:
         if args.input:  # name the offending line
             for q, n in zip(queries, lines):
                 try:
                     router.route_batch([q])
                 except RoutingError as line_error:
-                    raise SystemExit(f"error: {args.input}:{n}: {line_error}")
-        raise SystemExit(f"error: {e}")
+                    raise CLIError(f"{args.input}:{n}: {line_error}")
+        raise CLIError(f"{e}")
     if not args.route_only and not router.config.endpoints:
         note = (f"routed only: no endpoints are configured in {args.config} (add an 'endpoints' section to get "
                 "answers; --route-only silences this note)")
@@ -224,7 +276,7 @@ def _infer(args: argparse.Namespace) -> int:
             try:
                 reply = chat_completion(ep, [{"role": "user", "content": q["query_text"]}])
             except (MissingAPIKeyError, UpstreamError, httpx.HTTPError) as e:
-                raise SystemExit(f"error: calling {r['model_name']} at {ep.base_url}: {e}")
+                raise CLIError(f"calling {r['model_name']} at {ep.base_url}: {e}")
             r["response"] = reply["choices"][0]["message"]["content"]
     out = [dict(query=q["query_text"], user_id=q["user_id"], **r) for q, r in zip(queries, results)]
     text = json.dumps(out if args.input else out[0], indent=2, ensure_ascii=False)
@@ -244,15 +296,21 @@ def _feedback(args: argparse.Namespace) -> int:
     rating = args.model is not None or args.rating is not None
     pairwise = args.preferred is not None or args.rejected is not None
     if rating == pairwise:
-        raise SystemExit("error: give either --model and --rating (a rating) or --preferred and --rejected "
+        raise CLIError("give either --model and --rating (a rating) or --preferred and --rejected "
                          "(a pairwise preference)" + (", not both" if rating else ""))
     needed = ("--model", "--rating") if rating else ("--preferred", "--rejected")
     missing = [flag for flag in needed if getattr(args, flag[2:]) is None]
     if missing:
-        raise SystemExit(f"error: {missing[0]} is required with {needed[1] if missing[0] == needed[0] else needed[0]}")
+        raise CLIError(f"{missing[0]} is required with {needed[1] if missing[0] == needed[0] else needed[0]}")
+    import sqlite3
+
     router = _router(args)
     if router.feedback_log is None:
-        raise SystemExit(f"error: {args.config}: router.feedback_log is not set; feedback would not be stored")
+        raise CLIError(f"{args.config}: router.feedback_log is not set; feedback would not be stored")
+    try:
+        router.embed([args.query])  # the embedding cache first: a failure there is not the log's
+    except sqlite3.Error as e:
+        raise _sqlite_error(e, _encoder_cache(router), "; nothing was stored") from None
     try:
         if rating:
             kw: dict[str, Any] = {"session_id": args.session_id}
@@ -262,11 +320,13 @@ def _feedback(args: argparse.Namespace) -> int:
         else:
             update = getattr(router, "update_user_preference", None)
             if update is None:
-                raise SystemExit("error: this version of the router does not take pairwise preferences")
+                raise CLIError("this version of the router does not take pairwise preferences")
             res = update(args.user_id, args.query, args.preferred, args.rejected, session_id=args.session_id,
                          turn=args.turn)
     except RoutingError as e:
-        raise SystemExit(f"error: {e}")
+        raise CLIError(f"{e}")
+    except sqlite3.Error as e:
+        raise _sqlite_error(e, f"the feedback log {router.feedback_log.path}", "; nothing was stored") from None
     print(json.dumps(res, indent=2))
     return 0
 
@@ -288,7 +348,7 @@ def _serve(args: argparse.Namespace, chat: bool = False) -> int:
     )
 
     if args.config is None and args.model is None:
-        raise SystemExit("error: give --config (the router YAML) and/or --model "
+        raise CLIError("give --config (the router YAML) and/or --model "
                          "(models:/<name>@<alias>, models:/<name>/<version> or a checkpoint folder)")
     cfg = load_router_config(args.config) if args.config else None
     if args.model is not None and args.model.startswith("models:/"):
@@ -464,9 +524,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as e:
-        if args.debug or not isinstance(e, readable_error_types()):
+        sqlite3 = sys.modules.get("sqlite3")
+        storage = (sqlite3.Error,) if sqlite3 is not None else ()
+        if args.debug or not isinstance(e, (CLIError, *storage, *readable_error_types())):
             raise
-        print(f"error: {one_line(e)}", file=sys.stderr)
+        text = one_line(e)
+        if storage and isinstance(e, storage):
+            text = f"SQLite (feedback log or embedding cache): {text}"
+        print(f"error: {text}", file=sys.stderr)
         return 2
 
 
