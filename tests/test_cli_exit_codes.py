@@ -203,6 +203,22 @@ def test_output_into_a_missing_folder_is_created_and_said(env, tmp_path):
     rc, out, err = run(["evaluate", "--config", env["train"], "--output", target, "--resamples", "5"])
     assert rc == 0 and target.is_file()
     assert f"note: created the folder {target.parent} for --output" in err
+    # evaluation (~10 s on the demo) shows its progress: a bar from 0 to the last step
+    bar = [part for part in err.replace("\r", "\n").splitlines() if part.startswith("evaluating (test)")]
+    assert bar and " 0/12 " in bar[0] and "12/12" in bar[-1], err
+
+
+def test_train_warning_is_one_line(env, tmp_path):
+    """``train``'s warnings (here: users with fewer pairs than record_per_user) are one ``warning:`` line,
+    without Python's source line, before the progress bar."""
+    rc, out, err = run(["train", "--config", env["train"], "--device", "cpu", "--skip-test", "--out",
+                        tmp_path / "run"])
+    assert rc == 0, err
+    lines = err.replace("\r", "\n").splitlines()
+    warn = [i for i, line in enumerate(lines) if "record_per_user" in line]
+    assert len(warn) == 1 and lines[warn[0]].startswith("warning: ") and "UserWarning" not in err, err
+    assert "warnings.warn" not in err and "training.py" not in err
+    assert warn[0] < min(i for i, line in enumerate(lines) if line.startswith("training:"))
 
 
 def test_debug_shows_the_traceback(env):

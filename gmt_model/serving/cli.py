@@ -113,13 +113,39 @@ def _train(args: argparse.Namespace) -> int:
         from gmt_model.method.checkpoint import load_checkpoint
         from gmt_model.evaluation.report import evaluate
 
-        report = evaluate(load_checkpoint(target).model, g, "test", n_resamples=args.resamples)
+        progress = _EvalProgress("test", quiet=args.quiet)
+        try:
+            report = evaluate(load_checkpoint(target).model, g, "test", n_resamples=args.resamples,
+                              progress=progress)
+        finally:
+            progress.close()
         summary["test_auc"] = report.methods["gmtrouter"].auc
         summary["test_accuracy"] = report.methods["gmtrouter"].accuracy
         log(report.to_markdown())
     log(f"Training completed! Best {cfg.objective}: {result.best_metric:.4f} at epoch {result.best_epoch}")
     print(json.dumps(summary, indent=2))
     return 0
+
+
+class _EvalProgress:
+    """A progress bar for ``evaluate(progress=...)`` on stderr (nothing when quiet)."""
+
+    def __init__(self, split: str, quiet: bool = False) -> None:
+        self.split, self.quiet, self.bar = split, quiet, None
+
+    def __call__(self, step: str, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=f"evaluating ({self.split})", unit="step", file=sys.stderr)
+        self.bar.set_postfix_str(step, refresh=False)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _prepare_output(path: str) -> None:
@@ -161,7 +187,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     paths = {k: v for k, v in cfg.split_paths().items() if Path(v).exists()}
     g = build_graph(paths, relations=ck.config.relations, user_ids=ck.users, llm_names=ck.llms)
     blind = load_checkpoint(args.blind).model if args.blind else None
-    report = evaluate(ck.model, g, args.split, blind_model=blind, n_resamples=args.resamples)
+    progress = _EvalProgress(args.split)
+    try:
+        report = evaluate(ck.model, g, args.split, blind_model=blind, n_resamples=args.resamples, progress=progress)
+    finally:
+        progress.close()
     if args.output:
         report.to_json(args.output)
     print(report.to_markdown())
@@ -514,6 +544,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     shows the traceback instead."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    if not args.debug:  # a warning is one line (no source line); --debug keeps Python's format
+        import warnings
+
+        def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+            print(f"warning: {message}", file=sys.stderr)
+
+        warnings.showwarning = show
     from gmt_model.errors import one_line, readable_error_types
 
     try:
