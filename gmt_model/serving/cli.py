@@ -429,6 +429,10 @@ def _serve(args: argparse.Namespace, chat: bool = False) -> int:
         extras.append("identity enforced")
     print(f"gmtrouter {'chat page' if chat else 'server'} on {url}{'/chat' if chat else ''}: serving {ref.uri} "
           f"version {ref.version}" + (f" ({'; '.join(extras)})" if extras else ""), flush=True)
+    if chat and not (cfg is not None and cfg.endpoints):
+        print("no LLM endpoints are configured (endpoints: in the router YAML, see docs/serving.md): the page runs "
+              "in route-only mode: it shows each routing decision and you rate the choice; the next route follows "
+              "the ratings. The demo's users are user_0001, user_0002, ...", flush=True)
     run_server(app, args.host, args.port)
     return 0
 
