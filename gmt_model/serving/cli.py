@@ -205,6 +205,8 @@ def _router(args: argparse.Namespace):
     cfg = load_router_config(args.config)
     if getattr(args, "device", None):
         cfg.device = args.device
+    if getattr(args, "_checkpoint", None):
+        cfg.checkpoint = args._checkpoint
     if cfg.feedback_log and Path(cfg.feedback_log).is_dir():
         raise CLIError(f"{args.config}: router.feedback_log: {cfg.feedback_log} is a folder "
                        "(expected an SQLite file, created when missing)")
@@ -437,6 +439,129 @@ def _serve(args: argparse.Namespace, chat: bool = False) -> int:
     return 0
 
 
+def _stars_to_rating(stars: float, scale: tuple[float, float]) -> float:
+    """1..5 stars -> the router's rating scale (as the chat page does)."""
+    lo, hi = float(scale[0]), float(scale[1])
+    if lo <= 1 and hi >= 5:
+        return float(stars)
+    return lo + (float(stars) - 1) * (hi - lo) / 4
+
+
+def _terminal_chat(args: argparse.Namespace) -> int:
+    """``gmtrouter chat --terminal``: route (and answer) each line typed, show the decision, ask for a rating.
+
+    Offline (no ``endpoints:``) it routes only; the rating goes to the router (and its feedback log) at
+    once, so the next route of this user follows it.  ``/again`` routes the last message again,
+    ``/quit`` (or end of input) stops."""
+    import uuid
+
+    from gmt_model.serving.router import RoutingError
+
+    if args.config is None:
+        raise CLIError("chat --terminal needs --config (the router YAML)")
+    if args.model is not None:
+        if args.model.startswith("models:/"):
+            raise CLIError("chat --terminal takes a checkpoint folder for --model (or none: the config's checkpoint)")
+        from gmt_model.method.config import checkpoint_dir_from_model_path
+
+        args._checkpoint = str(checkpoint_dir_from_model_path(args.model))
+    router = _router(args)
+    endpoints: dict[str, Any] = {}
+    if router.config.endpoints:
+        from gmt_model.serving.endpoints import load_endpoints
+
+        endpoints = load_endpoints(router.config.endpoints)
+    out = sys.stdout
+
+    def ask(prompt: str) -> str | None:
+        print(prompt, end="", file=out, flush=True)
+        line = sys.stdin.readline()
+        return None if line == "" else line.strip()
+
+    user = args.user_id or ask("user id (the demo's users: user_0001, user_0002, ...): ")
+    if not user:
+        return 0
+    session = f"term-{uuid.uuid4().hex[:12]}"
+    mode = "answers from the configured endpoints" if endpoints else \
+        "route only (no endpoints configured): each message shows the routing decision"
+    print(f"gmtrouter chat for {user} ({mode}); rate each choice 1-5 (Enter skips); /again routes the last "
+          "message again; /quit ends.", file=out)
+    history: list[str] = []
+    last: str | None = None
+    last_model: str | None = None
+    last_scores: dict[str, float] = {}
+    rated = False
+    while True:
+        text = ask("\nyou> ")
+        if text is None or text in ("/quit", "/exit"):
+            break
+        if not text:
+            continue
+        again = text == "/again"
+        if again:
+            if last is None:
+                print("nothing to route again yet", file=out)
+                continue
+            text = last
+        prior = history[:-1] if again else list(history)
+        turn = len(prior) + 1
+        try:
+            r = router.route_single({"query_text": text, "user_id": user, "session_id": session, "turn": turn,
+                                     "conversation_history": prior})
+        except RoutingError as e:
+            print(f"error: {e}", file=out)
+            continue
+        model = r["model_name"]
+        changed = f"  [changed after your rating, was {last_model}]" if rated and last_model not in (None, model) else ""
+        print(f"routed to {model} (confidence {100 * r.get('confidence', 0):.1f}%"
+              f"{', cold start' if r.get('cold_start') else ''}){changed}", file=out)
+        for name, score in sorted(r.get("scores", {}).items(), key=lambda kv: -kv[1]):
+            moved = f"  ({score - last_scores[name]:+.3f} since your rating)" if rated and name in last_scores else ""
+            print(f"  {'*' if name == model else ' '} {name:<24} {score:6.3f} {'#' * int(round(30 * score))}{moved}",
+                  file=out)
+        last_scores = dict(r.get("scores", {}))
+        if r.get("reasoning"):
+            print(f"  {r['reasoning']}", file=out)
+        last_model, rated = model, False
+        if not again:
+            history.append(text)
+            last = text
+        ep = endpoints.get(model)
+        if ep is not None:
+            from gmt_model.serving.endpoints import chat_completion
+
+            try:
+                reply = chat_completion(ep, [{"role": "user", "content": text}])
+                print(f"{model}> {reply['choices'][0]['message']['content']}", file=out)
+            except Exception as e:  # an upstream failure ends this turn, not the chat
+                print(f"error: calling {model}: {type(e).__name__}: {e}", file=out)
+        elif endpoints:
+            print(f"(no endpoint configured for {model}: routed only)", file=out)
+        stars = ask(f"rate this choice of {model} 1-5 (Enter skips): ")
+        if stars is None:
+            break
+        if not stars:
+            continue
+        try:
+            value = float(stars)
+            if not 1 <= value <= 5:
+                raise ValueError
+        except ValueError:
+            print("not rated: give a number from 1 to 5", file=out)
+            continue
+        try:
+            res = router.update_user_feedback(user, text, model, _stars_to_rating(value, router.rating_scale),
+                                              session_id=session, turn=turn)
+        except RoutingError as e:
+            print(f"error: {e}", file=out)
+            continue
+        rated = True
+        stored = f" (feedback log row {res['feedback_id']})" if res.get("feedback_id") else \
+            " (not stored: no router.feedback_log in the config)"
+        print(f"rated {model} {value:g}/5{stored}", file=out)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from gmt_model.data.demo import write_demo_dataset
 
@@ -532,7 +657,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="trust this header (set by an authenticating proxy) as the user id, e.g. "
                             "X-Authenticated-User (default: $GMTROUTER_IDENTITY_HEADER)")
         s.add_argument("--device", default=None, help="cpu or cuda (default: router.device of the config)")
-        s.set_defaults(func=lambda a, chat=chat: _serve(a, chat=chat))
+        if chat:
+            s.add_argument("--terminal", action="store_true",
+                           help="chat in this terminal instead of serving the page: route each line, show the "
+                                "decision, rate it")
+            s.add_argument("--user-id", default=None, help="with --terminal: the user (asked when not given)")
+        s.set_defaults(func=lambda a, chat=chat: _terminal_chat(a) if getattr(a, "terminal", False)
+                       else _serve(a, chat=chat))
 
     d = verb("demo", help="write the offline demo dataset (GMTRouter JSONL splits)")
     d.add_argument("--out", default="./data/demo")

@@ -14,7 +14,8 @@
     ratingScale: [1, 5],
     busy: false,
     endpoints: null,       // candidate LLMs with an endpoint (null: not known yet)
-    lastRouted: null,      // the model of the latest routing decision ...
+    lastRouted: null,      // the model (and scores) of the latest routing decision ...
+    lastScores: null,
     ratedSince: false      // ... and whether the user rated something after it
   };
 
@@ -240,8 +241,14 @@
     if (routing && routing.routed) {
       if (state.ratedSince && state.lastRouted && state.lastRouted !== model) {
         head.appendChild(el("span", "badge changed", "changed after your rating (was " + state.lastRouted + ")"));
+      } else if (state.ratedSince && state.lastScores && routing.scores &&
+                 typeof state.lastScores[model] === "number" && typeof routing.scores[model] === "number") {
+        var delta = routing.scores[model] - state.lastScores[model];
+        head.appendChild(el("span", "badge moved", model + " " + (delta >= 0 ? "+" : "") + delta.toFixed(3) +
+                            " since your rating"));
       }
       state.lastRouted = model;
+      state.lastScores = routing.scores || null;
       state.ratedSince = false;
     }
     if (routing && routing.routed) {
@@ -370,6 +377,7 @@
     state.messages = [];
     state.sessionId = newSessionId();
     state.lastRouted = null;
+    state.lastScores = null;
     state.ratedSince = false;
     $("session-id").textContent = state.sessionId;
     var box = $("messages");
