@@ -679,13 +679,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     shows the traceback instead."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    if not args.debug:  # a warning is one line (no source line); --debug keeps Python's format
-        import warnings
+    import warnings
 
+    shown = warnings.showwarning
+    if not args.debug:  # a warning is one line (no source line); --debug keeps Python's format
         def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
             print(f"warning: {message}", file=sys.stderr)
 
         warnings.showwarning = show
+    try:
+        return _run(args)
+    finally:
+        warnings.showwarning = shown
+
+
+def _run(args: argparse.Namespace) -> int:
     from gmt_model.errors import one_line, readable_error_types
 
     try:
