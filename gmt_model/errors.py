@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import sys
 
-__all__ = ["RoutingError", "readable_error_types", "one_line"]
+__all__ = ["RoutingError", "DeviceError", "readable_error_types", "one_line"]
 
 _FIELD_RE = re.compile(r"field '([^']+)'")
 
@@ -26,10 +26,14 @@ class RoutingError(ValueError):
         self.field = field
 
 
+class DeviceError(ValueError):
+    """A torch device that does not exist here (``bogus``, ``cuda`` without a GPU, ``cuda:7`` of one)."""
+
+
 #: (module, class names) of the errors that mean "bad input, configuration or files", not a bug:
 #: the CLI prints them as one line (no traceback unless --debug).
 _READABLE = (
-    ("gmt_model.errors", ("RoutingError",)),
+    ("gmt_model.errors", ("RoutingError", "DeviceError")),
     ("gmt_model.method.config", ("ConfigError",)),
     ("gmt_model.data.jsonl", ("FormatError",)),
     ("gmt_model.method.checkpoint", ("CheckpointError",)),

@@ -238,17 +238,22 @@ def _summary(result: Any, dagster_home: Path) -> None:
                 break
     print("\nwhere to look:")
     print(f"  data:    {PathsResource().root()}")
-    print(f"  Dagster: DAGSTER_HOME={dagster_home} {_bin('dagster-webserver')} -w workspace.yaml -h 127.0.0.1 -p 3000")
-    print(f"  MLflow:  {_bin('mlflow')} ui --backend-store-uri {MLflowResource().resolved_tracking_uri()} -p 5000")
+    print(f"  Dagster: DAGSTER_HOME={dagster_home} {_venv_command('dagster-webserver')} -w workspace.yaml "
+          "-h 127.0.0.1 -p 3000")
+    print(f"  MLflow:  {_venv_command('mlflow')} ui --backend-store-uri {MLflowResource().resolved_tracking_uri()} "
+          "-p 5000")
 
 
-def _bin(name: str) -> str:
-    """The venv's command ``name`` as a new shell can type it (``.venv/bin/mlflow`` from the repository root)."""
-    path = Path(sys.executable).parent / name
+def _venv_command(name: str) -> str:
+    """``name`` as a fresh shell can run it: the venv's copy (``.venv/bin/name`` from the repository
+    root), else the bare name."""
+    exe = Path(sys.prefix) / "bin" / name
+    if not exe.exists():
+        return name
     try:
-        return str(path.relative_to(Path.cwd()))
+        return str(exe.relative_to(Path.cwd()))
     except ValueError:
-        return str(path)
+        return str(exe)
 
 
 if __name__ == "__main__":

@@ -198,6 +198,7 @@ export GMTROUTER_PG_MLFLOW_DB=mlflow
 export GMTROUTER_DAGSTER_URL='$DAGSTER_URL'
 export GMTROUTER_ROUTER_URL='$ROUTER_URL'
 export GMTROUTER_SERVE_MODEL='$MODEL_URI'
+case ":\$PATH:" in *":$VENV/bin:"*) ;; *) export PATH='$VENV/bin':"\$PATH" ;; esac  # dagster, mlflow, gmtrouter
 EOF
   mv -f "$ENVFILE.tmp" "$ENVFILE"
   umask 022

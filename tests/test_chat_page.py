@@ -213,3 +213,59 @@ def _drive(driver: webdriver.Chrome, url: str, router: FakeRouter, tmp_path: Pat
     save_png(png, tmp_path / "chat_page.png")
     if os.environ.get("GMTROUTER_SAVE_SCREENSHOT") == "1":
         save_png(png, REPO / "docs" / "img" / "chat_page.png")
+
+
+def test_offline_chat_routes_rates_and_the_next_route_changes(tmp_path):
+    """No LLM endpoints (the offline demo): the page switches to route-only mode by itself, shows the
+    routing decision (model, scores, reasoning), lets the user rate the choice, and routing the same
+    message again after a low rating picks another model (before the rating it does not).  A real
+    GMTRouter (tiny checkpoint, deterministic hash encoder) with a durable feedback log."""
+    from gmt_model.serving.feedback import FeedbackLog
+    from test_server_reload import tiny_checkpoint, tiny_router
+
+    router = tiny_router(tiny_checkpoint(tmp_path / "ckpt", seed=3), tmp_path / "feedback.sqlite")
+    app = create_app(router, endpoints=load_endpoints({}))
+    with ServerThread(app) as srv:
+        driver = make_driver(tmp_path / "chrome-profile")
+        try:
+            wait = WebDriverWait(driver, 20)
+            find = driver.find_element
+            driver.get(srv.url + "/chat")
+            wait.until(lambda d: "route-only mode" in find(By.ID, "status").text)
+            assert find(By.ID, "route-only").is_selected()
+            assert "user_0001" in find(By.ID, "user-id").get_attribute("placeholder")
+            find(By.ID, "user-id").send_keys("user_0001")
+            find(By.ID, "message").send_keys("write a poem about the sea", Keys.ENTER)
+
+            def cards() -> list:
+                return driver.find_elements(By.CSS_SELECTOR, ".msg.assistant.route-card")
+
+            wait.until(lambda d: len(cards()) == 1)
+            first = cards()[0]
+            chosen = first.find_element(By.CSS_SELECTOR, ".routed-model").text
+            assert chosen in router.candidates and "routed to" in first.text
+            rows = first.find_elements(By.CSS_SELECTOR, ".score-row")
+            assert sorted(r.get_attribute("data-model") for r in rows) == sorted(router.candidates)
+            assert first.find_element(By.CSS_SELECTOR, ".reasoning").text  # the router's reasoning
+            assert "Rate this choice" in first.text
+            # routing the same message again without a rating: the same choice, nothing "changed"
+            first.find_element(By.CSS_SELECTOR, ".route-again").click()
+            wait.until(lambda d: len(cards()) == 2)
+            assert cards()[1].find_element(By.CSS_SELECTOR, ".routed-model").text == chosen
+            assert not cards()[1].find_elements(By.CSS_SELECTOR, ".badge.changed")
+            # rate the choice 1 star: stored in the durable log ...
+            first.find_element(By.CSS_SELECTOR, '.star[data-value="1"]').click()
+            wait.until(lambda d: "rated 1/5" in first.find_element(By.CSS_SELECTOR, ".rating-status").text)
+            rows_logged = FeedbackLog(tmp_path / "feedback.sqlite").read()
+            assert [(r.user_id, r.model, r.rating, r.turn) for r in rows_logged] == [("user_0001", chosen, 1.0, 1)]
+            # ... and the next route of the same message picks another model, and says so
+            first.find_element(By.CSS_SELECTOR, ".route-again").click()
+            wait.until(lambda d: len(cards()) == 3)
+            third = cards()[2]
+            now = third.find_element(By.CSS_SELECTOR, ".routed-model").text
+            assert now != chosen and now in router.candidates
+            assert f"was {chosen}" in third.find_element(By.CSS_SELECTOR, ".badge.changed").text
+            logs = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+            assert logs == []
+        finally:
+            driver.quit()

@@ -99,11 +99,17 @@ def _run_main(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 
 
 def _exit_message(args: list[str]) -> str:
-    """Run a verb that must fail; return its message (a str SystemExit code means exit status 1)."""
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    assert isinstance(exc.value.code, str), exc.value.code
-    return exc.value.code
+    """Run a verb that must fail with status 2 and one ``error:`` line on stderr; return that line."""
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(args)
+    assert rc == 2, (rc, err.getvalue())
+    lines = err.getvalue().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err.getvalue()
+    return lines[0]
 
 
 def _demo_history(train_path: Path) -> dict[str, int]:

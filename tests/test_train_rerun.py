@@ -79,13 +79,12 @@ def test_changed_lr_is_one_line_naming_no_resume(data, tmp_path, capsys):
     rc, *_ = _train(_config(tmp_path, data), tmp_path / "run", capsys, "--quiet")
     assert rc == 0
     before = _snapshot(tmp_path / "run")
-    with pytest.raises(SystemExit) as ei:
-        _train(_config(tmp_path, data, lr=1e-2), tmp_path / "run", capsys, "--quiet")
-    msg = ei.value.code
-    assert isinstance(msg, str) and "\n" not in msg, msg  # one line, exit status 1, no traceback
+    rc, out, err = _train(_config(tmp_path, data, lr=1e-2), tmp_path / "run", capsys, "--quiet")
+    assert rc == 2 and len(err.splitlines()) == 1, err  # one line, exit status 2, no traceback
+    msg = err.strip()
     assert msg.startswith("error: ") and "--no-resume" in msg and "train.lr: 0.002 -> 0.01" in msg
     assert str(tmp_path / "run" / "last") in msg
-    assert "Traceback" not in capsys.readouterr().err
+    assert "Traceback" not in err
     assert _snapshot(tmp_path / "run") == before
     rc, out, err = _train(_config(tmp_path, data, lr=1e-2), tmp_path / "run", capsys, "--quiet", "--no-resume")
     assert rc == 0 and '"best_epoch"' in out
@@ -114,3 +113,28 @@ def test_resumed_run_says_so_and_the_bar_starts_there(data, tmp_path, capsys):
     bar = [part for part in err.replace("\r", "\n").splitlines() if "training:" in part]
     assert bar and f" 4/{EPOCHS} " in bar[0], bar  # the bar starts at 4 ...
     assert f"{EPOCHS}/{EPOCHS}" in bar[-1] and not any(f" 0/{EPOCHS} " in b for b in bar)  # ... and ends at 8
+
+
+def test_out_leaves_the_configured_model_alone(data, tmp_path, capsys):
+    """``train --out DIR`` writes its model to DIR/best; the configured model and the default run's
+    "already trained" answer stay as they were (issue 14: it used to overwrite the configured model)."""
+    import json
+
+    config = _config(tmp_path, data)
+    capsys.readouterr()
+    assert main(["train", "--config", str(config), "--device", "cpu", "--skip-test", "--quiet"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    saved = tmp_path / "saved" / "gmt"
+    assert first["model"] == str(saved)
+    before = _snapshot(saved)
+    rc, out, err = _train(config, tmp_path / "other", capsys, "--quiet", "--epochs", "2")
+    assert rc == 0
+    assert json.loads(out)["model"] == str(tmp_path / "other" / "best")
+    assert (tmp_path / "other" / "best" / "config.json").exists()
+    assert _snapshot(saved) == before  # the configured model is untouched
+    capsys.readouterr()
+    assert main(["train", "--config", str(config), "--device", "cpu", "--skip-test", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    again = json.loads(captured.out)
+    assert again["already_trained"] and again["epochs"] == EPOCHS and again["best_epoch"] == first["best_epoch"]
+    assert "note:" not in captured.err and _snapshot(saved) == before

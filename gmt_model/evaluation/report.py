@@ -11,7 +11,7 @@ pairs and scored on exactly the same candidates.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -142,28 +142,50 @@ def _result(name: str, g: GraphTables, s: _Scored, n_resamples: int, seed: int) 
 def evaluate(model: GMTModel, g: GraphTables, split: str = S.SPLIT_TEST, *, blind_model: GMTModel | None = None,
              baselines: bool = True, cold_start: bool = True, n_resamples: int = 1000, seed: int = 0,
              device: str | None = None, knn_k: int = 20, personalization: PersonalConfig | None = None,
-             batch_users: int | None = None) -> EvalReport:
+             batch_users: int | None = None,
+             progress: Callable[[str, int, int], None] | None = None) -> EvalReport:
     """The evaluation report of ``model`` (and the baselines) on ``split``.
 
     ``batch_users``: the GNN runs over subgraphs of that many users at a time (memory bounded by the
-    batch); under the reference relations the scores equal the full-graph ones."""
+    batch); under the reference relations the scores equal the full-graph ones.
+    ``progress(step, done, total)`` is called before the first step (done = 0) and after each one
+    (scoring, the online residual, each method's bootstrap)."""
     if not g.split_mask(split).any():
         raise ValueError(f"split {split!r} has no interactions")
+    total = 5 + (2 if cold_start else 0) + (1 if blind_model is not None else 0) \
+        + ((4 + (1 if cold_start else 0)) if baselines else 0)
+    done = 0
+
+    def tick(step: str) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(step, done, total)
+
+    if progress is not None:
+        progress("scoring", 0, total)
     dev = resolve_device(device)
     model = model.to(dev)
     gs, scores, sub = predict_groups(model, g, split, dev, batch_users=batch_users)
+    tick("scores")
     _, cs, _ = predict_groups(model, g, split, dev, cold=True, sub=sub, batch_users=batch_users)
+    tick("cold-start scores")
     warm, cold_cal, calib = online_scores(model, g, gs, scores, cs, personalization, dev, batch_users)
-    methods: dict[str, MethodResult] = {
-        GMTROUTER: _result(GMTROUTER, g, _pairs_of(g, gs, warm), n_resamples, seed),
-        GMTROUTER_GNN: _result(GMTROUTER_GNN, g, _pairs_of(g, gs, scores), n_resamples, seed)}
+    tick("online personalization")
+    methods: dict[str, MethodResult] = {GMTROUTER: _result(GMTROUTER, g, _pairs_of(g, gs, warm), n_resamples, seed)}
+    tick(GMTROUTER)
+    methods[GMTROUTER_GNN] = _result(GMTROUTER_GNN, g, _pairs_of(g, gs, scores), n_resamples, seed)
+    tick(GMTROUTER_GNN)
     cold: dict[str, MethodResult] = {}
     if cold_start:
         cold[GMTROUTER] = _result(GMTROUTER, g, _pairs_of(g, gs, cold_cal), n_resamples, seed)
+        tick(f"{GMTROUTER} cold start")
         cold[GMTROUTER_GNN] = _result(GMTROUTER_GNN, g, _pairs_of(g, gs, cs), n_resamples, seed)
+        tick(f"{GMTROUTER_GNN} cold start")
     if blind_model is not None:
         _, bs, _ = predict_groups(blind_model.to(dev), g, split, dev, sub=sub, batch_users=batch_users)
         methods[USER_BLIND] = _result(USER_BLIND, g, _pairs_of(g, gs, bs), n_resamples, seed)
+        tick(USER_BLIND)
     if baselines:
         train = training_pairs(g)
         fitted = {
@@ -171,17 +193,20 @@ def evaluate(model: GMTModel, g: GraphTables, split: str = S.SPLIT_TEST, *, blin
             "per_user_bt": PerUserBradleyTerry().fit(train, g.num_users, g.num_llms),
             "knn_query": KNNQuery(k=knn_k).fit(train, g.num_users, g.num_llms),
         }
+        tick("baselines fitted")
         qemb = g.query_vecs(gs.inter[:, 0])
         cand = np.where(gs.mask, gs.llm, 0)
         for name, bl in fitted.items():
             bscore = np.asarray(bl.score(gs.user, qemb, cand), dtype=np.float64)
             methods[name] = _result(name, g, _pairs_of(g, gs, bscore), n_resamples, seed)
+            tick(name)
             if cold_start and name == "global_bt":
                 cold[name] = methods[name]
             if cold_start and name == "per_user_bt":
                 unknown = np.full_like(gs.user, -1)
                 cscore = np.asarray(bl.score(unknown, qemb, cand), dtype=np.float64)
                 cold[name] = _result(name, g, _pairs_of(g, gs, cscore), n_resamples, seed)
+                tick(f"{name} cold start")
     meta: dict[str, Any] = {
         "split": split,
         "users": g.num_users,

@@ -86,12 +86,26 @@ LAST = "last"
 TRAIN_STATE = "train_state.safetensors"
 
 
-def resolve_device(name: str | None) -> torch.device:
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """The torch device ``name`` names (None, "" or "auto": cuda when available, else cpu).
+
+    Raises :class:`gmt_model.errors.DeviceError` (a readable one-line error) for a name torch does
+    not know, or a CUDA device this machine does not have."""
+    from gmt_model.errors import DeviceError
+
     if name in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise DeviceError(f"device {str(name)!r}: not a device (expected cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {str(name)!r}: CUDA is not available on this machine (use cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(f"device {str(name)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu" and not (dev.type == "mps" and torch.backends.mps.is_available()):
+        raise DeviceError(f"device {str(name)!r}: not available here (expected cpu, cuda or cuda:N)")
     return dev
 
 

@@ -11,7 +11,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["main"]
+__all__ = ["CLIError", "main"]
+
+
+class CLIError(Exception):
+    """Bad command-line input (a flag, a file, a value): printed as one ``error:`` line, exit status 2."""
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -25,9 +29,13 @@ def _train(args: argparse.Namespace) -> int:
     if args.epochs:
         overrides["epochs"] = args.epochs
     cfg = load_train_config(args.config, overrides)
+    if cfg.device:  # a device this machine lacks: one line now, not after loading the data
+        from gmt_model.method.training import resolve_device
+
+        resolve_device(cfg.device)
     paths = {k: v for k, v in cfg.split_paths().items() if Path(v).exists()}
     if "training" not in paths:
-        raise SystemExit(f"error: training set not found: {cfg.split_paths()['training']} "
+        raise CLIError(f"training set not found: {cfg.split_paths()['training']} "
                          f"(set data_path.training_set in {args.config}, or run `gmtrouter demo --out ./data/demo`)")
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
     log("=" * 70)
@@ -61,13 +69,16 @@ def _train(args: argparse.Namespace) -> int:
     try:
         result = train(g, cfg, out_root, resume=not args.no_resume, callback=on_epoch, on_start=on_start)
     except ResumeMismatchError as e:
-        raise SystemExit(f"error: {e.folder} holds a run with a different configuration or data "
+        raise CLIError(f"{e.folder} holds a run with a different configuration or data "
                          f"({'; '.join(e.changes[:6])}): use --no-resume to retrain from scratch, "
                          f"or --out to train into another folder") from None
     finally:
         if bar is not None:
             bar.close()
-    target = cfg.model_dir
+    # --out DIR: DIR is the run folder and DIR/best the model; the configured model
+    # (model_path.save_model_path) is left alone.  Without --out the best checkpoint is
+    # published to the configured model folder.
+    target = result.best_dir if args.out else cfg.model_dir
 
     def publish() -> None:
         """Copy the best checkpoint to model_dir (atomically), unless it is that folder."""
@@ -88,6 +99,10 @@ def _train(args: argparse.Namespace) -> int:
         print(f"already trained ({result.resumed_from} epochs): use --no-resume to retrain", file=sys.stderr)
         if not target.exists():  # the earlier run ended before copying it
             publish()
+        elif not _same_checkpoint(target, result.best_dir):  # replaced since (e.g. by another run)
+            print(f"note: {target} did not hold this run's best model: copied {result.best_dir} there again",
+                  file=sys.stderr)
+            publish()
         print(json.dumps({"already_trained": True, "epochs": result.resumed_from, "best_epoch": result.best_epoch,
                           f"best_val_{cfg.objective}": result.best_metric, "model": str(target)}, indent=2))
         return 0
@@ -98,7 +113,12 @@ def _train(args: argparse.Namespace) -> int:
         from gmt_model.method.checkpoint import load_checkpoint
         from gmt_model.evaluation.report import evaluate
 
-        report = evaluate(load_checkpoint(target).model, g, "test", n_resamples=args.resamples)
+        progress = _EvalProgress("test", quiet=args.quiet)
+        try:
+            report = evaluate(load_checkpoint(target).model, g, "test", n_resamples=args.resamples,
+                              progress=progress)
+        finally:
+            progress.close()
         summary["test_auc"] = report.methods["gmtrouter"].auc
         summary["test_accuracy"] = report.methods["gmtrouter"].accuracy
         log(report.to_markdown())
@@ -107,18 +127,71 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+class _EvalProgress:
+    """A progress bar for ``evaluate(progress=...)`` on stderr (nothing when quiet)."""
+
+    def __init__(self, split: str, quiet: bool = False) -> None:
+        self.split, self.quiet, self.bar = split, quiet, None
+
+    def __call__(self, step: str, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=f"evaluating ({self.split})", unit="step", file=sys.stderr)
+        self.bar.set_postfix_str(step, refresh=False)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _prepare_output(path: str) -> None:
+    """Check an ``--output`` file's folder before the work: a missing folder is created, and said so."""
+    folder = Path(path).parent
+    if Path(path).is_dir():
+        raise CLIError(f"--output {path}: is a folder (expected a file name)")
+    if not folder.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        print(f"note: created the folder {folder} for --output", file=sys.stderr)
+    elif not folder.is_dir():
+        raise CLIError(f"--output {path}: {folder} is not a folder")
+
+
+def _same_checkpoint(a: Path, b: Path) -> bool:
+    """Whether two checkpoint folders hold the same model (their config.json lists every file's sha256)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return (a / "config.json").read_bytes() == (b / "config.json").read_bytes()
+    except OSError:
+        return False
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from gmt_model.method.checkpoint import load_checkpoint
     from gmt_model.method.config import load_train_config
     from gmt_model.evaluation.report import evaluate
     from gmt_model.data.graph_files import build_graph
 
+    from gmt_model.method.schema import SPLITS
+
+    if args.split not in SPLITS:
+        raise CLIError(f"--split {args.split!r}: expected one of {', '.join(SPLITS)}")
+    if args.output:
+        _prepare_output(args.output)
     cfg = load_train_config(args.config)
     ck = load_checkpoint(args.checkpoint or cfg.model_dir)
     paths = {k: v for k, v in cfg.split_paths().items() if Path(v).exists()}
     g = build_graph(paths, relations=ck.config.relations, user_ids=ck.users, llm_names=ck.llms)
     blind = load_checkpoint(args.blind).model if args.blind else None
-    report = evaluate(ck.model, g, args.split, blind_model=blind, n_resamples=args.resamples)
+    progress = _EvalProgress(args.split)
+    try:
+        report = evaluate(ck.model, g, args.split, blind_model=blind, n_resamples=args.resamples, progress=progress)
+    finally:
+        progress.close()
     if args.output:
         report.to_json(args.output)
     print(report.to_markdown())
@@ -132,24 +205,46 @@ def _router(args: argparse.Namespace):
     cfg = load_router_config(args.config)
     if getattr(args, "device", None):
         cfg.device = args.device
+    if getattr(args, "_checkpoint", None):
+        cfg.checkpoint = args._checkpoint
+    if cfg.feedback_log and Path(cfg.feedback_log).is_dir():
+        raise CLIError(f"{args.config}: router.feedback_log: {cfg.feedback_log} is a folder "
+                       "(expected an SQLite file, created when missing)")
     return GMTRouter(config=cfg)
+
+
+def _sqlite_error(e: Exception, what: str, tail: str = "") -> CLIError:
+    """A one-line error for an SQLite failure (read-only, full disk, locked) on ``what``."""
+    hint = " (is it read-only, or the disk full?)" if "readonly" in str(e) or "disk" in str(e) else ""
+    return CLIError(f"{what}: {e}{hint}{tail}")
+
+
+def _encoder_cache(router: Any) -> str:
+    cache = getattr(getattr(router, "_encoder", None), "cache", None)
+    path = getattr(cache, "path", None)
+    return f"the embedding cache {path}" if path else "the embedding cache ($GMTROUTER_CACHE_DIR)"
 
 
 def _read_queries(path: str) -> list[dict[str, Any]]:
     """Queries of a JSONL file; each carries its line number under ``_line``."""
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise CLIError(f"{path}:{n}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})") \
+                    from None
             if not line.strip():
                 continue
             try:
                 q = json.loads(line)
             except json.JSONDecodeError as e:
-                raise SystemExit(f"error: {path}:{n}: invalid JSON ({e.msg})")
+                raise CLIError(f"{path}:{n}: invalid JSON ({e.msg})")
             if isinstance(q, str):
                 q = {"query_text": q}
             if not isinstance(q, dict):
-                raise SystemExit(f"error: {path}:{n}: expected an object with query_text (and user_id)")
+                raise CLIError(f"{path}:{n}: expected an object with query_text (and user_id)")
             if "query" in q and "query_text" not in q:
                 q["query_text"] = q.pop("query")
             q["_line"] = n
@@ -170,16 +265,22 @@ def _infer(args: argparse.Namespace) -> int:
         q.setdefault("user_id", args.user_id)
         if args.session_id:
             q.setdefault("session_id", args.session_id)
+    if args.output:
+        _prepare_output(args.output)
+    import sqlite3
+
     try:
         results = router.route_batch(queries)
+    except sqlite3.Error as e:
+        raise _sqlite_error(e, _encoder_cache(router)) from None
     except RoutingError as e:
         if args.input:  # name the offending line
             for q, n in zip(queries, lines):
                 try:
                     router.route_batch([q])
                 except RoutingError as line_error:
-                    raise SystemExit(f"error: {args.input}:{n}: {line_error}")
-        raise SystemExit(f"error: {e}")
+                    raise CLIError(f"{args.input}:{n}: {line_error}")
+        raise CLIError(f"{e}")
     if not args.route_only and not router.config.endpoints:
         note = (f"routed only: no endpoints are configured in {args.config} (add an 'endpoints' section to get "
                 "answers; --route-only silences this note)")
@@ -207,7 +308,7 @@ def _infer(args: argparse.Namespace) -> int:
             try:
                 reply = chat_completion(ep, [{"role": "user", "content": q["query_text"]}])
             except (MissingAPIKeyError, UpstreamError, httpx.HTTPError) as e:
-                raise SystemExit(f"error: calling {r['model_name']} at {ep.base_url}: {e}")
+                raise CLIError(f"calling {r['model_name']} at {ep.base_url}: {e}")
             r["response"] = reply["choices"][0]["message"]["content"]
     out = [dict(query=q["query_text"], user_id=q["user_id"], **r) for q, r in zip(queries, results)]
     text = json.dumps(out if args.input else out[0], indent=2, ensure_ascii=False)
@@ -227,15 +328,21 @@ def _feedback(args: argparse.Namespace) -> int:
     rating = args.model is not None or args.rating is not None
     pairwise = args.preferred is not None or args.rejected is not None
     if rating == pairwise:
-        raise SystemExit("error: give either --model and --rating (a rating) or --preferred and --rejected "
+        raise CLIError("give either --model and --rating (a rating) or --preferred and --rejected "
                          "(a pairwise preference)" + (", not both" if rating else ""))
     needed = ("--model", "--rating") if rating else ("--preferred", "--rejected")
     missing = [flag for flag in needed if getattr(args, flag[2:]) is None]
     if missing:
-        raise SystemExit(f"error: {missing[0]} is required with {needed[1] if missing[0] == needed[0] else needed[0]}")
+        raise CLIError(f"{missing[0]} is required with {needed[1] if missing[0] == needed[0] else needed[0]}")
+    import sqlite3
+
     router = _router(args)
     if router.feedback_log is None:
-        raise SystemExit(f"error: {args.config}: router.feedback_log is not set; feedback would not be stored")
+        raise CLIError(f"{args.config}: router.feedback_log is not set; feedback would not be stored")
+    try:
+        router.embed([args.query])  # the embedding cache first: a failure there is not the log's
+    except sqlite3.Error as e:
+        raise _sqlite_error(e, _encoder_cache(router), "; nothing was stored") from None
     try:
         if rating:
             kw: dict[str, Any] = {"session_id": args.session_id}
@@ -245,11 +352,13 @@ def _feedback(args: argparse.Namespace) -> int:
         else:
             update = getattr(router, "update_user_preference", None)
             if update is None:
-                raise SystemExit("error: this version of the router does not take pairwise preferences")
+                raise CLIError("this version of the router does not take pairwise preferences")
             res = update(args.user_id, args.query, args.preferred, args.rejected, session_id=args.session_id,
                          turn=args.turn)
     except RoutingError as e:
-        raise SystemExit(f"error: {e}")
+        raise CLIError(f"{e}")
+    except sqlite3.Error as e:
+        raise _sqlite_error(e, f"the feedback log {router.feedback_log.path}", "; nothing was stored") from None
     print(json.dumps(res, indent=2))
     return 0
 
@@ -271,7 +380,7 @@ def _serve(args: argparse.Namespace, chat: bool = False) -> int:
     )
 
     if args.config is None and args.model is None:
-        raise SystemExit("error: give --config (the router YAML) and/or --model "
+        raise CLIError("give --config (the router YAML) and/or --model "
                          "(models:/<name>@<alias>, models:/<name>/<version> or a checkpoint folder)")
     cfg = load_router_config(args.config) if args.config else None
     if args.model is not None and args.model.startswith("models:/"):
@@ -322,7 +431,134 @@ def _serve(args: argparse.Namespace, chat: bool = False) -> int:
         extras.append("identity enforced")
     print(f"gmtrouter {'chat page' if chat else 'server'} on {url}{'/chat' if chat else ''}: serving {ref.uri} "
           f"version {ref.version}" + (f" ({'; '.join(extras)})" if extras else ""), flush=True)
+    if chat and not (cfg is not None and cfg.endpoints):
+        print("no LLM endpoints are configured (endpoints: in the router YAML, see docs/serving.md): the page runs "
+              "in route-only mode: it shows each routing decision and you rate the choice; the next route follows "
+              "the ratings. The demo's users are user_0001, user_0002, ...", flush=True)
     run_server(app, args.host, args.port)
+    return 0
+
+
+def _stars_to_rating(stars: float, scale: tuple[float, float]) -> float:
+    """1..5 stars -> the router's rating scale (as the chat page does)."""
+    lo, hi = float(scale[0]), float(scale[1])
+    if lo <= 1 and hi >= 5:
+        return float(stars)
+    return lo + (float(stars) - 1) * (hi - lo) / 4
+
+
+def _terminal_chat(args: argparse.Namespace) -> int:
+    """``gmtrouter chat --terminal``: route (and answer) each line typed, show the decision, ask for a rating.
+
+    Offline (no ``endpoints:``) it routes only; the rating goes to the router (and its feedback log) at
+    once, so the next route of this user follows it.  ``/again`` routes the last message again,
+    ``/quit`` (or end of input) stops."""
+    import uuid
+
+    from gmt_model.serving.router import RoutingError
+
+    if args.config is None:
+        raise CLIError("chat --terminal needs --config (the router YAML)")
+    if args.model is not None:
+        if args.model.startswith("models:/"):
+            raise CLIError("chat --terminal takes a checkpoint folder for --model (or none: the config's checkpoint)")
+        from gmt_model.method.config import checkpoint_dir_from_model_path
+
+        args._checkpoint = str(checkpoint_dir_from_model_path(args.model))
+    router = _router(args)
+    endpoints: dict[str, Any] = {}
+    if router.config.endpoints:
+        from gmt_model.serving.endpoints import load_endpoints
+
+        endpoints = load_endpoints(router.config.endpoints)
+    out = sys.stdout
+
+    def ask(prompt: str) -> str | None:
+        print(prompt, end="", file=out, flush=True)
+        line = sys.stdin.readline()
+        return None if line == "" else line.strip()
+
+    user = args.user_id or ask("user id (the demo's users: user_0001, user_0002, ...): ")
+    if not user:
+        return 0
+    session = f"term-{uuid.uuid4().hex[:12]}"
+    mode = "answers from the configured endpoints" if endpoints else \
+        "route only (no endpoints configured): each message shows the routing decision"
+    print(f"gmtrouter chat for {user} ({mode}); rate each choice 1-5 (Enter skips); /again routes the last "
+          "message again; /quit ends.", file=out)
+    history: list[str] = []
+    last: str | None = None
+    last_model: str | None = None
+    last_scores: dict[str, float] = {}
+    rated = False
+    while True:
+        text = ask("\nyou> ")
+        if text is None or text in ("/quit", "/exit"):
+            break
+        if not text:
+            continue
+        again = text == "/again"
+        if again:
+            if last is None:
+                print("nothing to route again yet", file=out)
+                continue
+            text = last
+        prior = history[:-1] if again else list(history)
+        turn = len(prior) + 1
+        try:
+            r = router.route_single({"query_text": text, "user_id": user, "session_id": session, "turn": turn,
+                                     "conversation_history": prior})
+        except RoutingError as e:
+            print(f"error: {e}", file=out)
+            continue
+        model = r["model_name"]
+        changed = f"  [changed after your rating, was {last_model}]" if rated and last_model not in (None, model) else ""
+        print(f"routed to {model} (confidence {100 * r.get('confidence', 0):.1f}%"
+              f"{', cold start' if r.get('cold_start') else ''}){changed}", file=out)
+        for name, score in sorted(r.get("scores", {}).items(), key=lambda kv: -kv[1]):
+            moved = f"  ({score - last_scores[name]:+.3f} since your rating)" if rated and name in last_scores else ""
+            print(f"  {'*' if name == model else ' '} {name:<24} {score:6.3f} {'#' * int(round(30 * score))}{moved}",
+                  file=out)
+        last_scores = dict(r.get("scores", {}))
+        if r.get("reasoning"):
+            print(f"  {r['reasoning']}", file=out)
+        last_model, rated = model, False
+        if not again:
+            history.append(text)
+            last = text
+        ep = endpoints.get(model)
+        if ep is not None:
+            from gmt_model.serving.endpoints import chat_completion
+
+            try:
+                reply = chat_completion(ep, [{"role": "user", "content": text}])
+                print(f"{model}> {reply['choices'][0]['message']['content']}", file=out)
+            except Exception as e:  # an upstream failure ends this turn, not the chat
+                print(f"error: calling {model}: {type(e).__name__}: {e}", file=out)
+        elif endpoints:
+            print(f"(no endpoint configured for {model}: routed only)", file=out)
+        stars = ask(f"rate this choice of {model} 1-5 (Enter skips): ")
+        if stars is None:
+            break
+        if not stars:
+            continue
+        try:
+            value = float(stars)
+            if not 1 <= value <= 5:
+                raise ValueError
+        except ValueError:
+            print("not rated: give a number from 1 to 5", file=out)
+            continue
+        try:
+            res = router.update_user_feedback(user, text, model, _stars_to_rating(value, router.rating_scale),
+                                              session_id=session, turn=turn)
+        except RoutingError as e:
+            print(f"error: {e}", file=out)
+            continue
+        rated = True
+        stored = f" (feedback log row {res['feedback_id']})" if res.get("feedback_id") else \
+            " (not stored: no router.feedback_log in the config)"
+        print(f"rated {model} {value:g}/5{stored}", file=out)
     return 0
 
 
@@ -352,7 +588,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default=None, help="cpu, cuda, cuda:0 (default: cuda when available)")
     t.add_argument("--quiet", action="store_true")
     t.add_argument("--epochs", type=int, default=None)
-    t.add_argument("--out", default=None, help="run folder (default: checkpoint.root/<dataset>)")
+    t.add_argument("--out", default=None,
+                   help="run folder; the model is written to OUT/best and the configured model "
+                        "(model_path.save_model_path) is left alone (default: checkpoint.root/<dataset>, "
+                        "the best model copied to the configured model)")
     t.add_argument("--no-resume", action="store_true", help="ignore a periodic checkpoint in the run folder")
     t.add_argument("--skip-test", action="store_true")
     t.add_argument("--resamples", type=int, default=1000)
@@ -418,7 +657,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="trust this header (set by an authenticating proxy) as the user id, e.g. "
                             "X-Authenticated-User (default: $GMTROUTER_IDENTITY_HEADER)")
         s.add_argument("--device", default=None, help="cpu or cuda (default: router.device of the config)")
-        s.set_defaults(func=lambda a, chat=chat: _serve(a, chat=chat))
+        if chat:
+            s.add_argument("--terminal", action="store_true",
+                           help="chat in this terminal instead of serving the page: route each line, show the "
+                                "decision, rate it")
+            s.add_argument("--user-id", default=None, help="with --terminal: the user (asked when not given)")
+        s.set_defaults(func=lambda a, chat=chat: _terminal_chat(a) if getattr(a, "terminal", False)
+                       else _serve(a, chat=chat))
 
     d = verb("demo", help="write the offline demo dataset (GMTRouter JSONL splits)")
     d.add_argument("--out", default="./data/demo")
@@ -434,6 +679,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     shows the traceback instead."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    import warnings
+
+    shown = warnings.showwarning
+    if not args.debug:  # a warning is one line (no source line); --debug keeps Python's format
+        def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+            print(f"warning: {message}", file=sys.stderr)
+
+        warnings.showwarning = show
+    try:
+        return _run(args)
+    finally:
+        warnings.showwarning = shown
+
+
+def _run(args: argparse.Namespace) -> int:
     from gmt_model.errors import one_line, readable_error_types
 
     try:
@@ -444,9 +704,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as e:
-        if args.debug or not isinstance(e, readable_error_types()):
+        sqlite3 = sys.modules.get("sqlite3")
+        storage = (sqlite3.Error,) if sqlite3 is not None else ()
+        if args.debug or not isinstance(e, (CLIError, *storage, *readable_error_types())):
             raise
-        print(f"error: {one_line(e)}", file=sys.stderr)
+        text = one_line(e)
+        if storage and isinstance(e, storage):
+            text = f"SQLite (feedback log or embedding cache): {text}"
+        print(f"error: {text}", file=sys.stderr)
         return 2
 
 

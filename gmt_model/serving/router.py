@@ -55,6 +55,7 @@ from gmt_model.errors import RoutingError
 from gmt_model.method.engine import build_subgraph
 from gmt_model.method.graph import normalise_ratings
 from gmt_model.method.model import GMTModel
+from gmt_model.method.training import resolve_device
 from gmt_model.method.personal import (
     POLICIES,
     CrowdCalibration,
@@ -99,7 +100,7 @@ class GMTRouter:
         self.config = config
         if config.threads:
             torch.set_num_threads(int(config.threads))
-        self.device = torch.device(config.device or "cpu")
+        self.device = resolve_device(config.device or "cpu")
         ck = checkpoint if checkpoint is not None else load_checkpoint(config.checkpoint, device=self.device)
         self.checkpoint = ck
         self.model = ck.model.to(self.device).eval()

@@ -12,7 +12,11 @@
     messages: [],          // the OpenAI message list of this session
     sessionId: newSessionId(),
     ratingScale: [1, 5],
-    busy: false
+    busy: false,
+    endpoints: null,       // candidate LLMs with an endpoint (null: not known yet)
+    lastRouted: null,      // the model (and scores) of the latest routing decision ...
+    lastScores: null,
+    ratedSince: false      // ... and whether the user rated something after it
   };
 
   function newSessionId() {
@@ -82,6 +86,7 @@
           var msg = (data && data.error && data.error.message) || ("HTTP " + resp.status);
           var err = new Error(msg);
           err.status = resp.status;
+          err.code = (data && data.error && data.error.code) || null;
           if (resp.status === 401) { flagToken(); }
           throw err;
         }
@@ -115,6 +120,14 @@
         state.ratingScale = data.rating_scale;
       }
       if ($("status").classList.contains("err")) { setStatus(""); }
+      var withEndpoint = (data.data || []).filter(function (m) { return m.id !== "router" && m.endpoint_configured; });
+      var first = state.endpoints === null;
+      state.endpoints = withEndpoint.map(function (m) { return m.id; });
+      if (first && state.endpoints.length === 0) {
+        $("route-only").checked = true;
+        setStatus("No LLM endpoints are configured on this server: route-only mode. Each message shows the " +
+                  "routing decision; rate the choice and the next route follows your ratings.");
+      }
     }).catch(function (err) {
       if (err.status !== 401) { setStatus("Could not load models: " + err.message, true); }
     });
@@ -168,9 +181,9 @@
     return grid;
   }
 
-  function renderRating(ctx) {
+  function renderRating(ctx, routeOnly) {
     var box = el("div", "rating");
-    box.appendChild(el("span", "rating-label", "Rate this answer"));
+    box.appendChild(el("span", "rating-label", routeOnly ? "Rate this choice" : "Rate this answer"));
     var status = el("span", "rating-status");
     var stars = [];
     function paint(n, cls) {
@@ -202,6 +215,7 @@
       rating: starsToRating(n), session_id: state.sessionId, turn: ctx.turn
     };
     api("POST", "/v1/feedback", body).then(function () {
+      state.ratedSince = true;
       paint(n, "on");
       status.className = "rating-status ok";
       status.textContent = "Thanks \u2014 rated " + n + "/5";
@@ -212,14 +226,31 @@
     });
   }
 
-  function addAnswer(text, model, routing, ctx) {
-    var card = el("div", "msg assistant");
+  function addAnswer(text, model, routing, ctx, routeOnly) {
+    var card = el("div", "msg assistant" + (routeOnly ? " route-card" : ""));
     card.setAttribute("data-model", model);
-    card.appendChild(el("div", "answer-text", text));
+    if (routeOnly) {
+      card.appendChild(el("div", "route-note", text));
+    } else {
+      card.appendChild(el("div", "answer-text", text));
+    }
     var meta = el("div", "meta");
     var head = el("div", "meta-head");
-    head.appendChild(el("span", null, "answered by"));
+    head.appendChild(el("span", null, routeOnly ? "routed to" : "answered by"));
     head.appendChild(el("span", "badge routed-model", model));
+    if (routing && routing.routed) {
+      if (state.ratedSince && state.lastRouted && state.lastRouted !== model) {
+        head.appendChild(el("span", "badge changed", "changed after your rating (was " + state.lastRouted + ")"));
+      } else if (state.ratedSince && state.lastScores && routing.scores &&
+                 typeof state.lastScores[model] === "number" && typeof routing.scores[model] === "number") {
+        var delta = routing.scores[model] - state.lastScores[model];
+        head.appendChild(el("span", "badge moved", model + " " + (delta >= 0 ? "+" : "") + delta.toFixed(3) +
+                            " since your rating"));
+      }
+      state.lastRouted = model;
+      state.lastScores = routing.scores || null;
+      state.ratedSince = false;
+    }
     if (routing && routing.routed) {
       if (typeof routing.confidence === "number") {
         head.appendChild(el("span", "confidence", "confidence " + (routing.confidence * 100).toFixed(1) + "%"));
@@ -232,7 +263,14 @@
     var grid = renderScores(routing, model);
     if (grid) { meta.appendChild(grid); }
     if (routing && routing.reasoning) { meta.appendChild(el("p", "reasoning", routing.reasoning)); }
-    meta.appendChild(renderRating(ctx));
+    meta.appendChild(renderRating(ctx, routeOnly));
+    if (routeOnly) {
+      var again = el("button", "link route-again", "route this again");
+      again.type = "button";
+      again.title = "Ask the router again for the same message (after rating, the choice may change)";
+      again.addEventListener("click", function () { routeOnlyTurn(ctx.query, ctx.turn, ctx.history, null); });
+      meta.appendChild(again);
+    }
     card.appendChild(meta);
     $("messages").appendChild(card);
     scrollDown();
@@ -268,10 +306,16 @@
     if (!text) { $("message").focus(); return; }
     rememberUser(user);
     var model = $("model-select").value || "router";
+    var history = state.messages.filter(function (m) { return m.role === "user"; })
+      .map(function (m) { return m.content; });
     state.messages.push({ role: "user", content: text });
-    var turn = state.messages.filter(function (m) { return m.role === "user"; }).length;
+    var turn = history.length + 1;
     var bubble = addUserBubble(text);
     $("message").value = "";
+    if ($("route-only").checked && model === "router") {
+      routeOnlyTurn(text, turn, history, bubble);
+      return;
+    }
     setBusy(true);
     setStatus("Routing and waiting for the answer\u2026");
     var body = { model: model, user: user, messages: state.messages.slice(), session_id: state.sessionId };
@@ -282,6 +326,12 @@
       addAnswer(answer, routed, data && data.routing, { user: user, query: text, model: routed, turn: turn });
       setStatus("");
     }).catch(function (err) {
+      if (err.code === "endpoint_not_configured" && model === "router") {
+        // no endpoint for the routed LLM: show the routing decision instead, to rate
+        setBusy(false);
+        routeOnlyTurn(text, turn, history, bubble, err.message);
+        return;
+      }
       state.messages.pop();  // keep the conversation consistent: the failed turn is not part of it
       bubble.classList.add("failed");
       bubble.title = err.message;
@@ -293,9 +343,42 @@
     });
   }
 
+  /** Route only (no LLM call): POST /v1/route, show the decision, let the user rate the choice. */
+  function routeOnlyTurn(text, turn, history, bubble, why) {
+    var user = $("user-id").value.trim();
+    setBusy(true);
+    setStatus("Routing\u2026");
+    var body = { query_text: text, user_id: user, session_id: state.sessionId, turn: turn,
+                 conversation_history: history };
+    return api("POST", "/v1/route", body).then(function (r) {
+      var routing = { routed: true, confidence: r.confidence, scores: r.scores, reasoning: r.reasoning,
+                      cold_start: r.cold_start };
+      var note = (why ? why + " \u2014 " : "") + "Route only: the router chose " + r.model_name +
+        " for this message (no LLM was called). Rate the choice: a low rating steers this user's next route " +
+        "elsewhere, a high one keeps it.";
+      addAnswer(note, r.model_name, routing, { user: user, query: text, model: r.model_name, turn: turn,
+                                               history: history }, true);
+      setStatus("");
+    }).catch(function (err) {
+      if (bubble) {
+        state.messages.pop();
+        bubble.classList.add("failed");
+        bubble.title = err.message;
+        $("message").value = text;
+      }
+      if (err.status !== 401) { setStatus("Routing failed: " + err.message, true); }
+    }).then(function () {
+      setBusy(false);
+      $("message").focus();
+    });
+  }
+
   function newChat() {
     state.messages = [];
     state.sessionId = newSessionId();
+    state.lastRouted = null;
+    state.lastScores = null;
+    state.ratedSince = false;
     $("session-id").textContent = state.sessionId;
     var box = $("messages");
     box.textContent = "";
