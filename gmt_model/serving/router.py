@@ -123,8 +123,10 @@ class GMTRouter:
         self._llm_event_id = 0
         self._own_events: set[int] = set()
         self.replayed = 0
+        self._logged_names: set[str] = set()
         if self.feedback_log is not None:
             self._sync_pool()  # every pool change, whatever the checkpoint (its LLMs' descriptions may have changed)
+            self._record_config_pool()
         if self.feedback_log is not None and config.replay_feedback:
             # rows the training data read but could not use (a single rating compares nothing) are history only:
             # replay them too
@@ -375,6 +377,7 @@ class GMTRouter:
         events = self.feedback_log.read_llm_events(since_id=self._llm_event_id)
         changed = 0
         for ev in events:
+            self._logged_names.add(ev["name"])
             if ev["id"] not in self._own_events:
                 changed += self.pool.apply_event(ev, self._embed_description)
             self._llm_event_id = ev["id"]
@@ -402,6 +405,15 @@ class GMTRouter:
         self.pool.restrict(list(llms))
         if changed:
             self._pool_changed()
+
+    def _record_config_pool(self) -> None:
+        """LLMs the config adds that the log never saw are recorded there once (an ``add`` event), so the
+        next training run knows their descriptions; a later ``remove`` in the log then stays removed."""
+        for name, spec in (self.config.llms or {}).items():
+            info = self.pool.info[self.pool.index[name]]
+            if not info.trained and name not in self._logged_names:
+                self._log_event("add", name, info.description, info.cost, info.endpoint)
+                self._logged_names.add(name)
 
     # --------------------------------------------------------------- feedback
     def update_user_feedback(self, user_id: str, query: str, model: str, rating: float,
