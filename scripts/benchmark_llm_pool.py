@@ -242,7 +242,7 @@ def pgr_curve(margin: np.ndarray, win_strong: np.ndarray, rng: np.random.Generat
 
 
 def apgr(share, pgr) -> float:
-    return float(np.trapz(pgr, share))
+    return float(np.trapezoid(pgr, share))
 
 
 def cpt(share, pgr, level: float) -> float:
@@ -375,7 +375,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", help="append one JSON line per result here")
     ap.add_argument("--report", metavar="JSONL", help="print the markdown tables of an --out file")
-    ap.add_argument("--mt-bench", default=str(REPO.parent / "shared" / "data" / "mt_bench_human"))
+    default_data = next((p for p in (REPO.parent / "shared", REPO.parent.parent / "shared")
+                         if (p / "data" / "mt_bench_human").is_dir()), REPO.parent / "shared")
+    ap.add_argument("--mt-bench", default=str(default_data / "data" / "mt_bench_human"))
     ap.add_argument("--cache", default=str(REPO / ".cache" / "mt_bench_seeds"), help="folder of split0..2")
     ap.add_argument("--splits", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--llms", nargs="*", default=MT_LLMS, help="LLMs to leave out (none: only the cost part)")
