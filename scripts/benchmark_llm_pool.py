@@ -293,6 +293,45 @@ def cost_quality(rows: list[dict], prices: dict[str, float], emit, seed: int = 0
               "mean_price": float(np.mean(cost)), "quality": float(np.mean(qual)), "n_judgments": len(rows)})
 
 
+def overhead(router, test: list[dict], descriptions: dict[str, str]) -> dict[str, Any]:
+    """add_llm's time (description encoded with the real encoder, first call warmed on another text) and
+    route_single's p50 without encoding (texts cached), before and after adding two LLMs with costs."""
+    import os
+
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # routing is many tiny ops: the serving configs use threads: 1
+    queries = [{"query_text": p["query"], "user_id": p["user"]} for p in test[:300]]
+    router.embed([q["query_text"] for q in queries])  # cached: no encoding below
+    router.encoder.encode(["warm-up text"])
+
+    def p50(qs, extra=None) -> float:
+        ts = []
+        for q in qs:
+            q = dict(q, **(extra or {}))
+            t0 = time.perf_counter()
+            router.route_single(q)
+            ts.append((time.perf_counter() - t0) * 1000)
+        return float(np.median(ts))
+
+    p50(queries[:50])
+    before = p50(queries)
+    adds = []
+    for i in range(5):
+        t0 = time.perf_counter()
+        router.add_llm(f"added-{i}", f"{descriptions['gpt-4']} Variant {i}.", cost=1.0 + i)
+        adds.append((time.perf_counter() - t0) * 1000)
+    after = p50(queries)
+    costly = p50(queries, {"cost_weight": 0.5})
+    for i in range(5):
+        router.remove_llm(f"added-{i}")
+    torch.set_num_threads(threads)
+    return {"bench": "overhead", "route_single_p50_ms": before, "route_single_p50_ms_pool_plus5": after,
+            "route_single_p50_ms_cost_weight": costly, "add_llm_ms": adds, "add_llm_ms_median": float(np.median(adds)),
+            "loadavg": open("/proc/loadavg").read().split()[:3], "torch_threads": 1}
+
+
 # ---------------------------------------------------------------- driver
 def run(args) -> None:
     import yaml
@@ -322,6 +361,8 @@ def run(args) -> None:
         with tempfile.TemporaryDirectory() as d:
             full = train_router(write_split(Path(d) / "data", splits), args.epochs, args.seed, enc, Path(d) / "run")
         test = pairs_of(splits["test"])
+        if sp == args.splits[0] and not args.skip_cost:
+            emit(overhead(full, test, descriptions))
         if not args.skip_cost:
             pers, blind = p_first(full, test), p_first(full, test, user_blind=True)
             bt = bt_strengths(pairs_of(splits["training"]), MT_LLMS)
@@ -354,6 +395,11 @@ def report(path: str) -> str:
             lines.append(f"| {x} | {sorted({r['split'] for r in rs})} | " + " | ".join(cells) + " |")
             means[x] = cells
     for r in rows:
+        if r["bench"] == "overhead":
+            lines += ["", f"overhead: route_single p50 {r['route_single_p50_ms']:.2f} ms (no encoding), "
+                          f"{r['route_single_p50_ms_pool_plus5']:.2f} ms with 5 added LLMs, "
+                          f"{r['route_single_p50_ms_cost_weight']:.2f} ms with cost_weight; add_llm median "
+                          f"{r['add_llm_ms_median']:.1f} ms (load {' '.join(r['loadavg'])})"]
         if r["bench"] == "cost_gpt4":
             lines += ["", f"gpt-4 against another LLM: {r['n_judgments']} test judgments, gpt-4 wins "
                           f"{r['gpt4_win_rate']:.3f}", "",
