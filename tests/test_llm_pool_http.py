@@ -63,3 +63,38 @@ def test_cost_weight_over_http_and_metrics(client, planted_graph):
     assert c.post("/v1/chat/completions", json=chat, headers={"X-Cost-Weight": "cheap"}).status_code == 400
     text = c.get("/metrics").text
     assert 'gmtrouter_routes_total{model="m3"}' in text and 'gmtrouter_llm_price_usd_per_mtok{model="m0"} 30.0' in text
+
+
+def test_cli_llms_verbs(planted_models, planted_graph, tmp_path, monkeypatch, capsys):
+    """gmtrouter llms add|update|remove|list: durable through the log; bad input is one line, exit 2, nothing stored."""
+    import json
+
+    import gmt_model.data.encoder
+    from gmt_model.serving.cli import main
+    from gmt_model.serving.feedback import FeedbackLog
+    from test_llm_pool import PlantedEncoder
+
+    monkeypatch.setattr(gmt_model.data.encoder, "get_encoder", lambda name=None, **kw: PlantedEncoder(planted_graph))
+    cfg = tmp_path / "router.yaml"
+    log = tmp_path / "fb.sqlite"
+    cfg.write_text(f"model_path: {{load_model_path: {planted_models[0].best_dir}}}\nrouter: {{feedback_log: {log}}}\n")
+    c = ["--config", str(cfg)]
+    assert main(["llms", "add", "newlm", "--description", NEW_DESC, "--cost", "0.2", *c]) == 0
+    assert json.loads(capsys.readouterr().out)["name"] == "newlm"
+    assert main(["llms", "update", "newlm", "--cost", "0.1", *c]) == 0
+    assert main(["llms", "remove", "m0", *c]) == 0
+    capsys.readouterr()
+    assert main(["llms", "list", *c]) == 0
+    listed = {d["name"]: d["cost"] for d in json.loads(capsys.readouterr().out)}
+    assert listed == {"m1": None, "m2": None, "m3": None, "newlm": 0.1}
+    n = len(FeedbackLog(log).read_llm_events())
+    for argv, msg in [(["llms", "add", "newlm", "--description", "x"], "already in the pool"),
+                      (["llms", "add", "y", "--description", "d", "--cost", "-1"], "cost"),
+                      (["llms", "add", "y", "--description", " "], "description"),
+                      (["llms", "remove", "nope"], "not in the pool")]:
+        assert main([*argv, *c]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and msg in err and err.count("\n") == 1
+    assert len(FeedbackLog(log).read_llm_events()) == n
+    assert main(["infer", "--query", planted_graph.query_text[0], "--route-only", "--cost-weight", "1000", *c]) == 0
+    assert json.loads(capsys.readouterr().out)["model_name"] in listed

@@ -341,22 +341,18 @@ def _demo(args: argparse.Namespace) -> int:
 def _llms(args: argparse.Namespace) -> int:
     """``gmtrouter llms add|update|remove|list``: change the pool through the config's feedback log (durable,
     ordered; running servers sharing the log follow within their feedback_sync_interval)."""
-    from gmt_model.errors import RoutingError
-
     router = _router(args)
     if args.llms_op != "list" and router.feedback_log is None:
         raise SystemExit(f"error: {args.config}: router.feedback_log is not set; a pool change would not be stored")
-    try:
-        if args.llms_op == "add":
-            out: Any = router.add_llm(args.name, args.description, cost=args.cost, endpoint=args.endpoint)
-        elif args.llms_op == "update":
-            out = router.update_llm(args.name, description=args.description, cost=args.cost, endpoint=args.endpoint)
-        elif args.llms_op == "remove":
-            out = router.remove_llm(args.name)
-        else:
-            out = router.llms(include_removed=args.all)
-    except RoutingError as e:
-        raise SystemExit(f"error: {e}")
+    # a RoutingError (bad name, description, cost; the last LLM) reaches main(): one line, exit status 2
+    if args.llms_op == "add":
+        out: Any = router.add_llm(args.name, args.description, cost=args.cost, endpoint=args.endpoint)
+    elif args.llms_op == "update":
+        out = router.update_llm(args.name, description=args.description, cost=args.cost, endpoint=args.endpoint)
+    elif args.llms_op == "remove":
+        out = router.remove_llm(args.name)
+    else:
+        out = router.llms(include_removed=args.all)
     print(json.dumps(out, indent=2, ensure_ascii=False))
     return 0
 
