@@ -36,7 +36,7 @@ from gmt_model.data.datasets import (SPLIT_KINDS, RawResult, llm_description_map
                                      load_source_config, prepare_raw, split_raw)
 from gmt_model.method.schema import SPLIT_FILES, SPLITS
 
-from .feedback_merge import FeedbackMergeStats, feedback_groups
+from .feedback_merge import FeedbackMergeStats, feedback_groups, pool_descriptions
 from .storage import REPO_ROOT, DataStore, read_json, write_json_atomic
 
 __all__ = [
@@ -178,7 +178,10 @@ def _training_groups_of(groups: Sequence[Sequence[Mapping[str, Any]]]) -> tuple[
 
 
 def _feedback(feedback_log: str | os.PathLike[str] | None, models: Sequence[str],
-              rating_range: tuple[float, float], known_users: set[str]) -> tuple[list, FeedbackMergeStats]:
+              rating_range: tuple[float, float], known_users: set[str],
+              added: dict[str, str] | None = None) -> tuple[list, FeedbackMergeStats]:
+    """``added`` (filled in): the LLMs the router's pool added or re-described, name -> description;
+    their feedback merges too."""
     from gmt_model.serving.feedback import FeedbackLog
 
     st = FeedbackMergeStats(log_path=None if feedback_log is None else os.fspath(feedback_log))
@@ -187,8 +190,11 @@ def _feedback(feedback_log: str | os.PathLike[str] | None, models: Sequence[str]
     st.log_exists = True
     with FeedbackLog(feedback_log) as fb:
         rows = fb.read(0)
+        pool = pool_descriptions(fb.read_llm_events(0))
+    if added is not None:
+        added.update(pool)
     st.max_id = max((int(r.id) for r in rows), default=0)
-    groups = feedback_groups(rows, models=models, rating_range=rating_range, stats=st)
+    groups = feedback_groups(rows, models=sorted(set(models) | set(pool)), rating_range=rating_range, stats=st)
     st.users_added = sorted({g[0]["judge"] for g in groups} - known_users)
     return groups, st
 
@@ -218,6 +224,7 @@ def materialize_interactions(store: DataStore, encoder: Any, *, split_seed: int 
     kind = raw_m["kind"]
     path = store.resolve("raw", raw_m["path"])
     descriptions = load_llm_descriptions()
+    added: dict[str, str] = {}  # LLMs of the router's pool (feedback log events): their descriptions win
     fb_stats = FeedbackMergeStats()
     conversion = None
     with store.staging("interactions") as tmp:
@@ -229,7 +236,7 @@ def materialize_interactions(store: DataStore, encoder: Any, *, split_seed: int 
                 if split != SPLITS[0]:
                     return []
                 groups, fb_stats = _feedback(feedback_log, sorted(summ.models), (summ.rating_min, summ.rating_max),
-                                             set(summ.judges))
+                                             set(summ.judges), added)
                 return groups
 
             summ = C.import_jsonl(files, tmp, extra_groups=extra)
@@ -241,10 +248,10 @@ def materialize_interactions(store: DataStore, encoder: Any, *, split_seed: int 
             splits, conversion = plan.groups, plan.conversion
             models, rating_range = _training_groups_of(splits[SPLITS[0]])
             known = {r["judge"] for s in SPLITS for g in splits[s] for r in g}
-            fb_groups, fb_stats = _feedback(feedback_log, models, rating_range, known)
+            fb_groups, fb_stats = _feedback(feedback_log, models, rating_range, known, added)
             splits[SPLITS[0]] = splits[SPLITS[0]] + fb_groups
             all_models = sorted({r["model"] for s in SPLITS for g in splits[s] for r in g})
-            summ = C.write_columnar(splits, tmp, llm_description_map(all_models, descriptions))
+            summ = C.write_columnar(splits, tmp, llm_description_map(all_models, {**descriptions, **added}))
             imported = None
             mode = "converted"
         split_docs = {s: summ.splits[s].to_dict() for s in SPLITS if s in summ.splits}
@@ -271,6 +278,7 @@ def materialize_interactions(store: DataStore, encoder: Any, *, split_seed: int 
             "min_user_groups": min_user_groups,
             "conversion": _conversion_summary(conversion) if conversion else None,
             "feedback": fb_stats.to_dict(),
+            "llm_descriptions_added": dict(sorted(added.items())),
             "feedback_through_id": fb_stats.max_id if fb_stats.log_exists else None,
             "feedback_unmerged_ids": list(fb_stats.unmerged_ids) if fb_stats.log_exists else [],
             "split_seed": split_seed,
@@ -321,6 +329,11 @@ def _texts(store: DataStore) -> tuple[dict[str, Any], np.ndarray, list[str]]:
     return m, E.hashes_from_arrow(t.column(E.C_TEXT_HASH)).copy(), t.column(E.C_TEXT).to_pylist()
 
 
+def _descriptions(manifest: Mapping[str, Any]) -> dict[str, str]:
+    """LLM descriptions: the config's, and those of the LLMs the router's pool added (interactions manifest)."""
+    return {**load_llm_descriptions(), **(manifest.get("llm_descriptions_added") or {})}
+
+
 def _embed(encoder: Any, texts: Sequence[str], descriptions: Mapping[str, str]) -> np.ndarray:
     """Embed texts in bounded calls; an imported LLM's key text is embedded as that LLM's description."""
     out = np.zeros((len(texts), int(encoder.dim)), np.float32)
@@ -351,7 +364,7 @@ def materialize_embedding_shard(store: DataStore, encoder: Any, shard: str, *,
     m, hashes, texts = _texts(store)
     k = SHARD_KEYS.index(shard)
     sel = np.flatnonzero(E.shard_of(hashes, N_SHARDS) == k)
-    vecs = _embed(encoder, [texts[i] for i in sel], load_llm_descriptions())
+    vecs = _embed(encoder, [texts[i] for i in sel], _descriptions(m))
     folder = _shard_dir(store)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"shard-{shard}.parquet"
@@ -426,7 +439,7 @@ def materialize_text_embeddings(store: DataStore, encoder: Any, *, dtype: str = 
             log.warning("ignoring the previous embedding store: %s", exc)
     missing = np.flatnonzero(~have)
     if missing.size:
-        vecs[missing] = _embed(encoder, [texts[i] for i in missing], load_llm_descriptions())
+        vecs[missing] = _embed(encoder, [texts[i] for i in missing], _descriptions(m))
     counts["embedded_now"] = int(missing.size)
     with store.staging("embeddings") as tmp:
         with E.StoreWriter(tmp / STORE_FILE, dim, encoder=encoder.name, dtype=dtype) as w:

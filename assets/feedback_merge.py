@@ -19,7 +19,7 @@ No Dagster or MLflow here.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -35,7 +35,7 @@ from gmt_model.method.schema import (
     F_TURN,
 )
 
-__all__ = ["FEEDBACK_QID_PREFIX", "FeedbackMergeStats", "feedback_groups"]
+__all__ = ["FEEDBACK_QID_PREFIX", "FeedbackMergeStats", "feedback_groups", "pool_descriptions"]
 
 #: question ids of merged feedback groups start with this
 FEEDBACK_QID_PREFIX = "feedback:"
@@ -64,6 +64,19 @@ class FeedbackMergeStats:
         out = asdict(self)
         out.pop("unmerged_ids")
         return out
+
+
+def pool_descriptions(events: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """LLMs the live router's pool gained or re-described (``FeedbackLog.read_llm_events``, in id order):
+    name -> its last description.  The next training run knows these LLMs (their feedback merges like
+    any other) and embeds each one's description as its node features, as the router did.  A removed
+    LLM stays (its history is training data; the router keeps it out of the pool by replaying the events)."""
+    out: dict[str, str] = {}
+    for ev in events:
+        d = ev.get("description")
+        if ev.get("op") in ("add", "update") and isinstance(d, str) and d.strip():
+            out[str(ev["name"])] = d
+    return out
 
 
 def _qid(query: str) -> str:

@@ -8,6 +8,7 @@ optional and documented in ``configs/``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -225,6 +226,11 @@ class RouterConfig:
     #: users whose representation and posterior are kept in memory (least recently used are dropped, then
     #: recomputed on their next route)
     cache_users: int = 20000
+    #: the LLM pool (``router.llms``): name -> {description, cost (USD per 1M tokens), endpoint}; None: the
+    #: checkpoint's LLMs.  Pool changes made while serving live in the feedback log (``gmtrouter llms``)
+    llms: dict[str, dict[str, Any]] | None = None
+    #: default weight of cost against preference (``router.cost_weight``, >= 0; 0 = preference only)
+    cost_weight: float = 0.0
 
 
 
@@ -256,7 +262,8 @@ def load_router_config(path: str | Path, *, relative_to: str | Path | None = Non
         raise ConfigError(f"{path}: model_path.load_model_path (or router.checkpoint): required, the trained checkpoint")
     unknown = set(router) - {"checkpoint", "candidates", "encoder", "device", "feedback_log", "history_turns",
                              "threads", "personalization", "policy", "epsilon", "seed", "replay_feedback",
-                             "feedback_sync_interval", "history_window", "refresh_growth", "cache_users"}
+                             "feedback_sync_interval", "history_window", "refresh_growth", "cache_users",
+                             "llms", "cost_weight"}
     if unknown:
         raise ConfigError(f"{path}: router: unknown keys {sorted(unknown)}")
     policy = router.get("policy", "greedy")
@@ -277,6 +284,13 @@ def load_router_config(path: str | Path, *, relative_to: str | Path | None = Non
     endpoints = raw.get("endpoints") or {}
     if not isinstance(endpoints, dict):
         raise ConfigError(f"{path}: endpoints: expected a mapping of LLM name -> endpoint")
+    llms = _llm_pool(path, router.get("llms"))
+    for name, spec in (llms or {}).items():  # an LLM's endpoint (a base URL) is an endpoints entry too
+        if spec.get("endpoint") and name not in endpoints:
+            endpoints = dict(endpoints, **{name: {"base_url": spec["endpoint"]}})
+    cw = router.get("cost_weight", 0.0)
+    if isinstance(cw, bool) or not isinstance(cw, (int, float)) or not math.isfinite(float(cw)) or cw < 0:
+        raise ConfigError(f"{path}: router.cost_weight: expected a number >= 0, got {cw!r}")
     return RouterConfig(
         checkpoint=str(checkpoint_dir_from_model_path(_resolve(base, str(ckpt)))),
         candidates=router.get("candidates"),
@@ -296,7 +310,41 @@ def load_router_config(path: str | Path, *, relative_to: str | Path | None = Non
         history_window=_positive_int(path, router, "history_window", 1000),
         refresh_growth=_fraction(path, router, "refresh_growth", 0.1),
         cache_users=_positive_int(path, router, "cache_users", 20000),
+        llms=llms,
+        cost_weight=float(cw),
     )
+
+
+def _llm_pool(path, raw: Any) -> dict[str, dict[str, Any]] | None:
+    """``router.llms``: {name: {description, cost, endpoint}} (a bare string is the description)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{path}: router.llms: expected a non-empty mapping of LLM name -> "
+                          "{description, cost, endpoint}")
+    out: dict[str, dict[str, Any]] = {}
+    for name, spec in raw.items():
+        where = f"{path}: router.llms.{name}"
+        if isinstance(spec, str):
+            spec = {"description": spec}
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{where}: expected a mapping with description, cost, endpoint")
+        unknown = set(spec) - {"description", "cost", "endpoint", "cost_date"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; known: cost, cost_date, description, endpoint")
+        d = spec.get("description")
+        if d is not None and (not isinstance(d, str) or not d.strip()):
+            raise ConfigError(f"{where}.description: expected a non-empty string")
+        c = spec.get("cost")
+        if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(float(c))
+                              or c < 0):
+            raise ConfigError(f"{where}.cost: expected a number >= 0 (USD per 1M tokens), got {c!r}")
+        e = spec.get("endpoint")
+        if e is not None and (not isinstance(e, str) or not e.strip()):
+            raise ConfigError(f"{where}.endpoint: expected a base URL string")
+        out[str(name)] = {"description": d, "cost": None if c is None else float(c), "endpoint": e,
+                          "cost_date": spec.get("cost_date")}
+    return out
 
 
 def _positive_int(path, section: dict, key: str, default: int) -> int:

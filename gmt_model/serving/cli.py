@@ -265,6 +265,9 @@ def _infer(args: argparse.Namespace) -> int:
         q.setdefault("user_id", args.user_id)
         if args.session_id:
             q.setdefault("session_id", args.session_id)
+        for key in ("cost_weight", "max_cost"):
+            if getattr(args, key, None) is not None:
+                q.setdefault(key, getattr(args, key))
     if args.output:
         _prepare_output(args.output)
     import sqlite3
@@ -570,6 +573,47 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- gmtrouter llms (the open LLM pool)
+def _llms(args: argparse.Namespace) -> int:
+    """``gmtrouter llms add|update|remove|list``: change the pool through the config's feedback log (durable,
+    ordered; running servers sharing the log follow within their feedback_sync_interval)."""
+    router = _router(args)
+    if args.llms_op != "list" and router.feedback_log is None:
+        raise SystemExit(f"error: {args.config}: router.feedback_log is not set; a pool change would not be stored")
+    # a RoutingError (bad name, description, cost; the last LLM) reaches main(): one line, exit status 2
+    if args.llms_op == "add":
+        out: Any = router.add_llm(args.name, args.description, cost=args.cost, endpoint=args.endpoint)
+    elif args.llms_op == "update":
+        out = router.update_llm(args.name, description=args.description, cost=args.cost, endpoint=args.endpoint)
+    elif args.llms_op == "remove":
+        out = router.remove_llm(args.name)
+    else:
+        out = router.llms(include_removed=args.all)
+    print(json.dumps(out, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _add_llms_parser(verb: Any) -> None:
+    lp = verb("llms", help="list or change the LLM pool (add/update/remove an LLM)")
+    ops = lp.add_subparsers(dest="llms_op", required=True)
+    for op, helptext in (("add", "add an LLM (routable at once, scored from its description)"),
+                         ("update", "change an LLM's description, cost or endpoint"),
+                         ("remove", "take an LLM out of the pool (its history stays)"), ("list", "list the pool")):
+        o = ops.add_parser(op, help=helptext)
+        o.add_argument("--config", required=True)
+        if op == "list":
+            o.add_argument("--all", action="store_true", help="also removed LLMs")
+            continue
+        o.add_argument("name")
+        if op in ("add", "update"):
+            o.add_argument("--description", required=op == "add", help="what the LLM is good at (its node features)")
+            o.add_argument("--cost", type=float, default=None, help="USD per 1M tokens")
+            o.add_argument("--endpoint", default=None, help="OpenAI-compatible base URL")
+        else:
+            o.set_defaults(description=None, cost=None, endpoint=None)
+    lp.set_defaults(func=_llms)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gmtrouter", description="GMTRouter: personalized LLM routing")
     p.add_argument("--log-level", default="WARNING")
@@ -616,6 +660,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--user-id", default="anonymous")
     i.add_argument("--session-id", default=None)
     i.add_argument("--route-only", action="store_true")
+    i.add_argument("--cost-weight", type=float, default=None,
+                   help="weight of cost against preference (>= 0; default: router.cost_weight of the config)")
+    i.add_argument("--max-cost", type=float, default=None, help="route only to LLMs costing at most this (USD/1M tok)")
     i.add_argument("--device", default=None, help="cpu or cuda (default: router.device of the config)")
     i.set_defaults(func=_infer)
 
@@ -664,6 +711,8 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--user-id", default=None, help="with --terminal: the user (asked when not given)")
         s.set_defaults(func=lambda a, chat=chat: _terminal_chat(a) if getattr(a, "terminal", False)
                        else _serve(a, chat=chat))
+
+    _add_llms_parser(verb)
 
     d = verb("demo", help="write the offline demo dataset (GMTRouter JSONL splits)")
     d.add_argument("--out", default="./data/demo")

@@ -42,6 +42,8 @@ __all__ = [
     "COL_SESSION_ID",
     "COL_QUERY_ID",
     "FEEDBACK_COLUMNS",
+    "LLM_EVENTS_TABLE",
+    "LLM_EVENT_OPS",
 ]
 
 #: SQLite table holding the log.
@@ -77,6 +79,21 @@ CREATE TABLE IF NOT EXISTS {FEEDBACK_TABLE} (
     {F_QUERY} TEXT NOT NULL CHECK (length({F_QUERY}) > 0),
     {F_MODEL} TEXT NOT NULL CHECK (length({F_MODEL}) > 0),
     {F_RATING} REAL NOT NULL
+)
+"""
+
+#: SQLite table of LLM pool changes (``FeedbackLog.append_llm_event``)
+LLM_EVENTS_TABLE = "llm_events"
+LLM_EVENT_OPS = ("add", "update", "remove")
+_CREATE_LLM_EVENTS_SQL = f"""
+CREATE TABLE IF NOT EXISTS {LLM_EVENTS_TABLE} (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL,
+    op TEXT NOT NULL CHECK (op IN ('add', 'update', 'remove')),
+    name TEXT NOT NULL CHECK (length(name) > 0),
+    description TEXT,
+    cost REAL CHECK (cost IS NULL OR cost >= 0),
+    endpoint TEXT
 )
 """
 
@@ -334,6 +351,61 @@ class FeedbackLog:
         with atomic_path(path, fsync=False) as tmp:
             pq.write_table(table, tmp)
         return table.num_rows
+
+    # ------------------------------------------------------------------ LLM pool events
+    # Changes of the router's LLM pool (gmt_model.serving.llm_pool), stored next to the feedback so that a
+    # restarted router, or another process sharing the log, sees the same pool.  Ids come from the table's own
+    # AUTOINCREMENT (strictly increasing in commit order, never reused); they are not comparable with feedback
+    # ids.  Order between the two tables does not matter for replay: a feedback row can only name an LLM whose
+    # "add" event was committed before it.
+    def _ensure_llm_events(self, conn: sqlite3.Connection) -> None:
+        if not getattr(self, "_llm_events_ready", False):
+            conn.execute(_CREATE_LLM_EVENTS_SQL)
+            self._llm_events_ready = True
+
+    def append_llm_event(self, op: str, name: str, description: str | None = None, cost: float | None = None,
+                         endpoint: str | None = None) -> int:
+        """Store one pool change (``op``: add, update or remove) in its own transaction; return its id.
+
+        Raises ``ValueError`` naming the field; nothing is stored then (an ``add`` needs a description;
+        ``cost``: a finite number >= 0, USD per 1M tokens)."""
+        if op not in LLM_EVENT_OPS:
+            raise ValueError(f"llm event field 'op' must be one of {LLM_EVENT_OPS}, got {op!r}")
+        _req_str("name", name)
+        if op == "add":
+            _req_str("description", description)
+        else:
+            _opt_str("description", description)
+        if cost is not None and (_finite("cost", cost) < 0):
+            raise ValueError(f"llm event field 'cost' must be >= 0, got {cost!r}")
+        _opt_str("endpoint", endpoint)
+        values = (time.time(), op, name, description, None if cost is None else float(cost), endpoint)
+        with self._lock:
+            conn = self._connection()
+            self._ensure_llm_events(conn)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                new_id = int(conn.execute(
+                    f"INSERT INTO {LLM_EVENTS_TABLE} (ts, op, name, description, cost, endpoint) "
+                    "VALUES (?, ?, ?, ?, ?, ?)", values).lastrowid)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        return new_id
+
+    def read_llm_events(self, since_id: int = 0) -> list[dict[str, Any]]:
+        """Pool events with ``id > since_id`` in id order, as dicts
+        (id, ts, op, name, description, cost, endpoint)."""
+        since = self._check_since(since_id)
+        with self._lock:
+            conn = self._connection()
+            self._ensure_llm_events(conn)
+            rows = conn.execute(
+                f"SELECT id, ts, op, name, description, cost, endpoint FROM {LLM_EVENTS_TABLE} "
+                "WHERE id > ? ORDER BY id", (since,)).fetchall()
+        keys = ("id", "ts", "op", "name", "description", "cost", "endpoint")
+        return [dict(zip(keys, r)) for r in rows]
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:

@@ -72,6 +72,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gmt_model.serving.endpoints import Endpoint, MissingAPIKeyError, redact
 from gmt_model.errors import RoutingError
+from gmt_model.serving.http_llms import COST_FIELDS, cost_options, pool_metrics, register_llm_routes
 from gmt_model.serving.feedback import FeedbackLog
 
 __all__ = [
@@ -199,6 +200,8 @@ class _RouteQuery(BaseModel):
     turn: int | None = Field(default=None, ge=1, strict=True)
     conversation_history: list[Any] | None = None
     candidates: list[str] | None = None
+    cost_weight: float | None = Field(default=None, ge=0, allow_inf_nan=False)  # issue 15: cost-aware routing
+    max_cost: float | None = Field(default=None, ge=0, allow_inf_nan=False)
 
     def to_query(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)
@@ -1096,6 +1099,7 @@ def create_app(
     async def metrics_endpoint() -> Response:
         text = metrics.render(reloads=reloader.counts if reloader is not None else None,
                               serving=holder.current.info)
+        text += pool_metrics(holder.current.router)  # routes and cost per LLM (http_llms)
         return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     def model_objects(served: ServedModel) -> list[dict[str, Any]]:
@@ -1130,6 +1134,8 @@ def create_app(
         out = await anyio.to_thread.run_sync(reloader.reload)
         status = {"reloaded": 200, "unchanged": 200, "refused": 409, "unavailable": 503}[out["status"]]
         return JSONResponse(_jsonable(out), status_code=status)
+
+    register_llm_routes(app, endpoints)  # /admin/llms: the open LLM pool (http_llms)
 
     # ---------------------------------------------------------------- route
     @app.post("/v1/route")
@@ -1249,6 +1255,7 @@ def create_app(
                 query["session_id"] = session_id
             t0 = time.perf_counter()
             try:
+                query.update(cost_options(raw, request.headers))  # cost_weight / max_cost (http_llms)
                 result = _jsonable(await call_router(served, "single", router.route_single, query))
             except RoutingError as exc:
                 raise _routing_api_error(exc, chat_names) from None
@@ -1290,6 +1297,8 @@ def create_app(
                            headers=_NO_RETRY) from None
         payload = dict(raw)
         payload.pop("session_id", None)
+        for key in COST_FIELDS:
+            payload.pop(key, None)
         payload["model"] = endpoint.model
         metrics.bump(metrics.routed, chosen)
         if req.stream:

@@ -1,0 +1,624 @@
+"""The router's user state: the live rated history, the users' GNN
+representations (cache and refresh schedule), their online residual
+posteriors, and how feedback is applied and followed across processes.
+
+A user's representation is the HeteroGNN output over that user's history; it
+is cached and recomputed only when the user's history changes (on the
+schedule of :meth:`UserState.rep_size`), so feedback shapes the very next
+route without retraining.  Under the reference relation set a user's
+representation depends only on that user's own sessions and LLM / query
+nodes receive no messages, so routing needs one small GNN call per changed
+user.  Under other relation sets (``full``) LLM and query nodes receive
+messages from everybody's history; the state then recomputes the whole
+history graph after feedback (exact, slower).
+
+Consistency model of the feedback log: every process applies its own
+feedback at once (read-your-writes), appends it to the shared log, and
+applies rows that other processes appended on its next sync
+(:meth:`UserState.sync`).  Processes that have applied the same rows agree
+(routing depends on the set of rows, not on the order in which different
+users' rows arrived): a user's rows are kept in log-id order.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from gmt_model.method import schema as S
+from gmt_model.method.checkpoint import History
+from gmt_model.method.config import RouterConfig
+from gmt_model.method.engine import build_subgraph
+from gmt_model.method.graph import normalise_ratings
+from gmt_model.method.model import GMTModel
+from gmt_model.method.personal import (
+    CrowdCalibration,
+    PersonalConfig,
+    Posterior,
+    QueryBasis,
+    build_evidence,
+    fit_posterior,
+    window_lookback,
+    window_rows,
+)
+from gmt_model.serving.llm_pool import CrowdEstimate, LLMPool
+from gmt_model.serving.requests import ID_RE
+
+__all__ = ["UserState"]
+
+
+@dataclass
+class _Session:
+    last_row: int = -1  # history row of the last rated turn
+    turns: int = 0
+    models: list[str] = field(default_factory=list)
+
+
+class UserState:
+    """History, representations and posteriors of the router's users (see the module doc).
+
+    The caller (the router) holds ``lock`` around every call."""
+
+    def __init__(self, model: GMTModel, device: torch.device, config: RouterConfig, personal: PersonalConfig,
+                 history: History, users: Sequence[str], pool: LLMPool, rating_scale: tuple[float, float]) -> None:
+        self.model, self.device, self.config, self.personal = model, device, config, personal
+        self.pool = pool
+        self.rating_scale = rating_scale
+        self.users: list[str] = list(users)
+        self.user_index = {u: i for i, u in enumerate(self.users)}
+        self.hist = _GrowingHistory(history, model.cfg.edge_types, len(self.users))
+        self.rows_of = _UserRows(history.user, len(self.users))
+        self.text_row: dict[str, int] = {}  # feedback query text -> its row in the history's text table
+        self.rep_rows: dict[int, int] = {}
+        self.unlogged = 0
+        self.inserted: dict[int, int] = {}  # users whose earlier rows changed (deterministic schedule)
+        self.sessions: dict[tuple[str, str], _Session] = {}
+        cache = max(1, int(config.cache_users))
+        self.user_rep: _LRU = _LRU(cache)  # u -> (rows, representation)
+        self.post: _LRU = _LRU(cache)  # u -> (crowd version, Posterior)
+        self.offsets: _LRU = _LRU(cache)  # u -> (rep rows, history rows, GNN logits of those rows)
+        self.per_user_exact = set(model.cfg.edge_types) <= set(S.REFERENCE_RELATIONS)
+        self.global_reps: dict[str, Tensor] | None = None
+        self.group_key: dict[tuple[str, str], int] = {}
+        h = history
+        self.next_group = int(h.group.max()) + 1 if h.group is not None and h.group.size else 0
+        self.group_rows: dict[int, list[int]] = {}  # feedback groups that rated an added LLM -> their rows
+        with torch.inference_mode():
+            self.cold_rep = model.gnn.isolated(S.USER, model.gnn.user_start[None, :])[0]
+        self.refresh_llms()
+        self.basis = QueryBasis.from_rows(self.hist.text, self.hist.query_row, personal.query_dims)
+        # the residual's query features of every text of the history, computed once per text
+        self._ztext = np.concatenate([self.basis(self.hist.text[i:i + 65536])
+                                      for i in range(0, self.hist.n_text, 65536)] or
+                                     [np.zeros((0, self.basis.dims + 1))])
+        self._ztext_n = self.hist.n_text
+        self.calibration: CrowdCalibration | None = None  # set by the router
+        self.crowd = CrowdEstimate()
+        self.crowd_dirty = False
+        self._cold_cache: dict[int, np.ndarray] = {}  # text row -> calibrated cold scores (this pool version)
+        self._cold_cache_version = -1
+        # durable feedback: rows up to synced_id are applied
+        self.synced_id = 0
+        self.own_ids: set[int] = set()
+        self.last_sync = 0.0
+        self.prior = self._fit_prior()
+
+    # ------------------------------------------------------------------ the LLMs
+    def refresh_llms(self) -> None:
+        """After a pool change: the LLM nodes' features and everything computed from them."""
+        self.hist.llm_emb = self.pool.emb
+        with torch.inference_mode():
+            llm_x = self.model.gnn.project_llm(torch.from_numpy(self.pool.emb).to(self.device))
+            self.llm_static = self.model.gnn.isolated(S.LLM, llm_x)
+        self.user_rep.clear()
+        self.post.clear()
+        self.offsets.clear()
+        self.global_reps = None
+        self.crowd_dirty = True
+        if hasattr(self, "basis"):
+            self.prior = self._fit_prior()
+
+    def _fit_prior(self) -> Posterior:
+        n = len(self.pool)
+        return fit_posterior(build_evidence(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0),
+                                            np.zeros((0, self.basis.dims + 1)), np.zeros((0, n)), self.personal),
+                             self.personal, n, self.basis.dims)
+
+    def extend_calibration(self) -> None:
+        """Added LLMs get the average crowd strength (0: the biases are centred) in the cold-start calibration;
+        their own strength is the crowd estimate's."""
+        c = self.calibration
+        n = len(self.pool)
+        if c is not None and c.bias.size < n:
+            c.bias = np.concatenate([c.bias, np.zeros(n - c.bias.size)])
+
+    # ------------------------------------------------------------------ histories
+    def history_size(self, user_id: str) -> int:
+        u = self.user_index.get(user_id)
+        return 0 if u is None else self.rows_of.count(u)
+
+    def subgraph_reps(self, rows: np.ndarray, users: np.ndarray, extra: dict[str, np.ndarray] | None = None
+                      ) -> dict[str, Tensor]:
+        """GNN over the history rows, with user nodes ``users`` only (the engine's
+        subgraph builder, as in training and evaluation), plus optional extra
+        context interactions (``extra``: user, llm, rating, prev (within the
+        extra rows), emb) that are not stored.  The rows are gathered into a
+        table of their own first: the cost follows the rows, not the history."""
+        h = self.hist
+        rows = np.sort(np.asarray(rows, dtype=np.int64))
+        prev_g = h.prev[rows]
+        at = np.minimum(np.searchsorted(rows, prev_g), max(rows.size - 1, 0))
+        prev = np.where((prev_g >= 0) & (rows.size > 0) & (rows[at] == prev_g), at, -1) if rows.size else prev_g
+        cols = {"user": h.user[rows], "llm": h.llm[rows], "rating": h.rating[rows], "prev": prev,
+                "emb": h.vecs(rows)}
+        if extra is not None and extra["user"].size:
+            off = rows.size
+            cols = {"user": np.concatenate([cols["user"], extra["user"]]),
+                    "llm": np.concatenate([cols["llm"], extra["llm"]]),
+                    "rating": np.concatenate([cols["rating"], extra["rating"]]),
+                    "prev": np.concatenate([cols["prev"], np.where(extra["prev"] >= 0, extra["prev"] + off, -1)]),
+                    "emb": np.concatenate([cols["emb"], extra["emb"]])}
+        m = cols["user"].size
+        table = _GrowingHistory(History(
+            user=cols["user"].astype(np.int64), llm=cols["llm"].astype(np.int64),
+            rating=cols["rating"].astype(np.float32), prev=cols["prev"].astype(np.int64), llm_emb=h.llm_emb,
+            group=np.zeros(m, np.int64), text_emb=np.asarray(cols["emb"], np.float32),
+            query_row=np.arange(m, dtype=np.int64)), h.relations, h.num_users, headroom=0)
+        sub = build_subgraph(table, np.arange(m), np.zeros(0, np.int64), self.device, users=users)
+        return sub.embed(self.model)
+
+    def rep_size(self, u: int) -> int:
+        """How many of the user's rows the GNN representation is computed on: a
+        schedule that depends only on the rows the checkpoint held and the rows
+        since, so routers that applied the same feedback agree (restart replay,
+        several processes).  It follows every feedback while the history is
+        small and then each ``refresh_growth`` fraction of growth; the online
+        residual takes every feedback at once either way."""
+        n = self.rows_of.count(u)
+        growth = float(self.config.refresh_growth)
+        if growth <= 0 or not self.per_user_exact:
+            return n
+        # the schedule starts at the rows the checkpoint holds
+        r = self.rep_rows.get(u, self.rows_of.base_count(u))
+        while True:
+            step = max(1, math.ceil(growth * r))
+            if r + step > n:
+                break
+            r += step
+        self.rep_rows[u] = r
+        return r
+
+    def rep_window(self, u: int, size: int) -> np.ndarray:
+        return self.rows_of.rows(u, max(0, size - int(self.config.history_window)), size)
+
+    def rep_key(self, u: int) -> tuple[int, int]:
+        return self.rep_size(u), self.inserted.get(u, 0)
+
+    def ensure_user_reps(self, uidx: Sequence[int]) -> None:
+        want = {u: self.rep_key(u) for u in dict.fromkeys(uidx)}
+        need = [u for u, key in want.items() if (self.user_rep.get(u) or (None,))[0] != key]
+        if not need:
+            return
+        if not self.per_user_exact:
+            self.refresh_global()
+            return
+        rows = np.sort(np.concatenate([self.rep_window(u, want[u][0]) for u in need]))
+        users = np.array(need, dtype=np.int64)
+        reps = self.subgraph_reps(rows, users)
+        for i, u in enumerate(need):
+            self.user_rep[u] = (want[u], reps[S.USER][i] if want[u][0] else self.cold_rep)
+
+    def rep(self, u: int) -> Tensor:
+        """The user's current GNN representation (computed if stale or evicted)."""
+        self.ensure_user_reps([u])
+        return self.user_rep[u][1]
+
+    def refresh_global(self) -> None:
+        rows = np.arange(self.hist.n)
+        users = np.arange(len(self.users))
+        reps = self.subgraph_reps(rows, users)
+        self.global_reps = reps
+        for u in range(len(self.users)):
+            n = self.rows_of.count(u)
+            self.user_rep[u] = ((n, self.inserted.get(u, 0)), reps[S.USER][u] if n else self.cold_rep)
+
+    def llm_reps(self) -> Tensor:
+        if self.per_user_exact:
+            return self.llm_static
+        if self.global_reps is None:
+            self.refresh_global()
+        assert self.global_reps is not None
+        return self.global_reps[S.LLM]
+
+    def context_rep(self, u: int, ctx: Sequence[tuple[str, str, float]], emb: np.ndarray) -> Tensor:
+        """User representation with the conversation's rated earlier turns added
+        as a prev-linked chain of sessions (not stored); ``emb``: their query embeddings."""
+        n = len(ctx)
+        lo, hi = self.rating_scale
+        user_local = u if u >= 0 else len(self.users)
+        rows = self.rows_of.rows(u, -int(self.config.history_window)) if u >= 0 else np.zeros(0, np.int64)
+        extra = {"user": np.full(n, user_local, dtype=np.int64),
+                 "llm": np.array([self.pool.index[c[1]] for c in ctx], dtype=np.int64),
+                 "rating": normalise_ratings(np.array([c[2] for c in ctx]), lo, hi),
+                 "prev": np.arange(n, dtype=np.int64) - 1, "emb": emb}
+        if not self.per_user_exact:
+            rows = np.arange(self.hist.n)
+            users = np.arange(len(self.users) + (1 if u < 0 else 0))
+        else:
+            users = np.array([user_local], dtype=np.int64)
+        reps = self.subgraph_reps(rows, users, extra)
+        return reps[S.USER][int(np.flatnonzero(users == user_local)[0])]
+
+    # ------------------------------------------------------------------ online residual
+    def history_scores(self, u: int, rows: np.ndarray) -> np.ndarray:
+        """GNN logits (n, L) of every LLM for the queries of the user's history rows
+        (each distinct query scored once: both sides of a comparison share it),
+        with the user's current representation; rows already scored with it are
+        taken from the cache."""
+        if rows.size == 0:
+            return np.zeros((0, len(self.pool)))
+        size = self.rep_key(u)
+        cached = self.offsets.get(u)
+        if cached is not None and cached[0] == size and self.per_user_exact:
+            c_rows, c_scores = cached[1], cached[2]
+            missing = rows[~np.isin(rows, c_rows)]
+            if missing.size:
+                c_rows = np.concatenate([c_rows, missing])
+                c_scores = np.concatenate([c_scores, self._score_history(u, missing)])
+            srt = np.argsort(c_rows, kind="stable")
+            scores = c_scores[srt[np.searchsorted(c_rows[srt], rows)]]
+        else:
+            scores = self._score_history(u, rows)
+        self.offsets[u] = (size, rows, scores)
+        return scores
+
+    def _score_history(self, u: int, rows: np.ndarray) -> np.ndarray:
+        if rows.size == 0:
+            return np.zeros((0, len(self.pool)))
+        assert self.calibration is not None
+        grp = self.hist.group[rows]
+        _, first, inv = np.unique(grp, return_index=True, return_inverse=True)
+        emb = torch.from_numpy(np.ascontiguousarray(self.hist.vecs(rows[first]))).to(self.device)
+        qv = self.model.gnn.isolated(S.QUERY, self.model.gnn.project_query(emb))
+        llm = self.llm_reps()
+        n = first.size
+        s = self.model.score(self.rep(u).expand(n, -1), qv, llm.expand(n, -1, -1)).float().cpu().numpy()
+        c = (self.model.score(self.cold_rep.expand(n, -1), qv, llm.expand(n, -1, -1)).float().cpu().numpy()
+             if self.calibration.cold > 0 else s)
+        s = self.calibration.blend(s, c, np.arange(len(self.pool))[None, :])
+        return np.asarray(s, dtype=np.float64)[inv.reshape(-1)]
+
+    def posterior(self, u: int) -> Posterior:
+        """The user's residual posterior, on top of the GNN and the crowd estimate of added LLMs."""
+        cached = self.post.get(u)
+        if cached is not None and cached[0] == self.crowd.version:
+            return cached[1]
+        h = self.hist
+        # the residual's window only looks back this far (its per-LLM part at most L x window_per_llm rows)
+        rows = self.rows_of.rows(u, -window_lookback(self.personal))
+        rows = rows[window_rows(h.llm[rows], self.personal)]
+        scores = self.history_scores(u, rows)
+        if self.pool.n_trained < len(self.pool):
+            scores = scores + self.crowd(np.arange(len(self.pool)))[None, :]
+        ev = build_evidence(h.group[rows], h.llm[rows], h.rating[rows], self.zrows(rows), scores, self.personal)
+        post = fit_posterior(ev, self.personal, len(self.pool), self.basis.dims)
+        self.post[u] = (self.crowd.version, post)
+        return post
+
+    def zrows(self, rows: np.ndarray) -> np.ndarray:
+        """The residual's query features of history rows (texts added since are featurised on demand)."""
+        h = self.hist
+        done = self._ztext_n
+        if done < h.n_text:
+            if self._ztext.shape[0] < h.n_text:  # amortised growth
+                grown = np.zeros((h.n_text + max(256, h.n_text // 4), self._ztext.shape[1]))
+                grown[:done] = self._ztext[:done]
+                self._ztext = grown
+            self._ztext[done:h.n_text] = self.basis(h.text[done:])
+            self._ztext_n = h.n_text
+        return self._ztext[h.query_row[rows]]
+
+    # ------------------------------------------------------------------ crowd estimate of added LLMs
+    def _cold_scores(self, text_rows: np.ndarray) -> np.ndarray:
+        """Calibrated user-blind scores (n, L) of every LLM for history texts (cached per pool version)."""
+        assert self.calibration is not None
+        if self._cold_cache_version != self.pool.version:
+            self._cold_cache, self._cold_cache_version = {}, self.pool.version
+        missing = [int(t) for t in dict.fromkeys(text_rows.tolist()) if int(t) not in self._cold_cache]
+        if missing:
+            with torch.inference_mode():
+                emb = torch.from_numpy(np.ascontiguousarray(self.hist.text[missing])).to(self.device)
+                qv = self.model.gnn.isolated(S.QUERY, self.model.gnn.project_query(emb))
+                llm = self.llm_reps()
+                n = len(missing)
+                s = self.model.score(self.cold_rep.expand(n, -1), qv, llm.expand(n, -1, -1)).float().cpu().numpy()
+            s = self.calibration.apply(s, np.arange(len(self.pool))[None, :])
+            for t, v in zip(missing, s):
+                self._cold_cache[t] = v
+        return np.stack([self._cold_cache[int(t)] for t in text_rows]) if len(text_rows) else \
+            np.zeros((0, len(self.pool)))
+
+    def ensure_crowd(self) -> None:
+        """Refit the crowd estimate of the added LLMs if feedback on them arrived (everybody's votes:
+        pairs rated together, and single ratings against the query's average LLM)."""
+        if not self.crowd_dirty:
+            return
+        self.crowd_dirty = False
+        added = self.pool.added()
+        n_llms = len(self.pool)
+        h = self.hist
+        a_l, b_l, off_l, y_l, w_l, rows_l = [], [], [], [], [], []
+        lo_sum = np.bincount(h.user, weights=h.rating, minlength=len(self.users)) if added.size else None
+        lo_cnt = np.bincount(h.user, minlength=len(self.users)) if added.size else None
+        for g, rows in (self.group_rows.items() if added.size else ()):
+            last: dict[int, int] = {}
+            for r in rows:
+                last[int(h.llm[r])] = r  # the last rating of an LLM in the group counts
+            rs = list(last.values())
+            if len(rs) == 1:
+                r = rs[0]
+                u = int(h.user[r])
+                mean = (lo_sum[u] + 1.0) / (lo_cnt[u] + 2.0)
+                a_l.append(int(h.llm[r])), b_l.append(-1), rows_l.append(r)
+                y_l.append(float(np.clip(0.5 + h.rating[r] - mean, 0.0, 1.0)))
+                w_l.append(float(self.personal.point_weight))
+                continue
+            for i in range(len(rs)):
+                for j in range(i + 1, len(rs)):
+                    ra, rb = rs[i], rs[j]
+                    if h.rating[ra] == h.rating[rb]:
+                        continue
+                    a_l.append(int(h.llm[ra])), b_l.append(int(h.llm[rb])), rows_l.append(ra)
+                    y_l.append(float(h.rating[ra] > h.rating[rb])), w_l.append(1.0)
+        if not a_l:
+            self.crowd.fit(n_llms, added, *(np.zeros(0, np.int64),) * 2, *(np.zeros(0),) * 3)
+            return
+        a, b = np.array(a_l, np.int64), np.array(b_l, np.int64)
+        cold = self._cold_scores(h.query_row[np.array(rows_l, np.int64)])
+        act = np.array([self.pool.index[m] for m in self.pool.active()], np.int64)
+        sa = cold[np.arange(a.size), a]
+        sb = np.where(b >= 0, cold[np.arange(a.size), np.maximum(b, 0)], cold[:, act].mean(axis=1))
+        self.crowd.fit(n_llms, added, a, b, sa - sb, np.array(y_l), np.array(w_l))
+
+    # ------------------------------------------------------------------ feedback
+    def apply(self, user_id: str, query: str, model: str, raw: float, session_id: str | None,
+              query_id: str | None, emb: np.ndarray, order: int | None = None) -> int:
+        """Append one rated interaction to the live history.
+
+        ``order``: the row's feedback-log id.  A user's rows are kept in the
+        order of these ids (the checkpoint's rows first; rows without a log in
+        the order they came), so whatever depends on the order (the refresh
+        schedule's rows, the residual's window) depends only on the set of
+        rows applied, not on the order in which they arrived."""
+        u = self.user_index.get(user_id)
+        if u is None:
+            u = self.user_index[user_id] = len(self.users)
+            self.users.append(user_id)
+        lo, hi = self.rating_scale
+        norm = float(normalise_ratings(raw, lo, hi))
+        gkey = (user_id, query_id if query_id else "text:" + query)
+        group = self.group_key.get(gkey)
+        if group is None:
+            group = self.group_key[gkey] = self.next_group
+            self.next_group += 1
+        prev = -1
+        st = None
+        if session_id is not None:
+            st = self.sessions.setdefault((user_id, session_id), _Session())
+            prev = st.last_row
+            if query_id is not None and st.last_row >= 0 and self.hist.group[st.last_row] == group:
+                prev = int(self.hist.prev[st.last_row])  # both sides of one comparison follow the same turn
+        if order is None:
+            self.unlogged += 1
+            order = _UNLOGGED + self.unlogged
+        text_row = self.text_row.get(query)
+        if text_row is None:
+            text_row = self.text_row[query] = self.hist.add_text(emb)
+        llm = self.pool.index[model]
+        row = self.hist.append(u, llm, norm, prev, text_row, group, order)
+        if self.rows_of.add(u, row, self.hist.order):
+            self.inserted[u] = self.inserted.get(u, 0) + 1  # earlier rows changed: cached results are stale
+        if st is not None and (query_id is None or st.last_row < 0 or self.hist.group[st.last_row] != group):
+            st.last_row = row
+        rows = self.group_rows.get(group)
+        if rows is not None or llm >= self.pool.n_trained:
+            if rows is None:  # the group's earlier rows (the other side of a comparison)
+                rows = self.group_rows[group] = [r for r in self.rows_of.rows(u, -8).tolist()
+                                                 if self.hist.group[r] == group and r != row]
+            rows.append(row)
+            self.crowd_dirty = True
+        if self.per_user_exact:
+            self.post.pop(u, None)  # the representation follows its schedule (rep_size)
+        else:
+            self.user_rep.clear()
+            self.post.clear()
+            self.offsets.clear()
+            self.global_reps = None
+        return u
+
+    def apply_rows(self, rows: list, embed: Callable[[list[str]], np.ndarray]) -> int:
+        """Apply feedback-log rows (in the given order); rows naming an LLM or a user id this
+        router cannot take are skipped.  Returns how many were applied."""
+        valid = [r for r in rows if r.model in self.pool.index and isinstance(r.user_id, str)
+                 and ID_RE.match(r.user_id)]
+        if not valid:
+            return 0
+        texts = list(dict.fromkeys(r.query for r in valid))
+        emb = embed(texts)
+        by_text = {t: i for i, t in enumerate(texts)}
+        lo, hi = self.rating_scale
+        for r in valid:
+            raw = min(max(float(r.rating), lo), hi)
+            self.apply(r.user_id, r.query, r.model, raw, r.session_id, r.query_id, emb[by_text[r.query]], order=r.id)
+        return len(valid)
+
+    def sync(self, log: Any, embed: Callable[[list[str]], np.ndarray]) -> int:
+        """Apply the log rows appended (by any process) since the last sync, in id
+        order, skipping this router's own; returns how many were applied."""
+        rows = log.read(since_id=self.synced_id)
+        self.last_sync = time.monotonic()
+        applied = self.apply_rows([r for r in rows if r.id not in self.own_ids], embed)
+        if rows:
+            self.synced_id = rows[-1].id
+            self.own_ids = {i for i in self.own_ids if i > self.synced_id}
+        return applied
+
+    def session_turn(self, user: str, session: str, model: str) -> int:
+        st = self.sessions.setdefault((user, session), _Session())
+        st.turns += 1
+        st.models.append(model)
+        return st.turns
+
+    def history(self) -> History:
+        """The current rated history (checkpoint + feedback)."""
+        hist = self.hist
+        return History(user=hist.user.copy(), llm=hist.llm.copy(), rating=hist.rating.copy(),
+                       prev=hist.prev.copy(), llm_emb=self.pool.emb.copy(), group=hist.group.copy(),
+                       text_emb=hist.text.copy(), query_row=hist.query_row.copy())
+
+
+#: order keys of rows applied without a feedback log come after every log id
+_UNLOGGED = 1 << 52
+
+
+class _LRU(OrderedDict):
+    """A dict that keeps its ``capacity`` most recently used entries."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity = capacity
+
+    def get(self, key, default=None):
+        if key in self:
+            self.move_to_end(key)
+            return super().__getitem__(key)
+        return default
+
+    def __getitem__(self, key):
+        self.move_to_end(key)
+        return super().__getitem__(key)
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.capacity:
+            self.popitem(last=False)
+
+
+class _GrowingHistory:
+    """Rated interactions as numpy columns with amortised O(1) appends; query
+    embeddings deduplicated (a growing text table and each row's index in it)."""
+
+    _COLS = ("_user", "_llm", "_rating", "_prev", "_query_row", "_group", "_order")
+
+    def __init__(self, h: History, relations: Sequence[S.EdgeType], num_users: int, headroom: int = 1024) -> None:
+        self.relations = tuple(relations)
+        self.llm_emb = np.asarray(h.llm_emb, np.float32)
+        self.num_users = int(num_users)  # grows with the users feedback adds
+        self.n = int(h.user.size)
+        cap = self.n + max(headroom, self.n // 4 if headroom else 0)
+        self._user = np.zeros(cap, np.int64)
+        self._llm = np.zeros(cap, np.int64)
+        self._rating = np.zeros(cap, np.float32)
+        self._prev = np.full(cap, -1, np.int64)
+        self._query_row = np.zeros(cap, np.int64)
+        self._group = np.zeros(cap, np.int64)
+        self._order = np.arange(cap, dtype=np.int64) - self.n - _UNLOGGED  # checkpoint rows first
+        if h.deduplicated:
+            text, qrow = np.asarray(h.text_emb, np.float32), np.asarray(h.query_row, np.int64)
+        else:
+            text, qrow = np.asarray(h.query_emb, np.float32), np.arange(self.n, dtype=np.int64)
+        self.n_text = int(text.shape[0])
+        self._text = np.zeros((self.n_text + (max(256, self.n_text // 4) if headroom else 0), text.shape[1]), np.float32)
+        self._text[: self.n_text] = text
+        for name, src in (("_user", h.user), ("_llm", h.llm), ("_rating", h.rating), ("_prev", h.prev),
+                          ("_query_row", qrow), ("_group", h.group)):
+            getattr(self, name)[: self.n] = src
+
+    def add_text(self, emb: np.ndarray) -> int:
+        if self.n_text == self._text.shape[0]:
+            new = np.zeros((self._text.shape[0] + max(256, self._text.shape[0] // 4),) + self._text.shape[1:],
+                           np.float32)
+            new[: self.n_text] = self._text[: self.n_text]
+            self._text = new
+        self._text[self.n_text] = emb
+        self.n_text += 1
+        return self.n_text - 1
+
+    def append(self, user: int, llm: int, rating: float, prev: int, text_row: int, group: int, order: int) -> int:
+        if self.n == self._user.shape[0]:
+            grow = max(1024, self.n // 4)
+            for name in self._COLS:
+                old = getattr(self, name)
+                new = np.zeros((old.shape[0] + grow,) + old.shape[1:], old.dtype)
+                new[: self.n] = old[: self.n]
+                setattr(self, name, new)
+        row = self.n
+        self.num_users = max(self.num_users, int(user) + 1)
+        self._user[row], self._llm[row], self._rating[row], self._prev[row] = user, llm, rating, prev
+        self._query_row[row], self._group[row], self._order[row] = text_row, group, order
+        self.n += 1
+        return row
+
+    def vecs(self, rows: np.ndarray) -> np.ndarray:
+        """float32 (len(rows), d) query embeddings of the given rows."""
+        return self._text[self._query_row[np.asarray(rows, dtype=np.int64)]]
+
+    user = property(lambda self: self._user[: self.n])
+    llm = property(lambda self: self._llm[: self.n])
+    rating = property(lambda self: self._rating[: self.n])
+    prev = property(lambda self: self._prev[: self.n])
+    query_row = property(lambda self: self._query_row[: self.n])
+    text = property(lambda self: self._text[: self.n_text])
+    text_emb = text  # the interactions-table names the engine's subgraph builder reads
+    num_interactions = property(lambda self: self.n)
+    group = property(lambda self: self._group[: self.n])
+    order = property(lambda self: self._order[: self.n])
+
+
+class _UserRows:
+    """Each user's rows in order: the checkpoint's rows as one sorted index
+    (no per-row Python objects), then the rows added since, per user."""
+
+    def __init__(self, user: np.ndarray, num_users: int) -> None:
+        user = np.asarray(user, np.int64)
+        self._order = np.argsort(user, kind="stable")
+        self._starts = np.searchsorted(user[self._order], np.arange(num_users + 1))
+        self._base_users = num_users
+        self._extra: dict[int, list[int]] = {}
+
+    def base_count(self, u: int) -> int:
+        return int(self._starts[u + 1] - self._starts[u]) if 0 <= u < self._base_users else 0
+
+    def count(self, u: int) -> int:
+        return self.base_count(u) + len(self._extra.get(u, ()))
+
+    def rows(self, u: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Positions ``start:stop`` of the user's rows (negative ``start`` counts from the end)."""
+        n = self.count(u)
+        lo, hi, _ = slice(start, stop).indices(n)
+        nb = self.base_count(u)
+        parts = []
+        if lo < nb:
+            b0 = int(self._starts[u]) if u < self._base_users else 0
+            parts.append(self._order[b0 + lo: b0 + min(hi, nb)])
+        if hi > nb:
+            parts.append(np.asarray(self._extra.get(u, [])[max(lo, nb) - nb: hi - nb], dtype=np.int64))
+        return np.concatenate(parts) if len(parts) > 1 else (parts[0] if parts else np.zeros(0, np.int64))
+
+    def add(self, u: int, row: int, order: np.ndarray) -> bool:
+        """Add a new row in ``order`` (log ids); True when it went before the user's last row."""
+        extra = self._extra.setdefault(u, [])
+        if extra and order[extra[-1]] > order[row]:
+            bisect.insort(extra, row, key=order.__getitem__)
+            return True
+        extra.append(row)
+        return False
