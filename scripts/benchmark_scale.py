@@ -64,6 +64,11 @@ INTERACTIONS_PER_GROUP = 3.85  # the demo's mean (k 2.2 records x 1.75 turns)
 GROUPS_PER_USER = 52.0  # the large preset's
 
 
+def progress(stage: str, figures: dict) -> None:
+    """The figures so far on stderr (a run stopped by a time limit still leaves what it measured)."""
+    print(f"# {stage}: {json.dumps(figures)}", file=sys.stderr, flush=True)
+
+
 def cpu_seconds() -> float:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime
@@ -140,6 +145,7 @@ def run(args: argparse.Namespace) -> dict:
     out["generation_cpu_s"] = round(cpu_seconds() - c0, 2)
     out.update(text_stats(cols))
     out["rss_after_generation_mb"] = peak_rss_mb()
+    progress("generation", out)
 
     with tempfile.TemporaryDirectory(dir=args.work) as work:
         work = Path(work)
@@ -162,6 +168,7 @@ def run(args: argparse.Namespace) -> dict:
                    distinct_texts=g.num_texts, training_pairs=int(g.pair_mask(S.SPLIT_TRAIN).sum()),
                    test_pairs=int(g.pair_mask(S.SPLIT_TEST).sum()))
         out["rss_after_build_mb"] = peak_rss_mb()
+        progress("build", out)
 
         cfg = load_train_config(SEED_CONFIG, {
             "epochs": args.epochs, "batch_users": args.batch_users, "eval_every": args.epochs,
@@ -178,6 +185,9 @@ def run(args: argparse.Namespace) -> dict:
         def on_epoch(epoch: int, row: dict) -> None:
             stamps.append(time.perf_counter())
             cpu.append(cpu_s())
+            progress(f"epoch {epoch}", {"wall_s": round(stamps[-1] - (stamps[-2] if len(stamps) > 1 else start[0]), 2),
+                                        "cpu_s": round(cpu[-1] - cpu[-2], 2), "peak_rss_mb": peak_rss_mb(),
+                                        "load_avg_1m": round(os.getloadavg()[0], 2)})
 
         def on_start(done: int) -> None:
             start.append(time.perf_counter())
@@ -205,6 +215,7 @@ def run(args: argparse.Namespace) -> dict:
             g.user[g.pair_a[g.pair_mask(S.SPLIT_TRAIN)]], minlength=g.num_users))) // args.batch_users)
         out["best_val_auc"] = round(res.best_metric, 4)
         out["rss_after_training_mb"] = peak_rss_mb()
+        progress("training", out)
 
         t0 = time.perf_counter()
         model = load_checkpoint(res.best_dir, device=dev).model

@@ -155,6 +155,15 @@ def test_training_on_float16_keeps_the_checkpoint_history_float16(tmp_path):
     np.testing.assert_array_equal(hist.query_emb, g16.query_vecs(np.flatnonzero(mask)))
     assert hist.query_emb.dtype == np.float32
     np.testing.assert_array_equal(History.from_graph(g16, mask).text_emb.dtype, np.float16)
+    # a step's subgraph holds its distinct texts as float32, from the float16 table on the device or the graph
+    from gmt_model.method.engine import build_subgraph
+    from gmt_model.method.graph import as_tensor
+
+    idx = np.flatnonzero(mask)[:200]
+    for table in (as_tensor(g16.text_emb), None):
+        sub = build_subgraph(g16, idx, np.zeros(0, np.int64), torch.device("cpu"), table)
+        assert sub.text_emb.dtype == torch.float32
+        np.testing.assert_array_equal(sub.query_emb.numpy(), g16.query_vecs(idx))
 
 
 def test_input_stats_without_the_rows_equal_the_exact_ones(monkeypatch):

@@ -11,8 +11,9 @@ N x d floats.  ``text_emb`` may be float16 (a real query stream has nearly one
 distinct text per query: 10M interactions hold millions of texts), kept
 float16 in memory and on disk; readers gather rows and convert those to
 float32 (:meth:`GraphTables.query_vecs`, :meth:`GraphTables.text_vecs`).
-Edges are derived from the interaction columns by :func:`relation_edges` with vectorised numpy, for any visible subset of
-interactions (training, evaluation and the router); they are never stored.
+Edges are derived from the interaction columns by :func:`relation_edges`
+with vectorised numpy, for any visible subset of interactions (training,
+evaluation and the router); they are never stored.
 
 Ratings are normalised by :func:`normalise_ratings` and pair labels come
 from :func:`pair_labels`, the one place each is computed.
