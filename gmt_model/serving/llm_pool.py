@@ -104,8 +104,10 @@ class LLMPool:
 
     def costs(self, idx: np.ndarray) -> np.ndarray:
         """Costs of the LLMs ``idx`` (NaN where unknown)."""
-        return np.array([np.nan if self.info[i].cost is None else self.info[i].cost for i in np.asarray(idx)],
-                        np.float64)
+        if getattr(self, "_costs_version", None) != self.version:
+            self._costs = np.array([np.nan if i.cost is None else i.cost for i in self.info], np.float64)
+            self._costs_version = self.version
+        return self._costs[idx]
 
     def describe(self) -> list[str]:
         return self.active()

@@ -81,6 +81,11 @@ class Policy:
     def choose(self, s: np.ndarray, sampled: np.ndarray, costs: np.ndarray, cost_weight: float,
                max_cost: float | None) -> Choice:
         """``s``: posterior-mean scores; ``sampled``: what :meth:`sample` returned; ``costs`` (NaN: unknown)."""
+        if max_cost is None and not cost_weight and self.name != "epsilon":  # the common case, kept cheap
+            greedy = int(s.argmax())
+            return Choice(best=int(sampled.argmax()) if sampled is not s else greedy, greedy=greedy,
+                          preferred=int(sampled.argmax()) if sampled is not s else greedy, costs=costs,
+                          cost_weight=float(cost_weight))
         allowed = np.ones(s.size, dtype=bool)
         if max_cost is not None:
             allowed = ~np.isnan(costs) & (np.nan_to_num(costs, nan=np.inf) <= max_cost)
