@@ -92,6 +92,9 @@ class PersonalConfig:
     change_prior: float = 0.1
     #: the most recent rows a change point leaves after it (and before it) at least
     change_min: int = 12
+    #: detection looks at the latest this many rows (bounded cost; a change further back than that has left
+    #: only the new taste in view)
+    change_lookback: int = 240
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None, where: str = "personalization") -> "PersonalConfig":
@@ -111,8 +114,10 @@ class PersonalConfig:
             raise ValueError(f"{where}.point_weight: expected >= 0, got {cfg.point_weight!r}")
         if not 0.0 <= cfg.change_prior < 1.0 or isinstance(cfg.change_prior, bool):
             raise ValueError(f"{where}.change_prior: expected a number in [0, 1), got {cfg.change_prior!r}")
-        if isinstance(cfg.change_min, bool) or not isinstance(cfg.change_min, int) or cfg.change_min < 2:
-            raise ValueError(f"{where}.change_min: expected an integer >= 2, got {cfg.change_min!r}")
+        for k in ("change_min", "change_lookback"):
+            v = getattr(cfg, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 2:
+                raise ValueError(f"{where}.{k}: expected an integer >= 2, got {v!r}")
         for k in ("gnn_weight_sd", "thompson_scale", "thompson_decay", "window_per_llm"):
             v = getattr(cfg, k)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or not math.isfinite(v):
@@ -305,16 +310,17 @@ def fit_posterior(ev: Evidence, cfg: PersonalConfig, n_llms: int, dims: int) -> 
 
 def change_candidates(n_rows: int, cfg: PersonalConfig) -> np.ndarray:
     """First input rows of the candidate segments "after a change": ``change_min`` rows
-    ago, then each 1.25x (at least one row) further back, leaving ``change_min`` rows before."""
+    ago, then each 1.3x (at least one row) further back, leaving ``change_min`` rows of the
+    ``change_lookback`` latest before."""
     out, s = [], int(cfg.change_min)
-    while n_rows - s >= cfg.change_min:
+    while min(n_rows, cfg.change_lookback) - s >= cfg.change_min:
         out.append(n_rows - s)
-        s = max(s + 1, int(math.ceil(s * 1.25)))
+        s = max(s + 1, int(math.ceil(s * 1.3)))
     return np.asarray(out, dtype=np.int64)
 
 
 def _batched_log_evidence(x: np.ndarray, o: np.ndarray, y: np.ndarray, w: np.ndarray, masks: np.ndarray,
-                          precs: np.ndarray, iters: int = 25) -> np.ndarray:
+                          precs: np.ndarray, iters: int = 20) -> np.ndarray:
     """Laplace log marginal likelihood of ``sigmoid(o + x . r)``, ``r ~ N(0, 1/prec)``, for
     many problems at once: problem ``b`` uses the rows ``masks[:, b]`` and precisions ``precs[b]``.
     Damped Newton (each coordinate's step at most 1) from 0."""
@@ -332,7 +338,7 @@ def _batched_log_evidence(x: np.ndarray, o: np.ndarray, y: np.ndarray, w: np.nda
         step = np.linalg.solve(h, g[:, :, None])[:, :, 0]
         step = np.clip(step, -1.0, 1.0)
         r = r - step
-        if np.abs(step).max() < 1e-6:
+        if np.abs(step).max() < 1e-4:
             break
     t = o[:, None] + x @ r.T
     p = 0.5 * (1.0 + np.tanh(0.5 * t))
@@ -356,6 +362,7 @@ def detect_change(ev: Evidence, cfg: PersonalConfig, n_llms: int, dims: int) -> 
     cand = change_candidates(ev.n_rows, cfg)
     if cand.size == 0:
         return None
+    ev = ev.since(ev.n_rows - int(cfg.change_lookback))
     k = dims + 1
     x = ev.x[:, ::k][:, :n_llms]
     comps = [(1.0 - cfg.p_wide, cfg.tight), (cfg.p_wide, cfg.wide)]
