@@ -800,6 +800,7 @@ def main(argv=None) -> int:
     if "s" in parts:
         results["s"] = part_switch(ckpt, votes, table, enc, llms, 0, args.planted)
         md.append(switch_table(results["s"], args.planted))
+        results["s"] = {m: {f"N={n} j={j}": v for (n, j), v in row.items()} for m, row in results["s"].items()}
     if "g" in parts:
         results["g"] = part_drift(ckpt, votes, table, enc, llms, 0, args.planted)
         md.append(curve_table(f"(g) A taste drifting from one ranking to another over {DRIFT_VOTES} votes: AUC on the "
