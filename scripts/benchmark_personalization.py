@@ -3,6 +3,7 @@
     .venv/bin/python scripts/benchmark_personalization.py                 # parts a, b, c, d
     .venv/bin/python scripts/benchmark_personalization.py --parts a --seeds 3
     .venv/bin/python scripts/benchmark_personalization.py --parts e       # training ablations (slow)
+    .venv/bin/python scripts/benchmark_personalization.py --parts k,s,g,r # issue 16: kinds, switch, drift, regret
 
 Everything goes through the public API (``GMTRouter.update_user_preference``,
 ``update_user_feedback``, ``route_batch``); the router is trained with the
@@ -23,6 +24,15 @@ MT-Bench human judgments (``../shared/data/mt_bench_human``).
     user's favourite, 0 for the least liked): greedy vs Thompson sampling vs
     always the crowd's choice.
 (d) Cost: one feedback applied, and route_single without encoding (p50, p99).
+(k) Planted users with a ranking per unlabelled kind of query (4 k-means clusters of the
+    query embeddings); same k curve.
+(s) A taste that switches after N = 20, 50, 100, 200 votes: AUC on the new taste after
+    j = 5, 10, 20, 50 of its votes, with and without change detection.
+(g) A taste drifting from one random ranking to another over 400 votes: AUC on the
+    current taste after t votes.
+(r) Cumulative regret over a stream of 500 queries for each kind of user (fixed,
+    per category, per unlabelled kind, switched half-way, drifting): greedy,
+    Thompson, greedy without change detection, the crowd's choice.
 (e) Training ablations on the pipeline's MT-Bench split: personalized vs
     user-blind (three seeds), and multi-turn context (turns linked as
     sessions vs independent single-step records) with 2 and 3 HGT layers.
