@@ -678,7 +678,7 @@ def part_drift(ckpt: Path, votes, table, enc, llms, seed: int, n_users: int, at=
 
 
 def part_regret_kinds(ckpt: Path, votes, table, enc, llms, categories, seed: int, n_users: int, steps: int,
-                      policies=("greedy", "thompson")):
+                      policies=("greedy", "thompson"), only: tuple[str, ...] | None = None):
     """Cumulative regret over a stream of ``steps`` queries for each kind of simulated user: regret of a
     choice = (best utility - its utility) for the query, utilities = 1 - rank / (L - 1)."""
     rng = np.random.default_rng(seed + 17)
@@ -709,6 +709,8 @@ def part_regret_kinds(ckpt: Path, votes, table, enc, llms, categories, seed: int
                f"switches after {steps // 2}", f"drifts over {DRIFT_VOTES} queries")
     out: dict = {}
     for kind in kinds_u:
+        if only and not any(kind.startswith(o) for o in only):
+            continue
         tastes = [make(kind) for _ in range(n_users)]
         stream = [[items[int(i)] for i in rng.integers(len(items), size=steps)] for _ in range(n_users)]
         out[kind] = {}
@@ -759,6 +761,10 @@ def main(argv=None) -> int:
     ap.add_argument("--planted", type=int, default=20, help="planted users per kind (b)")
     ap.add_argument("--stream-users", type=int, default=20)
     ap.add_argument("--stream-steps", type=int, default=500)
+    ap.add_argument("--regret-policies", default="greedy,thompson", help="(r): policies besides the crowd's choice "
+                    "and greedy without change detection")
+    ap.add_argument("--regret-users", default="", help="(r): kinds of user, by the start of their name "
+                    "(fixed, ranking per, switches, drifts); default all")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     EPOCHS = args.epochs
@@ -817,7 +823,8 @@ def main(argv=None) -> int:
                               f"current taste after t votes (columns: k = t; {args.planted} users)", results["g"]))
     if "r" in parts:
         results["r"] = part_regret_kinds(ckpt, votes, table, enc, llms, categories, 0, args.stream_users,
-                                         args.stream_steps)
+                                         args.stream_steps, policies=tuple(args.regret_policies.split(",")),
+                                         only=tuple(args.regret_users.split(",")) if args.regret_users else None)
         md.append(regret_kinds_table(results["r"], args.stream_steps, args.stream_users))
     if "e" in parts:
         results["e"] = part_e(args.work, args.mt_bench, list(range(args.seeds)))
