@@ -3,6 +3,7 @@
     .venv/bin/python scripts/benchmark_personalization.py                 # parts a, b, c, d
     .venv/bin/python scripts/benchmark_personalization.py --parts a --seeds 3
     .venv/bin/python scripts/benchmark_personalization.py --parts e       # training ablations (slow)
+    .venv/bin/python scripts/benchmark_personalization.py --parts k,s,g,r # issue 16: kinds, switch, drift, regret
 
 Everything goes through the public API (``GMTRouter.update_user_preference``,
 ``update_user_feedback``, ``route_batch``); the router is trained with the
@@ -23,6 +24,15 @@ MT-Bench human judgments (``../shared/data/mt_bench_human``).
     user's favourite, 0 for the least liked): greedy vs Thompson sampling vs
     always the crowd's choice.
 (d) Cost: one feedback applied, and route_single without encoding (p50, p99).
+(k) Planted users with a ranking per unlabelled kind of query (4 k-means clusters of the
+    query embeddings); same k curve.
+(s) A taste that switches after N = 20, 50, 100, 200 votes: AUC on the new taste after
+    j = 5, 10, 20, 50 of its votes, with and without change detection.
+(g) A taste drifting from one random ranking to another over 400 votes: AUC on the
+    current taste after t votes.
+(r) Cumulative regret over a stream of 500 queries for each kind of user (fixed,
+    per category, per unlabelled kind, switched half-way, drifting): greedy,
+    Thompson, greedy without change detection, the crowd's choice.
 (e) Training ablations on the pipeline's MT-Bench split: personalized vs
     user-blind (three seeds), and multi-turn context (turns linked as
     sessions vs independent single-step records) with 2 and 3 HGT layers.
@@ -265,6 +275,7 @@ def curve_table(title: str, curve: dict) -> str:
     ks = sorted({k for m in curve.values() for k in m})
     names = {"gmtrouter": "GMTRouter (GNN + online residual)", "gnn_only": "GNN without the online part",
              "crowd_bt": "crowd Bradley-Terry", "per_user_bt": "per-user BT on the k votes, shrunk to the crowd",
+             "no_forgetting": "GMTRouter without change detection",
              "oracle": "oracle (the planted taste)"}
     lines = [f"#### {title}", "", "| method | " + " | ".join(f"k={k}" for k in ks) + " |",
              "|---|" + "---|" * len(ks)]
@@ -512,6 +523,230 @@ def cost_table(res: dict) -> str:
     return "\n".join(rows) + "\n"
 
 
+# ------------------------------------------------------- tastes that change / depend on the query
+#: the online part without change detection: what the router did before (issue 16's baseline)
+NO_FORGET = {"personalization": {"change_prior": 0.0}}
+
+
+def query_kinds(table: dict[str, np.ndarray], n_kinds: int, seed: int = 0) -> dict[str, int]:
+    """An unlabelled kind of query: k-means (cosine, k-means++ start) on the query embeddings."""
+    texts = sorted(table)
+    x = np.stack([table[t] for t in texts]).astype(np.float64)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    rng = np.random.default_rng(seed)
+    cent = [x[int(rng.integers(len(x)))]]
+    for _ in range(n_kinds - 1):
+        d = np.min(((x[:, None] - np.array(cent)[None]) ** 2).sum(-1), axis=1)
+        cent.append(x[int(rng.choice(len(x), p=d / d.sum()))])
+    cent = np.array(cent)
+    for _ in range(100):
+        a = (x @ cent.T).argmax(axis=1)
+        for c in range(n_kinds):
+            if (a == c).any():
+                cent[c] = x[a == c].mean(axis=0)
+                cent[c] /= np.linalg.norm(cent[c])
+    a = (x @ cent.T).argmax(axis=1)
+    return {t: int(k) for t, k in zip(texts, a)}
+
+
+def random_votes(items, llms, rng, n: int, user: str, taste) -> list[Vote]:
+    """``taste(item, a, b, i)``: 1 when the user prefers a (i: the vote's index in the user's stream)."""
+    out = []
+    for i in range(n):
+        q = items[int(rng.integers(len(items)))]
+        a, b = rng.choice(llms, size=2, replace=False).tolist()
+        out.append(Vote(user, q[0], q[1], q[2], a, b, float(taste(q, a, b, i))))
+    return out
+
+
+def part_kinds(ckpt: Path, votes, table, enc, llms, seed: int, n_users: int, n_kinds: int = 4):
+    """Planted users with a ranking per unlabelled kind of query (k-means clusters of the embeddings)."""
+    kinds = query_kinds(table, n_kinds, seed)
+    rng = np.random.default_rng(seed + 7)
+    items = sorted({(v.qid, v.step, v.query) for v in votes})
+    users = {}
+    for i in range(n_users):
+        per = [{m: r for r, m in enumerate(rng.permutation(llms))} for _ in range(n_kinds)]
+        taste = (lambda q, a, b, _i, per=per: per[kinds[q[2]]][a] < per[kinds[q[2]]][b])
+        vs = random_votes(items, llms, rng, 300, f"kind_{i:03d}", taste)
+        users[f"kind_{i:03d}"] = (vs[:200], vs[200:])
+    print(f"(k) ranking per unlabelled kind of query ({n_kinds} k-means clusters): {n_users} users", flush=True)
+    curve = k_curve(ckpt, table, enc, CrowdBT(votes, llms), users)
+    curve["oracle"] = {k: (1.0, None, n_users) for k in curve["gmtrouter"]}
+    return curve
+
+
+def part_switch(ckpt: Path, votes, table, enc, llms, seed: int, n_users: int, ns=(20, 50, 100, 200),
+                js=(5, 10, 20, 50)):
+    """A taste that switches after N votes: AUC on the new taste after j votes of it."""
+    rng = np.random.default_rng(seed + 11)
+    items = sorted({(v.qid, v.step, v.query) for v in votes})
+    crowd = CrowdBT(votes, llms)
+    out: dict[str, dict] = defaultdict(dict)
+    for n in ns:
+        users = []
+        for i in range(n_users):
+            old = {m: r for r, m in enumerate(rng.permutation(llms))}
+            new = {m: r for r, m in enumerate(rng.permutation(llms))}
+            uid = f"switch{n}_{i:03d}"
+            before = random_votes(items, llms, rng, n, uid, lambda q, a, b, _i, t=old: t[a] < t[b])
+            after = random_votes(items, llms, rng, max(js), uid, lambda q, a, b, _i, t=new: t[a] < t[b])
+            ev = random_votes(items, llms, rng, 100, uid, lambda q, a, b, _i, t=new: t[a] < t[b])
+            users.append((uid, before, after, ev))
+        for name, opts in (("gmtrouter", {}), ("no_forgetting", NO_FORGET),
+                           ("gnn_only", {"personalization": {"enabled": False}})):
+            router = make_router(ckpt, table, enc, **opts)
+            scored: dict[int, dict] = defaultdict(dict)
+            given = 0
+            for uid, before, after, ev in users:
+                reveal(router, uid, before)
+                given = 0
+                for j in js:
+                    reveal(router, uid, after[given:j])
+                    given = j
+                    scored[j][uid] = (score_votes(router, uid, ev), np.array([v.label for v in ev]))
+            for j in js:
+                out[name][(n, j)] = pooled_auc_ci(scored[j])
+        for j in js:
+            out["crowd_bt"][(n, j)] = pooled_auc_ci({u: (crowd.p_a(crowd.strength, ev), np.array([v.label for v in ev]))
+                                                     for u, b, a, ev in users})
+            out["per_user_bt"][(n, j)] = pooled_auc_ci({u: (crowd.p_a(crowd.user_strength(b + a[:j]), ev),
+                                                            np.array([v.label for v in ev])) for u, b, a, ev in users})
+            print(f"(s) N={n:>3} j={j:>3} " + "  ".join(f"{m} {fmt(*out[m][(n, j)][:2])}" for m in out), flush=True)
+    return out
+
+
+def switch_table(res: dict, n_users: int) -> str:
+    keys = sorted(next(iter(res.values())))
+    names = {"gmtrouter": "GMTRouter (change detection)", "no_forgetting": "GMTRouter without change detection",
+             "gnn_only": "GNN without the online part", "crowd_bt": "crowd Bradley-Terry",
+             "per_user_bt": "per-user BT on all the votes, shrunk to the crowd"}
+    lines = [f"#### (s) A taste that switches after N votes: AUC on the new taste after j of its votes "
+             f"({n_users} users per N)", "", "| method | " + " | ".join(f"N={n} j={j}" for n, j in keys) + " |",
+             "|---|" + "---|" * len(keys)]
+    for m, row in res.items():
+        lines.append(f"| {names.get(m, m)} | " + " | ".join(fmt(row[k][0]) for k in keys) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def drift_taste(llms, rng):
+    """Utilities that move linearly from one random ranking's to another's over ``DRIFT_VOTES`` votes."""
+    u0, u1 = rng.permutation(len(llms)).astype(float), rng.permutation(len(llms)).astype(float)
+
+    def util(i):
+        f = min(1.0, i / DRIFT_VOTES)
+        return dict(zip(llms, (1 - f) * u0 + f * u1))
+    return util
+
+
+DRIFT_VOTES = 400
+
+
+def part_drift(ckpt: Path, votes, table, enc, llms, seed: int, n_users: int, at=(50, 100, 200, 300, 400)):
+    """A slowly drifting taste: AUC on the current taste after t votes."""
+    rng = np.random.default_rng(seed + 13)
+    items = sorted({(v.qid, v.step, v.query) for v in votes})
+    crowd = CrowdBT(votes, llms)
+    users = []
+    for i in range(n_users):
+        util = drift_taste(llms, rng)
+        uid = f"drift_{i:03d}"
+        stream = random_votes(items, llms, rng, max(at), uid, lambda q, a, b, k, u=util: u(k)[a] > u(k)[b])
+        evs = {t: [v for v in random_votes(items, llms, rng, 120, uid, lambda q, a, b, k, u=util, t=t: u(t)[a] > u(t)[b])
+                   if util(t)[v.a] != util(t)[v.b]] for t in at}
+        users.append((uid, stream, evs))
+    out: dict[str, dict] = defaultdict(dict)
+    for name, opts in (("gmtrouter", {}), ("no_forgetting", NO_FORGET),
+                       ("gnn_only", {"personalization": {"enabled": False}})):
+        router = make_router(ckpt, table, enc, **opts)
+        scored: dict[int, dict] = defaultdict(dict)
+        for uid, stream, evs in users:
+            given = 0
+            for t in at:
+                reveal(router, uid, stream[given:t])
+                given = t
+                scored[t][uid] = (score_votes(router, uid, evs[t]), np.array([v.label for v in evs[t]]))
+        for t in at:
+            out[name][t] = pooled_auc_ci(scored[t])
+    for t in at:
+        out["crowd_bt"][t] = pooled_auc_ci({u: (crowd.p_a(crowd.strength, e[t]), np.array([v.label for v in e[t]]))
+                                            for u, s_, e in users})
+        out["per_user_bt"][t] = pooled_auc_ci({u: (crowd.p_a(crowd.user_strength(s_[:t]), e[t]),
+                                                   np.array([v.label for v in e[t]])) for u, s_, e in users})
+        print(f"(g) t={t:>3} " + "  ".join(f"{m} {fmt(*out[m][t][:2])}" for m in out), flush=True)
+    return out
+
+
+def part_regret_kinds(ckpt: Path, votes, table, enc, llms, categories, seed: int, n_users: int, steps: int,
+                      policies=("greedy", "thompson"), only: tuple[str, ...] | None = None):
+    """Cumulative regret over a stream of ``steps`` queries for each kind of simulated user: regret of a
+    choice = (best utility - its utility) for the query, utilities = 1 - rank / (L - 1)."""
+    rng = np.random.default_rng(seed + 17)
+    items = sorted({(v.qid, v.step, v.query) for v in votes})
+    kinds = query_kinds(table, 4, seed)
+    L = len(llms)
+
+    def ranking():
+        return {m: r for r, m in enumerate(rng.permutation(llms))}
+
+    def make(kind):
+        if kind == "fixed ranking":
+            r = ranking()
+            return lambda q, t: r
+        if kind == "ranking per MT-Bench category":
+            pc = {c: ranking() for c in sorted(set(categories.values()))}
+            return lambda q, t: pc[categories[q[0]]]
+        if kind == "ranking per unlabelled kind":
+            pk = [ranking() for _ in range(4)]
+            return lambda q, t: pk[kinds[q[2]]]
+        if kind == f"switches after {steps // 2}":
+            r0, r1 = ranking(), ranking()
+            return lambda q, t: r0 if t < steps // 2 else r1
+        util = drift_taste(llms, rng)
+        return lambda q, t: {m: int(r) for m, r in zip(llms, np.argsort(np.argsort(-np.array([util(t)[m] for m in llms]))))}
+
+    kinds_u = ("fixed ranking", "ranking per MT-Bench category", "ranking per unlabelled kind",
+               f"switches after {steps // 2}", f"drifts over {DRIFT_VOTES} queries")
+    out: dict = {}
+    for kind in kinds_u:
+        if only and not any(kind.startswith(o) for o in only):
+            continue
+        tastes = [make(kind) for _ in range(n_users)]
+        stream = [[items[int(i)] for i in rng.integers(len(items), size=steps)] for _ in range(n_users)]
+        out[kind] = {}
+        for policy, opts in [(p, {"policy": p}) for p in policies] + [("greedy, no change detection",
+                                                                       {"policy": "greedy", **NO_FORGET}),
+                                                                      ("crowd", {"policy": "greedy"})]:
+            router = make_router(ckpt, table, enc, seed=seed, **opts)
+            reg = np.zeros((n_users, steps))
+            for ui in range(n_users):
+                uid = f"regret_{ui:03d}" if policy != "crowd" else "crowd_user"
+                for t, q in enumerate(stream[ui]):
+                    m = router.route_single({"query_text": q[2], "user_id": uid})["model_name"]
+                    rank = tastes[ui](q, t)
+                    reg[ui, t] = rank[m] / (L - 1)
+                    if policy != "crowd":
+                        router.update_user_feedback(uid, q[2], m, 1.0 - rank[m] / (L - 1))
+            fin = reg.sum(axis=1)
+            rng_b = np.random.default_rng(0)
+            boots = [fin[rng_b.integers(n_users, size=n_users)].mean() for _ in range(1000)]
+            out[kind][policy] = {"mean": float(fin.mean()), "ci": (float(np.quantile(boots, 0.025)),
+                                                                   float(np.quantile(boots, 0.975)))}
+            print(f"(r) {kind}: {policy} regret {fin.mean():.1f}", flush=True)
+    return out
+
+
+def regret_kinds_table(res: dict, steps: int, n_users: int) -> str:
+    pols = list(next(iter(res.values())))
+    lines = [f"#### (r) Cumulative regret over a stream of {steps} queries, by kind of user ({n_users} users each; "
+             "regret of a choice = its rank among the six LLMs / 5 for that query; mean [95% CI])", "",
+             "| user | " + " | ".join(pols) + " |", "|---|" + "---|" * len(pols)]
+    for kind, r in res.items():
+        lines.append(f"| {kind} | " + " | ".join(f"{r[p]['mean']:.1f} [{r[p]['ci'][0]:.1f}, {r[p]['ci'][1]:.1f}]"
+                                                 for p in pols) + " |")
+    return "\n".join(lines) + "\n"
+
+
 EPOCHS = 350
 
 
@@ -526,6 +761,10 @@ def main(argv=None) -> int:
     ap.add_argument("--planted", type=int, default=20, help="planted users per kind (b)")
     ap.add_argument("--stream-users", type=int, default=20)
     ap.add_argument("--stream-steps", type=int, default=500)
+    ap.add_argument("--regret-policies", default="greedy,thompson", help="(r): policies besides the crowd's choice "
+                    "and greedy without change detection")
+    ap.add_argument("--regret-users", default="", help="(r): kinds of user, by the start of their name "
+                    "(fixed, ranking per, switches, drifts); default all")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     EPOCHS = args.epochs
@@ -557,7 +796,7 @@ def main(argv=None) -> int:
             results["a"][s] = {"held_out": held, "curve": curve}
             md.append(curve_table(f"(a) Leave-judges-out on MT-Bench, split seed {s} ({len(held)} held-out judges; "
                                   f"pooled pairwise AUC on each judge's other votes [95% CI over judges])", curve))
-    if parts & {"b", "c", "d"}:
+    if parts & {"b", "c", "d", "k", "s", "g", "r"}:
         ckpt = train_router_checkpoint(paths, args.work / "all_judges" / "model", EPOCHS)
     if "b" in parts:
         results["b"] = part_b(ckpt, votes, answers, categories, table, enc, llms, 0, args.planted)
@@ -570,6 +809,23 @@ def main(argv=None) -> int:
     if "d" in parts:
         results["d"] = part_d(ckpt, votes, table, enc, llms)
         md.append(cost_table(results["d"]))
+    if "k" in parts:
+        results["k"] = part_kinds(ckpt, votes, table, enc, llms, 0, args.planted)
+        md.append(curve_table(f"(k) Planted users: a ranking per unlabelled kind of query (4 k-means clusters of the "
+                              f"query embeddings; {args.planted} new users)", results["k"]))
+    if "s" in parts:
+        results["s"] = part_switch(ckpt, votes, table, enc, llms, 0, args.planted)
+        md.append(switch_table(results["s"], args.planted))
+        results["s"] = {m: {f"N={n} j={j}": v for (n, j), v in row.items()} for m, row in results["s"].items()}
+    if "g" in parts:
+        results["g"] = part_drift(ckpt, votes, table, enc, llms, 0, args.planted)
+        md.append(curve_table(f"(g) A taste drifting from one ranking to another over {DRIFT_VOTES} votes: AUC on the "
+                              f"current taste after t votes (columns: k = t; {args.planted} users)", results["g"]))
+    if "r" in parts:
+        results["r"] = part_regret_kinds(ckpt, votes, table, enc, llms, categories, 0, args.stream_users,
+                                         args.stream_steps, policies=tuple(args.regret_policies.split(",")),
+                                         only=tuple(args.regret_users.split(",")) if args.regret_users else None)
+        md.append(regret_kinds_table(results["r"], args.stream_steps, args.stream_users))
     if "e" in parts:
         results["e"] = part_e(args.work, args.mt_bench, list(range(args.seeds)))
         md.append("#### (e) Training ablations (test AUC on per-judge MT-Bench splits; L = HGT layers)\n\n| run | " +

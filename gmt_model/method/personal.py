@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["PersonalConfig", "QueryBasis", "Evidence", "Posterior", "fit_posterior", "CrowdCalibration",
-           "fit_calibration", "fit_blend", "fit_nonneg_logistic", "fit_bias", "centre_ratings", "build_evidence", "group_pairs", "POLICIES"]
+           "fit_calibration", "fit_blend", "detect_change", "change_candidates", "fit_nonneg_logistic", "fit_bias", "centre_ratings", "build_evidence", "group_pairs", "POLICIES"]
 
 POLICIES = ("greedy", "thompson", "epsilon")
 
@@ -84,6 +84,17 @@ class PersonalConfig:
     #: in the idiosyncratic component (the crowd-like one scales it by tight / wide): a user unlike the
     #: crowd may learn to discount the GNN's query-by-query preferences; 0 = the GNN's weight stays 1
     gnn_weight_sd: float = 1.0
+    #: change detection (a taste that switched): the prior probability that the user's taste changed at some
+    #: point of the window.  Each candidate change point (``change_min`` rows ago, then 1.25x further apart)
+    #: is weighed against "no change" by the approximate marginal likelihood of the evidence before and after
+    #: it (per-LLM terms and the GNN weight); when a change wins, only the evidence after it is fitted.
+    #: 0 = off (the residual only forgets by count, through ``window``)
+    change_prior: float = 0.1
+    #: the most recent rows a change point leaves after it (and before it) at least
+    change_min: int = 12
+    #: detection looks at the latest this many rows (bounded cost; a change further back than that has left
+    #: only the new taste in view)
+    change_lookback: int = 240
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None, where: str = "personalization") -> "PersonalConfig":
@@ -101,6 +112,12 @@ class PersonalConfig:
             raise ValueError(f"{where}.p_wide: expected a number in [0, 1], got {cfg.p_wide!r}")
         if cfg.point_weight < 0:
             raise ValueError(f"{where}.point_weight: expected >= 0, got {cfg.point_weight!r}")
+        if not 0.0 <= cfg.change_prior < 1.0 or isinstance(cfg.change_prior, bool):
+            raise ValueError(f"{where}.change_prior: expected a number in [0, 1), got {cfg.change_prior!r}")
+        for k in ("change_min", "change_lookback"):
+            v = getattr(cfg, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 2:
+                raise ValueError(f"{where}.{k}: expected an integer >= 2, got {v!r}")
         for k in ("gnn_weight_sd", "thompson_scale", "thompson_decay", "window_per_llm"):
             v = getattr(cfg, k)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or not math.isfinite(v):
@@ -176,10 +193,22 @@ class Evidence:
     offset: np.ndarray
     y: np.ndarray
     w: np.ndarray
+    #: when each observation became known: the position (oldest first) of the later of its input rows;
+    #: ``n_rows``: how many input rows there were (None: no time order, no change detection)
+    t: np.ndarray | None = None
+    n_rows: int = 0
 
     @property
     def n(self) -> int:
         return int(self.y.size)
+
+    def since(self, first_row: int) -> "Evidence":
+        """The observations that became known at input row ``first_row`` or later."""
+        if self.t is None:
+            return self
+        keep = self.t >= first_row
+        return Evidence(x=self.x[keep], offset=self.offset[keep], y=self.y[keep], w=self.w[keep], t=self.t[keep],
+                        n_rows=self.n_rows)
 
 
 @dataclass
@@ -192,6 +221,9 @@ class Posterior:
     n: int  # observations used
     #: the residual's coefficients are the first ``n_coef`` entries; a last extra one is the GNN weight change
     n_coef: int = -1
+    #: a detected change of taste: the posterior is fitted on the latest ``recent_rows`` input rows only
+    #: (None: no change detected, or detection off)
+    recent_rows: int | None = None
 
     @property
     def mean(self) -> np.ndarray:
@@ -266,13 +298,109 @@ def _newton(ev: Evidence, prec: np.ndarray, iters: int) -> tuple[np.ndarray, np.
 
 
 def fit_posterior(ev: Evidence, cfg: PersonalConfig, n_llms: int, dims: int) -> Posterior:
+    """The mixture posterior of one user's residual given the evidence (after the
+    latest change of taste :func:`detect_change` finds, when it finds one)."""
+    first = detect_change(ev, cfg, n_llms, dims)
+    if first is None:
+        return _fit_mixture(ev, cfg, n_llms, dims)
+    post = _fit_mixture(ev.since(first), cfg, n_llms, dims)
+    post.recent_rows = ev.n_rows - first
+    return post
+
+
+def change_candidates(n_rows: int, cfg: PersonalConfig) -> np.ndarray:
+    """First input rows of the candidate segments "after a change": ``change_min`` rows
+    ago, then each 1.3x (at least one row) further back, leaving ``change_min`` rows of the
+    ``change_lookback`` latest before."""
+    out, s = [], int(cfg.change_min)
+    while min(n_rows, cfg.change_lookback) - s >= cfg.change_min:
+        out.append(n_rows - s)
+        s = max(s + 1, int(math.ceil(s * 1.3)))
+    return np.asarray(out, dtype=np.int64)
+
+
+def _batched_log_evidence(x: np.ndarray, o: np.ndarray, y: np.ndarray, w: np.ndarray, masks: np.ndarray,
+                          precs: np.ndarray, iters: int = 20) -> np.ndarray:
+    """Laplace log marginal likelihood of ``sigmoid(o + x . r)``, ``r ~ N(0, 1/prec)``, for
+    many problems at once: problem ``b`` uses the rows ``masks[:, b]`` and precisions ``precs[b]``.
+    Damped Newton (each coordinate's step at most 1) from 0."""
+    n, d = x.shape
+    nb = precs.shape[0]
+    xx = (x[:, :, None] * x[:, None, :]).reshape(n, d * d)
+    wm = masks * w[:, None]  # (n, B)
+    r = np.zeros((nb, d))
+    eye = np.eye(d)
+    for _ in range(iters):
+        t = o[:, None] + x @ r.T  # (n, B)
+        p = 0.5 * (1.0 + np.tanh(0.5 * t))
+        g = (wm * (p - y[:, None])).T @ x + precs * r  # (B, d)
+        h = ((wm * p * (1.0 - p)).T @ xx).reshape(nb, d, d) + precs[:, :, None] * eye
+        step = np.linalg.solve(h, g[:, :, None])[:, :, 0]
+        step = np.clip(step, -1.0, 1.0)
+        r = r - step
+        if np.abs(step).max() < 1e-4:
+            break
+    t = o[:, None] + x @ r.T
+    p = 0.5 * (1.0 + np.tanh(0.5 * t))
+    f = (wm * (np.logaddexp(0.0, t) - y[:, None] * t)).sum(axis=0) + 0.5 * (precs * r * r).sum(axis=1)
+    h = ((wm * p * (1.0 - p)).T @ xx).reshape(nb, d, d) + precs[:, :, None] * eye
+    logdet = np.linalg.slogdet(h)[1]
+    return -f - 0.5 * logdet + 0.5 * np.log(precs).sum(axis=1)
+
+
+def detect_change(ev: Evidence, cfg: PersonalConfig, n_llms: int, dims: int) -> int | None:
+    """The first input row after the user's latest change of taste, or None (no change).
+
+    A Bayesian comparison of "one taste throughout" with "a change at c" for each
+    candidate c (:func:`change_candidates`; prior ``change_prior`` spread evenly over
+    them): each segment's marginal likelihood under the residual's two-component prior,
+    restricted to the per-LLM terms and the GNN weight (cheap: all fits at once).  A
+    crowd-like user's noise is explained as well by one taste as by two, and the
+    extra taste costs its Occam factor, so it does not trigger a change."""
+    if cfg.change_prior <= 0 or ev.t is None or ev.n < 2 * cfg.change_min:
+        return None
+    cand = change_candidates(ev.n_rows, cfg)
+    if cand.size == 0:
+        return None
+    ev = ev.since(ev.n_rows - int(cfg.change_lookback))
+    k = dims + 1
+    x = ev.x[:, ::k][:, :n_llms]
+    comps = [(1.0 - cfg.p_wide, cfg.tight), (cfg.p_wide, cfg.wide)]
+    precs = []
+    for _, std in comps:
+        pr = 1.0 / np.full(n_llms, std) ** 2
+        if cfg.gnn_weight_sd > 0:
+            pr = np.r_[pr, 1.0 / (cfg.gnn_weight_sd * min(1.0, std / cfg.wide)) ** 2]
+        precs.append(pr)
+    if cfg.gnn_weight_sd > 0:
+        x = np.concatenate([x, ev.offset[:, None]], axis=1)
+    after = ev.t[:, None] >= cand[None, :]  # (n, C)
+    segs = np.concatenate([np.ones((ev.n, 1), bool), ~after, after], axis=1)  # all, before c, after c
+    # a segment without observations has log evidence 0 (no problem to fit)
+    nseg = segs.shape[1]
+    masks = np.repeat(segs, len(comps), axis=1).astype(np.float64)
+    pr = np.tile(np.stack(precs), (nseg, 1))
+    le = _batched_log_evidence(x, ev.offset, ev.y, ev.w, masks, pr).reshape(nseg, len(comps))
+    logw = np.log([max(w, 1e-300) for w, _ in comps])
+    seg = np.logaddexp.reduce(le + logw[None, :], axis=1)  # per segment: the two-component mixture
+    c = cand.size
+    none = math.log1p(-cfg.change_prior) + seg[0]
+    change = math.log(cfg.change_prior / c) + seg[1:1 + c] + seg[1 + c:]
+    best = int(np.argmax(change))
+    if change[best] <= none:
+        return None
+    return int(cand[best])
+
+
+def _fit_mixture(ev: Evidence, cfg: PersonalConfig, n_llms: int, dims: int) -> Posterior:
     """The mixture posterior of one user's residual given the evidence."""
     comps = [(1.0 - cfg.p_wide, cfg.tight), (cfg.p_wide, cfg.wide)]
     means, chols, logz = [], [], []
     for prior_w, std in comps:
         prec = _prior_precision(cfg, n_llms, dims, std)
         if prec.size > ev.x.shape[1]:  # the GNN weight's column: the GNN logit itself
-            ev = Evidence(x=np.concatenate([ev.x, ev.offset[:, None]], axis=1), offset=ev.offset, y=ev.y, w=ev.w)
+            ev = Evidence(x=np.concatenate([ev.x, ev.offset[:, None]], axis=1), offset=ev.offset, y=ev.y, w=ev.w,
+                          t=ev.t, n_rows=ev.n_rows)
         if ev.n:
             r, h, f = _newton(ev, prec, cfg.newton_iters)
         else:
@@ -334,12 +462,13 @@ def build_evidence(group: np.ndarray, llm: np.ndarray, rating: np.ndarray, z: np
     g, m, r, rows = g[order], m[order], r[order], keep[order]
     starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
     sizes = np.diff(np.r_[starts, g.size])
-    xs, offs, ys, ws = [], [], [], []
+    xs, offs, ys, ws, ts = [], [], [], [], []
     cols = np.arange(k)
 
     def add(row_a, m_a, row_b, m_b, label, weight):
         """Comparisons 'LLM m_a on row_a's query beats LLM m_b on row_b's query'."""
         n_ = row_a.size
+        ts.append(np.maximum(row_a, row_b))
         x = np.zeros((n_, d))
         x[np.arange(n_)[:, None], m_a[:, None] * k + cols] += z[row_a]
         x[np.arange(n_)[:, None], m_b[:, None] * k + cols] -= z[row_b]
@@ -369,6 +498,7 @@ def build_evidence(group: np.ndarray, llm: np.ndarray, rating: np.ndarray, z: np
         x -= np.tile(z[row], (1, n_llms)) / n_llms
         x[np.arange(single.size)[:, None], m[single][:, None] * k + cols] += z[row]
         xs.append(x)
+        ts.append(row)
         offs.append(scores[row, m[single]] - scores[row].mean(axis=1))
         ys.append(centre_ratings(r[single]))
         ws.append(np.full(single.size, float(cfg.point_weight)))
@@ -387,8 +517,10 @@ def build_evidence(group: np.ndarray, llm: np.ndarray, rating: np.ndarray, z: np
         if a.size:
             add(srt[a], sm[a], srt[b], sm[b], (sr[a] > sr[b]).astype(np.float64), float(cfg.point_weight))
     if not xs:
-        return Evidence(x=np.zeros((0, d)), offset=np.zeros(0), y=np.zeros(0), w=np.zeros(0))
-    return Evidence(x=np.concatenate(xs), offset=np.concatenate(offs), y=np.concatenate(ys), w=np.concatenate(ws))
+        return Evidence(x=np.zeros((0, d)), offset=np.zeros(0), y=np.zeros(0), w=np.zeros(0), t=np.zeros(0, np.int64),
+                        n_rows=n)
+    return Evidence(x=np.concatenate(xs), offset=np.concatenate(offs), y=np.concatenate(ys), w=np.concatenate(ws),
+                    t=np.concatenate(ts).astype(np.int64), n_rows=n)
 
 
 def group_pairs(group: np.ndarray, rating: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
