@@ -1,0 +1,77 @@
+"""Small endpoints: the chat page, ``/health``, ``/metrics``, ``/v1/models`` and ``POST /admin/reload``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+from fastapi import Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+from gmt_model.serving.api_openai import ROUTER_MODEL
+from gmt_model.serving.app_state import state_of
+from gmt_model.serving.http_bodies import _jsonable
+from gmt_model.serving.http_errors import ApiError
+from gmt_model.serving.reloader import ServedModel
+
+_PAGE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+
+async def chat_page(request: Request) -> HTMLResponse:
+    """``GET /`` and ``GET /chat``."""
+    return HTMLResponse(state_of(request).page_html,
+                        headers={"Content-Security-Policy": _PAGE_CSP, "Cache-Control": "no-cache"})
+
+
+async def health(request: Request) -> dict[str, Any]:
+    st = state_of(request)
+    served = st.holder.current
+    return {"status": "ok", "candidates": len(list(served.router.candidates)), "endpoints": len(st.endpoints),
+            "model": st.serving_info(served)}
+
+
+async def metrics(request: Request) -> Response:
+    st = state_of(request)
+    text = st.metrics.render(reloads=st.reloader.counts if st.reloader is not None else None,
+                             serving=st.holder.current.info)
+    return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def _model_objects(request: Request, served: ServedModel) -> list[dict[str, Any]]:
+    st = state_of(request)
+    info = served.info
+    data = [{"id": ROUTER_MODEL, "object": "model", "created": 0, "owned_by": st.title,
+             "model_uri": info.get("uri"), "model_version": info.get("version")}]
+    data += [
+        {"id": c, "object": "model", "created": 0, "owned_by": st.title, "endpoint_configured": c in st.endpoints}
+        for c in served.router.candidates
+    ]
+    return data
+
+
+async def list_models(request: Request) -> dict[str, Any]:
+    st = state_of(request)
+    served = st.holder.current
+    return {"object": "list", "data": _model_objects(request, served), "rating_scale": st.rating_scale(served),
+            "serving": st.serving_info(served)}
+
+
+async def get_model(request: Request, model_id: str) -> dict[str, Any]:
+    for obj in _model_objects(request, state_of(request).holder.current):
+        if obj["id"] == model_id:
+            return obj
+    raise ApiError(404, f"The model {model_id!r} does not exist; use {ROUTER_MODEL!r} or a candidate LLM",
+                   param="model", code="model_not_found")
+
+
+async def admin_reload(request: Request) -> JSONResponse:
+    reloader = state_of(request).reloader
+    if reloader is None:
+        raise ApiError(409, "this server serves a fixed model; start it with a model source to reload",
+                       code="reload_not_configured")
+    out = await anyio.to_thread.run_sync(reloader.reload)
+    status = {"reloaded": 200, "unchanged": 200, "refused": 409, "unavailable": 503}[out["status"]]
+    return JSONResponse(_jsonable(out), status_code=status)
