@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from gmt_model.errors import RoutingError
 from gmt_model.serving.app_state import AppState, state_of
 from gmt_model.serving.endpoints import Endpoint, MissingAPIKeyError
-from gmt_model.serving.http_bodies import _ChatMessage, _ChatRequest, _jsonable, _read_json, _validate
+from gmt_model.serving.http_bodies import _ChatMessage, _ChatRequest, _jsonable, _read_json, _validate, check_id
 from gmt_model.serving.http_errors import NO_RETRY, ApiError, routing_api_error
 from gmt_model.serving.sse import _SSEModelRewriter
 
@@ -56,6 +56,12 @@ async def chat_completions(request: Request) -> Response:
     raw = await _read_json(request)
     req = _validate(_ChatRequest, raw)
     session_id = req.session_id or request.headers.get(SESSION_HEADER) or None
+    if session_id is not None and not req.session_id:
+        try:
+            check_id(session_id, "a session id")
+        except ValueError as exc:
+            raise ApiError(400, f"header {SESSION_HEADER}: {exc}", param=SESSION_HEADER) from None
+    deadline = st.deadline()
     served = st.holder.current
     router = served.router
     if req.model == ROUTER_MODEL:
@@ -71,7 +77,8 @@ async def chat_completions(request: Request) -> Response:
             query["session_id"] = session_id
         t0 = time.perf_counter()
         try:
-            result = _jsonable(await st.call_router(served, "single", router.route_single, query))
+            async with st.admit():
+                result = _jsonable(await st.route_one(served, query, deadline))
         except RoutingError as exc:
             raise routing_api_error(exc, _CHAT_NAMES) from None
         chosen = result.get("model_name") if isinstance(result, dict) else None

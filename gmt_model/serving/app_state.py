@@ -7,10 +7,13 @@ handlers are plain module-level functions that can be read and tested on their o
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import inspect
 import logging
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +28,7 @@ from gmt_model.serving.http_errors import ApiError
 from gmt_model.serving.metrics import _Metrics
 from gmt_model.serving.reloader import ModelReloader, RouterHolder, ServedModel
 
-__all__ = ["AppState", "state_of", "accepts"]
+__all__ = ["AppState", "Limits", "state_of", "accepts", "overloaded"]
 
 log = logging.getLogger("gmt_model.serving.server")
 
@@ -41,6 +44,54 @@ def accepts(fn: Callable[..., Any], name: str) -> bool:
 _accepts = accepts
 
 
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on the work one request may cause and on the work in flight (``create_app(limits=...)``).
+
+    * ``max_batch``: most queries in one ``/v1/route`` batch (more: 413);
+    * ``request_timeout``: seconds a request may take before the router works on it or between its
+      chunks (waiting for a lock, encoding); past it: 503 with ``Retry-After``;
+    * ``max_inflight``: router-bound requests (route, feedback, routed chat completions) admitted at once;
+      more are answered 503 with ``Retry-After`` at once (load shedding, not timeouts);
+    * ``max_batch_texts``: query texts of ``/v1/route`` batches in flight together (more: 503);
+    * ``encode_chunk``: texts per encoder call (a big batch is encoded chunk by chunk, outside every lock);
+    * ``route_chunk``: queries per router call (a big batch takes the router's lock once per chunk);
+    * ``router_threads``: worker threads for router calls; ``encode_threads``: for encoding;
+    * ``coalesce``: most single routes (``/v1/route``, chat completions) served by one ``route_batch`` call:
+      concurrent single routes are coalesced into one router call.
+    """
+
+    max_batch: int = 1000
+    request_timeout: float = 30.0
+    max_inflight: int = 512
+    max_batch_texts: int = 4000
+    encode_chunk: int = 32
+    route_chunk: int = 64
+    router_threads: int = 2
+    encode_threads: int = 2
+    coalesce: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "max_inflight", "max_batch_texts", "encode_chunk", "route_chunk",
+                     "router_threads", "encode_threads", "coalesce"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"limits.{name}: expected an integer >= 1, got {v!r}")
+        v = self.request_timeout
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise ValueError(f"limits.request_timeout: expected a number of seconds > 0, got {v!r}")
+
+
+def overloaded(message: str, retry_after: float = 1.0, code: str = "overloaded") -> ApiError:
+    """A 503 with ``Retry-After`` (whole seconds, at least 1)."""
+    return ApiError(503, message, type="service_unavailable", code=code,
+                    headers={"Retry-After": str(max(1, math.ceil(retry_after)))})
+
+
+class _BudgetExceeded(Exception):
+    pass
+
+
 @dataclass
 class AppState:
     """The state of one app (see the module docstring)."""
@@ -54,24 +105,179 @@ class AppState:
     enforce_identity: bool = False
     identity_hint: str = ""
     page_html: str = ""
+    limits: Limits = field(default_factory=Limits)
     extra: dict[str, Any] = field(default_factory=dict)
+    #: why feedback cannot be stored now ("read-only", "full", ...), None while it can
+    feedback_degraded: str | None = None
+    inflight: int = 0
+    batch_texts: int = 0
+    failures: int = 0
+
+    def __post_init__(self) -> None:
+        self._router_limiter: anyio.CapacityLimiter | None = None
+        self._encode_limiter: anyio.CapacityLimiter | None = None
+        self._pending: list[tuple[ServedModel, dict[str, Any], asyncio.Future, float]] = []
+        self._draining = False
+
+    # ---------------------------------------------------------------- admission
+    def deadline(self) -> float:
+        return time.monotonic() + self.limits.request_timeout
+
+    def admit(self) -> "_Admission":
+        """``async with state.admit():`` a router-bound request, or 503 at once when too many are in flight."""
+        if self.inflight >= self.limits.max_inflight:
+            self.metrics.bump(self.metrics.shed, "inflight")
+            raise overloaded(f"the server is at its limit of {self.limits.max_inflight} requests in flight; "
+                             "retry shortly")
+        return _Admission(self)
 
     # ---------------------------------------------------------------- router calls
+    def _limiter(self, encode: bool) -> anyio.CapacityLimiter:
+        if encode:
+            if self._encode_limiter is None:
+                self._encode_limiter = anyio.CapacityLimiter(self.limits.encode_threads)
+            return self._encode_limiter
+        if self._router_limiter is None:
+            self._router_limiter = anyio.CapacityLimiter(self.limits.router_threads)
+        return self._router_limiter
+
     async def call_router(self, served: ServedModel, kind: str, fn: Callable[..., Any], *args: Any,
-                          **kwargs: Any) -> Any:
-        """Run ``fn`` in a worker thread under the served router's call lock (timed as ``kind`` when given)."""
+                          deadline: float | None = None, encode: bool = False, **kwargs: Any) -> Any:
+        """Run ``fn`` in a worker thread (timed as ``kind`` when given).
+
+        A router that does not declare ``thread_safe = True`` runs under the served model's call lock
+        (one call at a time).  With a ``deadline`` (``time.monotonic()``), a call that could not start
+        before it (waiting for a thread or the lock) is not run: 503 with ``Retry-After``."""
         metrics = self.metrics
+        lock = None if getattr(served.router, "thread_safe", False) else served.lock
 
         def run() -> Any:
-            with served.lock:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0 or (lock is not None and not lock.acquire(timeout=left)):
+                    raise _BudgetExceeded
+            elif lock is not None:
+                lock.acquire()
+            try:
                 t0 = time.perf_counter()
                 try:
                     return fn(*args, **kwargs)
                 finally:
                     if kind:
                         metrics.routing(kind, time.perf_counter() - t0)
+            finally:
+                if lock is not None:
+                    lock.release()
 
-        return await anyio.to_thread.run_sync(run)
+        try:
+            out = await anyio.to_thread.run_sync(run, limiter=self._limiter(encode))
+        except _BudgetExceeded:
+            metrics.bump(metrics.shed, "timeout")
+            raise overloaded(f"the request could not be served within its time budget of "
+                             f"{self.limits.request_timeout:g} s; retry shortly", code="timeout") from None
+        except ApiError:
+            raise
+        except Exception as exc:
+            from gmt_model.errors import RoutingError
+
+            if not isinstance(exc, (RoutingError, OSError)):
+                self.failures += 1
+            raise
+        self.failures = 0
+        return out
+
+    async def encode(self, served: ServedModel, texts: Sequence[str], deadline: float) -> None:
+        """Encode the texts the router has not seen, chunk by chunk in the encoder threads, outside every
+        lock (the router's ``route_batch`` then finds them cached); checks the deadline between chunks."""
+        embed = getattr(served.router, "embed", None)
+        if embed is None or not texts:
+            return
+        cache = getattr(served.router, "_emb_cache", None)
+        todo = list(dict.fromkeys(t for t in texts if isinstance(t, str) and t.strip() and len(t) <= 100_000
+                                  and (cache is None or t not in cache)))
+        step = self.limits.encode_chunk
+        for i in range(0, len(todo), step):
+            try:
+                await self.call_router(served, "", embed, todo[i:i + step], deadline=deadline, encode=True)
+            except ApiError:
+                raise
+            except Exception:  # the router's own call reports it (with its checks first)
+                log.debug("pre-encoding failed; the router call will encode", exc_info=True)
+                return
+
+    async def route_many(self, served: ServedModel, queries: list[dict[str, Any]], deadline: float
+                         ) -> list[dict[str, Any]]:
+        """Route a batch: encode its new texts (chunks, no lock), then route ``route_chunk`` queries per
+        router call, so a big batch never holds the router for long."""
+        await self.encode(served, [q["query_text"] for q in queries], deadline)
+        step = self.limits.route_chunk
+        out: list[dict[str, Any]] = []
+        for i in range(0, len(queries), step):
+            out += await self.call_router(served, "batch", served.router.route_batch, queries[i:i + step],
+                                          deadline=deadline)
+        return out
+
+    async def route_one(self, served: ServedModel, query: dict[str, Any], deadline: float) -> dict[str, Any]:
+        """Route one query: its text is encoded first if new (outside the router's lock); concurrent single
+        routes are then coalesced into one ``route_batch`` call (at most ``coalesce`` queries)."""
+        await self.encode(served, [query["query_text"]], deadline)
+        if self.limits.coalesce <= 1 or getattr(served.router, "route_batch", None) is None:
+            return await self.call_router(served, "single", served.router.route_single, query, deadline=deadline)
+        fut = asyncio.get_running_loop().create_future()
+        self._pending.append((served, query, fut, deadline))
+        if not self._draining:
+            self._draining = True
+            asyncio.get_running_loop().create_task(self._drain())
+        return await fut
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                served = self._pending[0][0]
+                take = [p for p in self._pending[: self.limits.coalesce] if p[0] is served]
+                taken = {id(p) for p in take}
+                self._pending = [p for p in self._pending if id(p) not in taken]
+                now = time.monotonic()
+                live = []
+                for p in take:
+                    if p[2].cancelled():
+                        continue
+                    if p[3] <= now:
+                        self.metrics.bump(self.metrics.shed, "timeout")
+                        p[2].set_exception(overloaded(
+                            f"the request could not be served within its time budget of "
+                            f"{self.limits.request_timeout:g} s; retry shortly", code="timeout"))
+                        continue
+                    live.append(p)
+                if not live:
+                    continue
+                try:
+                    results = await self.call_router(served, "single", served.router.route_batch,
+                                                     [p[1] for p in live])
+                except Exception:  # one bad query fails the batch: route them one by one for their own answers
+                    for p in live:
+                        try:
+                            r = await self.call_router(served, "single", served.router.route_single, p[1])
+                        except Exception as exc:
+                            if not p[2].done():
+                                p[2].set_exception(exc)
+                        else:
+                            if not p[2].done():
+                                p[2].set_result(r)
+                    continue
+                for p, r in zip(live, results):
+                    if not p[2].done():
+                        p[2].set_result(r)
+        finally:
+            self._draining = False
+
+    def is_admin(self, request: Request) -> bool:
+        """Whether the request carries the admin token (``Authorization: Bearer <admin token>``)."""
+        token = self.extra.get("admin_token")
+        if not token:
+            return False
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
     # ---------------------------------------------------------------- descriptions
     @staticmethod
@@ -118,6 +324,17 @@ class AppState:
             code=code,
             extra={"upstream_status": status},
         )
+
+
+class _Admission:
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    async def __aenter__(self) -> None:
+        self.state.inflight += 1
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.state.inflight -= 1
 
 
 def state_of(request: Request) -> AppState:

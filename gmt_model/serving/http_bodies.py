@@ -4,16 +4,44 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+import re
+from typing import Annotated, Any
 
 from fastapi import Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from gmt_model.serving.http_errors import ApiError
 
 #: most queries in one ``/v1/route`` batch (the default of ``create_app(max_batch=...)``)
 MAX_BATCH = 1000
 _MAX_BATCH = MAX_BATCH
+#: deepest nesting of arrays/objects a JSON body may have
+MAX_JSON_DEPTH = 32
+#: longest number literal (digits, sign, exponent) a JSON body may hold
+MAX_NUMBER_CHARS = 64
+#: user and session ids: the router's id alphabet, matched in full (``"alice\n"`` is not ``alice``)
+ID_PATTERN = re.compile(r"[\w.@:+\-/#]{1,256}")
+JSON_CONTENT_TYPES = ("application/json",)
+
+
+def check_id(value: str | None, what: str = "an id") -> str | None:
+    """``value`` when it is a valid user/session id (full match), else ValueError."""
+    if value is not None and not ID_PATTERN.fullmatch(value):
+        raise ValueError(f"expected {what} of 1-256 letters, digits or ._@:+-/# (no spaces or line breaks)")
+    return value
+
+
+_Id = Annotated[str, AfterValidator(lambda v: check_id(v))]
+
+
+class _HistoryTurn(BaseModel):
+    """A rated earlier turn of ``conversation_history`` (plain strings are unrated turns)."""
+
+    model_config = ConfigDict(extra="forbid")
+    query: str | None = None
+    response: str | None = None
+    model: str | None = Field(default=None, strict=True)
+    rating: float | None = Field(default=None, strict=True, allow_inf_nan=False)
 
 class _ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -25,18 +53,18 @@ class _ChatRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: str = Field(min_length=1)
     messages: list[_ChatMessage] = Field(min_length=1)
-    user: str | None = None
+    user: _Id | None = None
     stream: bool = Field(default=False, strict=True)
-    session_id: str | None = None
+    session_id: _Id | None = None
 
 
 class _RouteQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
     query_text: str = Field(min_length=1)
-    user_id: str | None = Field(default=None, min_length=1)
-    session_id: str | None = None
+    user_id: _Id | None = None
+    session_id: _Id | None = None
     turn: int | None = Field(default=None, ge=1, strict=True)
-    conversation_history: list[Any] | None = None
+    conversation_history: list[str | _HistoryTurn] | None = None
     candidates: list[str] | None = None
 
     def to_query(self) -> dict[str, Any]:
@@ -45,19 +73,19 @@ class _RouteQuery(BaseModel):
 
 class _RouteBatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    queries: list[_RouteQuery] = Field(min_length=1, max_length=_MAX_BATCH)
+    queries: list[_RouteQuery] = Field(min_length=1)
 
 
 class _FeedbackBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    user: str | None = Field(default=None, min_length=1)
-    user_id: str | None = Field(default=None, min_length=1)
+    user: _Id | None = None
+    user_id: _Id | None = None
     query: str = Field(min_length=1)
     model: str | None = Field(default=None, min_length=1)
     rating: float | None = Field(default=None, strict=True, allow_inf_nan=False)
     preferred: str | None = Field(default=None, min_length=1)
     rejected: str | None = Field(default=None, min_length=1)
-    session_id: str | None = Field(default=None, min_length=1)
+    session_id: _Id | None = None
     turn: int | None = Field(default=None, ge=1, strict=True)
     query_id: str | None = Field(default=None, min_length=1)
 
@@ -78,22 +106,72 @@ def _validate(cls: type[BaseModel], raw: Any) -> Any:
         return cls.model_validate(raw)
     except ValidationError as exc:
         errs = exc.errors()
-        parts = [f"{_param_of(tuple(e['loc'])) or 'body'}: {e['msg']}" for e in errs[:5]]
+        parts = [f"field '{_param_of(tuple(e['loc']))}': {e['ctx']['error']}"
+                 if e.get("type") == "value_error" and e.get("ctx", {}).get("error") is not None
+                 else f"{_param_of(tuple(e['loc'])) or 'body'}: {e['msg']}" for e in errs[:5]]
         param = _param_of(tuple(errs[0]["loc"])) if errs else None
         raise ApiError(400, "invalid request: " + "; ".join(parts), param=param, code="invalid_value") from None
 
 
-async def _read_json(request: Request) -> dict[str, Any]:
-    body = await request.body()
+class _NumberTooLong(ValueError):
+    pass
+
+
+def _parse_int(s: str) -> int:
+    if len(s) > MAX_NUMBER_CHARS:
+        raise _NumberTooLong(f"a number literal has {len(s)} characters (at most {MAX_NUMBER_CHARS})")
+    return int(s)
+
+
+def _parse_float(s: str) -> float:
+    if len(s) > MAX_NUMBER_CHARS:
+        raise _NumberTooLong(f"a number literal has {len(s)} characters (at most {MAX_NUMBER_CHARS})")
+    return float(s)
+
+
+def _depth_exceeds(data: Any, limit: int) -> bool:
+    """Whether ``data`` nests arrays/objects deeper than ``limit`` (iterative: no recursion)."""
+    stack = [(data, 1)]
+    while stack:
+        x, d = stack.pop()
+        if isinstance(x, dict):
+            if d > limit:
+                return True
+            stack.extend((v, d + 1) for v in x.values() if isinstance(v, (dict, list)))
+        elif isinstance(x, list):
+            if d > limit:
+                return True
+            stack.extend((v, d + 1) for v in x if isinstance(v, (dict, list)))
+    return False
+
+
+def parse_json_body(body: bytes, content_type: str | None) -> dict[str, Any]:
+    """A request body as a JSON object, strictly: the content type must be JSON, number literals have at
+    most ``MAX_NUMBER_CHARS`` characters, nesting is at most ``MAX_JSON_DEPTH`` deep.  Anything else is an
+    :class:`ApiError` (415 for the content type, else 400)."""
     if not body.strip():
         raise ApiError(400, "request body is empty; expected a JSON object")
+    ctype = (content_type or "").split(";", 1)[0].strip().lower()
+    if ctype not in JSON_CONTENT_TYPES and not (ctype.startswith("application/") and ctype.endswith("+json")):
+        raise ApiError(415, f"the request body must be JSON sent with 'Content-Type: application/json' "
+                            f"(got {ctype or 'no content type'!r})", code="unsupported_media_type")
     try:
-        data = json.loads(body)
+        data = json.loads(body, parse_int=_parse_int, parse_float=_parse_float)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    except _NumberTooLong as exc:
+        raise ApiError(400, f"request body: {exc}", code="invalid_json") from None
+    except RecursionError:
+        raise ApiError(400, f"request body nests deeper than {MAX_JSON_DEPTH} levels", code="invalid_json") from None
     if not isinstance(data, dict):
         raise ApiError(400, f"request body must be a JSON object, got {type(data).__name__}")
+    if _depth_exceeds(data, MAX_JSON_DEPTH):
+        raise ApiError(400, f"request body nests deeper than {MAX_JSON_DEPTH} levels", code="invalid_json")
     return data
+
+
+async def _read_json(request: Request) -> dict[str, Any]:
+    return parse_json_body(await request.body(), request.headers.get("content-type"))
 
 
 def _jsonable(x: Any) -> Any:

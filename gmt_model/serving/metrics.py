@@ -27,6 +27,7 @@ class _Metrics:
         self.routed: dict[str, int] = {}
         self.upstream_errors: dict[str, int] = {}
         self.feedback = 0
+        self.shed: dict[str, int] = {}  # requests answered 503 by the server's limits, by reason
 
     def request(self, method: str, path: str, status: int) -> None:
         with self._lock:
@@ -82,6 +83,12 @@ class _Metrics:
             ]
             for model, n in sorted(self.upstream_errors.items()):
                 out.append(f'gmtrouter_upstream_errors_total{{model="{_esc(model)}"}} {n}')
+            out += [
+                "# HELP gmtrouter_shed_total Requests refused with 503 by the server's limits, by reason.",
+                "# TYPE gmtrouter_shed_total counter",
+            ]
+            for reason, n in sorted(self.shed.items()):
+                out.append(f'gmtrouter_shed_total{{reason="{_esc(reason)}"}} {n}')
             out += [
                 "# HELP gmtrouter_feedback_total Feedback events accepted.",
                 "# TYPE gmtrouter_feedback_total counter",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
@@ -75,17 +76,47 @@ class RouterHolder:
 
 
 def checkpoint_source(path: str | os.PathLike[str]) -> Callable[[], ModelRef]:
-    """A model source for a checkpoint folder: the version is the digest of its ``config.json``
-    (which holds the sha256 of every other file), so replacing the folder is a new version."""
+    """A model source for a checkpoint folder: the version is the digest of its ``config.json`` and of the
+    bytes of every file its manifest (``files``) lists, so any change of content is a new version: a folder
+    caught half-written and later completed (or repaired) is a different version from the broken copy.
+    A file's digest is cached by (size, mtime, inode), so an unchanged folder is not read again."""
     folder = Path(path)
+    memo: dict[str, tuple[tuple[int, int, int], str]] = {}
+
+    def digest(p: Path) -> str:
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            return "missing"
+        key = (st.st_size, st.st_mtime_ns, st.st_ino)
+        hit = memo.get(str(p))
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        memo[str(p)] = (key, h.hexdigest())
+        return memo[str(p)][1]
 
     def resolve() -> ModelRef:
         try:
             data = (folder / "config.json").read_bytes()
         except OSError as exc:
             raise OSError(f"{folder / 'config.json'}: {exc.strerror or exc}") from None
-        return ModelRef(uri=str(folder), version="sha256:" + hashlib.sha256(data).hexdigest()[:16],
-                        location=str(folder))
+        h = hashlib.sha256(data)
+        try:
+            files = json.loads(data).get("files") or {}
+        except (ValueError, AttributeError):
+            files = {}  # a half-written config.json: its own digest names this state; loading it is refused
+        if isinstance(files, dict):
+            for name in sorted(files):
+                if isinstance(name, str) and "/" not in name and "\\" not in name and name not in ("", ".", ".."):
+                    try:
+                        h.update(f"\0{name}\0{digest(folder / name)}".encode())
+                    except OSError as exc:
+                        raise OSError(f"{folder / name}: {exc.strerror or exc}") from None
+        return ModelRef(uri=str(folder), version="sha256:" + h.hexdigest()[:16], location=str(folder))
 
     return resolve
 

@@ -73,6 +73,8 @@ __all__ = ["GMTRouter", "RoutingError"]
 
 _ID_RE = re.compile(r"^[\w.@:+\-/#]{1,256}$")
 MAX_QUERY_CHARS = 100_000
+#: texts per encoder call when route_batch encodes new texts (outside the router's lock)
+_EMBED_CHUNK = 32
 
 
 @dataclass
@@ -89,6 +91,9 @@ class GMTRouter:
     ``GMTRouter.from_checkpoint(dir)``; a registered model:
     ``gmt_model.load_router(uri)`` (:mod:`gmt_model.serving.registry`, which imports this module, not the reverse).
     """
+
+    #: the router takes its own lock (the server runs calls in parallel threads without one of its own)
+    thread_safe = True
 
     def __init__(self, yaml_path: str | Path | None = None, *, config: RouterConfig | None = None,
                  checkpoint: Checkpoint | None = None, encoder: Any = None) -> None:
@@ -208,14 +213,18 @@ class GMTRouter:
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Query embeddings (one encoder call for all texts not seen before)."""
         missing = list(dict.fromkeys(t for t in texts if t not in self._emb_cache))
-        if missing:
+        new: dict[str, np.ndarray] = {}
+        if missing:  # (may run in several threads at once: read back what this call encoded from `new`)
             vecs = np.asarray(self.encoder.encode(missing), dtype=np.float32)
-            for t, v in zip(missing, vecs):
-                self._emb_cache[t] = v
+            new = dict(zip(missing, vecs))
+            self._emb_cache.update(new)
             if len(self._emb_cache) > 100_000:
                 for k in list(self._emb_cache)[: len(self._emb_cache) // 2]:
-                    del self._emb_cache[k]
-        return np.stack([self._emb_cache[t] for t in texts]) if texts else np.zeros((0, self.model.cfg.embed_dim), np.float32)
+                    self._emb_cache.pop(k, None)
+        if not texts:
+            return np.zeros((0, self.model.cfg.embed_dim), np.float32)
+        cache = self._emb_cache
+        return np.stack([new[t] if t in new else cache[t] for t in texts])
 
     # ------------------------------------------------------- user histories
     def history_size(self, user_id: str) -> int:
@@ -381,9 +390,12 @@ class GMTRouter:
             parsed.append((text, user, session, cands, turn, ctx))
         if not parsed:
             return []
+        texts = [p[0] for p in parsed]
+        for i in range(0, len(texts), _EMBED_CHUNK):  # encode outside the lock, in bounded chunks: routes of
+            self.embed(texts[i:i + _EMBED_CHUNK])    # other threads (cached texts) go on meanwhile
         with self._lock, torch.inference_mode():
             self._maybe_sync()
-            emb = self.embed([p[0] for p in parsed])
+            emb = self.embed(texts)
             uidx = [self._user_index.get(p[1], -1) for p in parsed]
             known = [u for u in uidx if u >= 0]
             self._ensure_user_reps(known)

@@ -75,7 +75,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from gmt_model.errors import RoutingError
 from gmt_model.serving import api_admin, api_openai, api_routing
 from gmt_model.serving.api_openai import ROUTED_MODEL_HEADER, ROUTER_MODEL, SESSION_HEADER
-from gmt_model.serving.app_state import AppState, _accepts  # noqa: F401  (re-exported)
+from gmt_model.serving.app_state import AppState, Limits, _accepts  # noqa: F401  (re-exported)
 from gmt_model.serving.endpoints import Endpoint
 from gmt_model.serving.feedback import FeedbackLog
 from gmt_model.serving.guard import _GuardMiddleware
@@ -101,6 +101,7 @@ __all__ = [
     "ApiError",
     "ApiKeys",
     "AppState",
+    "Limits",
     "load_api_keys",
     "ServerConfigError",
     "RoutingError",
@@ -165,6 +166,7 @@ def create_app(
     admin_token: str | None = None,
     api_keys: ApiKeys | None = None,
     identity_header: str | None = None,
+    limits: Limits | None = None,
 ) -> FastAPI:
     """Build the FastAPI app around ``router`` (a ``GMTRouter`` or anything with its interface).
 
@@ -175,6 +177,7 @@ def create_app(
     ``api_keys`` and/or ``identity_header`` enforce identity: the user of a
     request is the key's user or the header's value (the header is trusted:
     only configure it behind a proxy that sets it and strips it from clients).
+    ``limits``: :class:`~gmt_model.serving.app_state.Limits` (batch size, time budget, admission).
     """
     if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int) or max_body_bytes <= 0:
         raise ValueError(f"max_body_bytes must be a positive integer, got {max_body_bytes!r}")
@@ -206,7 +209,12 @@ def create_app(
                     f"the {identity_header} header" if identity_header else "") if x)
     state = AppState(holder=holder, reloader=reloader, metrics=metrics, endpoints=endpoints, title=title,
                      feedback_log=feedback_log, enforce_identity=enforce_identity, identity_hint=identity_hint,
-                     page_html=(STATIC_DIR / "chat.html").read_text(encoding="utf-8"))
+                     page_html=(STATIC_DIR / "chat.html").read_text(encoding="utf-8"),
+                     limits=limits if limits is not None else Limits(), extra={"admin_token": admin_token})
+    router_log = getattr(holder.router, "feedback_log", None)
+    if router_log is None and feedback_log is None:
+        log.warning("no feedback log: POST /v1/feedback is refused (409) so that no feedback is acknowledged "
+                    "and then lost; set router.feedback_log in the router YAML to keep feedback")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
