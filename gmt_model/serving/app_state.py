@@ -116,6 +116,7 @@ class AppState:
     def __post_init__(self) -> None:
         self._router_limiter: anyio.CapacityLimiter | None = None
         self._encode_limiter: anyio.CapacityLimiter | None = None
+        self._drain_limiter: anyio.CapacityLimiter | None = None
         self._pending: list[tuple[ServedModel, dict[str, Any], asyncio.Future, float]] = []
         self._draining = False
 
@@ -132,7 +133,11 @@ class AppState:
         return _Admission(self)
 
     # ---------------------------------------------------------------- router calls
-    def _limiter(self, encode: bool) -> anyio.CapacityLimiter:
+    def _limiter(self, encode: bool | str) -> anyio.CapacityLimiter:
+        if encode == "coalesced":  # the one coalescing loop has a thread of its own: feedback never starves it
+            if self._drain_limiter is None:
+                self._drain_limiter = anyio.CapacityLimiter(1)
+            return self._drain_limiter
         if encode:
             if self._encode_limiter is None:
                 self._encode_limiter = anyio.CapacityLimiter(self.limits.encode_threads)
@@ -142,7 +147,7 @@ class AppState:
         return self._router_limiter
 
     async def call_router(self, served: ServedModel, kind: str, fn: Callable[..., Any], *args: Any,
-                          deadline: float | None = None, encode: bool = False, **kwargs: Any) -> Any:
+                          deadline: float | None = None, encode: bool | str = False, **kwargs: Any) -> Any:
         """Run ``fn`` in a worker thread (timed as ``kind`` when given).
 
         A router that does not declare ``thread_safe = True`` runs under the served model's call lock
@@ -253,7 +258,7 @@ class AppState:
                     continue
                 try:
                     results = await self.call_router(served, "single", served.router.route_batch,
-                                                     [p[1] for p in live])
+                                                     [p[1] for p in live], encode="coalesced")
                 except Exception:  # one bad query fails the batch: route them one by one for their own answers
                     for p in live:
                         try:
