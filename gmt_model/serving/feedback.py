@@ -204,9 +204,9 @@ class FeedbackLog:
                 return
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) and "busy" not in str(exc):
-                    raise
+                    raise _classify(self.path, exc) from exc
                 if time.monotonic() > deadline:
-                    raise
+                    raise _classify(self.path, exc) from exc
                 time.sleep(delay)
                 delay = min(delay * 2, 0.2)
 
