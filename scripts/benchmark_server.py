@@ -58,7 +58,7 @@ WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo li
 # ---------------------------------------------------------------------------
 def _run(cmd: list[str], **kw: Any) -> None:
     print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
-    subprocess.run(cmd, check=True, **kw)
+    subprocess.run(cmd, check=True, stdout=sys.stderr, **kw)  # stdout: the result JSON only
 
 
 def prepare(args: argparse.Namespace) -> tuple[Path, Path]:
