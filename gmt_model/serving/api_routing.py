@@ -127,7 +127,7 @@ async def feedback(request: Request) -> JSONResponse:
             kwargs["query_id"] = fb.query_id
     try:
         async with st.admit():
-            result = await st.call_router(served, "", fn, deadline=deadline, **kwargs)
+            result = await st.call_queued(served, fn, deadline, **kwargs)
             result = _jsonable(result)
             if router_log is None:  # the server keeps the log for a router without one
                 rows = _rows(router, user, fb, pairwise)

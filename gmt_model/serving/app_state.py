@@ -117,7 +117,7 @@ class AppState:
         self._router_limiter: anyio.CapacityLimiter | None = None
         self._encode_limiter: anyio.CapacityLimiter | None = None
         self._drain_limiter: anyio.CapacityLimiter | None = None
-        self._pending: list[tuple[ServedModel, dict[str, Any], asyncio.Future, float]] = []
+        self._pending: list[tuple[str, ServedModel, Any, asyncio.Future, float]] = []
         self._draining = False
 
     # ---------------------------------------------------------------- admission
@@ -223,58 +223,113 @@ class AppState:
         return out
 
     async def route_one(self, served: ServedModel, query: dict[str, Any], deadline: float) -> dict[str, Any]:
-        """Route one query: its text is encoded first if new (outside the router's lock); concurrent single
-        routes are then coalesced into one ``route_batch`` call (at most ``coalesce`` queries)."""
+        """Route one query: its text is encoded first if new (outside the router's lock); then it joins the
+        router queue, where concurrent single routes are coalesced into one ``route_batch`` call."""
         await self.encode(served, [query["query_text"]], deadline)
         if self.limits.coalesce <= 1 or getattr(served.router, "route_batch", None) is None:
             return await self.call_router(served, "single", served.router.route_single, query, deadline=deadline)
+        return await self._enqueue("route", served, query, deadline)
+
+    async def call_queued(self, served: ServedModel, fn: Callable[..., Any], deadline: float,
+                          **kwargs: Any) -> Any:
+        """Run ``fn(**kwargs)`` (feedback) through the router queue, in turn with the coalesced routes."""
+        return await self._enqueue("call", served, (fn, kwargs), deadline)
+
+    async def _enqueue(self, kind: str, served: ServedModel, payload: Any, deadline: float) -> Any:
         fut = asyncio.get_running_loop().create_future()
-        self._pending.append((served, query, fut, deadline))
+        self._pending.append((kind, served, payload, fut, deadline))
         if not self._draining:
             self._draining = True
             asyncio.get_running_loop().create_task(self._drain())
         return await fut
 
+    def _expired(self, entry: tuple, now: float) -> bool:
+        fut, deadline = entry[3], entry[4]
+        if fut.cancelled():
+            return True
+        if deadline <= now:
+            self.metrics.bump(self.metrics.shed, "timeout")
+            fut.set_exception(overloaded(f"the request could not be served within its time budget of "
+                                         f"{self.limits.request_timeout:g} s; retry shortly", code="timeout"))
+            return True
+        return False
+
     async def _drain(self) -> None:
+        """The router queue: ONE worker thread calls the router, in cycles.  Each cycle routes the waiting
+        single routes in one ``route_batch`` call (at most ``coalesce``), then runs the feedback calls that
+        were waiting (at most ``coalesce``), in arrival order.  One thread means no contention for the
+        router's lock (an unfair lock starved feedback behind back-to-back route batches), and each request
+        waits at most about one cycle."""
         try:
             while self._pending:
-                served = self._pending[0][0]
-                take = [p for p in self._pending[: self.limits.coalesce] if p[0] is served]
-                taken = {id(p) for p in take}
-                self._pending = [p for p in self._pending if id(p) not in taken]
+                served = self._pending[0][1]
                 now = time.monotonic()
-                live = []
-                for p in take:
-                    if p[2].cancelled():
-                        continue
-                    if p[3] <= now:
-                        self.metrics.bump(self.metrics.shed, "timeout")
-                        p[2].set_exception(overloaded(
-                            f"the request could not be served within its time budget of "
-                            f"{self.limits.request_timeout:g} s; retry shortly", code="timeout"))
-                        continue
-                    live.append(p)
-                if not live:
-                    continue
-                try:
-                    results = await self.call_router(served, "single", served.router.route_batch,
-                                                     [p[1] for p in live], encode="coalesced")
-                except Exception:  # one bad query fails the batch: route them one by one for their own answers
-                    for p in live:
-                        try:
-                            r = await self.call_router(served, "single", served.router.route_single, p[1])
-                        except Exception as exc:
-                            if not p[2].done():
-                                p[2].set_exception(exc)
-                        else:
-                            if not p[2].done():
-                                p[2].set_result(r)
-                    continue
-                for p, r in zip(live, results):
-                    if not p[2].done():
-                        p[2].set_result(r)
+                routes, calls, rest = [], [], []
+                for e in self._pending:
+                    if e[1] is not served:
+                        rest.append(e)
+                    elif e[0] == "route" and len(routes) < self.limits.coalesce:
+                        routes.append(e)
+                    elif e[0] == "call" and len(calls) < self.limits.coalesce:
+                        calls.append(e)
+                    else:
+                        rest.append(e)
+                self._pending = rest
+                routes = [e for e in routes if not self._expired(e, now)]
+                calls = [e for e in calls if not self._expired(e, now)]
+                if routes:
+                    await self._run_routes(served, routes)
+                if calls:
+                    await self._run_calls(served, calls)
         finally:
             self._draining = False
+
+    async def _run_routes(self, served: ServedModel, routes: list[tuple]) -> None:
+        try:
+            results = await self.call_router(served, "single", served.router.route_batch, [e[2] for e in routes],
+                                             encode="coalesced")
+        except Exception:  # one bad query fails the batch: route them one by one for their own answers
+            for e in routes:
+                try:
+                    r = await self.call_router(served, "single", served.router.route_single, e[2],
+                                               encode="coalesced")
+                except Exception as exc:
+                    if not e[3].done():
+                        e[3].set_exception(exc)
+                else:
+                    if not e[3].done():
+                        e[3].set_result(r)
+            return
+        for e, r in zip(routes, results):
+            if not e[3].done():
+                e[3].set_result(r)
+
+    async def _run_calls(self, served: ServedModel, calls: list[tuple]) -> None:
+        def run_all() -> list[tuple[bool, Any]]:
+            out = []
+            for e in calls:
+                fn, kwargs = e[2]
+                try:
+                    out.append((True, fn(**kwargs)))
+                except Exception as exc:  # handed to that request
+                    out.append((False, exc))
+            return out
+
+        try:
+            outcomes = await self.call_router(served, "", run_all, encode="coalesced")
+        except Exception as exc:
+            for e in calls:
+                if not e[3].done():
+                    e[3].set_exception(exc)
+            return
+        for e, (ok, value) in zip(calls, outcomes):
+            if e[3].done():
+                continue
+            if ok:
+                e[3].set_result(value)
+            else:
+                e[3].set_exception(value)
+
 
     def is_admin(self, request: Request) -> bool:
         """Whether the request carries the admin token (``Authorization: Bearer <admin token>``)."""
