@@ -74,7 +74,7 @@ __all__ = ["GMTRouter", "RoutingError"]
 _ID_RE = re.compile(r"^[\w.@:+\-/#]{1,256}$")
 MAX_QUERY_CHARS = 100_000
 #: texts per encoder call when route_batch encodes new texts (outside the router's lock)
-_EMBED_CHUNK = 32
+_EMBED_CHUNK = 64
 
 
 @dataclass
@@ -365,7 +365,7 @@ class GMTRouter:
         return self.route_batch([query])[0]
 
     def route_batch(self, queries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Route many queries: one encoder call, one GNN call for users whose
+        """Route many queries: one encoder call per 64 new texts (outside the lock), one GNN call for users whose
         representation is stale, one predictor call.
 
         Each query: ``{"query_text", "user_id", "session_id"?, "turn"?,
