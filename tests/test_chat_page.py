@@ -29,6 +29,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from gmt_model.serving.endpoints import load_endpoints
 from gmt_model.serving.router import RoutingError
+from gmt_model.serving.feedback import FeedbackLog
 from gmt_model.serving.server import create_app
 from servers import ServerThread
 
@@ -135,7 +136,8 @@ def test_chat_page_routes_shows_scores_and_rates(tmp_path, monkeypatch):
             "alpha": {"base_url": f"{up.url}/alpha/v1", "model": "alpha-up", "api_key_env": "GMT_PAGE_ALPHA_KEY"},
             "beta": {"base_url": f"{up.url}/beta/v1", "model": "beta-up", "api_key_env": "GMT_PAGE_BETA_KEY"},
         })
-        app = create_app(router, endpoints=endpoints, auth_token=TOKEN)
+        app = create_app(router, endpoints=endpoints, auth_token=TOKEN,
+                         feedback_log=FeedbackLog(tmp_path / "feedback.sqlite"))  # feedback needs a log
         with ServerThread(app) as srv:
             driver = make_driver(tmp_path / "chrome-profile")
             try:

@@ -53,7 +53,8 @@ def test_serve_a_checkpoint_folder_with_reload_and_identity(served, tmp_path, mo
     assert f"serving {folder} version sha256:" in line and "identity enforced" in line
     assert served["port"] == 8123 and served["host"] == "127.0.0.1"
     with TestClient(served["app"]) as c:
-        v1 = c.get("/health").json()["model"]
+        assert c.get("/health").json() == {"status": "ok"}  # public: the status only
+        v1 = c.get("/v1/models", headers={"Authorization": f"Bearer {KEY}"}).json()["serving"]
         assert v1["uri"] == str(folder) and v1["version"].startswith("sha256:")
         assert c.get("/v1/models").status_code == 401  # keys configured: a key is needed
         user = {"Authorization": f"Bearer {KEY}"}
@@ -64,7 +65,7 @@ def test_serve_a_checkpoint_folder_with_reload_and_identity(served, tmp_path, mo
         assert c.post("/admin/reload", headers={"Authorization": "Bearer wrong-token"}).status_code == 401
         r = c.post("/admin/reload", headers={"Authorization": f"Bearer {ADMIN}"})
         assert r.status_code == 200 and r.json()["status"] == "reloaded" and r.json()["previous"] == v1["version"]
-        assert c.get("/health").json()["model"]["version"] not in (None, v1["version"])
+        assert c.get("/v1/models", headers=user).json()["serving"]["version"] not in (None, v1["version"])
 
 
 def test_serve_a_registry_alias(served, tmp_path, monkeypatch):
@@ -89,7 +90,7 @@ def test_serve_a_registry_alias(served, tmp_path, monkeypatch):
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "5"
     app = served["app"]
     with TestClient(app) as c:
-        assert c.get("/health").json()["model"] | {"loaded_at": 0, "reload": 0} == {
+        assert c.get("/v1/models").json()["serving"] | {"loaded_at": 0, "reload": 0} == {
             "uri": uri, "version": "1", "loaded_at": 0, "reload": 0}
         router = app.state.holder.router
         assert Path(router.config.checkpoint) == versions["1"] and router.feedback_log is not None  # the YAML's log

@@ -134,7 +134,7 @@ class RatingsOnlyRouter:
         return {"user_id": user_id}
 
 
-def test_pairwise_to_a_router_without_it_is_a_400():
-    with TestClient(create_app(RatingsOnlyRouter())) as c:
+def test_pairwise_to_a_router_without_it_is_a_400(tmp_path):
+    with TestClient(create_app(RatingsOnlyRouter(), feedback_log=FeedbackLog(tmp_path / "fb.sqlite"))) as c:
         r = c.post("/v1/feedback", json={"user": "u", "query": "q", "preferred": "alpha", "rejected": "beta"})
         assert r.status_code == 400 and r.json()["error"]["code"] == "pairwise_unsupported"

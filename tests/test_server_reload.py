@@ -131,7 +131,7 @@ class Stack:
         return self.client.post("/admin/reload", headers=headers)
 
     def version(self) -> str:
-        return self.client.get("/health").json()["model"]["version"]
+        return self.client.get("/v1/models").json()["serving"]["version"]
 
 
 @pytest.fixture
@@ -157,9 +157,10 @@ def stack(models, tmp_path):
 # tests
 # ---------------------------------------------------------------------------
 def test_serving_version_in_health_and_models(stack):
-    h = stack.client.get("/health").json()
+    assert stack.client.get("/health").json() == {"status": "ok"}  # public: the status only
+    h = stack.client.get("/health", headers={"Authorization": f"Bearer {ADMIN}"}).json()  # details: admin
     assert h["model"]["uri"] == FakeRegistry.uri and h["model"]["version"] == "1"
-    assert h["model"]["reload"]["interval_s"] == 0.0
+    assert h["model"]["reload"]["interval_s"] == 0.0 and h["checks"]["reload"]["status"] == "ok"
     m = stack.client.get("/v1/models").json()
     assert m["serving"]["version"] == "1" and m["serving"]["uri"] == FakeRegistry.uri
     router_obj = stack.client.get("/v1/models/router").json()
@@ -244,14 +245,14 @@ def test_polling_notices_the_moved_alias(models, tmp_path):
                              interval=0.02)
     with ServerThread(create_app(reloader=reloader)) as srv, httpx.Client(base_url=srv.url) as client:
         wait_for(lambda: registry.resolves >= 2, "the poller to check")
-        assert client.get("/health").json()["model"]["version"] == "1"
+        assert client.get("/v1/models").json()["serving"]["version"] == "1"
         registry.down = True  # a check fails: nothing changes, polling goes on
         n = registry.resolves
         wait_for(lambda: registry.resolves > n + 1, "the poller to retry")
         registry.down = False
         registry.point("2")
-        wait_for(lambda: client.get("/health").json()["model"]["version"] == "2", "the new version to serve")
-        assert client.get("/health").json()["model"]["reload"]["polling"] is True
+        wait_for(lambda: client.get("/v1/models").json()["serving"]["version"] == "2", "the new version to serve")
+        assert client.get("/v1/models").json()["serving"]["reload"]["polling"] is True
     assert reloader._thread is None  # the app's shutdown stopped the poller
 
 
@@ -268,7 +269,7 @@ def test_checkpoint_folder_source_sees_a_replaced_folder(models, tmp_path):
     q = {"query_text": "Plan a trip to Kyoto.", "user_id": "u1"}
     with ServerThread(create_app(reloader=reloader)) as srv, httpx.Client(base_url=srv.url) as client:
         tiny_checkpoint(folder, seed=2)
-        wait_for(lambda: client.get("/health").json()["model"]["version"] != ref.version, "the replaced folder")
+        wait_for(lambda: client.get("/v1/models").json()["serving"]["version"] != ref.version, "the replaced folder")
         assert client.post("/v1/route", json=q).json() == tiny_router(models["2"]).route_single(dict(q))
 
 

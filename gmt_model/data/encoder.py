@@ -890,6 +890,8 @@ class Encoder:
 
         self._model: Any = None
         self._dim: int | None = None
+        #: why the embedding cache is not used (read-only, full disk...), or None while it works
+        self.degraded: str | None = None
         if cache_dir is False:
             self.cache: EmbeddingCache | None = None
         else:
@@ -897,9 +899,21 @@ class Encoder:
                 folder = default_cache_dir()
             else:
                 folder = Path(cache_dir).expanduser()
-            self.cache = EmbeddingCache(folder / CACHE_FILE_NAME)
-            self._dim = self.cache.get_dim(self.name)
+            try:
+                self.cache = EmbeddingCache(folder / CACHE_FILE_NAME)
+                self._dim = self.cache.get_dim(self.name)
+            except (sqlite3.Error, OSError) as exc:  # a read-only or full disk: encode without a cache
+                self.cache = None
+                self._cache_failed(folder / CACHE_FILE_NAME, exc)
         self.stats = {"requested": 0, "unique": 0, "cache_hits": 0, "encoded": 0}
+
+    def _cache_failed(self, path: Path, exc: BaseException) -> None:
+        """Stop using the cache after a write/read failure: encoding goes on uncached; warn once."""
+        reason = _cache_error_kind(exc)
+        if self.degraded is None:
+            log.warning("embedding cache %s is %s (%s: %s); encoding goes on without caching", path.name, reason,
+                        type(exc).__name__, exc)
+        self.degraded = f"embedding cache {reason}"
 
     def __repr__(self) -> str:
         cache = self.cache.path if self.cache is not None else None
@@ -937,7 +951,10 @@ class Encoder:
                 )
             self._dim = dim
             if self.cache is not None:
-                self.cache.set_dim(self.name, dim)
+                try:
+                    self.cache.set_dim(self.name, dim)
+                except sqlite3.Error as exc:
+                    self._drop_cache(exc)
         return self._model
 
     @property
@@ -947,6 +964,15 @@ class Encoder:
             _ = self.model
         assert self._dim is not None
         return self._dim
+
+    def _drop_cache(self, exc: BaseException) -> None:
+        cache, self.cache = self.cache, None
+        if cache is not None:
+            self._cache_failed(cache.path, exc)
+            try:
+                cache.close()
+            except sqlite3.Error:
+                pass
 
     # -- encoding ------------------------------------------------------------
     def _run_model(self, texts: list[str]) -> np.ndarray:
@@ -982,7 +1008,10 @@ class Encoder:
         keys = [_sha256(t) for t in uniq]
         found: dict[str, np.ndarray] = {}
         if self.cache is not None and self._dim is not None:
-            found = self.cache.get_many(self.name, keys, self._dim)
+            try:
+                found = self.cache.get_many(self.name, keys, self._dim)
+            except sqlite3.Error as exc:  # unreadable cache: go on without it
+                self._drop_cache(exc)
         self.stats["cache_hits"] += len(found)
 
         missing = [i for i, k in enumerate(keys) if k not in found]
@@ -993,7 +1022,10 @@ class Encoder:
                 new = [(keys[i], vecs[j]) for j, i in enumerate(part)]
                 found.update(new)
                 if self.cache is not None:
-                    self.cache.put_many(self.name, new)
+                    try:
+                        self.cache.put_many(self.name, new)
+                    except sqlite3.Error as exc:  # read-only or full: the vectors are still good
+                        self._drop_cache(exc)
             self.stats["encoded"] += len(missing)
 
         dim = self.dim
@@ -1002,6 +1034,15 @@ class Encoder:
             table[i] = found[k]
         index = {t: i for i, t in enumerate(uniq)}
         return table[[index[t] for t in texts]]
+
+
+def _cache_error_kind(exc: BaseException) -> str:
+    text = str(exc).lower()
+    if "readonly" in text or "read-only" in text or getattr(exc, "errno", None) in (13, 30):
+        return "read-only"
+    if "full" in text or getattr(exc, "errno", None) == 28:
+        return "full (disk full)"
+    return "unavailable"
 
 
 # --------------------------------------------------------------------------

@@ -421,11 +421,22 @@ def _serve(args: argparse.Namespace, chat: bool = False) -> int:
     router = build(ref)
     holder = RouterHolder(router, {"uri": ref.uri, "version": ref.version, "location": ref.location})
     reloader = ModelReloader(holder, resolve, build, interval=args.reload_interval)
+    from gmt_model.serving.app_state import Limits
+
+    try:
+        limits = Limits(max_batch=args.max_batch, request_timeout=args.request_timeout,
+                        max_inflight=args.max_inflight)
+    except ValueError as exc:
+        raise ServerConfigError(str(exc).replace("limits.", "--").replace("_", "-")) from None
+    if args.max_body_bytes < 1:
+        raise ServerConfigError(f"--max-body-bytes: expected an integer >= 1, got {args.max_body_bytes}")
     app = create_app(reloader=reloader, endpoints=load_endpoints((cfg.endpoints if cfg else None) or {}),
                      auth_token=token or None, feedback_log=router.feedback_log, admin_token=admin_token,
-                     api_keys=api_keys, identity_header=identity_header)
+                     api_keys=api_keys, identity_header=identity_header, max_body_bytes=args.max_body_bytes,
+                     limits=limits)
     url = f"http://{args.host}:{args.port}"
-    extras = []
+    extras = [f"feedback stored in {router.feedback_log.path}" if router.feedback_log is not None else
+              "feedback REFUSED (409): no feedback log; set router.feedback_log in a router YAML (--config)"]
     if args.reload_interval > 0:
         extras.append(f"checking for a new version every {args.reload_interval:g} s")
     if admin_token:
@@ -704,6 +715,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="trust this header (set by an authenticating proxy) as the user id, e.g. "
                             "X-Authenticated-User (default: $GMTROUTER_IDENTITY_HEADER)")
         s.add_argument("--device", default=None, help="cpu or cuda (default: router.device of the config)")
+        s.add_argument("--max-batch", type=int, default=1000, metavar="N",
+                       help="most queries in one /v1/route batch (more: 413)")
+        s.add_argument("--max-body-bytes", type=int, default=1_000_000, metavar="BYTES",
+                       help="largest request body (more: 413)")
+        s.add_argument("--request-timeout", type=float, default=30.0, metavar="SECONDS",
+                       help="time budget of a request before the router works on it (past it: 503 + Retry-After)")
+        s.add_argument("--max-inflight", type=int, default=512, metavar="N",
+                       help="router-bound requests admitted at once (more: 503 + Retry-After at once)")
         if chat:
             s.add_argument("--terminal", action="store_true",
                            help="chat in this terminal instead of serving the page: route each line, show the "

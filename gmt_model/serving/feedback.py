@@ -36,6 +36,7 @@ from gmt_model.method.schema import C_USER_ID, F_MODEL, F_QUERY, F_RATING, F_TUR
 __all__ = [
     "FeedbackRecord",
     "FeedbackLog",
+    "FeedbackLogUnavailable",
     "FEEDBACK_TABLE",
     "COL_ID",
     "COL_TS",
@@ -123,6 +124,27 @@ class FeedbackRecord:
         return asdict(self)
 
 
+class FeedbackLogUnavailable(OSError):
+    """The log cannot store a record now: ``reason`` is ``"read-only"``, ``"full"`` (the disk or the database
+    is full) or ``"unavailable"`` (locked past the busy timeout, I/O error).  Nothing was stored."""
+
+    def __init__(self, path: Path, reason: str, detail: str) -> None:
+        super().__init__(f"feedback log {path.name}: {reason} ({detail}); the record was not stored")
+        self.path = path
+        self.reason = reason
+
+
+def _classify(path: Path, exc: sqlite3.Error) -> FeedbackLogUnavailable:
+    text = str(exc).lower()
+    if "readonly" in text or "read-only" in text or "read only" in text:
+        reason = "read-only"
+    elif "full" in text:
+        reason = "full"
+    else:
+        reason = "unavailable"
+    return FeedbackLogUnavailable(path, reason, str(exc))
+
+
 def _req_str(field: str, value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"feedback field {field!r} must be a string, got {type(value).__name__}")
@@ -199,9 +221,9 @@ class FeedbackLog:
                 return
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) and "busy" not in str(exc):
-                    raise
+                    raise _classify(self.path, exc) from exc
                 if time.monotonic() > deadline:
-                    raise
+                    raise _classify(self.path, exc) from exc
                 time.sleep(delay)
                 delay = min(delay * 2, 0.2)
 
@@ -251,17 +273,28 @@ class FeedbackLog:
             _req_str(F_MODEL, model),
             _finite(F_RATING, rating),
         )
+        return self._write([values])[0]
+
+    def _write(self, values: list[tuple[Any, ...]]) -> list[int]:
+        """Insert the rows in one transaction; a storage failure is a :class:`FeedbackLogUnavailable`."""
         with self._lock:
-            conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
             try:
-                cur = conn.execute(_INSERT_SQL, values)
-                new_id = int(cur.lastrowid)
-            except BaseException:
-                conn.execute("ROLLBACK")
+                conn = self._connection()
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise _classify(self.path, exc) from exc
+            try:
+                ids = [int(conn.execute(_INSERT_SQL, v).lastrowid) for v in values]
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                if isinstance(exc, sqlite3.OperationalError):
+                    raise _classify(self.path, exc) from exc
                 raise
-            conn.execute("COMMIT")
-        return new_id
+        return ids
 
     def append_many(self, rows: list[dict[str, Any]]) -> list[int]:
         """Store several records in ONE transaction (all or none); return their ids.
@@ -282,16 +315,7 @@ class FeedbackLog:
                 _req_str(F_MODEL, row.get("model")),
                 _finite(F_RATING, row.get("rating")),
             ))
-        with self._lock:
-            conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                ids = [int(conn.execute(_INSERT_SQL, v).lastrowid) for v in values]
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-        return ids
+        return self._write(values)
 
     # ------------------------------------------------------------------ reading
     def read(self, since_id: int = 0, limit: int | None = None) -> list[FeedbackRecord]:

@@ -58,7 +58,7 @@ from gmt_model.serving.user_state import UserState
 __all__ = ["GMTRouter", "RoutingError"]
 
 #: texts embedded per encoder call before the lock is taken
-EMBED_CHUNK = 256
+EMBED_CHUNK = 64
 
 
 class GMTRouter:
@@ -71,6 +71,9 @@ class GMTRouter:
     ``router.llms`` is the list of every LLM name in index order (removed
     ones included); ``router.llms()`` lists the pool (see :meth:`add_llm`).
     """
+
+    #: the router takes its own lock (the server runs calls in parallel threads without one of its own)
+    thread_safe = True
 
     def __init__(self, yaml_path: str | Path | None = None, *, config: RouterConfig | None = None,
                  checkpoint: Checkpoint | None = None, encoder: Any = None) -> None:
