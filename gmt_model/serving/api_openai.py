@@ -121,8 +121,8 @@ async def chat_completions(request: Request) -> Response:
                        headers=NO_RETRY) from None
     payload = dict(raw)
     payload.pop("session_id", None)
-    for key in COST_FIELDS:
-        payload.pop(key, None)
+    for field in COST_FIELDS:  # routing options, not forwarded upstream
+        payload.pop(field, None)
     payload["model"] = endpoint.model
     st.metrics.bump(st.metrics.routed, chosen)
     if req.stream:
