@@ -170,8 +170,11 @@ class QueryBasis:
         if n <= max_rows:
             return cls(np.asarray(text_emb, dtype=np.float32)[query_row], dims, max_rows)
         counts = np.bincount(query_row, minlength=text_emb.shape[0]).astype(np.float64)
-        mean = counts @ np.asarray(text_emb, dtype=np.float64) / n  # over every row, as the constructor's
-        sample = np.asarray(text_emb, dtype=np.float32)[query_row[np.linspace(0, n - 1, max_rows).astype(np.int64)]]
+        mean = np.zeros(text_emb.shape[1], np.float64)  # over every row, as the constructor's, in row chunks:
+        for lo in range(0, text_emb.shape[0], 65_536):   # no float64 copy of the whole (float16) text table
+            mean += counts[lo:lo + 65_536] @ np.asarray(text_emb[lo:lo + 65_536], dtype=np.float64)
+        mean /= n
+        sample = np.asarray(text_emb[query_row[np.linspace(0, n - 1, max_rows).astype(np.int64)]], dtype=np.float32)
         return cls(sample, dims, max_rows, mean=mean, n_rows=n)
 
     def __call__(self, emb: np.ndarray) -> np.ndarray:

@@ -335,7 +335,7 @@ class UserState:
         missing = [int(t) for t in dict.fromkeys(text_rows.tolist()) if int(t) not in self._cold_cache]
         if missing:
             with torch.inference_mode():
-                emb = torch.from_numpy(np.ascontiguousarray(self.hist.text[missing])).to(self.device)
+                emb = torch.from_numpy(np.ascontiguousarray(self.hist.text[missing], dtype=np.float32)).to(self.device)
                 qv = self.model.gnn.isolated(S.QUERY, self.model.gnn.project_query(emb))
                 llm = self.llm_reps()
                 n = len(missing)
@@ -533,11 +533,13 @@ class _GrowingHistory:
         self._group = np.zeros(cap, np.int64)
         self._order = np.arange(cap, dtype=np.int64) - self.n - _UNLOGGED  # checkpoint rows first
         if h.deduplicated:
-            text, qrow = np.asarray(h.text_emb, np.float32), np.asarray(h.query_row, np.int64)
+            text, qrow = h.text_emb, np.asarray(h.query_row, np.int64)
         else:
-            text, qrow = np.asarray(h.query_emb, np.float32), np.arange(self.n, dtype=np.int64)
+            text, qrow = h.query_emb, np.arange(self.n, dtype=np.int64)
         self.n_text = int(text.shape[0])
-        self._text = np.zeros((self.n_text + (max(256, self.n_text // 4) if headroom else 0), text.shape[1]), np.float32)
+        # a float16 table (a float16 embedding store) stays float16: half the memory; rows are widened when gathered
+        dtype = np.float16 if np.asarray(text[:0]).dtype == np.float16 else np.float32
+        self._text = np.zeros((self.n_text + (max(256, self.n_text // 4) if headroom else 0), text.shape[1]), dtype)
         self._text[: self.n_text] = text
         for name, src in (("_user", h.user), ("_llm", h.llm), ("_rating", h.rating), ("_prev", h.prev),
                           ("_query_row", qrow), ("_group", h.group)):
@@ -546,7 +548,7 @@ class _GrowingHistory:
     def add_text(self, emb: np.ndarray) -> int:
         if self.n_text == self._text.shape[0]:
             new = np.zeros((self._text.shape[0] + max(256, self._text.shape[0] // 4),) + self._text.shape[1:],
-                           np.float32)
+                           self._text.dtype)
             new[: self.n_text] = self._text[: self.n_text]
             self._text = new
         self._text[self.n_text] = emb
@@ -570,7 +572,7 @@ class _GrowingHistory:
 
     def vecs(self, rows: np.ndarray) -> np.ndarray:
         """float32 (len(rows), d) query embeddings of the given rows."""
-        return self._text[self._query_row[np.asarray(rows, dtype=np.int64)]]
+        return self._text[self._query_row[np.asarray(rows, dtype=np.int64)]].astype(np.float32, copy=False)
 
     user = property(lambda self: self._user[: self.n])
     llm = property(lambda self: self._llm[: self.n])
