@@ -190,6 +190,9 @@ class FeedbackStore:
 
     #: a short description for messages (a path, or a URL without its password)
     location: str = ""
+    #: whether a router reads each user's rows on first use (``read_user``) instead of replaying the whole
+    #: store at start: True where per-user reads are indexed and the store is shared by replicas (PostgreSQL)
+    lazy_users: bool = False
 
     # writing
     def append(self, user_id: str, query: str, model: str, rating: float, session_id: str | None = None,
@@ -595,6 +598,8 @@ class PostgresFeedbackStore(FeedbackStore):
     Appends commit synchronously (PostgreSQL's default ``synchronous_commit``), so an acknowledged
     record survives the crash of any router.  Reads use an index on ``(user_id, id)`` for
     :meth:`read_user`.  Uses psycopg2 (``psycopg2-binary``, a pinned dependency), imported on first use."""
+
+    lazy_users = True
 
     def __init__(self, url: str, *, connect_timeout: float = 10.0) -> None:
         if not is_store_url(url):

@@ -131,9 +131,9 @@ class GMTRouter:
         self._global_reps: dict[str, Tensor] | None = None
         self.feedback_log = None
         if config.feedback_log:
-            from gmt_model.serving.feedback import FeedbackLog
+            from gmt_model.serving.feedback import open_feedback_store
 
-            self.feedback_log = FeedbackLog(config.feedback_log)
+            self.feedback_log = open_feedback_store(config.feedback_log)
         with torch.inference_mode():
             llm_x = self.model.gnn.project_llm(torch.from_numpy(h.llm_emb).to(self.device))
             self._llm_static = self.model.gnn.isolated(S.LLM, llm_x)
@@ -170,7 +170,16 @@ class GMTRouter:
         self._own_ids: set[int] = set()
         self._last_sync = 0.0
         self.replayed = 0
-        if self.feedback_log is not None and config.replay_feedback:
+        # a store with per-user reads (PostgreSQL): no replay at start; a user's rows are read on first use
+        # (_ensure_loaded) and the sync follows only the users loaded so far
+        self._unmerged = {int(i) for i in (ck.meta.get("feedback_unmerged_ids") or [])
+                          if int(i) <= self.feedback_through_id}
+        self._loaded: set[str] | None = None
+        if (self.feedback_log is not None and config.replay_feedback
+                and getattr(self.feedback_log, "lazy_users", False)):
+            self._loaded = set()
+            self._synced_id = max(self._synced_id, self.feedback_log.max_id())
+        elif self.feedback_log is not None and config.replay_feedback:
             # rows the training data read but could not use (a single rating compares nothing) are history only:
             # replay them too
             unmerged = sorted(int(i) for i in (ck.meta.get("feedback_unmerged_ids") or []) if int(i) <= self._synced_id)
@@ -219,6 +228,7 @@ class GMTRouter:
 
     # ------------------------------------------------------- user histories
     def history_size(self, user_id: str) -> int:
+        self._ensure_loaded([user_id])
         u = self._user_index.get(user_id)
         return 0 if u is None else self._rows_of.count(u)
 
@@ -382,6 +392,7 @@ class GMTRouter:
         if not parsed:
             return []
         with self._lock, torch.inference_mode():
+            self._ensure_loaded([p[1] for p in parsed])
             self._maybe_sync()
             emb = self.embed([p[0] for p in parsed])
             uidx = [self._user_index.get(p[1], -1) for p in parsed]
@@ -563,6 +574,7 @@ class GMTRouter:
 
     def posterior(self, user_id: str) -> Posterior | None:
         """The user's residual posterior (None for a user without rated history)."""
+        self._ensure_loaded([user_id])
         u = self._user_index.get(user_id)
         if u is None or not self._rows_of.count(u):
             return None
@@ -647,6 +659,7 @@ class GMTRouter:
         turn = self._check_turn(turn)
         emb = self.embed([query])[0]
         with self._lock:
+            self._ensure_loaded([user_id])
             self._maybe_sync()
             ids = None
             if self.feedback_log is not None:
@@ -678,6 +691,7 @@ class GMTRouter:
                 dict(user_id=user_id, query=query, model=rejected, rating=lo, session_id=session_id, turn=turn,
                      query_id=key)]
         with self._lock:
+            self._ensure_loaded([user_id])
             self._maybe_sync()
             ids = None
             if self.feedback_log is not None:
@@ -736,6 +750,25 @@ class GMTRouter:
             self._global_reps = None
         return u
 
+    def _ensure_loaded(self, user_ids: Sequence[str]) -> None:
+        """Read the stored rows of users this router has not loaded yet (lazy stores only): the rows newer
+        than the checkpoint's training data (and those it read but could not use) up to the sync point;
+        newer rows come with the sync.  The same set of rows as a replay at start, so routing agrees."""
+        if self._loaded is None:
+            return
+        new = [u for u in dict.fromkeys(user_ids) if u not in self._loaded]
+        if not new:
+            return
+        with self._lock:
+            since = min([self.feedback_through_id] + [i - 1 for i in self._unmerged])
+            for user in new:
+                if user in self._loaded:
+                    continue
+                rows = [r for r in self.feedback_log.read_user(user, since_id=since, through_id=self._synced_id)
+                        if r.id > self.feedback_through_id or r.id in self._unmerged]
+                self.replayed += self._apply_rows(rows)
+                self._loaded.add(user)
+
     def _maybe_sync(self) -> None:
         iv = self.config.feedback_sync_interval
         if self.feedback_log is None or iv < 0:
@@ -751,7 +784,8 @@ class GMTRouter:
         with self._lock:
             rows = self.feedback_log.read(since_id=self._synced_id)
             self._last_sync = time.monotonic()
-            applied = self._apply_rows([r for r in rows if r.id not in self._own_ids])
+            applied = self._apply_rows([r for r in rows if r.id not in self._own_ids
+                                        and (self._loaded is None or r.user_id in self._loaded)])
             if rows:
                 self._synced_id = rows[-1].id
                 self._own_ids = {i for i in self._own_ids if i > self._synced_id}
