@@ -81,13 +81,13 @@ def _training_groups_of(groups: Sequence[Sequence[Mapping[str, Any]]]) -> tuple[
 
 def _feedback(feedback_log: str | os.PathLike[str] | None, models: Sequence[str],
               rating_range: tuple[float, float], known_users: set[str]) -> tuple[list, FeedbackMergeStats]:
-    from gmt_model.serving.feedback import FeedbackLog
+    from gmt_model.serving.feedback import open_feedback_store, redact_url, store_exists
 
-    st = FeedbackMergeStats(log_path=None if feedback_log is None else os.fspath(feedback_log))
-    if feedback_log is None or not Path(feedback_log).is_file():
+    st = FeedbackMergeStats(log_path=None if feedback_log is None else redact_url(os.fspath(feedback_log)))
+    if feedback_log is None or not store_exists(feedback_log):
         return [], st
     st.log_exists = True
-    with FeedbackLog(feedback_log) as fb:
+    with open_feedback_store(feedback_log) as fb:
         rows = fb.read(0)
     st.max_id = max((int(r.id) for r in rows), default=0)
     groups = feedback_groups(rows, models=models, rating_range=rating_range, stats=st)

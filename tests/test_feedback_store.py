@@ -165,3 +165,35 @@ def test_unreachable_server_and_restart(pg):
     assert [r.id for r in store.read()] == [a]  # a read reconnects by itself
     b = store.append("u", "q", "m", 3.0)
     assert b > a and store.count() == 2
+
+
+@needs_pg
+def test_the_sensor_and_the_training_merge_read_a_postgresql_store(pg, tmp_path, monkeypatch):
+    dg = pytest.importorskip("dagster")
+    from assets.data_steps import _feedback
+    from assets.resources import PathsResource, feedback_log_path
+    from gmt_model.data.demo import LLMS
+    from pipelines import jobs, sensors
+
+    url = pg.create_db("se_" + uuid.uuid4().hex[:10])
+    secret_url = url.replace("postgres@", "postgres:not-shown@")  # trust auth ignores the password
+    monkeypatch.setenv("GMTROUTER_DEMO_FEEDBACK_LOG", secret_url)
+    assert feedback_log_path("demo") == secret_url
+    store = open_feedback_store(secret_url)
+    sensor = sensors.build_feedback_sensor("demo", jobs.build_jobs()["demo"], min_new_records=2)
+    paths = PathsResource(home=str(tmp_path / "data"))
+
+    def tick():
+        with dg.build_sensor_context(instance=dg.DagsterInstance.ephemeral(), resources={"paths": paths}) as ctx:
+            return sensor.evaluate_tick(ctx)
+
+    store.append("u1", "q", LLMS[0], 5.0)
+    res = tick()
+    assert not res.run_requests and "1 new feedback record(s)" in res.skip_message
+    assert "not-shown" not in res.skip_message and "***" in res.skip_message
+    store.append("u1", "q", LLMS[1], 1.0)
+    res = tick()
+    assert len(res.run_requests) == 1 and res.run_requests[0].tags["gmtrouter/feedback_max_id"] == "2"
+    groups, stats = _feedback(secret_url, list(LLMS), (1.0, 5.0), set())
+    assert stats.log_exists and stats.max_id == 2 and stats.rows_merged == 2 and len(groups) == 1
+    assert "not-shown" not in stats.log_path
