@@ -8,7 +8,10 @@
 #   dagster-webserver  the Dagster UI on the same storage
 #   router             `gmtrouter serve --model models:/gmtrouter-<dataset>@champion --reload-interval N`:
 #                      pulls the champion from the tracking server and follows the alias (waits for a first
-#                      champion before it starts)
+#                      champion before it starts).  GMTROUTER_ROUTER_REPLICAS=N (default 1) starts N of them
+#                      (router, router-2 ... router-N), each with its own home (<dir>/routers/<name>) and port;
+#                      they share only PostgreSQL (the feedback store, database feedback_<dataset>) and the
+#                      MLflow registry
 #
 # Usage:
 #   bash scripts/services.sh up     [SERVICE...]   start what is not running (idempotent; concurrent calls wait)
@@ -23,6 +26,7 @@
 # mlflow.pyfunc.load_model("models:/gmtrouter-demo@champion"), the UIs at $GMTROUTER_DAGSTER_URL and
 # $MLFLOW_TRACKING_URI.  Settings (environment, first `up` only for ports): GMTROUTER_HOME,
 # GMTROUTER_SERVICES_DIR, GMTROUTER_{PG,MLFLOW,DAGSTER,ROUTER}_PORT (default: free ports), GMTROUTER_PG_BINDIR,
+# GMTROUTER_ROUTER_REPLICAS (1), GMTROUTER_FEEDBACK_SYNC_INTERVAL (1 s: how soon a replica applies the others' feedback),
 # GMTROUTER_SERVE_DATASET (demo), GMTROUTER_RELOAD_INTERVAL (30 s), GMTROUTER_RETRAIN_MIN_FEEDBACK,
 # GMTROUTER_SENSOR_INTERVAL, GMTROUTER_TRIGGERED_RUN_CONFIG, GMTROUTER_ADMIN_TOKEN.  See docs/deploy.md.
 #
@@ -154,6 +158,8 @@ except Exception as exc:
 
 # ------------------------------------------------------------------ state (ports, password)
 load_state() {
+  REPLICAS=${GMTROUTER_ROUTER_REPLICAS:-1}
+  case $REPLICAS in ''|*[!0-9]*|0) die "GMTROUTER_ROUTER_REPLICAS=$REPLICAS: expected a positive integer";; esac
   if [ ! -f "$STATE" ]; then
     local ports pw
     read -r -a ports <<< "$(free_ports 4)"
@@ -172,13 +178,34 @@ EOF
   fi
   # shellcheck disable=SC1090
   . "$STATE"
+  local i
+  for ((i = 2; i <= REPLICAS; i++)); do  # a port per extra replica, kept in the state once drawn
+    if ! grep -q "^ROUTER_PORT_$i=" "$STATE"; then
+      echo "ROUTER_PORT_$i=$(free_ports 1)" >> "$STATE"
+    fi
+  done
+  # shellcheck disable=SC1090
+  . "$STATE"
   DATASET=${GMTROUTER_SERVE_DATASET:-demo}
+  case $DATASET in ''|*[!a-z0-9_]*) die "GMTROUTER_SERVE_DATASET=$DATASET: expected lower-case letters, digits, _";; esac
+  FEEDBACK_DB=feedback_$DATASET
+  FEEDBACK_URL="postgresql://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/$FEEDBACK_DB"
+  ROUTERS=()
+  ROUTER_URLS=""
+  for ((i = 1; i <= REPLICAS; i++)); do
+    ROUTERS+=("$(router_name "$i")")
+    ROUTER_URLS="$ROUTER_URLS${ROUTER_URLS:+ }http://127.0.0.1:$(router_port "$i")"
+  done
   RELOAD=${GMTROUTER_RELOAD_INTERVAL:-30}
   MLFLOW_URL=http://127.0.0.1:$MLFLOW_PORT
   DAGSTER_URL=http://127.0.0.1:$DAGSTER_PORT
   ROUTER_URL=http://127.0.0.1:$ROUTER_PORT
   MODEL_URI=models:/gmtrouter-$DATASET@champion
 }
+
+router_name() { if [ "$1" = 1 ]; then echo router; else echo "router-$1"; fi; }
+router_port() { if [ "$1" = 1 ]; then echo "$ROUTER_PORT"; else eval "echo \${ROUTER_PORT_$1}"; fi; }
+router_index() { case $1 in router) echo 1 ;; router-*) echo "${1#router-}" ;; esac; }
 
 write_env() {  # the client environment (and the services' own)
   umask 077
@@ -197,6 +224,8 @@ export GMTROUTER_PG_DAGSTER_DB=dagster
 export GMTROUTER_PG_MLFLOW_DB=mlflow
 export GMTROUTER_DAGSTER_URL='$DAGSTER_URL'
 export GMTROUTER_ROUTER_URL='$ROUTER_URL'
+export GMTROUTER_ROUTER_URLS='$ROUTER_URLS'
+export GMTROUTER_${DATASET^^}_FEEDBACK_LOG='$FEEDBACK_URL'
 export GMTROUTER_SERVE_MODEL='$MODEL_URI'
 EOF
   mv -f "$ENVFILE.tmp" "$ENVFILE"
@@ -305,7 +334,12 @@ up_postgres() {
     done
     touch "$DIR/pg/.provisioned"
   fi
-  say "postgres on 127.0.0.1:$PG_PORT (databases dagster, mlflow; logs $LOGS/postgres.log)"
+  # the routers' shared feedback store (each `up`: a deployment made before it existed gets it too)
+  if [ -z "$(as_pg "$PG_BIN/psql" -X -tA -h "$DIR/pg/socket" -p "$PG_PORT" -U postgres -d postgres \
+             -c "SELECT 1 FROM pg_database WHERE datname = '$FEEDBACK_DB'")" ]; then
+    pg_psql "CREATE DATABASE $FEEDBACK_DB OWNER $PG_USER"
+  fi
+  say "postgres on 127.0.0.1:$PG_PORT (databases dagster, mlflow, $FEEDBACK_DB; logs $LOGS/postgres.log)"
 }
 
 down_postgres() {
@@ -365,31 +399,47 @@ champion_exists() {
     > /dev/null 2>&1
 }
 
-write_router_config() {
-  cat > "$DIR/router.yaml.tmp" <<EOF
-# Router settings of the service deployment (scripts/services.sh). The model served is
+write_router_config() {  # NAME: the replica's router YAML (mode 600: the store URL holds the password)
+  local name=$1 home=$DIR/routers/$1
+  mkdir -p "$home"
+  umask 077
+  cat > "$home/router.yaml.tmp" <<EOF
+# Router settings of the service deployment (scripts/services.sh), replica $name. The model served is
 # --model $MODEL_URI (from the tracking server); checkpoint (the pipeline's local copy of the
-# champion) is what \`gmtrouter serve --config\` alone would load.
+# champion) is what \`gmtrouter serve --config\` alone would load.  Feedback goes to the PostgreSQL store
+# that every replica, the feedback sensor and the training merge share.
 router:
   checkpoint: $GMTROUTER_HOME/routers/$DATASET/current
   device: cpu
   threads: 1
-  feedback_log: $GMTROUTER_HOME/feedback/$DATASET.sqlite
+  feedback_log: $FEEDBACK_URL
+  feedback_sync_interval: ${GMTROUTER_FEEDBACK_SYNC_INTERVAL:-1}
 endpoints: {}
 EOF
-  mv -f "$DIR/router.yaml.tmp" "$DIR/router.yaml"
+  mv -f "$home/router.yaml.tmp" "$home/router.yaml"
+  umask 022
 }
 
-up_router() {
-  if pid_of router >/dev/null; then say "router already running at $ROUTER_URL"; return 0; fi
-  write_router_config
-  mkdir -p "$GMTROUTER_HOME/feedback"
+up_router() {  # every replica that is not running
+  local i
+  for ((i = 1; i <= REPLICAS; i++)); do up_router_replica "$i"; done
+}
+
+up_router_replica() {  # I
+  local name port url home
+  name=$(router_name "$1")
+  port=$(router_port "$1")
+  url=http://127.0.0.1:$port
+  home=$DIR/routers/$name
+  if pid_of "$name" >/dev/null; then say "$name already running at $url"; return 0; fi
+  write_router_config "$name"
   (
     service_env
-    cd "$REPO"
+    export GMTROUTER_HOME=$home  # its own home: nothing but PostgreSQL and the registry is shared
+    cd "$home"
     # waits (in the background) for a first champion, then becomes the server; --reload-interval follows
     # the alias from then on, re-applying the feedback logged since the new model's training data was cut
-    launch router bash -c '
+    launch "$name" bash -c '
       py=$1 name=$2 alias=$3; shift 3
       until "$py" -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=20)" \
               "$MLFLOW_TRACKING_URI/api/2.0/mlflow/registered-models/alias?name=$name&alias=$alias" \
@@ -397,21 +447,31 @@ up_router() {
         echo "waiting for models:/$name@$alias in $MLFLOW_TRACKING_URI"; sleep 3
       done
       exec "$@"' router-wait "$PY" "gmtrouter-$DATASET" champion \
-      "$VENV/bin/gmtrouter" serve --config "$DIR/router.yaml" --model "$MODEL_URI" \
-      --reload-interval "$RELOAD" --host 127.0.0.1 --port "$ROUTER_PORT"
+      "$VENV/bin/gmtrouter" serve --config "$home/router.yaml" --model "$MODEL_URI" \
+      --reload-interval "$RELOAD" --host 127.0.0.1 --port "$port"
   )
   if champion_exists; then
-    wait_until 180 "router" http "$ROUTER_URL/health" \
-      || die "router did not answer at $ROUTER_URL/health within 180 s; see $LOGS/router.log"
-    say "router at $ROUTER_URL serving $MODEL_URI (checks for a new champion every $RELOAD s)"
+    wait_until 180 "$name" http "$url/health" \
+      || die "$name did not answer at $url/health within 180 s; see $LOGS/$name.log"
+    say "$name at $url serving $MODEL_URI (checks for a new champion every $RELOAD s)"
   else
-    say "router waits for a first $MODEL_URI (run the train_$DATASET job); it will listen on $ROUTER_URL"
+    say "$name waits for a first $MODEL_URI (run the train_$DATASET job); it will listen on $url"
   fi
+}
+
+down_routers() {  # every replica that is running, also those beyond the current GMTROUTER_ROUTER_REPLICAS
+  local f name
+  for f in "$PIDS"/router.pid "$PIDS"/router-*.pid; do
+    [ -e "$f" ] || continue
+    name=$(basename "$f" .pid)
+    stop_group "$name"
+  done
 }
 
 down_service() {  # SERVICE
   case $1 in
     postgres) down_postgres ;;
+    router) down_routers ;;
     *) stop_group "$1" ;;
   esac
 }
@@ -446,12 +506,13 @@ st = json.loads(sys.argv[1])["data"]["instance"]["daemonHealth"]["allDaemonStatu
 bad = [s["daemonType"] for s in st if s["required"] and not s["healthy"]]
 sys.exit(1 if bad or not st else 0)' "$out" \
         || { echo "$svc: pid $pid, heartbeats missing: $out"; return 1; } ;;
-    router)
-      local h
-      h=$(http "$ROUTER_URL/health" 2>/dev/null) \
-        || { if champion_exists; then echo "$svc: pid $pid, no answer at $ROUTER_URL/health";
+    router|router-*)
+      local h url
+      url=http://127.0.0.1:$(router_port "$(router_index "$svc")")
+      h=$(http "$url/health" 2>/dev/null) \
+        || { if champion_exists; then echo "$svc: pid $pid, no answer at $url/health";
              else echo "$svc: pid $pid, waiting for a first $MODEL_URI"; fi; return 1; }
-      echo "$svc: pid $pid, $ROUTER_URL $h"
+      echo "$svc: pid $pid, $url $h"
       return 0 ;;
   esac
   echo "$svc: pid $pid, ok"
@@ -504,7 +565,13 @@ case $cmd in
     [ -f "$STATE" ] || { echo "no services in $DIR (bash scripts/services.sh up)"; exit 1; }
     load_state
     rc=0
-    for s in "${services[@]}"; do check "$s" || rc=1; done
+    for s in "${services[@]}"; do
+      if [ "$s" = router ]; then
+        for r in "${ROUTERS[@]}"; do check "$r" || rc=1; done
+      else
+        check "$s" || rc=1
+      fi
+    done
     exit $rc
     ;;
   env)

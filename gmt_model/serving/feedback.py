@@ -161,7 +161,7 @@ def _opt_turn(value: Any) -> int | None:
     return int(value)
 
 
-class FeedbackStoreError(RuntimeError):
+class FeedbackStoreError(OSError):
     """The store cannot be reached or opened (the message names it, password redacted)."""
 
 
