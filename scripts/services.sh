@@ -69,6 +69,7 @@ proc_start_time() {  # PID -> the kernel's start time of that process (field 22 
   stat=${stat##*) }  # the command name may hold spaces; fields after it are plain
   # shellcheck disable=SC2086
   set -- $stat
+  [ "$1" != Z ] || return 1  # a zombie (killed, not yet reaped: e.g. no init reaping in a container) is gone
   echo "${20}"
 }
 
@@ -420,18 +421,35 @@ EOF
   umask 022
 }
 
-up_router() {  # every replica that is not running
-  local i
-  for ((i = 1; i <= REPLICAS; i++)); do up_router_replica "$i"; done
+up_router() {  # every replica that is not running: all started first, then each waited for
+  local i name url started=()
+  for ((i = 1; i <= REPLICAS; i++)); do
+    name=$(router_name "$i")
+    if pid_of "$name" >/dev/null; then
+      say "$name already running at http://127.0.0.1:$(router_port "$i")"
+    else
+      launch_router "$i"
+      started+=("$i")
+    fi
+  done
+  for i in "${started[@]}"; do
+    name=$(router_name "$i")
+    url=http://127.0.0.1:$(router_port "$i")
+    if champion_exists; then
+      wait_until 180 "$name" http "$url/health" \
+        || die "$name did not answer at $url/health within 180 s; see $LOGS/$name.log"
+      say "$name at $url serving $MODEL_URI (checks for a new champion every $RELOAD s)"
+    else
+      say "$name waits for a first $MODEL_URI (run the train_$DATASET job); it will listen on $url"
+    fi
+  done
 }
 
-up_router_replica() {  # I
-  local name port url home
+launch_router() {  # I: start replica I (router, router-2, ...) with its own home and port
+  local name port home
   name=$(router_name "$1")
   port=$(router_port "$1")
-  url=http://127.0.0.1:$port
   home=$DIR/routers/$name
-  if pid_of "$name" >/dev/null; then say "$name already running at $url"; return 0; fi
   write_router_config "$name"
   (
     service_env
@@ -450,13 +468,6 @@ up_router_replica() {  # I
       "$VENV/bin/gmtrouter" serve --config "$home/router.yaml" --model "$MODEL_URI" \
       --reload-interval "$RELOAD" --host 127.0.0.1 --port "$port"
   )
-  if champion_exists; then
-    wait_until 180 "$name" http "$url/health" \
-      || die "$name did not answer at $url/health within 180 s; see $LOGS/$name.log"
-    say "$name at $url serving $MODEL_URI (checks for a new champion every $RELOAD s)"
-  else
-    say "$name waits for a first $MODEL_URI (run the train_$DATASET job); it will listen on $url"
-  fi
 }
 
 down_routers() {  # every replica that is running, also those beyond the current GMTROUTER_ROUTER_REPLICAS
