@@ -35,7 +35,8 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 VENV=${GMTROUTER_VENV:-$REPO/.venv}
-ALL_SERVICES=(postgres mlflow dagster-daemon dagster-webserver router)
+ALL_SERVICES=(postgres redis mlflow dagster-daemon dagster-webserver celery-worker router)
+CELERY_SERVICES=" redis celery-worker "  # only with GMTROUTER_EXECUTOR=celery
 EXIT_NO_POSTGRES=3
 
 die() { echo "services: error: $*" >&2; exit 1; }
@@ -185,8 +186,12 @@ EOF
       echo "ROUTER_PORT_$i=$(free_ports 1)" >> "$STATE"
     fi
   done
+  if ! grep -q "^REDIS_PORT=" "$STATE"; then
+    echo "REDIS_PORT=${GMTROUTER_REDIS_PORT:-$(free_ports 1)}" >> "$STATE"
+  fi
   # shellcheck disable=SC1090
   . "$STATE"
+  CELERY_BROKER="redis://:$PG_PASSWORD@127.0.0.1:$REDIS_PORT/0"
   DATASET=${GMTROUTER_SERVE_DATASET:-demo}
   case $DATASET in ''|*[!a-z0-9_]*) die "GMTROUTER_SERVE_DATASET=$DATASET: expected lower-case letters, digits, _";; esac
   FEEDBACK_DB=feedback_$DATASET
@@ -227,6 +232,8 @@ export GMTROUTER_DAGSTER_URL='$DAGSTER_URL'
 export GMTROUTER_ROUTER_URL='$ROUTER_URL'
 export GMTROUTER_ROUTER_URLS='$ROUTER_URLS'
 export GMTROUTER_${DATASET^^}_FEEDBACK_LOG='$FEEDBACK_URL'
+export GMTROUTER_EXECUTOR=${GMTROUTER_EXECUTOR:-in_process}
+export GMTROUTER_CELERY_BROKER='$CELERY_BROKER'
 export GMTROUTER_SERVE_MODEL='$MODEL_URI'
 EOF
   mv -f "$ENVFILE.tmp" "$ENVFILE"
@@ -483,8 +490,107 @@ down_service() {  # SERVICE
   case $1 in
     postgres) down_postgres ;;
     router) down_routers ;;
+    celery-worker) down_celery_workers ;;
     *) stop_group "$1" ;;
   esac
+}
+
+# ------------------------------------------------------------------ Redis and the Celery workers (GMTROUTER_EXECUTOR=celery)
+CELERY_WORKERS=2
+REDIS_BIN=""
+install_redis() {  # Debian's redis-server (installed with apt-get when missing and running as root)
+  REDIS_BIN=$(command -v redis-server 2>/dev/null || true)
+  [ -n "$REDIS_BIN" ] && return 0
+  if [ "$(id -u)" != "0" ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "services: Redis is not installed (no redis-server): install the Debian package redis-server" >&2
+    exit $EXIT_NO_POSTGRES
+  fi
+  say "installing Redis (Debian package redis-server) with apt-get"
+  if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; } \
+        >> "$LOGS/apt.log" 2>&1; then
+    echo "services: Redis is not installed and apt-get could not install it (see $LOGS/apt.log)" >&2
+    exit $EXIT_NO_POSTGRES
+  fi
+  REDIS_BIN=$(command -v redis-server) || { echo "services: no redis-server after apt-get" >&2; exit $EXIT_NO_POSTGRES; }
+}
+
+redis_ping() {
+  "$PY" -c 'import sys, redis; sys.exit(0 if redis.Redis.from_url(sys.argv[1], socket_timeout=5).ping() else 1)' \
+    "$CELERY_BROKER"
+}
+
+up_redis() {
+  if pid_of redis >/dev/null; then say "redis already running on 127.0.0.1:$REDIS_PORT"; return 0; fi
+  install_redis
+  mkdir -p "$DIR/redis"
+  umask 077
+  # the password stays out of the command line: a config file of mode 600
+  cat > "$DIR/redis/redis.conf.tmp" <<EOF
+bind 127.0.0.1
+port $REDIS_PORT
+protected-mode yes
+requirepass $PG_PASSWORD
+dir $DIR/redis
+save ""
+appendonly no
+daemonize no
+EOF
+  mv -f "$DIR/redis/redis.conf.tmp" "$DIR/redis/redis.conf"
+  umask 022
+  launch redis "$REDIS_BIN" "$DIR/redis/redis.conf"
+  wait_until 60 redis redis_ping || die "redis did not answer on 127.0.0.1:$REDIS_PORT; see $LOGS/redis.log"
+  say "redis on 127.0.0.1:$REDIS_PORT (the Celery broker and result backend)"
+}
+
+write_celery_config() {  # the module dagster_celery.app reads (broker and backend), mode 600
+  mkdir -p "$DIR/celery"
+  umask 077
+  cat > "$DIR/celery/dagster_celery_config.py.tmp" <<EOF
+# written by scripts/services.sh: the Celery settings of the deployment's workers (dagster_celery.app)
+broker_url = '$CELERY_BROKER'
+result_backend = '$CELERY_BROKER'
+worker_prefetch_multiplier = 1
+task_acks_late = False
+broker_connection_retry_on_startup = True
+EOF
+  mv -f "$DIR/celery/dagster_celery_config.py.tmp" "$DIR/celery/dagster_celery_config.py"
+  umask 022
+}
+
+up_celery_worker() {  # CELERY_WORKERS workers, one step at a time each
+  local i name
+  write_celery_config
+  for ((i = 1; i <= CELERY_WORKERS; i++)); do
+    name=celery-worker-$i
+    if pid_of "$name" >/dev/null; then say "$name already running"; continue; fi
+    (
+      service_env
+      export PYTHONPATH="$DIR/celery:$REPO${PYTHONPATH:+:$PYTHONPATH}"
+      cd "$REPO"
+      launch "$name" "$VENV/bin/celery" -A dagster_celery.app worker --concurrency 1 --prefetch-multiplier 1 \
+        -Q dagster -n "$name@%h" --loglevel INFO
+    )
+  done
+  for ((i = 1; i <= CELERY_WORKERS; i++)); do
+    wait_until 120 "celery-worker-$i" worker_ping "celery-worker-$i" \
+      || die "celery-worker-$i did not answer within 120 s; see $LOGS/celery-worker-$i.log"
+  done
+  say "$CELERY_WORKERS Celery workers on $(redact "$CELERY_BROKER") (queue dagster)"
+}
+
+worker_ping() {  # NAME: the worker answers a Celery ping
+  ( export PYTHONPATH="$DIR/celery:$REPO"; cd "$REPO"
+    "$VENV/bin/celery" -A dagster_celery.app inspect ping -t 5 -d "$1@$(hostname)" >/dev/null 2>&1 )
+}
+
+redact() { echo "${1/:$PG_PASSWORD@/:***@}"; }
+
+down_celery_workers() {
+  local f
+  for f in "$PIDS"/celery-worker-*.pid; do
+    [ -e "$f" ] || continue
+    stop_group "$(basename "$f" .pid)"
+  done
 }
 
 # ------------------------------------------------------------------ status
@@ -503,6 +609,10 @@ check() {  # SERVICE -> 0 when it answers; prints one line
       # the backend store answers too (Default experiment lookup goes to PostgreSQL)
       http "$MLFLOW_URL/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default" >/dev/null 2>&1 \
         || { echo "$svc: pid $pid, $MLFLOW_URL answers but its backend store does not"; return 1; } ;;
+    redis)
+      redis_ping || { echo "$svc: pid $pid, no answer on 127.0.0.1:$REDIS_PORT"; return 1; } ;;
+    celery-worker-*)
+      worker_ping "$svc" || { echo "$svc: pid $pid, no answer to a Celery ping"; return 1; } ;;
     dagster-webserver)
       http "$DAGSTER_URL/server_info" >/dev/null 2>&1 \
         || { echo "$svc: pid $pid, no answer at $DAGSTER_URL"; return 1; } ;;
@@ -541,7 +651,11 @@ if [ $# -gt 0 ]; then
     case " $* " in *" $s "*) services+=("$s") ;; esac
   done
 else
-  services=("${ALL_SERVICES[@]}")
+  services=()
+  for s in "${ALL_SERVICES[@]}"; do
+    case $CELERY_SERVICES in *" $s "*) [ "$cmd" = down ] || [ "${GMTROUTER_EXECUTOR:-}" = celery ] || continue ;; esac
+    services+=("$s")
+  done
 fi
 
 case $cmd in
@@ -557,6 +671,8 @@ case $cmd in
         dagster-daemon) up_dagster_daemon ;;
         dagster-webserver) up_dagster_webserver ;;
         router) up_router ;;
+        redis) up_redis ;;
+        celery-worker) up_celery_worker ;;
       esac
     done
     say "client environment: source $ENVFILE"
@@ -579,6 +695,8 @@ case $cmd in
     for s in "${services[@]}"; do
       if [ "$s" = router ]; then
         for r in "${ROUTERS[@]}"; do check "$r" || rc=1; done
+      elif [ "$s" = celery-worker ]; then
+        for ((i = 1; i <= CELERY_WORKERS; i++)); do check "celery-worker-$i" || rc=1; done
       else
         check "$s" || rc=1
       fi

@@ -258,8 +258,8 @@ def test_script_without_postgresql_or_services(tmp_path: Path) -> None:
     assert st.returncode == 1 and "postgres: not running" in st.stdout
     down = _services(env, "down", timeout=60)
     assert down.returncode == 0, down.stderr
-    bad = _services(env, "up", "redis", timeout=60)
-    assert bad.returncode == 1 and "unknown service 'redis'" in bad.stderr
+    bad = _services(env, "up", "nosuch", timeout=60)
+    assert bad.returncode == 1 and "unknown service 'nosuch'" in bad.stderr
     assert not _processes_under(tmp_path)
 
 
