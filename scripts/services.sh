@@ -2,7 +2,12 @@
 # A production-like deployment of gmtrouter on one machine, every service on 127.0.0.1:
 #
 #   postgres           PostgreSQL (Debian package; installed with apt-get when missing and running as root),
-#                      databases `dagster` (run, event-log and schedule storage) and `mlflow` (tracking + registry)
+#                      databases `dagster` (run, event-log and schedule storage), `mlflow` (tracking + registry)
+#                      and `feedback_<dataset>` (the routers' shared feedback store)
+#   redis              (GMTROUTER_EXECUTOR=celery only) Redis from Debian's redis-server: the Celery broker and
+#                      result backend
+#   celery-worker      (GMTROUTER_EXECUTOR=celery only) 2 workers, `celery -A dagster_celery.app worker
+#                      --concurrency 1`: the steps of every run go to them
 #   mlflow             `mlflow server` on PostgreSQL, serving artifacts from a local folder (--serve-artifacts)
 #   dagster-daemon     schedules, the feedback sensors and the run queue (dagster-postgres storage)
 #   dagster-webserver  the Dagster UI on the same storage
@@ -21,16 +26,18 @@
 #
 # Everything lives under one folder, $GMTROUTER_SERVICES_DIR (default $GMTROUTER_HOME/services, i.e.
 # .gmtrouter/services): env (client environment, mode 600), state (ports, database password), logs/, pids/,
-# pg/ (the PostgreSQL cluster), mlflow/artifacts/, dagster_home/dagster.yaml, router.yaml, lock.
+# pg/ (the PostgreSQL cluster), mlflow/artifacts/, dagster_home/dagster.yaml, routers/<name>/ (each router's
+# home and router.yaml), redis/, celery/ (the workers' settings), lock.
 # Clients: `source .gmtrouter/services/env`, then `dagster job execute -j train_demo`,
 # mlflow.pyfunc.load_model("models:/gmtrouter-demo@champion"), the UIs at $GMTROUTER_DAGSTER_URL and
 # $MLFLOW_TRACKING_URI.  Settings (environment, first `up` only for ports): GMTROUTER_HOME,
 # GMTROUTER_SERVICES_DIR, GMTROUTER_{PG,MLFLOW,DAGSTER,ROUTER}_PORT (default: free ports), GMTROUTER_PG_BINDIR,
 # GMTROUTER_ROUTER_REPLICAS (1), GMTROUTER_FEEDBACK_SYNC_INTERVAL (1 s: how soon a replica applies the others' feedback),
+# GMTROUTER_EXECUTOR (celery: also start redis and the workers), GMTROUTER_REDIS_PORT,
 # GMTROUTER_SERVE_DATASET (demo), GMTROUTER_RELOAD_INTERVAL (30 s), GMTROUTER_RETRAIN_MIN_FEEDBACK,
 # GMTROUTER_SENSOR_INTERVAL, GMTROUTER_TRIGGERED_RUN_CONFIG, GMTROUTER_ADMIN_TOKEN.  See docs/deploy.md.
 #
-# Exit status: 0 ok; 1 failure; 3 PostgreSQL is not installed and cannot be installed here.
+# Exit status: 0 ok; 1 failure; 3 PostgreSQL (or Redis, with celery) is not installed and cannot be installed here.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
