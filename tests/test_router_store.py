@@ -72,3 +72,22 @@ def test_replicas_converge_through_the_store(planted_models, planted_graph, url)
     # a third replica that never saw these users agrees too (it loads them on first use)
     c = make_router(planted_models, g, url, feedback_sync_interval=0)
     _same(_routes(c, texts, users), _routes(a, texts, users))
+
+
+def test_routing_goes_on_while_the_store_is_down(planted_models, planted_graph, url, pg):
+    g = planted_graph
+    a = make_router(planted_models, g, url, feedback_sync_interval=0)
+    texts = _feedback_script(a, g)
+    b = make_router(planted_models, g, url, feedback_sync_interval=0)
+    b.route_single({"query_text": texts[0], "user_id": "fresh"})  # loaded
+    pg.stop()
+    try:
+        for user in ("fresh", g.user_ids[1], "someone-new"):  # loaded, not loaded, unknown: all answered
+            assert b.route_single({"query_text": texts[0], "user_id": user})["model_name"] in b.llms
+        assert b.history_size("fresh") == 16
+        with pytest.raises(OSError, match="feedback store"):  # feedback cannot be stored: refused, not lost
+            b.update_user_feedback("fresh", texts[1], b.llms[0], 1.0)
+    finally:
+        pg.start()
+    b._store_retry_at = 0.0  # (instead of waiting for the retry interval)
+    _same(_routes(b, texts, [g.user_ids[1], "fresh"]), _routes(a, texts, [g.user_ids[1], "fresh"]))

@@ -34,6 +34,7 @@ in which different users' rows arrived).
 from __future__ import annotations
 
 import bisect
+import logging
 import math
 import re
 import threading
@@ -70,6 +71,8 @@ from gmt_model.method.personal import (
 )
 
 __all__ = ["GMTRouter", "RoutingError"]
+
+log = logging.getLogger(__name__)
 
 _ID_RE = re.compile(r"^[\w.@:+\-/#]{1,256}$")
 MAX_QUERY_CHARS = 100_000
@@ -175,6 +178,7 @@ class GMTRouter:
         self._unmerged = {int(i) for i in (ck.meta.get("feedback_unmerged_ids") or [])
                           if int(i) <= self.feedback_through_id}
         self._loaded: set[str] | None = None
+        self._store_retry_at = 0.0
         if (self.feedback_log is not None and config.replay_feedback
                 and getattr(self.feedback_log, "lazy_users", False)):
             self._loaded = set()
@@ -392,8 +396,7 @@ class GMTRouter:
         if not parsed:
             return []
         with self._lock, torch.inference_mode():
-            self._ensure_loaded([p[1] for p in parsed])
-            self._maybe_sync()
+            self._refresh_for_routing([p[1] for p in parsed])
             emb = self.embed([p[0] for p in parsed])
             uidx = [self._user_index.get(p[1], -1) for p in parsed]
             known = [u for u in uidx if u >= 0]
@@ -768,6 +771,20 @@ class GMTRouter:
                         if r.id > self.feedback_through_id or r.id in self._unmerged]
                 self.replayed += self._apply_rows(rows)
                 self._loaded.add(user)
+
+    def _refresh_for_routing(self, user_ids: Sequence[str]) -> None:
+        """Load new users and sync before routing; when the store cannot be reached (a PostgreSQL server
+        down), route with what this router holds, log it, and try again after ``feedback_sync_interval``
+        (a user that could not be loaded is loaded on a later call).  Feedback still fails then."""
+        if self.feedback_log is None or time.monotonic() < self._store_retry_at:
+            return
+        try:
+            self._ensure_loaded(user_ids)
+            self._maybe_sync()
+        except OSError as exc:  # FeedbackStoreError
+            self._last_sync = time.monotonic()
+            self._store_retry_at = self._last_sync + max(1.0, float(self.config.feedback_sync_interval))
+            log.warning("routing without the feedback store for now: %s", exc)
 
     def _maybe_sync(self) -> None:
         iv = self.config.feedback_sync_interval
