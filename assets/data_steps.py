@@ -181,14 +181,14 @@ def _feedback(feedback_log: str | os.PathLike[str] | None, models: Sequence[str]
               rating_range: tuple[float, float], known_users: set[str],
               added: dict[str, str] | None = None) -> tuple[list, FeedbackMergeStats]:
     """``added`` (filled in): the LLMs the router's pool added or re-described, name -> description;
-    their feedback merges too."""
-    from gmt_model.serving.feedback import FeedbackLog
+    their feedback merges too.  ``feedback_log``: a SQLite path or a ``postgresql://`` URL (one store)."""
+    from gmt_model.serving.feedback import open_feedback_store, redact_url, store_exists
 
-    st = FeedbackMergeStats(log_path=None if feedback_log is None else os.fspath(feedback_log))
-    if feedback_log is None or not Path(feedback_log).is_file():
+    st = FeedbackMergeStats(log_path=None if feedback_log is None else redact_url(os.fspath(feedback_log)))
+    if feedback_log is None or not store_exists(feedback_log):
         return [], st
     st.log_exists = True
-    with FeedbackLog(feedback_log) as fb:
+    with open_feedback_store(feedback_log) as fb:
         rows = fb.read(0)
         pool = pool_descriptions(fb.read_llm_events(0))
     if added is not None:

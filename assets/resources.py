@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 import dagster as dg
 
+from gmt_model.serving.feedback import is_store_url
 from gmt_model.serving.registry import ensure_sqlite_folder
 
 from .storage import REPO_ROOT, data_root
@@ -55,15 +56,17 @@ def _home(home: str | None) -> Path:
     return data_root(home)
 
 
-def feedback_log_path(dataset: str, home: str | None = None) -> Path:
-    """The feedback log of ``dataset`` that the sensor and the JSONL step read.
+def feedback_log_path(dataset: str, home: str | None = None) -> Path | str:
+    """The feedback store of ``dataset`` that the sensor and the JSONL step read.
 
-    ``$GMTROUTER_<DATASET>_FEEDBACK_LOG`` (a file), else
+    ``$GMTROUTER_<DATASET>_FEEDBACK_LOG`` (a file, or a ``postgresql://`` URL: returned as a string), else
     ``$GMTROUTER_FEEDBACK_DIR/<dataset>.sqlite``, else
     ``<data root>/feedback/<dataset>.sqlite``.
     """
     env = os.environ.get(f"GMTROUTER_{dataset.upper()}_FEEDBACK_LOG")
     if env:
+        if is_store_url(env):
+            return env.strip()
         return Path(env).expanduser().resolve()
     folder = os.environ.get(ENV_FEEDBACK_DIR)
     base = Path(folder).expanduser().resolve() if folder else _home(home) / "feedback"
@@ -86,7 +89,7 @@ class PathsResource(dg.ConfigurableResource):
         """The absolute configs folder."""
         return Path(self.configs_dir).expanduser().resolve() if self.configs_dir else REPO_ROOT / "configs"
 
-    def feedback_log(self, dataset: str) -> Path:
+    def feedback_log(self, dataset: str) -> Path | str:
         """See :func:`feedback_log_path`."""
         return feedback_log_path(dataset, self.home)
 

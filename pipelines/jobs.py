@@ -3,7 +3,9 @@
 The executor is chosen by ``GMTROUTER_EXECUTOR`` when the definitions load:
 ``in_process`` (default: the chain is sequential, and one process avoids
 re-importing torch for every step), ``multiprocess`` (one process per step),
-``celery`` (``dagster-celery``) or ``k8s`` (``dagster-k8s``: one Kubernetes job
+``celery`` (``dagster-celery``; broker and result backend from
+``$GMTROUTER_CELERY_BROKER``, e.g. ``redis://127.0.0.1:6379/0``, which
+``scripts/services.sh`` sets) or ``k8s`` (``dagster-k8s``: one Kubernetes job
 per step).  The last two need their packages installed; see docs/pipeline.md.
 """
 
@@ -24,6 +26,7 @@ __all__ = ["ENV_EXECUTOR", "EXECUTORS", "job_name", "embed_job_name", "executor_
            "build_embed_jobs"]
 
 ENV_EXECUTOR = "GMTROUTER_EXECUTOR"
+ENV_CELERY_BROKER = "GMTROUTER_CELERY_BROKER"
 EXECUTORS = ("in_process", "multiprocess", "celery", "k8s")
 
 
@@ -50,7 +53,17 @@ def executor_from_env() -> dg.ExecutorDefinition:
         except ImportError as exc:
             raise ImportError(f"{ENV_EXECUTOR}=celery needs the dagster-celery package "
                               f"(pip install dagster-celery==<your dagster version's>)") from exc
-        return celery_executor
+        broker = os.environ.get(ENV_CELERY_BROKER, "").strip()
+        if not broker:
+            return celery_executor  # broker and backend from the run config (execution.config)
+        # one step per worker process at a time; a worker that dies mid-step fails the step (WorkerLostError,
+        # the run fails naming it) rather than leaving the task to be redelivered while it may still be
+        # writing: outputs are written atomically, so a failed step leaves no half-written asset
+        return celery_executor.configured({
+            "broker": broker, "backend": broker,
+            "config_source": {"worker_prefetch_multiplier": 1, "task_acks_late": False,
+                              "broker_connection_retry_on_startup": True},
+        }, name="celery")
     if name == "k8s":
         try:
             from dagster_k8s import k8s_job_executor  # type: ignore[import-not-found]

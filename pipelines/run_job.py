@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import dagster as dg
 
-    from pipelines.definitions import EMBED_JOBS, JOBS, defs
+    from pipelines.definitions import EMBED_JOBS, JOBS
 
     names = sorted(j.name for j in [*JOBS.values(), *EMBED_JOBS.values()])
     if args.job not in names:
@@ -109,8 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         return _run_partitions(args.job, run_config, args.partitions, args.processes, home)
     with instance:
         try:
-            result = defs.resolve_job_def(args.job).execute_in_process(run_config=run_config, instance=instance,
-                                                                       raise_on_error=False, tags=_tags(args.config))
+            result = _execute(args.job, run_config, instance, tags=_tags(args.config))
         except Exception as exc:  # noqa: BLE001 - storage lost during the run, invalid run config, ...
             print(f"error: {args.job} could not run: {_one_line(exc)}", file=sys.stderr)
             return 2
@@ -125,15 +124,37 @@ def _tags(config_files: list[str]) -> dict[str, str]:
     return {RUN_CONFIG_TAG: ", ".join(str(Path(p).resolve()) for p in config_files)} if config_files else {}
 
 
+def job_by_name(name: str) -> Any:
+    """The job ``name`` of the project's definitions (the reconstructor of :func:`_execute`)."""
+    from pipelines.definitions import defs
+
+    return defs.resolve_job_def(name)
+
+
+def _execute(job: str, run_config: dict[str, Any], instance: Any, partition_key: str | None = None,
+             tags: dict[str, str] | None = None) -> Any:
+    """Run ``job``: in this process, or, when ``$GMTROUTER_EXECUTOR`` names another executor (celery,
+    multiprocess, k8s), through that executor (a reconstructable job: its steps load the definitions
+    themselves, e.g. on the Celery workers)."""
+    import dagster as dg
+
+    from pipelines.jobs import ENV_EXECUTOR
+
+    if (os.environ.get(ENV_EXECUTOR, "").strip() or "in_process") == "in_process":
+        return job_by_name(job).execute_in_process(run_config=run_config, instance=instance,
+                                                   partition_key=partition_key, raise_on_error=False,
+                                                   tags=tags or None)
+    recon = dg.build_reconstructable_job("pipelines.run_job", "job_by_name", reconstructable_args=(job,))
+    tags = {**(tags or {}), **({"dagster/partition": partition_key} if partition_key is not None else {})}
+    return dg.execute_job(recon, instance=instance, run_config=run_config, tags=tags or None, raise_on_error=False)
+
+
 def _run_partition(job: str, run_config: dict[str, Any], key: str) -> tuple[str, str, bool, list[str]]:
     """One partition of a partitioned job, in this (worker) process: (key, run id, success, errors)."""
     import dagster as dg
 
-    from pipelines.definitions import defs
-
     with dg.DagsterInstance.get() as instance:
-        result = defs.resolve_job_def(job).execute_in_process(run_config=run_config, instance=instance,
-                                                              partition_key=key, raise_on_error=False)
+        result = _execute(job, run_config, instance, key)
     errors = []
     for ev in result.all_events:
         if ev.event_type_value == "STEP_FAILURE" and _error_of(ev) is not None:

@@ -1,7 +1,7 @@
 """Feedback sensors: retrain a dataset when enough new feedback has arrived.
 
 The router appends every rating to the dataset's feedback log
-(``gmt_model.serving.feedback.FeedbackLog``; path: ``assets.resources.feedback_log_path``).
+(``gmt_model.serving.feedback``: a SQLite file or a PostgreSQL URL; ``assets.resources.feedback_log_path``).
 Each evaluation counts the records after the sensor's cursor; at
 ``min_new_records`` or more (``$GMTROUTER_RETRAIN_MIN_FEEDBACK``, default 50)
 it requests one ``train_<dataset>`` run and moves the cursor to the log's
@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # the type define_asset_job returns
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from assets.resources import PathsResource
-from gmt_model.serving.feedback import FeedbackLog
+from gmt_model.serving.feedback import open_feedback_store, redact_url, store_exists
 
 from .triggers import triggered_run_config
 
@@ -94,9 +94,10 @@ def build_feedback_sensor(dataset: str, job: "UnresolvedAssetJobDefinition", *, 
         path = paths.feedback_log(dataset)
         threshold = _threshold(min_new_records)
         since = _cursor(context.cursor)
-        if not path.is_file():
+        if not store_exists(path):
             return dg.SkipReason(f"no feedback log at {path} yet")
-        with FeedbackLog(path) as log:
+        path = redact_url(str(path))  # for the messages
+        with open_feedback_store(paths.feedback_log(dataset)) as log:
             new = log.count(since)
             max_id = log.max_id()
         if new < threshold:

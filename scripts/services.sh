@@ -2,13 +2,21 @@
 # A production-like deployment of gmtrouter on one machine, every service on 127.0.0.1:
 #
 #   postgres           PostgreSQL (Debian package; installed with apt-get when missing and running as root),
-#                      databases `dagster` (run, event-log and schedule storage) and `mlflow` (tracking + registry)
+#                      databases `dagster` (run, event-log and schedule storage), `mlflow` (tracking + registry)
+#                      and `feedback_<dataset>` (the routers' shared feedback store)
+#   redis              (GMTROUTER_EXECUTOR=celery only) Redis from Debian's redis-server: the Celery broker and
+#                      result backend
+#   celery-worker      (GMTROUTER_EXECUTOR=celery only) 2 workers, `celery -A dagster_celery.app worker
+#                      --concurrency 1`: the steps of every run go to them
 #   mlflow             `mlflow server` on PostgreSQL, serving artifacts from a local folder (--serve-artifacts)
 #   dagster-daemon     schedules, the feedback sensors and the run queue (dagster-postgres storage)
 #   dagster-webserver  the Dagster UI on the same storage
 #   router             `gmtrouter serve --model models:/gmtrouter-<dataset>@champion --reload-interval N`:
 #                      pulls the champion from the tracking server and follows the alias (waits for a first
-#                      champion before it starts)
+#                      champion before it starts).  GMTROUTER_ROUTER_REPLICAS=N (default 1) starts N of them
+#                      (router, router-2 ... router-N), each with its own home (<dir>/routers/<name>) and port;
+#                      they share only PostgreSQL (the feedback store, database feedback_<dataset>) and the
+#                      MLflow registry
 #
 # Usage:
 #   bash scripts/services.sh up     [SERVICE...]   start what is not running (idempotent; concurrent calls wait)
@@ -18,20 +26,24 @@
 #
 # Everything lives under one folder, $GMTROUTER_SERVICES_DIR (default $GMTROUTER_HOME/services, i.e.
 # .gmtrouter/services): env (client environment, mode 600), state (ports, database password), logs/, pids/,
-# pg/ (the PostgreSQL cluster), mlflow/artifacts/, dagster_home/dagster.yaml, router.yaml, lock.
+# pg/ (the PostgreSQL cluster), mlflow/artifacts/, dagster_home/dagster.yaml, routers/<name>/ (each router's
+# home and router.yaml), redis/, celery/ (the workers' settings), lock.
 # Clients: `source .gmtrouter/services/env`, then `dagster job execute -j train_demo`,
 # mlflow.pyfunc.load_model("models:/gmtrouter-demo@champion"), the UIs at $GMTROUTER_DAGSTER_URL and
 # $MLFLOW_TRACKING_URI.  Settings (environment, first `up` only for ports): GMTROUTER_HOME,
 # GMTROUTER_SERVICES_DIR, GMTROUTER_{PG,MLFLOW,DAGSTER,ROUTER}_PORT (default: free ports), GMTROUTER_PG_BINDIR,
+# GMTROUTER_ROUTER_REPLICAS (1), GMTROUTER_FEEDBACK_SYNC_INTERVAL (1 s: how soon a replica applies the others' feedback),
+# GMTROUTER_EXECUTOR (celery: also start redis and the workers), GMTROUTER_REDIS_PORT,
 # GMTROUTER_SERVE_DATASET (demo), GMTROUTER_RELOAD_INTERVAL (30 s), GMTROUTER_RETRAIN_MIN_FEEDBACK,
 # GMTROUTER_SENSOR_INTERVAL, GMTROUTER_TRIGGERED_RUN_CONFIG, GMTROUTER_ADMIN_TOKEN.  See docs/deploy.md.
 #
-# Exit status: 0 ok; 1 failure; 3 PostgreSQL is not installed and cannot be installed here.
+# Exit status: 0 ok; 1 failure; 3 PostgreSQL (or Redis, with celery) is not installed and cannot be installed here.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 VENV=${GMTROUTER_VENV:-$REPO/.venv}
-ALL_SERVICES=(postgres mlflow dagster-daemon dagster-webserver router)
+ALL_SERVICES=(postgres redis mlflow dagster-daemon dagster-webserver celery-worker router)
+CELERY_SERVICES=" redis celery-worker "  # only with GMTROUTER_EXECUTOR=celery
 EXIT_NO_POSTGRES=3
 
 die() { echo "services: error: $*" >&2; exit 1; }
@@ -65,6 +77,7 @@ proc_start_time() {  # PID -> the kernel's start time of that process (field 22 
   stat=${stat##*) }  # the command name may hold spaces; fields after it are plain
   # shellcheck disable=SC2086
   set -- $stat
+  [ "$1" != Z ] || return 1  # a zombie (killed, not yet reaped: e.g. no init reaping in a container) is gone
   echo "${20}"
 }
 
@@ -154,6 +167,8 @@ except Exception as exc:
 
 # ------------------------------------------------------------------ state (ports, password)
 load_state() {
+  REPLICAS=${GMTROUTER_ROUTER_REPLICAS:-1}
+  case $REPLICAS in ''|*[!0-9]*|0) die "GMTROUTER_ROUTER_REPLICAS=$REPLICAS: expected a positive integer";; esac
   if [ ! -f "$STATE" ]; then
     local ports pw
     read -r -a ports <<< "$(free_ports 4)"
@@ -172,13 +187,38 @@ EOF
   fi
   # shellcheck disable=SC1090
   . "$STATE"
+  local i
+  for ((i = 2; i <= REPLICAS; i++)); do  # a port per extra replica, kept in the state once drawn
+    if ! grep -q "^ROUTER_PORT_$i=" "$STATE"; then
+      echo "ROUTER_PORT_$i=$(free_ports 1)" >> "$STATE"
+    fi
+  done
+  if ! grep -q "^REDIS_PORT=" "$STATE"; then
+    echo "REDIS_PORT=${GMTROUTER_REDIS_PORT:-$(free_ports 1)}" >> "$STATE"
+  fi
+  # shellcheck disable=SC1090
+  . "$STATE"
+  CELERY_BROKER="redis://:$PG_PASSWORD@127.0.0.1:$REDIS_PORT/0"
   DATASET=${GMTROUTER_SERVE_DATASET:-demo}
+  case $DATASET in ''|*[!a-z0-9_]*) die "GMTROUTER_SERVE_DATASET=$DATASET: expected lower-case letters, digits, _";; esac
+  FEEDBACK_DB=feedback_$DATASET
+  FEEDBACK_URL="postgresql://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/$FEEDBACK_DB"
+  ROUTERS=()
+  ROUTER_URLS=""
+  for ((i = 1; i <= REPLICAS; i++)); do
+    ROUTERS+=("$(router_name "$i")")
+    ROUTER_URLS="$ROUTER_URLS${ROUTER_URLS:+ }http://127.0.0.1:$(router_port "$i")"
+  done
   RELOAD=${GMTROUTER_RELOAD_INTERVAL:-30}
   MLFLOW_URL=http://127.0.0.1:$MLFLOW_PORT
   DAGSTER_URL=http://127.0.0.1:$DAGSTER_PORT
   ROUTER_URL=http://127.0.0.1:$ROUTER_PORT
   MODEL_URI=models:/gmtrouter-$DATASET@champion
 }
+
+router_name() { if [ "$1" = 1 ]; then echo router; else echo "router-$1"; fi; }
+router_port() { if [ "$1" = 1 ]; then echo "$ROUTER_PORT"; else eval "echo \${ROUTER_PORT_$1}"; fi; }
+router_index() { case $1 in router) echo 1 ;; router-*) echo "${1#router-}" ;; esac; }
 
 write_env() {  # the client environment (and the services' own)
   umask 077
@@ -197,6 +237,10 @@ export GMTROUTER_PG_DAGSTER_DB=dagster
 export GMTROUTER_PG_MLFLOW_DB=mlflow
 export GMTROUTER_DAGSTER_URL='$DAGSTER_URL'
 export GMTROUTER_ROUTER_URL='$ROUTER_URL'
+export GMTROUTER_ROUTER_URLS='$ROUTER_URLS'
+export GMTROUTER_${DATASET^^}_FEEDBACK_LOG='$FEEDBACK_URL'
+export GMTROUTER_EXECUTOR=${GMTROUTER_EXECUTOR:-in_process}
+export GMTROUTER_CELERY_BROKER='$CELERY_BROKER'
 export GMTROUTER_SERVE_MODEL='$MODEL_URI'
 case ":\$PATH:" in *":$VENV/bin:"*) ;; *) export PATH='$VENV/bin':"\$PATH" ;; esac  # dagster, mlflow, gmtrouter
 EOF
@@ -306,7 +350,12 @@ up_postgres() {
     done
     touch "$DIR/pg/.provisioned"
   fi
-  say "postgres on 127.0.0.1:$PG_PORT (databases dagster, mlflow; logs $LOGS/postgres.log)"
+  # the routers' shared feedback store (each `up`: a deployment made before it existed gets it too)
+  if [ -z "$(as_pg "$PG_BIN/psql" -X -tA -h "$DIR/pg/socket" -p "$PG_PORT" -U postgres -d postgres \
+             -c "SELECT 1 FROM pg_database WHERE datname = '$FEEDBACK_DB'")" ]; then
+    pg_psql "CREATE DATABASE $FEEDBACK_DB OWNER $PG_USER"
+  fi
+  say "postgres on 127.0.0.1:$PG_PORT (databases dagster, mlflow, $FEEDBACK_DB; logs $LOGS/postgres.log)"
 }
 
 down_postgres() {
@@ -366,31 +415,64 @@ champion_exists() {
     > /dev/null 2>&1
 }
 
-write_router_config() {
-  cat > "$DIR/router.yaml.tmp" <<EOF
-# Router settings of the service deployment (scripts/services.sh). The model served is
+write_router_config() {  # NAME: the replica's router YAML (mode 600: the store URL holds the password)
+  local name=$1 home=$DIR/routers/$1
+  mkdir -p "$home"
+  umask 077
+  cat > "$home/router.yaml.tmp" <<EOF
+# Router settings of the service deployment (scripts/services.sh), replica $name. The model served is
 # --model $MODEL_URI (from the tracking server); checkpoint (the pipeline's local copy of the
-# champion) is what \`gmtrouter serve --config\` alone would load.
+# champion) is what \`gmtrouter serve --config\` alone would load.  Feedback goes to the PostgreSQL store
+# that every replica, the feedback sensor and the training merge share.
 router:
   checkpoint: $GMTROUTER_HOME/routers/$DATASET/current
   device: cpu
   threads: 1
-  feedback_log: $GMTROUTER_HOME/feedback/$DATASET.sqlite
+  feedback_log: $FEEDBACK_URL
+  feedback_sync_interval: ${GMTROUTER_FEEDBACK_SYNC_INTERVAL:-1}
 endpoints: {}
 EOF
-  mv -f "$DIR/router.yaml.tmp" "$DIR/router.yaml"
+  mv -f "$home/router.yaml.tmp" "$home/router.yaml"
+  umask 022
 }
 
-up_router() {
-  if pid_of router >/dev/null; then say "router already running at $ROUTER_URL"; return 0; fi
-  write_router_config
-  mkdir -p "$GMTROUTER_HOME/feedback"
+up_router() {  # every replica that is not running: all started first, then each waited for
+  local i name url started=()
+  for ((i = 1; i <= REPLICAS; i++)); do
+    name=$(router_name "$i")
+    if pid_of "$name" >/dev/null; then
+      say "$name already running at http://127.0.0.1:$(router_port "$i")"
+    else
+      launch_router "$i"
+      started+=("$i")
+    fi
+  done
+  for i in "${started[@]}"; do
+    name=$(router_name "$i")
+    url=http://127.0.0.1:$(router_port "$i")
+    if champion_exists; then
+      wait_until 180 "$name" http "$url/health" \
+        || die "$name did not answer at $url/health within 180 s; see $LOGS/$name.log"
+      say "$name at $url serving $MODEL_URI (checks for a new champion every $RELOAD s)"
+    else
+      say "$name waits for a first $MODEL_URI (run the train_$DATASET job); it will listen on $url"
+    fi
+  done
+}
+
+launch_router() {  # I: start replica I (router, router-2, ...) with its own home and port
+  local name port home
+  name=$(router_name "$1")
+  port=$(router_port "$1")
+  home=$DIR/routers/$name
+  write_router_config "$name"
   (
     service_env
-    cd "$REPO"
+    export GMTROUTER_HOME=$home  # its own home: nothing but PostgreSQL and the registry is shared
+    cd "$home"
     # waits (in the background) for a first champion, then becomes the server; --reload-interval follows
     # the alias from then on, re-applying the feedback logged since the new model's training data was cut
-    launch router bash -c '
+    launch "$name" bash -c '
       py=$1 name=$2 alias=$3; shift 3
       until "$py" -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=20)" \
               "$MLFLOW_TRACKING_URI/api/2.0/mlflow/registered-models/alias?name=$name&alias=$alias" \
@@ -398,23 +480,125 @@ up_router() {
         echo "waiting for models:/$name@$alias in $MLFLOW_TRACKING_URI"; sleep 3
       done
       exec "$@"' router-wait "$PY" "gmtrouter-$DATASET" champion \
-      "$VENV/bin/gmtrouter" serve --config "$DIR/router.yaml" --model "$MODEL_URI" \
-      --reload-interval "$RELOAD" --host 127.0.0.1 --port "$ROUTER_PORT"
+      "$VENV/bin/gmtrouter" serve --config "$home/router.yaml" --model "$MODEL_URI" \
+      --reload-interval "$RELOAD" --host 127.0.0.1 --port "$port"
   )
-  if champion_exists; then
-    wait_until 180 "router" http "$ROUTER_URL/health" \
-      || die "router did not answer at $ROUTER_URL/health within 180 s; see $LOGS/router.log"
-    say "router at $ROUTER_URL serving $MODEL_URI (checks for a new champion every $RELOAD s)"
-  else
-    say "router waits for a first $MODEL_URI (run the train_$DATASET job); it will listen on $ROUTER_URL"
-  fi
+}
+
+down_routers() {  # every replica that is running, also those beyond the current GMTROUTER_ROUTER_REPLICAS
+  local f name
+  for f in "$PIDS"/router.pid "$PIDS"/router-*.pid; do
+    [ -e "$f" ] || continue
+    name=$(basename "$f" .pid)
+    stop_group "$name"
+  done
 }
 
 down_service() {  # SERVICE
   case $1 in
     postgres) down_postgres ;;
+    router) down_routers ;;
+    celery-worker) down_celery_workers ;;
     *) stop_group "$1" ;;
   esac
+}
+
+# ------------------------------------------------------------------ Redis and the Celery workers (GMTROUTER_EXECUTOR=celery)
+CELERY_WORKERS=2
+REDIS_BIN=""
+install_redis() {  # Debian's redis-server (installed with apt-get when missing and running as root)
+  REDIS_BIN=$(command -v redis-server 2>/dev/null || true)
+  [ -n "$REDIS_BIN" ] && return 0
+  if [ "$(id -u)" != "0" ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "services: Redis is not installed (no redis-server): install the Debian package redis-server" >&2
+    exit $EXIT_NO_POSTGRES
+  fi
+  say "installing Redis (Debian package redis-server) with apt-get"
+  if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; } \
+        >> "$LOGS/apt.log" 2>&1; then
+    echo "services: Redis is not installed and apt-get could not install it (see $LOGS/apt.log)" >&2
+    exit $EXIT_NO_POSTGRES
+  fi
+  REDIS_BIN=$(command -v redis-server) || { echo "services: no redis-server after apt-get" >&2; exit $EXIT_NO_POSTGRES; }
+}
+
+redis_ping() {
+  "$PY" -c 'import sys, redis; sys.exit(0 if redis.Redis.from_url(sys.argv[1], socket_timeout=5).ping() else 1)' \
+    "$CELERY_BROKER"
+}
+
+up_redis() {
+  if pid_of redis >/dev/null; then say "redis already running on 127.0.0.1:$REDIS_PORT"; return 0; fi
+  install_redis
+  mkdir -p "$DIR/redis"
+  umask 077
+  # the password stays out of the command line: a config file of mode 600
+  cat > "$DIR/redis/redis.conf.tmp" <<EOF
+bind 127.0.0.1
+port $REDIS_PORT
+protected-mode yes
+requirepass $PG_PASSWORD
+dir $DIR/redis
+save ""
+appendonly no
+daemonize no
+EOF
+  mv -f "$DIR/redis/redis.conf.tmp" "$DIR/redis/redis.conf"
+  umask 022
+  launch redis "$REDIS_BIN" "$DIR/redis/redis.conf"
+  wait_until 60 redis redis_ping || die "redis did not answer on 127.0.0.1:$REDIS_PORT; see $LOGS/redis.log"
+  say "redis on 127.0.0.1:$REDIS_PORT (the Celery broker and result backend)"
+}
+
+write_celery_config() {  # the module dagster_celery.app reads (broker and backend), mode 600
+  mkdir -p "$DIR/celery"
+  umask 077
+  cat > "$DIR/celery/dagster_celery_config.py.tmp" <<EOF
+# written by scripts/services.sh: the Celery settings of the deployment's workers (dagster_celery.app)
+broker_url = '$CELERY_BROKER'
+result_backend = '$CELERY_BROKER'
+worker_prefetch_multiplier = 1
+task_acks_late = False
+broker_connection_retry_on_startup = True
+EOF
+  mv -f "$DIR/celery/dagster_celery_config.py.tmp" "$DIR/celery/dagster_celery_config.py"
+  umask 022
+}
+
+up_celery_worker() {  # CELERY_WORKERS workers, one step at a time each
+  local i name
+  write_celery_config
+  for ((i = 1; i <= CELERY_WORKERS; i++)); do
+    name=celery-worker-$i
+    if pid_of "$name" >/dev/null; then say "$name already running"; continue; fi
+    (
+      service_env
+      export PYTHONPATH="$DIR/celery:$REPO${PYTHONPATH:+:$PYTHONPATH}"
+      cd "$REPO"
+      launch "$name" "$VENV/bin/celery" -A dagster_celery.app worker --concurrency 1 --prefetch-multiplier 1 \
+        -Q dagster -n "$name@%h" --loglevel INFO
+    )
+  done
+  for ((i = 1; i <= CELERY_WORKERS; i++)); do
+    wait_until 120 "celery-worker-$i" worker_ping "celery-worker-$i" \
+      || die "celery-worker-$i did not answer within 120 s; see $LOGS/celery-worker-$i.log"
+  done
+  say "$CELERY_WORKERS Celery workers on $(redact "$CELERY_BROKER") (queue dagster)"
+}
+
+worker_ping() {  # NAME: the worker answers a Celery ping
+  ( export PYTHONPATH="$DIR/celery:$REPO"; cd "$REPO"
+    "$VENV/bin/celery" -A dagster_celery.app inspect ping -t 5 -d "$1@$(hostname)" >/dev/null 2>&1 )
+}
+
+redact() { echo "${1/:$PG_PASSWORD@/:***@}"; }
+
+down_celery_workers() {
+  local f
+  for f in "$PIDS"/celery-worker-*.pid; do
+    [ -e "$f" ] || continue
+    stop_group "$(basename "$f" .pid)"
+  done
 }
 
 # ------------------------------------------------------------------ status
@@ -433,6 +617,10 @@ check() {  # SERVICE -> 0 when it answers; prints one line
       # the backend store answers too (Default experiment lookup goes to PostgreSQL)
       http "$MLFLOW_URL/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default" >/dev/null 2>&1 \
         || { echo "$svc: pid $pid, $MLFLOW_URL answers but its backend store does not"; return 1; } ;;
+    redis)
+      redis_ping || { echo "$svc: pid $pid, no answer on 127.0.0.1:$REDIS_PORT"; return 1; } ;;
+    celery-worker-*)
+      worker_ping "$svc" || { echo "$svc: pid $pid, no answer to a Celery ping"; return 1; } ;;
     dagster-webserver)
       http "$DAGSTER_URL/server_info" >/dev/null 2>&1 \
         || { echo "$svc: pid $pid, no answer at $DAGSTER_URL"; return 1; } ;;
@@ -447,12 +635,13 @@ st = json.loads(sys.argv[1])["data"]["instance"]["daemonHealth"]["allDaemonStatu
 bad = [s["daemonType"] for s in st if s["required"] and not s["healthy"]]
 sys.exit(1 if bad or not st else 0)' "$out" \
         || { echo "$svc: pid $pid, heartbeats missing: $out"; return 1; } ;;
-    router)
-      local h
-      h=$(http "$ROUTER_URL/health" 2>/dev/null) \
-        || { if champion_exists; then echo "$svc: pid $pid, no answer at $ROUTER_URL/health";
+    router|router-*)
+      local h url
+      url=http://127.0.0.1:$(router_port "$(router_index "$svc")")
+      h=$(http "$url/health" 2>/dev/null) \
+        || { if champion_exists; then echo "$svc: pid $pid, no answer at $url/health";
              else echo "$svc: pid $pid, waiting for a first $MODEL_URI"; fi; return 1; }
-      echo "$svc: pid $pid, $ROUTER_URL $h"
+      echo "$svc: pid $pid, $url $h"
       return 0 ;;
   esac
   echo "$svc: pid $pid, ok"
@@ -470,7 +659,11 @@ if [ $# -gt 0 ]; then
     case " $* " in *" $s "*) services+=("$s") ;; esac
   done
 else
-  services=("${ALL_SERVICES[@]}")
+  services=()
+  for s in "${ALL_SERVICES[@]}"; do
+    case $CELERY_SERVICES in *" $s "*) [ "$cmd" = down ] || [ "${GMTROUTER_EXECUTOR:-}" = celery ] || continue ;; esac
+    services+=("$s")
+  done
 fi
 
 case $cmd in
@@ -486,6 +679,8 @@ case $cmd in
         dagster-daemon) up_dagster_daemon ;;
         dagster-webserver) up_dagster_webserver ;;
         router) up_router ;;
+        redis) up_redis ;;
+        celery-worker) up_celery_worker ;;
       esac
     done
     say "client environment: source $ENVFILE"
@@ -505,7 +700,15 @@ case $cmd in
     [ -f "$STATE" ] || { echo "no services in $DIR (bash scripts/services.sh up)"; exit 1; }
     load_state
     rc=0
-    for s in "${services[@]}"; do check "$s" || rc=1; done
+    for s in "${services[@]}"; do
+      if [ "$s" = router ]; then
+        for r in "${ROUTERS[@]}"; do check "$r" || rc=1; done
+      elif [ "$s" = celery-worker ]; then
+        for ((i = 1; i <= CELERY_WORKERS; i++)); do check "celery-worker-$i" || rc=1; done
+      else
+        check "$s" || rc=1
+      fi
+    done
     exit $rc
     ;;
   env)

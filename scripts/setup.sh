@@ -37,6 +37,23 @@ if [ "${GMTROUTER_SKIP_BROWSER:-0}" != "1" ] && ! command -v chromedriver >/dev/
     echo "[setup] chromium/chromedriver not found; the browser test will be skipped" >&2
   fi
 fi
+# PostgreSQL and Redis (Debian packages; need root) for the tests of the feedback store in PostgreSQL, the router
+# fleet and the Celery workers (scripts/services.sh installs them too when it starts them). No default cluster:
+# services.sh and the tests run clusters of their own.
+if [ "${GMTROUTER_SKIP_SERVICES_PACKAGES:-0}" != "1" ] \
+   && { ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v redis-server >/dev/null 2>&1; }; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[setup] installing Debian postgresql + redis-server for the services tests"
+    if [ ! -e /etc/postgresql-common/createcluster.conf ]; then
+      mkdir -p /etc/postgresql-common
+      echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.conf
+    fi
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o Dpkg::Options::=--force-confold \
+       postgresql redis-server >/dev/null) || echo "[setup] could not install postgresql/redis-server; their tests will be skipped" >&2
+  else
+    echo "[setup] PostgreSQL or Redis not found; the tests that need them will be skipped" >&2
+  fi
+fi
 # The activated venv carries the project's environment: the literal `dagster job execute -j train_demo`
 # (Dagster's CLI reads every option from DAGSTER_CLI_<COMMAND>_<SUBCOMMAND>_<OPTION>), the local Dagster
 # instance, and the MLflow store that the docs' `mlflow.pyfunc.load_model("models:/...")` reads.

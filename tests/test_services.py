@@ -258,8 +258,8 @@ def test_script_without_postgresql_or_services(tmp_path: Path) -> None:
     assert st.returncode == 1 and "postgres: not running" in st.stdout
     down = _services(env, "down", timeout=60)
     assert down.returncode == 0, down.stderr
-    bad = _services(env, "up", "redis", timeout=60)
-    assert bad.returncode == 1 and "unknown service 'redis'" in bad.stderr
+    bad = _services(env, "up", "nosuch", timeout=60)
+    assert bad.returncode == 1 and "unknown service 'nosuch'" in bad.stderr
     assert not _processes_under(tmp_path)
 
 
@@ -356,7 +356,7 @@ def test_schedule_tick_runs_through_the_daemon_and_the_router_serves_the_first_c
 @pytest.mark.slow
 def test_feedback_retrains_promotes_and_the_router_reloads(deployment) -> None:
     from gmt_model.data.demo import LLMS
-    from gmt_model.serving.feedback import FeedbackLog
+    from gmt_model.serving.feedback import open_feedback_store
 
     d = deployment
     probe = ("user_0001", "Write a limerick about a database migration")
@@ -371,8 +371,8 @@ def test_feedback_retrains_promotes_and_the_router_reloads(deployment) -> None:
             assert r.status_code == 200, r.text
             ids.append(r.json()["feedback_id"])
     assert len(ids) == MIN_FEEDBACK and all(isinstance(i, int) for i in ids)
-    log_path = Path(d.env["GMTROUTER_HOME"]) / "feedback" / "demo.sqlite"
-    with FeedbackLog(log_path) as log:  # durable: another process reads the rows back
+    # the deployment's feedback store is PostgreSQL (the replicas', the sensor's and the training merge's)
+    with open_feedback_store(d.client_env["GMTROUTER_DEMO_FEEDBACK_LOG"]) as log:  # durable: read back here
         rows = log.read(0)
     assert [r.id for r in rows] == ids and {r.user_id for r in rows} == {"user_0001", "user_0002"}
     run = _wait("the feedback sensor's run", lambda: d.finished_run("gmtrouter/trigger", "feedback"), 400, every=3)

@@ -153,6 +153,13 @@ def _resolve(base: Path, p: str | None) -> str | None:
     return str(q if q.is_absolute() else (base / q))
 
 
+def _resolve_store(base: Path, p: str | None) -> str | None:
+    """A feedback store: a ``postgresql://`` URL as it is, else a SQLite path (relative to ``base``)."""
+    if isinstance(p, str) and p.strip().lower().startswith(("postgresql://", "postgres://")):
+        return p.strip()
+    return _resolve(base, p)
+
+
 def load_train_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
                       *, relative_to: str | Path | None = None) -> TrainConfig:
     """Read a seed-style training YAML.
@@ -296,7 +303,7 @@ def load_router_config(path: str | Path, *, relative_to: str | Path | None = Non
         candidates=router.get("candidates"),
         encoder=router.get("encoder"),
         device=router.get("device"),
-        feedback_log=_resolve(base, router.get("feedback_log")),
+        feedback_log=_resolve_store(base, router.get("feedback_log")),
         endpoints=endpoints,
         history_turns=int(router.get("history_turns", 8)),
         threads=int(router["threads"]) if router.get("threads") is not None else None,

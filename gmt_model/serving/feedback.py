@@ -1,21 +1,32 @@
-"""Durable, append-only feedback log (SQLite, WAL mode, many writer processes).
+"""Durable, append-only feedback store: one interface, two back ends.
 
 Every rating a user gives (``user_id``, ``query``, ``model``, ``rating`` plus
-optional ``session_id``, ``turn`` and ``query_id``) is appended to one SQLite
-table.  The log is the hand-off between the live router and the next
-retraining run: readers page through it with ``read(since_id=...)`` and
-remember ``max_id()``.
+optional ``session_id``, ``turn`` and ``query_id``) is appended to one table.
+The store is the hand-off between the live routers and the next retraining
+run: readers page through it with ``read(since_id=...)`` and remember
+``max_id()``; a router that loads users on first use reads one user's rows
+with ``read_user``.  LLM-pool changes (``append_llm_event`` /
+``read_llm_events``) live next to the ratings.
 
-Guarantees:
+Back ends (:func:`open_feedback_store` picks one from the target):
 
-* one transaction per ``append`` (``BEGIN IMMEDIATE`` ... ``COMMIT``): a record
-  is either stored completely or not at all;
-* WAL journal mode and a busy timeout, so many processes (and threads) can
-  append to the same file at once and readers never block writers;
+* :class:`FeedbackLog` -- one SQLite file (WAL mode, many writer processes on
+  one machine).  The embedded default: ``router.feedback_log: ./feedback.sqlite``.
+* :class:`PostgresFeedbackStore` -- a PostgreSQL database, for several
+  machines or a fleet of router replicas: the target is a ``postgresql://``
+  (or ``postgres://``) URL.  Replicas never share a file.
+
+Guarantees (both back ends):
+
+* one transaction per ``append`` / ``append_many``: a record is either stored
+  completely or not at all, and it is durable when the call returns;
 * validation before anything is written: a bad record raises ``ValueError``
   naming the field and nothing is stored;
-* ids are strictly increasing in commit order (``AUTOINCREMENT``: an id is
-  never reused, even after deletes by an operator).
+* ids are strictly increasing in commit order, so a reader that has seen id
+  ``n`` never later finds a new row with an id ``<= n`` (SQLite: one writer at
+  a time; PostgreSQL: appends take one transaction-level advisory lock before
+  they draw their ids, so ids are drawn and committed in the same order).
+  Ids may have gaps (a rolled-back append's id is not reused).
 """
 
 from __future__ import annotations
@@ -35,8 +46,15 @@ from gmt_model.method.schema import C_USER_ID, F_MODEL, F_QUERY, F_RATING, F_TUR
 
 __all__ = [
     "FeedbackRecord",
+    "FeedbackStore",
     "FeedbackLog",
     "FeedbackLogUnavailable",
+    "PostgresFeedbackStore",
+    "FeedbackStoreError",
+    "open_feedback_store",
+    "is_store_url",
+    "redact_url",
+    "LLM_EVENT_COLUMNS",
     "FEEDBACK_TABLE",
     "COL_ID",
     "COL_TS",
@@ -67,6 +85,10 @@ FEEDBACK_COLUMNS: tuple[str, ...] = (
     F_RATING,
 )
 
+#: Columns of the LLM-pool change events (``read_llm_events`` returns dicts with these keys).
+LLM_EVENT_COLUMNS: tuple[str, ...] = ("id", "ts", "op", "name", "description", "cost", "endpoint")
+LLM_EVENTS_TABLE = "llm_events"
+
 _BUSY_TIMEOUT_MS = 30_000
 
 _CREATE_SQL = f"""
@@ -84,7 +106,6 @@ CREATE TABLE IF NOT EXISTS {FEEDBACK_TABLE} (
 """
 
 #: SQLite table of LLM pool changes (``FeedbackLog.append_llm_event``)
-LLM_EVENTS_TABLE = "llm_events"
 LLM_EVENT_OPS = ("add", "update", "remove")
 _CREATE_LLM_EVENTS_SQL = f"""
 CREATE TABLE IF NOT EXISTS {LLM_EVENTS_TABLE} (
@@ -178,7 +199,134 @@ def _opt_turn(value: Any) -> int | None:
     return int(value)
 
 
-class FeedbackLog:
+class FeedbackStoreError(OSError):
+    """The store cannot be reached or opened (the message names it, password redacted)."""
+
+
+def _record_values(row: dict[str, Any], ts_now: float) -> tuple[Any, ...]:
+    """Validated column values (``FEEDBACK_COLUMNS[1:]``) of one record given as ``append`` keywords."""
+    return (
+        ts_now if row.get("ts") is None else _finite(COL_TS, row["ts"]),
+        _req_str(C_USER_ID, row.get("user_id")),
+        _opt_str(COL_SESSION_ID, row.get("session_id")),
+        _opt_turn(row.get("turn")),
+        _opt_str(COL_QUERY_ID, row.get("query_id")),
+        _req_str(F_QUERY, row.get("query")),
+        _req_str(F_MODEL, row.get("model")),
+        _finite(F_RATING, row.get("rating")),
+    )
+
+
+def _llm_event_values(op: Any, name: Any, description: Any, cost: Any, endpoint: Any) -> tuple[Any, ...]:
+    return (time.time(), _req_str("op", op), _req_str("name", name), _opt_str("description", description),
+            None if cost is None else _finite("cost", cost), _opt_str("endpoint", endpoint))
+
+
+class FeedbackStore:
+    """The feedback store interface (see the module docstring); :class:`FeedbackLog` (SQLite) and
+    :class:`PostgresFeedbackStore` implement it.  ``open_feedback_store(target)`` opens one."""
+
+    #: a short description for messages (a path, or a URL without its password)
+    location: str = ""
+    #: whether a router reads each user's rows on first use (``read_user``) instead of replaying the whole
+    #: store at start: True where per-user reads are indexed and the store is shared by replicas (PostgreSQL)
+    lazy_users: bool = False
+
+    # writing
+    def append(self, user_id: str, query: str, model: str, rating: float, session_id: str | None = None,
+               turn: int | None = None, query_id: str | None = None, ts: float | None = None) -> int:
+        """Validate and store one record in its own transaction; return its id.
+
+        Raises ``ValueError`` naming the offending field; nothing is stored then."""
+        return self.append_many([dict(user_id=user_id, query=query, model=model, rating=rating,
+                                      session_id=session_id, turn=turn, query_id=query_id, ts=ts)])[0]
+
+    def append_many(self, rows: list[dict[str, Any]]) -> list[int]:
+        """Store several records in ONE transaction (all or none); return their ids.
+
+        Each row: the keyword arguments of :meth:`append`.  A pairwise
+        preference is two rows sharing a ``query_id``."""
+        raise NotImplementedError
+
+    def append_llm_event(self, op: str, name: str, description: str | None = None, cost: float | None = None,
+                         endpoint: str | None = None) -> int:
+        """Store one LLM-pool change (``op``: what happened to LLM ``name``); return its id."""
+        raise NotImplementedError
+
+    # reading
+    def read(self, since_id: int = 0, limit: int | None = None) -> list[FeedbackRecord]:
+        """Records with ``id > since_id`` in id order (at most ``limit`` of them)."""
+        raise NotImplementedError
+
+    def read_user(self, user_id: str, since_id: int = 0, through_id: int | None = None) -> list[FeedbackRecord]:
+        """One user's records with ``since_id < id <= through_id`` (no upper bound: None), in id order."""
+        raise NotImplementedError
+
+    def read_llm_events(self, since_id: int = 0) -> list[dict]:
+        """LLM-pool changes with ``id > since_id`` in id order (dicts keyed by ``LLM_EVENT_COLUMNS``)."""
+        raise NotImplementedError
+
+    def count(self, since_id: int = 0) -> int:
+        """Number of records with ``id > since_id``."""
+        raise NotImplementedError
+
+    def max_id(self) -> int:
+        """Largest stored id (0 when the store is empty)."""
+        raise NotImplementedError
+
+    def to_records(self, since_id: int = 0) -> list[dict[str, Any]]:
+        """All records (``id > since_id``) as plain dicts, in id order."""
+        return [r.to_dict() for r in self.read(since_id)]
+
+    def export_parquet(self, path: str | os.PathLike[str], since_id: int = 0) -> int:
+        """Write the log (``id > since_id``) to a Parquet file atomically; return the row count."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        records = self.read(since_id)
+        schema = pa.schema(
+            [
+                pa.field(COL_ID, pa.int64(), nullable=False),
+                pa.field(COL_TS, pa.float64(), nullable=False),
+                pa.field(C_USER_ID, pa.string(), nullable=False),
+                pa.field(COL_SESSION_ID, pa.string()),
+                pa.field(F_TURN, pa.int64()),
+                pa.field(COL_QUERY_ID, pa.string()),
+                pa.field(F_QUERY, pa.string(), nullable=False),
+                pa.field(F_MODEL, pa.string(), nullable=False),
+                pa.field(F_RATING, pa.float64(), nullable=False),
+            ]
+        )
+        columns = {name: [getattr(r, name) for r in records] for name in FEEDBACK_COLUMNS}
+        table = pa.table(columns, schema=schema)
+        with atomic_path(path, fsync=False) as tmp:
+            pq.write_table(table, tmp)
+        return table.num_rows
+
+    # lifecycle
+    def close(self) -> None:
+        """Close this process's connection (it is reopened on next use)."""
+
+    def __enter__(self) -> "FeedbackStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @staticmethod
+    def _check_since(since_id: int, name: str = "since_id") -> int:
+        if isinstance(since_id, bool) or not isinstance(since_id, int) or since_id < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {since_id!r}")
+        return since_id
+
+    @staticmethod
+    def _check_limit(limit: int | None) -> int | None:
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise ValueError(f"limit must be a non-negative integer or None, got {limit!r}")
+        return limit
+
+
+class FeedbackLog(FeedbackStore):
     """Append-only feedback log in one SQLite file.
 
     Safe to share between threads of one process (one connection behind a
@@ -194,6 +342,7 @@ class FeedbackLog:
             raise ValueError(f"feedback log path {str(p)!r} is a directory")
         p.parent.mkdir(parents=True, exist_ok=True)
         self.path = p
+        self.location = str(p)
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._pid = -1
@@ -332,6 +481,18 @@ class FeedbackLog:
             rows = self._connection().execute(sql, params).fetchall()
         return [self._row(r) for r in rows]
 
+    def read_user(self, user_id: str, since_id: int = 0, through_id: int | None = None) -> list[FeedbackRecord]:
+        """One user's records with ``since_id < id <= through_id`` (None: no upper bound), in id order."""
+        since = self._check_since(since_id)
+        sql = f"SELECT {_SELECT_COLS} FROM {FEEDBACK_TABLE} WHERE {C_USER_ID} = ? AND {COL_ID} > ?"
+        params: tuple[Any, ...] = (user_id, since)
+        if through_id is not None:
+            sql += f" AND {COL_ID} <= ?"
+            params += (self._check_since(through_id, "through_id"),)
+        with self._lock:
+            rows = self._connection().execute(sql + f" ORDER BY {COL_ID}", params).fetchall()
+        return [self._row(r) for r in rows]
+
     def count(self, since_id: int = 0) -> int:
         """Number of records with ``id > since_id``."""
         since = self._check_since(since_id)
@@ -448,8 +609,250 @@ class FeedbackLog:
     def __repr__(self) -> str:
         return f"FeedbackLog({str(self.path)!r})"
 
+
+
+# ---------------------------------------------------------------------- PostgreSQL
+_PG_SCHEMES = ("postgresql://", "postgres://")
+#: the advisory-lock keys of the store (one for appends, one for creating the tables)
+_PG_APPEND_LOCK = 0x676D_7466_6200  # "gmtfb"
+_PG_DDL_LOCK = 0x676D_7466_6201
+
+
+def is_store_url(target: Any) -> bool:
+    """True when ``target`` names a PostgreSQL store (a ``postgresql://`` or ``postgres://`` URL)."""
+    return isinstance(target, str) and target.strip().lower().startswith(_PG_SCHEMES)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for messages and logs)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = netloc[0].split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+
+
+def open_feedback_store(target: "str | os.PathLike[str] | FeedbackStore") -> FeedbackStore:
+    """The store ``target`` names: a ``postgresql://`` URL opens :class:`PostgresFeedbackStore`,
+    anything else is a SQLite file path (:class:`FeedbackLog`); a store is returned as it is."""
+    if isinstance(target, FeedbackStore):
+        return target
+    if is_store_url(target):
+        return PostgresFeedbackStore(str(target))
+    return FeedbackLog(target)
+
+
+def store_exists(target: "str | os.PathLike[str]") -> bool:
+    """Whether there is anything to read at ``target``: a SQLite file that exists, or any PostgreSQL URL
+    (the database itself is checked when the store is opened)."""
+    return is_store_url(target) or Path(target).is_file()
+
+
+_PG_CREATE = [
+    f"""CREATE TABLE IF NOT EXISTS {FEEDBACK_TABLE} (
+    {COL_ID} BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+    {COL_TS} DOUBLE PRECISION NOT NULL,
+    {C_USER_ID} TEXT NOT NULL CHECK (length({C_USER_ID}) > 0),
+    {COL_SESSION_ID} TEXT,
+    {F_TURN} INTEGER,
+    {COL_QUERY_ID} TEXT,
+    {F_QUERY} TEXT NOT NULL CHECK (length({F_QUERY}) > 0),
+    {F_MODEL} TEXT NOT NULL CHECK (length({F_MODEL}) > 0),
+    {F_RATING} DOUBLE PRECISION NOT NULL
+)""",
+    f"CREATE INDEX IF NOT EXISTS {FEEDBACK_TABLE}_{C_USER_ID}_{COL_ID} ON {FEEDBACK_TABLE} ({C_USER_ID}, {COL_ID})",
+    f"""CREATE TABLE IF NOT EXISTS {LLM_EVENTS_TABLE} (
+    id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+    ts DOUBLE PRECISION NOT NULL,
+    op TEXT NOT NULL CHECK (length(op) > 0),
+    name TEXT NOT NULL CHECK (length(name) > 0),
+    description TEXT,
+    cost DOUBLE PRECISION,
+    endpoint TEXT
+)""",
+]
+_PG_INSERT = (f"INSERT INTO {FEEDBACK_TABLE} ({', '.join(FEEDBACK_COLUMNS[1:])}) "
+              f"VALUES ({', '.join('%s' for _ in FEEDBACK_COLUMNS[1:])}) RETURNING {COL_ID}")
+_PG_INSERT_EVENT = (f"INSERT INTO {LLM_EVENTS_TABLE} ({', '.join(LLM_EVENT_COLUMNS[1:])}) "
+                    f"VALUES ({', '.join('%s' for _ in LLM_EVENT_COLUMNS[1:])}) RETURNING id")
+
+
+class PostgresFeedbackStore(FeedbackStore):
+    """The feedback store in a PostgreSQL database (tables ``feedback`` and ``llm_events``, created on
+    first use), for routers on several machines or a fleet of replicas; ``url`` is a libpq URL,
+    ``postgresql://user:password@host:port/database``.
+
+    Each process (after ``fork`` too) and each store opens its own connection, shared by the threads of
+    that process behind a lock; a broken connection (a restarted server) is reopened on the next call.
+    Appends commit synchronously (PostgreSQL's default ``synchronous_commit``), so an acknowledged
+    record survives the crash of any router.  Reads use an index on ``(user_id, id)`` for
+    :meth:`read_user`.  Uses psycopg2 (``psycopg2-binary``, a pinned dependency), imported on first use."""
+
+    lazy_users = True
+
+    def __init__(self, url: str, *, connect_timeout: float = 10.0) -> None:
+        if not is_store_url(url):
+            raise ValueError(f"not a PostgreSQL URL: {redact_url(str(url))!r} (expected postgresql://...)")
+        self.url = url.strip()
+        self.location = redact_url(self.url)
+        self._connect_timeout = max(1, int(connect_timeout))
+        self._lock = threading.Lock()
+        self._conn: Any = None
+        self._pid = -1
+        with self._lock:
+            self._run(self._create_tables, retry=True)
+
+    # ------------------------------------------------------------------ internals
+    def _connection(self) -> Any:
+        """The connection for this process (caller holds ``self._lock``)."""
+        if self._conn is None or self._pid != os.getpid() or self._conn.closed:
+            import psycopg2
+
+            if self._conn is not None and self._pid == os.getpid():
+                try:
+                    self._conn.close()
+                except Exception:  # noqa: BLE001 - already broken
+                    pass
+            try:
+                conn = psycopg2.connect(self.url, connect_timeout=self._connect_timeout,
+                                        application_name="gmtrouter-feedback")
+            except psycopg2.Error as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise FeedbackStoreError(f"feedback store {self.location}: cannot connect: {first}") from None
+            conn.autocommit = False
+            self._conn = conn
+            self._pid = os.getpid()
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None and self._pid == os.getpid():
+            try:
+                self._conn.close()
+            except Exception:  # noqa: BLE001
+                pass
+        self._conn = None
+
+    def _run(self, fn: Any, *, retry: bool) -> Any:
+        """``fn(cursor)`` in one transaction (caller holds the lock); committed on success, rolled back on
+        an error.  ``retry``: a read may run again once on a fresh connection when the old one broke
+        (a restarted server); an append never does (it may have committed)."""
+        import psycopg2
+
+        for attempt in (0, 1):
+            conn = self._connection()
+            try:
+                with conn.cursor() as cur:
+                    out = fn(cur)
+                conn.commit()
+                return out
+            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                self._drop_connection()
+                if not retry or attempt:
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    raise FeedbackStoreError(f"feedback store {self.location}: {first}") from None
+            except BaseException:
+                try:
+                    conn.rollback()
+                except Exception:  # noqa: BLE001
+                    self._drop_connection()
+                raise
+        raise AssertionError("unreachable")
+
     @staticmethod
-    def _check_since(since_id: int) -> int:
-        if isinstance(since_id, bool) or not isinstance(since_id, int) or since_id < 0:
-            raise ValueError(f"since_id must be a non-negative integer, got {since_id!r}")
-        return since_id
+    def _create_tables(cur: Any) -> None:
+        # several processes may create the tables at once: CREATE ... IF NOT EXISTS alone can race
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_DDL_LOCK,))
+        for sql in _PG_CREATE:
+            cur.execute(sql)
+
+    @staticmethod
+    def _rows(rows: list[tuple[Any, ...]]) -> list[FeedbackRecord]:
+        return [FeedbackRecord(int(r[0]), float(r[1]), r[2], r[3], None if r[4] is None else int(r[4]), r[5], r[6],
+                               r[7], float(r[8])) for r in rows]
+
+    # ------------------------------------------------------------------ writing
+    def append_many(self, rows: list[dict[str, Any]]) -> list[int]:
+        ts_now = time.time()
+        values = [_record_values(row, ts_now) for row in rows]
+        if not values:
+            return []
+
+        def insert(cur: Any) -> list[int]:
+            # ids drawn and committed in one order: every append holds this lock until its commit
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_APPEND_LOCK,))
+            ids = []
+            for v in values:
+                cur.execute(_PG_INSERT, v)
+                ids.append(int(cur.fetchone()[0]))
+            return ids
+
+        with self._lock:
+            return self._run(insert, retry=False)
+
+    def append_llm_event(self, op: str, name: str, description: str | None = None, cost: float | None = None,
+                         endpoint: str | None = None) -> int:
+        values = _llm_event_values(op, name, description, cost, endpoint)
+
+        def insert(cur: Any) -> int:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_APPEND_LOCK + 1,))
+            cur.execute(_PG_INSERT_EVENT, values)
+            return int(cur.fetchone()[0])
+
+        with self._lock:
+            return self._run(insert, retry=False)
+
+    # ------------------------------------------------------------------ reading
+    def _select(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        def q(cur: Any) -> list[tuple[Any, ...]]:
+            cur.execute(sql, params)
+            return cur.fetchall()
+
+        with self._lock:
+            return self._run(q, retry=True)
+
+    def read(self, since_id: int = 0, limit: int | None = None) -> list[FeedbackRecord]:
+        since = self._check_since(since_id)
+        lim = self._check_limit(limit)
+        sql = f"SELECT {_SELECT_COLS} FROM {FEEDBACK_TABLE} WHERE {COL_ID} > %s ORDER BY {COL_ID}"
+        params: tuple[Any, ...] = (since,)
+        if lim is not None:
+            sql += " LIMIT %s"
+            params += (lim,)
+        return self._rows(self._select(sql, params))
+
+    def read_user(self, user_id: str, since_id: int = 0, through_id: int | None = None) -> list[FeedbackRecord]:
+        since = self._check_since(since_id)
+        sql = f"SELECT {_SELECT_COLS} FROM {FEEDBACK_TABLE} WHERE {C_USER_ID} = %s AND {COL_ID} > %s"
+        params: tuple[Any, ...] = (user_id, since)
+        if through_id is not None:
+            sql += f" AND {COL_ID} <= %s"
+            params += (self._check_since(through_id, "through_id"),)
+        return self._rows(self._select(sql + f" ORDER BY {COL_ID}", params))
+
+    def read_llm_events(self, since_id: int = 0) -> list[dict]:
+        since = self._check_since(since_id)
+        rows = self._select(f"SELECT {', '.join(LLM_EVENT_COLUMNS)} FROM {LLM_EVENTS_TABLE} WHERE id > %s "
+                            "ORDER BY id", (since,))
+        return [dict(zip(LLM_EVENT_COLUMNS, (int(r[0]), float(r[1]), *r[2:]))) for r in rows]
+
+    def count(self, since_id: int = 0) -> int:
+        since = self._check_since(since_id)
+        return int(self._select(f"SELECT COUNT(*) FROM {FEEDBACK_TABLE} WHERE {COL_ID} > %s", (since,))[0][0])
+
+    def max_id(self) -> int:
+        (m,) = self._select(f"SELECT MAX({COL_ID}) FROM {FEEDBACK_TABLE}", ())[0]
+        return int(m) if m is not None else 0
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        with self._lock:
+            self._drop_connection()
+
+    def __repr__(self) -> str:
+        return f"PostgresFeedbackStore({self.location!r})"

@@ -27,6 +27,7 @@ router, or another process sharing the log, routes as this one.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -56,6 +57,8 @@ from gmt_model.serving.requests import (
 from gmt_model.serving.user_state import UserState
 
 __all__ = ["GMTRouter", "RoutingError"]
+
+log = logging.getLogger(__name__)
 
 #: texts embedded per encoder call before the lock is taken
 EMBED_CHUNK = 64
@@ -119,9 +122,9 @@ class GMTRouter:
         # durable feedback and pool events: replay what is newer than the training data, then follow others
         self.feedback_log = None
         if config.feedback_log:
-            from gmt_model.serving.feedback import FeedbackLog
+            from gmt_model.serving.feedback import open_feedback_store
 
-            self.feedback_log = FeedbackLog(config.feedback_log)
+            self.feedback_log = open_feedback_store(config.feedback_log)  # a SQLite path or a postgresql:// URL
         self.feedback_through_id = int(ck.meta.get("feedback_through_id", 0) or 0)
         self.state.synced_id = self.feedback_through_id
         self._llm_event_id = 0
@@ -131,7 +134,17 @@ class GMTRouter:
         if self.feedback_log is not None:
             self._sync_pool()  # every pool change, whatever the checkpoint (its LLMs' descriptions may have changed)
             self._record_config_pool()
-        if self.feedback_log is not None and config.replay_feedback:
+        # a store with per-user reads (PostgreSQL): no replay at start; a user's rows are read on first use
+        # (_ensure_loaded) and the sync follows only the users loaded so far
+        self._unmerged = {int(i) for i in (ck.meta.get("feedback_unmerged_ids") or [])
+                          if int(i) <= self.feedback_through_id}
+        self._loaded: set[str] | None = None
+        self._store_retry_at = 0.0
+        if (self.feedback_log is not None and config.replay_feedback
+                and getattr(self.feedback_log, "lazy_users", False)):
+            self._loaded = set()
+            self.state.synced_id = max(self.state.synced_id, self.feedback_log.max_id())
+        elif self.feedback_log is not None and config.replay_feedback:
             # rows the training data read but could not use (a single rating compares nothing) are history only:
             # replay them too
             unmerged = sorted(int(i) for i in (ck.meta.get("feedback_unmerged_ids") or [])
@@ -226,7 +239,7 @@ class GMTRouter:
         texts = [r.query_text for r in reqs]
         self._encode_missing(texts + [c[0] for r in reqs for c in r.context])
         with self._lock, torch.inference_mode():
-            self._maybe_sync()
+            self._refresh_for_routing([r.user_id for r in reqs])
             self.state.ensure_crowd()
             emb = self.embed(texts)
             uidx = [self.state.user_index.get(r.user_id, -1) for r in reqs]
@@ -430,6 +443,7 @@ class GMTRouter:
         req = RatingRequest.parse(self.checks, user_id, query, model, rating, session_id, turn)
         emb = self.embed([req.query])[0]
         with self._lock:
+            self._ensure_loaded([req.user_id])
             self._maybe_sync()
             ids = None
             if self.feedback_log is not None:
@@ -455,6 +469,7 @@ class GMTRouter:
         rows = [dict(user_id=req.user_id, query=req.query, model=m, rating=r, session_id=req.session_id,
                      turn=req.turn, query_id=key) for m, r in ((req.preferred, hi), (req.rejected, lo))]
         with self._lock:
+            self._ensure_loaded([req.user_id])
             self._maybe_sync()
             ids = None
             if self.feedback_log is not None:
@@ -481,10 +496,44 @@ class GMTRouter:
             return 0
         with self._lock:
             self._sync_pool()
-            return self.state.sync(self.feedback_log, self.embed)
+            return self.state.sync(self.feedback_log, self.embed, self._loaded)
+
+    def _ensure_loaded(self, user_ids: Sequence[str]) -> None:
+        """Read the stored rows of users this router has not loaded yet (lazy stores only): the rows newer
+        than the checkpoint's training data (and those it read but could not use) up to the sync point;
+        newer rows come with the sync.  The same set of rows as a replay at start, so routing agrees."""
+        if self._loaded is None:
+            return
+        new = [u for u in dict.fromkeys(user_ids) if u not in self._loaded]
+        if not new:
+            return
+        with self._lock:
+            since = min([self.feedback_through_id] + [i - 1 for i in self._unmerged])
+            for user in new:
+                if user in self._loaded:
+                    continue
+                rows = [r for r in self.feedback_log.read_user(user, since_id=since, through_id=self.state.synced_id)
+                        if r.id > self.feedback_through_id or r.id in self._unmerged]
+                self.replayed += self.state.apply_rows(rows, self.embed)
+                self._loaded.add(user)
+
+    def _refresh_for_routing(self, user_ids: Sequence[str]) -> None:
+        """Load new users and sync before routing; when the store cannot be reached (a PostgreSQL server
+        down), route with what this router holds, log it, and try again after ``feedback_sync_interval``
+        (a user that could not be loaded is loaded on a later call).  Feedback still fails then."""
+        if self.feedback_log is None or time.monotonic() < self._store_retry_at:
+            return
+        try:
+            self._ensure_loaded(user_ids)
+            self._maybe_sync()
+        except OSError as exc:  # FeedbackStoreError
+            self.state.last_sync = time.monotonic()
+            self._store_retry_at = self.state.last_sync + max(1.0, float(self.config.feedback_sync_interval))
+            log.warning("routing without the feedback store for now: %s", exc)
 
     # ------------------------------------------------------------ inspection
     def history_size(self, user_id: str) -> int:
+        self._ensure_loaded([user_id])
         return self.state.history_size(user_id)
 
     def history(self) -> History:
@@ -494,6 +543,7 @@ class GMTRouter:
 
     def posterior(self, user_id: str) -> Posterior | None:
         """The user's residual posterior (None for a user without rated history)."""
+        self._ensure_loaded([user_id])
         u = self.state.user_index.get(user_id)
         if u is None or not self.state.rows_of.count(u):
             return None

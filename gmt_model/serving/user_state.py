@@ -460,12 +460,14 @@ class UserState:
             self.apply(r.user_id, r.query, r.model, raw, r.session_id, r.query_id, emb[by_text[r.query]], order=r.id)
         return len(valid)
 
-    def sync(self, log: Any, embed: Callable[[list[str]], np.ndarray]) -> int:
+    def sync(self, log: Any, embed: Callable[[list[str]], np.ndarray], loaded: set[str] | None = None) -> int:
         """Apply the log rows appended (by any process) since the last sync, in id
-        order, skipping this router's own; returns how many were applied."""
+        order, skipping this router's own; returns how many were applied.  ``loaded``: with a store read per
+        user (PostgreSQL), only the rows of the users loaded so far (the others are read on first use)."""
         rows = log.read(since_id=self.synced_id)
         self.last_sync = time.monotonic()
-        applied = self.apply_rows([r for r in rows if r.id not in self.own_ids], embed)
+        applied = self.apply_rows([r for r in rows if r.id not in self.own_ids
+                                   and (loaded is None or r.user_id in loaded)], embed)
         if rows:
             self.synced_id = rows[-1].id
             self.own_ids = {i for i in self.own_ids if i > self.synced_id}

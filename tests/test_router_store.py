@@ -1,0 +1,93 @@
+"""Routers sharing a PostgreSQL feedback store (replicas): a replica starts without replaying the store,
+loads a user's rows on first use, follows the other replicas' rows by id, and routes like the replica that
+took the feedback.  Skipped only where PostgreSQL is not installed (CI installs it)."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+
+import numpy as np
+import pytest
+
+from gmt_model.method.checkpoint import update_meta
+from gmt_model.serving.router import GMTRouter
+from pg_cluster import PgCluster, pg_bin
+from test_personalization import DictEncoder, _feedback_script, _routes, make_router
+
+
+@pytest.fixture(scope="module")
+def pg():
+    if pg_bin() is None:
+        pytest.skip("PostgreSQL is not installed (CI installs it)")
+    with PgCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def url(pg):
+    return pg.create_db("rt_" + uuid.uuid4().hex[:10])
+
+
+def _same(xs, ys):
+    assert len(xs) == len(ys)
+    for x, y in zip(xs, ys):
+        assert x["history_size"] == y["history_size"] and x["model_name"] == y["model_name"]
+        np.testing.assert_allclose(list(x["scores"].values()), list(y["scores"].values()), atol=1e-5)
+
+
+def test_an_uncached_user_is_loaded_from_the_store(planted_models, planted_graph, url, tmp_path):
+    g = planted_graph
+    a = make_router(planted_models, g, url)
+    texts = _feedback_script(a, g)
+    users = [g.user_ids[1], "fresh", g.user_ids[2], "never-seen"]
+    before = _routes(a, texts, users)
+    b = make_router(planted_models, g, url)  # starts after the feedback
+    assert b.replayed == 0  # nothing read at start
+    _same(_routes(b, texts, users), before)  # ... but each user's rows on first use
+    assert b.replayed == 18 and b.history_size("fresh") == 16
+    # the same rows as a replay of a SQLite log would apply: training cut-off and unmerged ids respected
+    pers, _ = planted_models
+    ck = tmp_path / "ck"
+    shutil.copytree(pers.best_dir, ck)
+    update_meta(ck, {"feedback_through_id": 4})
+    partial = GMTRouter.from_checkpoint(ck, encoder=DictEncoder(g), feedback_log=url)
+    assert partial.history_size("fresh") == 14 and partial.replayed == 14
+    update_meta(ck, {"feedback_unmerged_ids": [1, 2]})
+    unmerged = GMTRouter.from_checkpoint(ck, encoder=DictEncoder(g), feedback_log=url)
+    assert unmerged.history_size(g.user_ids[1]) == partial.history_size(g.user_ids[1]) + 2
+
+
+def test_replicas_converge_through_the_store(planted_models, planted_graph, url):
+    g = planted_graph
+    a = make_router(planted_models, g, url, feedback_sync_interval=0)
+    b = make_router(planted_models, g, url, feedback_sync_interval=0)
+    users = [g.user_ids[1], "fresh", g.user_ids[2]]
+    texts = sorted(set(g.query_text))[:40]
+    _routes(b, texts, users)  # b has loaded these users (nothing stored yet): from now on it follows them by id
+    _feedback_script(a, g)
+    b.update_user_preference("fresh", texts[30], a.llms[1], a.llms[2])  # b's own, interleaved
+    _same(_routes(b, texts, users), _routes(a, texts, users))
+    assert b.history_size("fresh") == a.history_size("fresh") == 18
+    # a third replica that never saw these users agrees too (it loads them on first use)
+    c = make_router(planted_models, g, url, feedback_sync_interval=0)
+    _same(_routes(c, texts, users), _routes(a, texts, users))
+
+
+def test_routing_goes_on_while_the_store_is_down(planted_models, planted_graph, url, pg):
+    g = planted_graph
+    a = make_router(planted_models, g, url, feedback_sync_interval=0)
+    texts = _feedback_script(a, g)
+    b = make_router(planted_models, g, url, feedback_sync_interval=0)
+    b.route_single({"query_text": texts[0], "user_id": "fresh"})  # loaded
+    pg.stop()
+    try:
+        for user in ("fresh", g.user_ids[1], "someone-new"):  # loaded, not loaded, unknown: all answered
+            assert b.route_single({"query_text": texts[0], "user_id": user})["model_name"] in b.llms
+        assert b.history_size("fresh") == 16
+        with pytest.raises(OSError, match="feedback store"):  # feedback cannot be stored: refused, not lost
+            b.update_user_feedback("fresh", texts[1], b.llms[0], 1.0)
+    finally:
+        pg.start()
+    b._store_retry_at = 0.0  # (instead of waiting for the retry interval)
+    _same(_routes(b, texts, [g.user_ids[1], "fresh"]), _routes(a, texts, [g.user_ids[1], "fresh"]))
