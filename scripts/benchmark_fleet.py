@@ -36,7 +36,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
-from benchmark_router_scale import TableEncoder, build, peak_rss_mb, rss_mb, texts_table  # noqa: E402
+from benchmark_router_scale import HashVecEncoder, build, peak_rss_mb, rss_mb  # noqa: E402
 
 
 class Cluster:
@@ -121,8 +121,8 @@ def measure(ckpt: Path, url: str, users: int, n_texts: int, dim: int, samples: i
     from gmt_model.serving.router import GMTRouter
 
     torch.set_num_threads(1)
-    texts, emb = texts_table(n_texts, dim)
-    enc = TableEncoder(texts, emb)
+    texts = [f"synthetic query {i}" for i in range(n_texts)]  # the checkpoint's and the store's texts
+    enc = HashVecEncoder(dim)
     base = rss_mb()
     t0 = time.perf_counter()
     router = GMTRouter.from_checkpoint(ckpt, encoder=enc, threads=1, feedback_log=url, feedback_sync_interval=1.0)
@@ -181,7 +181,8 @@ def main(argv=None) -> int:
         url = cluster.__enter__() if cluster is not None else args.pg_url
         try:
             ckpt = Path(tmp) / "ck"
-            info = build(ckpt, args.ckpt_users, args.ckpt_rows, args.texts, args.llms, args.dim, args.seed)
+            info = build(ckpt, args.ckpt_users, args.ckpt_rows, args.texts, args.llms, args.dim, args.seed,
+                         share=None, text_dtype="float32", n_routed=0)
             say(f"checkpoint: {info['rows']} rows, {info['users']} users; filling the store")
             st = fill(url, args.users, args.rows, args.texts, args.llms, args.seed)
             say(f"store: {st['store_rows']} rows of {st['store_users']} users in {st['fill_s']:.0f} s "

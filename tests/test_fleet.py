@@ -89,8 +89,12 @@ class _Fleet:
                 from gmt_model.serving.registry import log_router_model
 
                 info = log_router_model(ckpt, registered_model_name=NAME)
-        finally:
-            mlflow.set_tracking_uri(old["MLFLOW_TRACKING_URI"] or "")
+        finally:  # undo all that set_tracking_uri / set_registry_uri leave behind (module state and env)
+            from mlflow.tracking._model_registry import utils as registry_utils
+            from mlflow.tracking._tracking_service import utils as tracking_utils
+
+            tracking_utils._tracking_uri = None
+            registry_utils._registry_uri = None
             for k, v in old.items():
                 if v is None:
                     os.environ.pop(k, None)

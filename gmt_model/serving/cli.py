@@ -339,6 +339,8 @@ def _feedback(args: argparse.Namespace) -> int:
         raise CLIError(f"{missing[0]} is required with {needed[1] if missing[0] == needed[0] else needed[0]}")
     import sqlite3
 
+    from gmt_model.serving.feedback import FeedbackLogUnavailable
+
     router = _router(args)
     if router.feedback_log is None:
         raise CLIError(f"{args.config}: router.feedback_log is not set; feedback would not be stored")
@@ -362,6 +364,9 @@ def _feedback(args: argparse.Namespace) -> int:
         raise CLIError(f"{e}")
     except sqlite3.Error as e:
         raise _sqlite_error(e, f"the feedback log {router.feedback_log.path}", "; nothing was stored") from None
+    except FeedbackLogUnavailable as e:  # read-only, full or locked: classified by the log
+        raise CLIError(f"the feedback log {router.feedback_log.path}: {e.reason} ({e.__cause__ or e}); "
+                       "nothing was stored") from None
     print(json.dumps(res, indent=2))
     return 0
 

@@ -585,7 +585,10 @@ class FeedbackLog(FeedbackStore):
         since = self._check_since(since_id)
         with self._lock:
             conn = self._connection()
-            self._ensure_llm_events(conn)
+            if not getattr(self, "_llm_events_ready", False) and conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (LLM_EVENTS_TABLE,)
+            ).fetchone() is None:
+                return []  # no pool change stored yet: reading never writes (a read-only log stays readable)
             rows = conn.execute(
                 f"SELECT id, ts, op, name, description, cost, endpoint FROM {LLM_EVENTS_TABLE} "
                 "WHERE id > ? ORDER BY id", (since,)).fetchall()
