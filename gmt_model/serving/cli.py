@@ -363,9 +363,9 @@ def _feedback(args: argparse.Namespace) -> int:
     except RoutingError as e:
         raise CLIError(f"{e}")
     except sqlite3.Error as e:
-        raise _sqlite_error(e, f"the feedback log {router.feedback_log.path}", "; nothing was stored") from None
+        raise _sqlite_error(e, f"the feedback log {router.feedback_log.location}", "; nothing was stored") from None
     except FeedbackLogUnavailable as e:  # read-only, full or locked: classified by the log
-        raise CLIError(f"the feedback log {router.feedback_log.path}: {e.reason} ({e.__cause__ or e}); "
+        raise CLIError(f"the feedback log {router.feedback_log.location}: {e.reason} ({e.__cause__ or e}); "
                        "nothing was stored") from None
     print(json.dumps(res, indent=2))
     return 0
@@ -440,7 +440,7 @@ def _serve(args: argparse.Namespace, chat: bool = False) -> int:
                      api_keys=api_keys, identity_header=identity_header, max_body_bytes=args.max_body_bytes,
                      limits=limits)
     url = f"http://{args.host}:{args.port}"
-    extras = [f"feedback stored in {router.feedback_log.path}" if router.feedback_log is not None else
+    extras = [f"feedback stored in {router.feedback_log.location}" if router.feedback_log is not None else
               "feedback REFUSED (409): no feedback log; set router.feedback_log in a router YAML (--config)"]
     if args.reload_interval > 0:
         extras.append(f"checking for a new version every {args.reload_interval:g} s")
