@@ -452,19 +452,7 @@ class FeedbackLog(FeedbackStore):
         preference is two rows sharing a ``query_id``.
         """
         ts_now = time.time()
-        values = []
-        for row in rows:
-            values.append((
-                ts_now if row.get("ts") is None else _finite(COL_TS, row["ts"]),
-                _req_str(C_USER_ID, row.get("user_id")),
-                _opt_str(COL_SESSION_ID, row.get("session_id")),
-                _opt_turn(row.get("turn")),
-                _opt_str(COL_QUERY_ID, row.get("query_id")),
-                _req_str(F_QUERY, row.get("query")),
-                _req_str(F_MODEL, row.get("model")),
-                _finite(F_RATING, row.get("rating")),
-            ))
-        return self._write(values)
+        return self._write([_record_values(row, ts_now) for row in rows])
 
     # ------------------------------------------------------------------ reading
     def read(self, since_id: int = 0, limit: int | None = None) -> list[FeedbackRecord]:
@@ -508,34 +496,6 @@ class FeedbackLog(FeedbackStore):
             (m,) = self._connection().execute(f"SELECT MAX({COL_ID}) FROM {FEEDBACK_TABLE}").fetchone()
         return int(m) if m is not None else 0
 
-    def to_records(self, since_id: int = 0) -> list[dict[str, Any]]:
-        """All records (``id > since_id``) as plain dicts, in id order."""
-        return [r.to_dict() for r in self.read(since_id)]
-
-    def export_parquet(self, path: str | os.PathLike[str], since_id: int = 0) -> int:
-        """Write the log (``id > since_id``) to a Parquet file atomically; return the row count."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        records = self.read(since_id)
-        schema = pa.schema(
-            [
-                pa.field(COL_ID, pa.int64(), nullable=False),
-                pa.field(COL_TS, pa.float64(), nullable=False),
-                pa.field(C_USER_ID, pa.string(), nullable=False),
-                pa.field(COL_SESSION_ID, pa.string()),
-                pa.field(F_TURN, pa.int64()),
-                pa.field(COL_QUERY_ID, pa.string()),
-                pa.field(F_QUERY, pa.string(), nullable=False),
-                pa.field(F_MODEL, pa.string(), nullable=False),
-                pa.field(F_RATING, pa.float64(), nullable=False),
-            ]
-        )
-        columns = {name: [getattr(r, name) for r in records] for name in FEEDBACK_COLUMNS}
-        table = pa.table(columns, schema=schema)
-        with atomic_path(path, fsync=False) as tmp:
-            pq.write_table(table, tmp)
-        return table.num_rows
 
     # ------------------------------------------------------------------ LLM pool events
     # Changes of the router's LLM pool (gmt_model.serving.llm_pool), stored next to the feedback so that a
