@@ -155,7 +155,11 @@ http() {  # URL [JSON-BODY]: GET (POST with a body); print the response; status 
   "$PY" -c '
 import sys, urllib.request
 data = sys.argv[2].encode() if len(sys.argv) > 2 else None
-req = urllib.request.Request(sys.argv[1], data=data, headers={"Content-Type": "application/json"})
+import os
+headers = {"Content-Type": "application/json"}
+if os.environ.get("HTTP_BEARER"):  # the router admin token (its /health details)
+    headers["Authorization"] = "Bearer " + os.environ["HTTP_BEARER"]
+req = urllib.request.Request(sys.argv[1], data=data, headers=headers)
 try:
     with urllib.request.urlopen(req, timeout=20) as resp:
         sys.stdout.write(resp.read().decode("utf-8", "replace"))
@@ -193,6 +197,9 @@ EOF
       echo "ROUTER_PORT_$i=$(free_ports 1)" >> "$STATE"
     fi
   done
+  if ! grep -q "^ADMIN_TOKEN=" "$STATE"; then  # the routers' admin token: /health details, /admin/*
+    (umask 077; echo "ADMIN_TOKEN=${GMTROUTER_ADMIN_TOKEN:-$("$PY" -c 'import secrets; print(secrets.token_urlsafe(24))')}" >> "$STATE")
+  fi
   if ! grep -q "^REDIS_PORT=" "$STATE"; then
     echo "REDIS_PORT=${GMTROUTER_REDIS_PORT:-$(free_ports 1)}" >> "$STATE"
   fi
@@ -242,6 +249,7 @@ export GMTROUTER_${DATASET^^}_FEEDBACK_LOG='$FEEDBACK_URL'
 export GMTROUTER_EXECUTOR=${GMTROUTER_EXECUTOR:-in_process}
 export GMTROUTER_CELERY_BROKER='$CELERY_BROKER'
 export GMTROUTER_SERVE_MODEL='$MODEL_URI'
+export GMTROUTER_ADMIN_TOKEN='$ADMIN_TOKEN'
 case ":\$PATH:" in *":$VENV/bin:"*) ;; *) export PATH='$VENV/bin':"\$PATH" ;; esac  # dagster, mlflow, gmtrouter
 EOF
   mv -f "$ENVFILE.tmp" "$ENVFILE"
@@ -469,6 +477,7 @@ launch_router() {  # I: start replica I (router, router-2, ...) with its own hom
   (
     service_env
     export GMTROUTER_HOME=$home  # its own home: nothing but PostgreSQL and the registry is shared
+    export GMTROUTER_ADMIN_TOKEN=$ADMIN_TOKEN
     cd "$home"
     # waits (in the background) for a first champion, then becomes the server; --reload-interval follows
     # the alias from then on, re-applying the feedback logged since the new model's training data was cut
@@ -638,7 +647,7 @@ sys.exit(1 if bad or not st else 0)' "$out" \
     router|router-*)
       local h url
       url=http://127.0.0.1:$(router_port "$(router_index "$svc")")
-      h=$(http "$url/health" 2>/dev/null) \
+      h=$(HTTP_BEARER=$ADMIN_TOKEN http "$url/health" 2>/dev/null) \
         || { if champion_exists; then echo "$svc: pid $pid, no answer at $url/health";
              else echo "$svc: pid $pid, waiting for a first $MODEL_URI"; fi; return 1; }
       echo "$svc: pid $pid, $url $h"

@@ -83,21 +83,26 @@ def _yaml(path: Path, data: dict[str, Any]) -> Path:
 
 @contextlib.contextmanager
 def read_only(path: Path):
-    """Make ``path`` really read-only (root ignores modes: chattr +i there)."""
-    mode = path.stat().st_mode
-    os.chmod(path, 0o444)
-    immutable = False
+    """Make ``path`` really read-only (root ignores modes: chattr +i there), with its SQLite WAL and
+    shared-memory files when they exist (a write could otherwise go to the WAL alone)."""
+    paths = [p for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")) if p.exists()]
+    modes = {p: p.stat().st_mode for p in paths}
+    for p in paths:
+        os.chmod(p, 0o444)
+    immutable: list[Path] = []
     try:
         if os.access(path, os.W_OK):  # root
-            proc = subprocess.run(["chattr", "+i", str(path)], capture_output=True)
-            immutable = proc.returncode == 0
-            if not immutable:
-                pytest.skip(f"cannot make {path} read-only here (root without chattr +i: {proc.stderr!r})")
+            for p in paths:
+                proc = subprocess.run(["chattr", "+i", str(p)], capture_output=True)
+                if proc.returncode != 0:
+                    pytest.skip(f"cannot make {p} read-only here (root without chattr +i: {proc.stderr!r})")
+                immutable.append(p)
         yield path
     finally:
-        if immutable:
-            subprocess.run(["chattr", "-i", str(path)], check=True)
-        os.chmod(path, mode)
+        for p in immutable:
+            subprocess.run(["chattr", "-i", str(p)], check=True)
+        for p, mode in modes.items():
+            os.chmod(p, mode)
 
 
 def run(args: list[str]) -> tuple[int, str, str]:

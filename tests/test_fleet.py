@@ -210,9 +210,10 @@ def test_a_fleet_shares_feedback_survives_kill_9_and_follows_the_champion(fleet)
 
     # a champion change reaches every replica (each follows the alias), feedback still applied
     v2 = d.register(seed=2)
+    admin = {"Authorization": f"Bearer {d.client_env['GMTROUTER_ADMIN_TOKEN']}"}  # /health details: admin only
     t = time.monotonic()
     for u in urls:
-        _wait(f"{u} to serve v{v2}", lambda u=u: httpx.get(f"{u}/health", timeout=10).json()["model"]["version"]
+        _wait(f"{u} to serve v{v2}", lambda u=u: httpx.get(f"{u}/health", timeout=10, headers=admin).json()["model"]["version"]
               == v2, 60 + 10 * RELOAD_S, every=0.5)
     figures["champion_to_all_replicas_s"] = round(time.monotonic() - t, 1)
     views = [_view(u, user) for u in urls]

@@ -121,7 +121,8 @@ class Deployment(SimpleNamespace):
         return None
 
     def health(self) -> dict:
-        r = httpx.get(f"{self.router_url}/health", timeout=10)
+        token = self.client_env["GMTROUTER_ADMIN_TOKEN"]  # the details (the served model) need the admin token
+        r = httpx.get(f"{self.router_url}/health", timeout=10, headers={"Authorization": f"Bearer {token}"})
         r.raise_for_status()
         return r.json()
 
