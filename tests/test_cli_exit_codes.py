@@ -83,9 +83,9 @@ def _yaml(path: Path, data: dict[str, Any]) -> Path:
 
 @contextlib.contextmanager
 def read_only(path: Path):
-    """Make ``path`` really read-only (root ignores modes: chattr +i there), with its SQLite WAL and
-    shared-memory files when they exist (a write could otherwise go to the WAL alone)."""
-    paths = [p for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")) if p.exists()]
+    """Make ``path`` really read-only (root ignores modes: chattr +i there), with its SQLite WAL when it
+    exists (a write could otherwise go to the WAL alone; the -shm file stays: SQLite maps it)."""
+    paths = [p for p in (path, Path(f"{path}-wal")) if p.exists()]
     modes = {p: p.stat().st_mode for p in paths}
     for p in paths:
         os.chmod(p, 0o444)
