@@ -28,7 +28,7 @@ import pytest
 pytest.importorskip("dagster_celery", reason="dagster-celery is not installed")
 pa_parquet = pytest.importorskip("pyarrow.parquet")
 
-from test_services import EXIT_NO_POSTGRES, _processes_under, _read_env_file, _services  # noqa: E402
+from test_services import EXIT_NO_POSTGRES, _down_and_clean, _read_env_file, _services  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PARTITIONS = ["0", "1"]
@@ -52,13 +52,7 @@ def workers():
         d.client_env = {**env, **_read_env_file(d.dir / "env")}
         yield d
     finally:
-        down = _services(env, "down", timeout=300)
-        leftovers = _processes_under(root)
-        for pid in leftovers:
-            os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(root, ignore_errors=True)
-        assert down.returncode == 0, down.stdout + down.stderr
-        assert not leftovers, f"processes left running: {leftovers}"
+        _down_and_clean(env, root)
 
 
 def _interactions(env: dict[str, str]) -> None:

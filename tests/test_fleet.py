@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -30,7 +29,7 @@ httpx = pytest.importorskip("httpx")
 mlflow = pytest.importorskip("mlflow")
 
 from test_registry import LLMS, make_checkpoint  # noqa: E402
-from test_services import EXIT_NO_POSTGRES, _processes_under, _read_env_file, _services, _wait  # noqa: E402
+from test_services import EXIT_NO_POSTGRES, _down_and_clean, _read_env_file, _services, _wait  # noqa: E402
 
 REPLICAS = 3
 SYNC_S = 0.5
@@ -59,13 +58,7 @@ def fleet():
         d.client_env = {**env, **_read_env_file(d.dir / "env")}
         yield d
     finally:
-        down = _services(env, "down", timeout=300)
-        leftovers = _processes_under(root)
-        for pid in leftovers:
-            os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(root, ignore_errors=True)
-        assert down.returncode == 0, down.stdout + down.stderr
-        assert not leftovers, f"processes left running: {leftovers}"
+        _down_and_clean(env, root)
 
 
 class _Fleet:

@@ -201,6 +201,18 @@ def _read_env_file(path: Path) -> dict[str, str]:
     return out
 
 
+def _down_and_clean(env: dict[str, str], root: Path) -> None:
+    """Stop a deployment under ``root`` (services.sh down), kill what it left, remove ``root``; then assert
+    that down succeeded and nothing was left running."""
+    down = _services(env, "down", timeout=300)
+    leftovers = _processes_under(root)
+    for pid in leftovers:
+        os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(root, ignore_errors=True)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert not leftovers, f"processes left running: {leftovers}"
+
+
 def _processes_under(root: Path) -> list[int]:
     """PIDs whose command line names a path under ``root`` (the deployment's own processes)."""
     found = []
