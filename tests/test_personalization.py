@@ -288,3 +288,46 @@ def test_epsilon_policy_rate(planted_models, planted_graph):
     assert all(x["policy"] == "epsilon" for x in out)
     greedy = make_router(planted_models, g)
     assert not any(greedy.route_single({"query_text": q, "user_id": "x"})["exploration"] for _ in range(50))
+
+
+def test_logged_feedback_is_applied_exactly_once_whatever_runs_between(planted_models, planted_graph, tmp_path):
+    """Feedback in two steps (stored outside the router's lock, then applied): a sync, or another router's
+    rows, read between the two steps must not apply the row a second time, and the row is applied once."""
+    g = planted_graph
+    log = tmp_path / "fb.sqlite"
+    a = make_router(planted_models, g, log, feedback_sync_interval=0)  # syncs before every apply
+    b = make_router(planted_models, g, log, feedback_sync_interval=-1)
+    texts = sorted(set(g.query_text))[:6]
+    pending = a.log_feedback("fresh", texts[0], a.llms[0], 5.0)
+    b.update_user_feedback("fresh", texts[1], b.llms[1], 1.0)  # another process's row, after a's
+    assert a.sync_feedback() == 1  # b's row; a's own pending row is not applied by the sync
+    assert a.history_size("fresh") == 1
+    out = a.apply_logged(pending)
+    assert out["feedback_id"] == pending.ids[0] and out["history_size"] == 2
+    assert a.sync_feedback() == 0 and a.history_size("fresh") == 2
+    # a pairwise preference logged, then a user load reading the log: the pair is applied once
+    p2 = a.log_preference("other", texts[2], a.llms[0], a.llms[1])
+    a.sync_feedback()
+    assert a.apply_logged(p2)["history_size"] == 2 and a.history_size("other") == 2
+    # a restarted router replays every row once
+    c = make_router(planted_models, g, log, feedback_sync_interval=-1)
+    assert c.history_size("fresh") == 2 and c.history_size("other") == 2
+
+
+def test_logged_feedback_that_fails_to_apply_is_taken_by_the_next_sync(planted_models, planted_graph, tmp_path,
+                                                                       monkeypatch):
+    g = planted_graph
+    a = make_router(planted_models, g, tmp_path / "fb.sqlite", feedback_sync_interval=-1)
+    texts = sorted(set(g.query_text))[:2]
+    pending = a.log_feedback("fresh", texts[0], a.llms[0], 5.0)
+    real = a.state.apply
+
+    def boom(*args, **kw):
+        raise RuntimeError("apply failed")
+
+    monkeypatch.setattr(a.state, "apply", boom)
+    with pytest.raises(RuntimeError):
+        a.apply_logged(pending)
+    monkeypatch.setattr(a.state, "apply", real)
+    assert a.history_size("fresh") == 0
+    assert a.sync_feedback() == 1 and a.history_size("fresh") == 1  # stored, so applied by the sync

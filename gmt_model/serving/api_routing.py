@@ -127,7 +127,14 @@ async def feedback(request: Request) -> JSONResponse:
             kwargs["query_id"] = fb.query_id
     try:
         async with st.admit():
-            result = await st.call_queued(served, fn, deadline, **kwargs)
+            log_fn = getattr(router, "log_preference" if pairwise else "log_feedback", None)
+            if log_fn is not None and getattr(router, "apply_logged", None) is not None and "query_id" not in kwargs:
+                # stored first, in a worker thread of its own (the log's fsync never holds the router queue);
+                # then applied through the queue, which runs it even if this request gives up
+                logged = await st.call_router(served, "", log_fn, deadline=deadline, **kwargs)
+                result = await st.apply_queued(served, router.apply_logged, logged)
+            else:
+                result = await st.call_queued(served, fn, deadline, **kwargs)
             result = _jsonable(result)
             if router_log is None:  # the server keeps the log for a router without one
                 rows = _rows(router, user, fb, pairwise)

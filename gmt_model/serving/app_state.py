@@ -235,6 +235,11 @@ class AppState:
         """Run ``fn(**kwargs)`` (feedback) through the router queue, in turn with the coalesced routes."""
         return await self._enqueue("call", served, (fn, kwargs), deadline)
 
+    async def apply_queued(self, served: ServedModel, fn: Callable[..., Any], logged: Any) -> Any:
+        """Apply feedback already stored in the log (``fn(logged)``) through the router queue.  It is never
+        dropped: not past a deadline, not when the client is gone (it is stored: it must be applied)."""
+        return await asyncio.shield(self._enqueue("apply", served, (fn, {"logged": logged}), math.inf))
+
     async def _enqueue(self, kind: str, served: ServedModel, payload: Any, deadline: float) -> Any:
         fut = asyncio.get_running_loop().create_future()
         self._pending.append((kind, served, payload, fut, deadline))
@@ -270,13 +275,13 @@ class AppState:
                         rest.append(e)
                     elif e[0] == "route" and len(routes) < self.limits.coalesce:
                         routes.append(e)
-                    elif e[0] == "call" and len(calls) < self.limits.coalesce:
+                    elif e[0] in ("call", "apply") and len(calls) < self.limits.coalesce:
                         calls.append(e)
                     else:
                         rest.append(e)
                 self._pending = rest
                 routes = [e for e in routes if not self._expired(e, now)]
-                calls = [e for e in calls if not self._expired(e, now)]
+                calls = [e for e in calls if e[0] == "apply" or not self._expired(e, now)]
                 if routes:
                     await self._run_routes(served, routes)
                 if calls:

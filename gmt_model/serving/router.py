@@ -31,6 +31,7 @@ import logging
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -62,6 +63,19 @@ log = logging.getLogger(__name__)
 
 #: texts embedded per encoder call before the lock is taken
 EMBED_CHUNK = 64
+
+
+@dataclass
+class LoggedFeedback:
+    """Feedback stored in the log, not yet applied (:meth:`GMTRouter.log_feedback`, :meth:`GMTRouter.apply_logged`)."""
+
+    key: str | None  # the comparison key of a pairwise preference; None for a rating
+    user_id: str
+    session_id: str | None
+    rows: list[dict[str, Any]]
+    emb: np.ndarray
+    ids: list[int] | None  # their feedback-log ids (None: no log)
+    t0: float
 
 
 class GMTRouter:
@@ -102,6 +116,9 @@ class GMTRouter:
         self._encoder = encoder
         self._emb_cache: dict[str, np.ndarray] = {}
         self._lock = threading.RLock()
+        #: guards a log append together with the marking of its ids (own, pending), against a sync's read
+        self._log_lock = threading.Lock()
+        self._pending_ids: set[int] = set()
         try:
             self.personal = PersonalConfig.from_dict(config.personalization, "router.personalization")
         except (TypeError, ValueError) as e:
@@ -248,6 +265,7 @@ class GMTRouter:
                 torch.from_numpy(emb).to(self.device)))
             cand_idx = self._candidate_index(reqs)
             scores, cold = self._gnn_scores(user_vecs, query_vecs, cand_idx)
+            self.state.prefetch_posteriors([u for r, u in zip(reqs, uidx) if not r.context])
             z = self.state.basis(emb)
             results = [self._route_one(r, u, cand_idx[i, : len(r.candidates)], scores[i, : len(r.candidates)],
                                        cold[i, : len(r.candidates)], z[i])
@@ -438,29 +456,35 @@ class GMTRouter:
         """Add a rated interaction to the user's history (live graph) and the
         durable feedback log; the next route for this user reflects it.
 
-        Two ratings of different LLMs for the same query text are a comparison."""
-        t0 = time.perf_counter()
-        req = RatingRequest.parse(self.checks, user_id, query, model, rating, session_id, turn)
-        emb = self.embed([req.query])[0]
-        with self._lock:
-            self._ensure_loaded([req.user_id])
-            self._maybe_sync()
-            ids = None
-            if self.feedback_log is not None:
-                ids = [self.feedback_log.append(req.user_id, req.query, req.model, req.rating,
-                                                session_id=req.session_id, turn=req.turn)]
-                self.state.own_ids.update(ids)
-            u = self.state.apply(req.user_id, req.query, req.model, req.rating, req.session_id, None, emb,
-                                 order=ids[0] if ids else None)
-            size = self.state.rows_of.count(u)
-        return {"user_id": req.user_id, "model": req.model, "rating": req.rating, "history_size": size,
-                "feedback_id": ids[0] if ids else None, "applied_ms": (time.perf_counter() - t0) * 1000.0}
+        Two ratings of different LLMs for the same query text are a comparison.
+        The same as :meth:`apply_logged` of :meth:`log_feedback`."""
+        return self.apply_logged(self.log_feedback(user_id, query, model, rating, session_id, turn))
 
     def update_user_preference(self, user_id: str, query: str, preferred: str, rejected: str,
                                session_id: str | None = None, turn: int | None = None) -> dict[str, Any]:
         """Pairwise feedback: for this query the user preferred ``preferred`` over
         ``rejected``.  Stored as two log rows in one transaction (top and bottom
         of the rating scale, one comparison key) and applied at once."""
+        return self.apply_logged(self.log_preference(user_id, query, preferred, rejected, session_id, turn))
+
+    # Feedback in two steps: ``log_*`` checks, embeds and makes the rows durable (the log's own transaction and
+    # fsync, outside the router's lock: routing goes on meanwhile); ``apply_logged`` then applies them to the
+    # live history under the lock.  Until applied, the rows are "pending": a sync or a user load that reads
+    # them from the log skips them, so each row is applied exactly once (the server runs the second step in
+    # its router queue; a logged row that is never applied, e.g. after a crash, is replayed at the next start).
+    def log_feedback(self, user_id: str, query: str, model: str, rating: float,
+                     session_id: str | None = None, turn: int | None = None) -> "LoggedFeedback":
+        """Step 1 of :meth:`update_user_feedback`: the checked row, stored in the log (when there is one)."""
+        t0 = time.perf_counter()
+        req = RatingRequest.parse(self.checks, user_id, query, model, rating, session_id, turn)
+        emb = self.embed([req.query])[0]
+        row = dict(user_id=req.user_id, query=req.query, model=req.model, rating=req.rating,
+                   session_id=req.session_id, turn=req.turn)
+        return LoggedFeedback(None, req.user_id, req.session_id, [row], emb, self._append_rows([row]), t0)
+
+    def log_preference(self, user_id: str, query: str, preferred: str, rejected: str,
+                       session_id: str | None = None, turn: int | None = None) -> "LoggedFeedback":
+        """Step 1 of :meth:`update_user_preference`: both rows in one transaction."""
         t0 = time.perf_counter()
         req = PreferenceRequest.parse(self.checks, user_id, query, preferred, rejected, session_id, turn)
         lo, hi = self.rating_scale
@@ -468,19 +492,48 @@ class GMTRouter:
         emb = self.embed([req.query])[0]
         rows = [dict(user_id=req.user_id, query=req.query, model=m, rating=r, session_id=req.session_id,
                      turn=req.turn, query_id=key) for m, r in ((req.preferred, hi), (req.rejected, lo))]
-        with self._lock:
-            self._ensure_loaded([req.user_id])
-            self._maybe_sync()
-            ids = None
-            if self.feedback_log is not None:
+        return LoggedFeedback(key, req.user_id, req.session_id, rows, emb, self._append_rows(rows), t0)
+
+    def _append_rows(self, rows: list[dict[str, Any]]) -> list[int] | None:
+        """Store the rows in one transaction; their ids are this router's own (a sync skips them) and pending
+        (a user load skips them) from the moment they exist: ``_log_lock`` also guards the sync's read."""
+        if self.feedback_log is None:
+            return None
+        with self._log_lock:
+            if len(rows) == 1:
+                ids = [self.feedback_log.append(**rows[0])]
+            else:
                 ids = self.feedback_log.append_many(rows)
-                self.state.own_ids.update(ids)
-            for i, r in enumerate(rows):
-                u = self.state.apply(req.user_id, req.query, r["model"], r["rating"], req.session_id, key, emb,
-                                     order=ids[i] if ids else None)
-            size = self.state.rows_of.count(u)
-        return {"user_id": req.user_id, "preferred": req.preferred, "rejected": req.rejected, "feedback_ids": ids,
-                "history_size": size, "applied_ms": (time.perf_counter() - t0) * 1000.0}
+            self.state.own_ids.update(ids)
+            self._pending_ids.update(ids)
+        return ids
+
+    def apply_logged(self, logged: "LoggedFeedback") -> dict[str, Any]:
+        """Step 2: apply logged feedback to the live history; the next route for the user reflects it."""
+        try:
+            with self._lock:
+                self._ensure_loaded([logged.user_id])
+                self._maybe_sync()
+                ids = logged.ids
+                for i, r in enumerate(logged.rows):
+                    u = self.state.apply(logged.user_id, r["query"], r["model"], r["rating"], logged.session_id,
+                                         logged.key, logged.emb, order=ids[i] if ids else None)
+                size = self.state.rows_of.count(u)
+        except BaseException:
+            if logged.ids:  # not applied here: the next sync applies them from the log
+                with self._log_lock:
+                    self.state.own_ids.difference_update(logged.ids)
+            raise
+        finally:
+            if logged.ids:
+                self._pending_ids.difference_update(logged.ids)
+        ms = (time.perf_counter() - logged.t0) * 1000.0
+        if logged.key is None:
+            r = logged.rows[0]
+            return {"user_id": logged.user_id, "model": r["model"], "rating": r["rating"], "history_size": size,
+                    "feedback_id": ids[0] if ids else None, "applied_ms": ms}
+        return {"user_id": logged.user_id, "preferred": logged.rows[0]["model"], "rejected": logged.rows[1]["model"],
+                "feedback_ids": ids, "history_size": size, "applied_ms": ms}
 
     def _maybe_sync(self) -> None:
         iv = self.config.feedback_sync_interval
@@ -496,7 +549,7 @@ class GMTRouter:
             return 0
         with self._lock:
             self._sync_pool()
-            return self.state.sync(self.feedback_log, self.embed, self._loaded)
+            return self.state.sync(self.feedback_log, self.embed, self._loaded, guard=self._log_lock)
 
     def _ensure_loaded(self, user_ids: Sequence[str]) -> None:
         """Read the stored rows of users this router has not loaded yet (lazy stores only): the rows newer
@@ -513,7 +566,8 @@ class GMTRouter:
                 if user in self._loaded:
                     continue
                 rows = [r for r in self.feedback_log.read_user(user, since_id=since, through_id=self.state.synced_id)
-                        if r.id > self.feedback_through_id or r.id in self._unmerged]
+                        if (r.id > self.feedback_through_id or r.id in self._unmerged)
+                        and r.id not in self._pending_ids]
                 self.replayed += self.state.apply_rows(rows, self.embed)
                 self._loaded.add(user)
 

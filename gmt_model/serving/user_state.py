@@ -22,6 +22,8 @@ users' rows arrived): a user's rows are kept in log-id order.
 
 from __future__ import annotations
 
+import contextlib
+
 import bisect
 import math
 import time
@@ -281,35 +283,82 @@ class UserState:
         return scores
 
     def _score_history(self, u: int, rows: np.ndarray) -> np.ndarray:
+        return self._score_rows(np.full(rows.size, u, dtype=np.int64), rows)
+
+    def _score_rows(self, owner: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Base scores (n, L) of history rows, each with its owner's current representation; one GNN call
+        (each (owner, query) scored once: both sides of a comparison share it)."""
         if rows.size == 0:
             return np.zeros((0, len(self.pool)))
         assert self.calibration is not None
-        grp = self.hist.group[rows]
-        _, first, inv = np.unique(grp, return_index=True, return_inverse=True)
+        key = owner.astype(np.int64) * (int(self.next_group) + 1) + self.hist.group[rows]
+        _, first, inv = np.unique(key, return_index=True, return_inverse=True)
         emb = torch.from_numpy(np.ascontiguousarray(self.hist.vecs(rows[first]))).to(self.device)
         qv = self.model.gnn.isolated(S.QUERY, self.model.gnn.project_query(emb))
         llm = self.llm_reps()
         n = first.size
-        s = self.model.score(self.rep(u).expand(n, -1), qv, llm.expand(n, -1, -1)).float().cpu().numpy()
-        c = (self.model.score(self.cold_rep.expand(n, -1), qv, llm.expand(n, -1, -1)).float().cpu().numpy()
-             if self.calibration.cold > 0 else s)
-        s = self.calibration.blend(s, c, np.arange(len(self.pool))[None, :])
+        owners = owner[first]
+        if np.all(owners == owners[0]):
+            uv = self.rep(int(owners[0])).expand(n, -1)
+        else:
+            uniq, pos = np.unique(owners, return_inverse=True)
+            uv = torch.stack([self.rep(int(x)) for x in uniq])[torch.from_numpy(pos.reshape(-1)).to(self.device)]
+        s = self.model.score(uv, qv, llm.expand(n, -1, -1)).float().cpu().numpy()
+        cal = self.calibration
+        if cal.cold > 0 and self.per_user_exact:  # the user-blind part depends on the text only: cached per text
+            s = cal.warm * np.asarray(s, dtype=np.float64) + cal.cold * self._cold_scores(self.hist.query_row[rows[first]])
+        else:
+            c = (self.model.score(self.cold_rep.expand(n, -1), qv, llm.expand(n, -1, -1)).float().cpu().numpy()
+                 if cal.cold > 0 else s)
+            s = cal.blend(s, c, np.arange(len(self.pool))[None, :])
         return np.asarray(s, dtype=np.float64)[inv.reshape(-1)]
+
+    def residual_rows(self, u: int) -> np.ndarray:
+        """The user's history rows the residual is fitted on (its window; the per-LLM part looks back at
+        most ``window_lookback`` rows)."""
+        rows = self.rows_of.rows(u, -window_lookback(self.personal))
+        return rows[window_rows(self.hist.llm[rows], self.personal)]
+
+    def prefetch_posteriors(self, uidx: Sequence[int]) -> None:
+        """Before a batch is routed: the history rows not scored yet of every user whose residual must be
+        refitted, scored in ONE GNN call (the refits then find them cached: :meth:`history_scores`)."""
+        if not (self.personal.enabled and self.per_user_exact):
+            return
+        jobs = []
+        for u in dict.fromkeys(x for x in uidx if x >= 0):
+            cached = self.post.get(u)
+            if (cached is not None and cached[0] == self.crowd.version) or self.rows_of.count(u) == 0:
+                continue
+            rows, size = self.residual_rows(u), self.rep_key(u)
+            off = self.offsets.get(u)
+            off = off if off is not None and off[0] == size else None
+            missing = rows if off is None else rows[~np.isin(rows, off[1])]
+            if missing.size:
+                jobs.append((u, size, missing, off))
+        if len(jobs) < 2:
+            return
+        owner = np.concatenate([np.full(j[2].size, j[0], dtype=np.int64) for j in jobs])
+        scores = self._score_rows(owner, np.concatenate([j[2] for j in jobs]))
+        at = 0
+        for u, size, missing, off in jobs:
+            part = scores[at:at + missing.size]
+            at += missing.size
+            self.offsets[u] = (size, missing, part) if off is None else \
+                (size, np.concatenate([off[1], missing]), np.concatenate([off[2], part]))
 
     def posterior(self, u: int) -> Posterior:
         """The user's residual posterior, on top of the GNN and the crowd estimate of added LLMs."""
         cached = self.post.get(u)
         if cached is not None and cached[0] == self.crowd.version:
             return cached[1]
+        init = cached[1] if cached is not None else None  # stale: its modes start the new fit
         h = self.hist
-        # the residual's window only looks back this far (its per-LLM part at most L x window_per_llm rows)
-        rows = self.rows_of.rows(u, -window_lookback(self.personal))
-        rows = rows[window_rows(h.llm[rows], self.personal)]
+        rows = self.residual_rows(u)
         scores = self.history_scores(u, rows)
         if self.pool.n_trained < len(self.pool):
             scores = scores + self.crowd(np.arange(len(self.pool)))[None, :]
         ev = build_evidence(h.group[rows], h.llm[rows], h.rating[rows], self.zrows(rows), scores, self.personal)
-        post = fit_posterior(ev, self.personal, len(self.pool), self.basis.dims)
+        post = fit_posterior(ev, self.personal, len(self.pool), self.basis.dims, init)
         self.post[u] = (self.crowd.version, post)
         return post
 
@@ -436,7 +485,9 @@ class UserState:
             rows.append(row)
             self.crowd_dirty = True
         if self.per_user_exact:
-            self.post.pop(u, None)  # the representation follows its schedule (rep_size)
+            stale = self.post.get(u)  # refitted on the next route, from its modes (the representation
+            if stale is not None:     # follows its schedule, rep_size)
+                self.post[u] = (None, stale[1])
         else:
             self.user_rep.clear()
             self.post.clear()
@@ -460,17 +511,23 @@ class UserState:
             self.apply(r.user_id, r.query, r.model, raw, r.session_id, r.query_id, emb[by_text[r.query]], order=r.id)
         return len(valid)
 
-    def sync(self, log: Any, embed: Callable[[list[str]], np.ndarray], loaded: set[str] | None = None) -> int:
+    def sync(self, log: Any, embed: Callable[[list[str]], np.ndarray], loaded: set[str] | None = None,
+             guard: Any = None) -> int:
         """Apply the log rows appended (by any process) since the last sync, in id
         order, skipping this router's own; returns how many were applied.  ``loaded``: with a store read per
-        user (PostgreSQL), only the rows of the users loaded so far (the others are read on first use)."""
-        rows = log.read(since_id=self.synced_id)
+        user (PostgreSQL), only the rows of the users loaded so far (the others are read on first use).
+        ``guard``: a lock held while the log is read and the own ids are taken (appends mark theirs under it)."""
+        guard = guard if guard is not None else contextlib.nullcontext()
+        with guard:
+            rows = log.read(since_id=self.synced_id)
+            own = set(self.own_ids)
         self.last_sync = time.monotonic()
-        applied = self.apply_rows([r for r in rows if r.id not in self.own_ids
+        applied = self.apply_rows([r for r in rows if r.id not in own
                                    and (loaded is None or r.user_id in loaded)], embed)
         if rows:
-            self.synced_id = rows[-1].id
-            self.own_ids = {i for i in self.own_ids if i > self.synced_id}
+            with guard:
+                self.synced_id = rows[-1].id
+                self.own_ids = {i for i in self.own_ids if i > self.synced_id}
         return applied
 
     def session_turn(self, user: str, session: str, model: str) -> int:
