@@ -161,8 +161,16 @@ def register_llm_routes(app: FastAPI, endpoints: dict[str, Any] | None = None) -
         return await answer(pool_op("remove_llm"), name=name)
 
     if endpoints is not None:
-        @app.middleware("http")
-        async def _pool_endpoints(request: Request, call_next: Any) -> Any:
-            if request.url.path == "/v1/chat/completions":
-                sync_endpoints(app.state.holder.current.router, endpoints)
-            return await call_next(request)
+        class _PoolEndpoints:
+            """Before a chat completion, the endpoints follow the pool (a plain ASGI wrapper: Starlette's
+            ``@app.middleware("http")`` costs every request a task group and memory streams)."""
+
+            def __init__(self, inner: Any) -> None:
+                self.inner = inner
+
+            async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+                if scope["type"] == "http" and scope.get("path") == "/v1/chat/completions":
+                    sync_endpoints(app.state.holder.current.router, endpoints)
+                await self.inner(scope, receive, send)
+
+        app.add_middleware(_PoolEndpoints)

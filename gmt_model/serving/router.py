@@ -220,6 +220,11 @@ class GMTRouter:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Query embeddings (one encoder call for all texts not seen before)."""
+        if texts:  # all cached (the common case): no lock, so feedback never waits for a routing batch
+            try:
+                return np.stack([self._emb_cache[t] for t in texts])
+            except (KeyError, RuntimeError):
+                pass
         missing = list(dict.fromkeys(t for t in texts if t not in self._emb_cache))
         if missing:
             vecs = np.asarray(self.encoder.encode(missing), dtype=np.float32)
