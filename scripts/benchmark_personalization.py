@@ -33,6 +33,8 @@ MT-Bench human judgments (``../shared/data/mt_bench_human``).
 (r) Cumulative regret over a stream of 500 queries for each kind of user (fixed,
     per category, per unlabelled kind, switched half-way, drifting): greedy,
     Thompson, greedy without change detection, the crowd's choice.
+(t) MT-Bench test AUC on three per-judge splits (seeds 0, 1, 2): the personalized router with and
+    without change detection, the GNN alone and the baselines (issue 16's "no loss elsewhere").
 (e) Training ablations on the pipeline's MT-Bench split: personalized vs
     user-blind (three seeds), and multi-turn context (turns linked as
     sessions vs independent single-step records) with 2 and 3 HGT layers.
@@ -465,6 +467,38 @@ def part_e(work: Path, mt_bench: Path, seeds: list[int]):
     return res
 
 
+def part_t(work: Path, mt_bench: Path, seeds: list[int]):
+    """MT-Bench test AUC on the per-judge splits (``build_jsonl(seed=...)``), the router trained with the seed
+    config: the GNN alone, the personalized router (online part fitted on each judge's training history), and
+    the same without change detection (issue 16's baseline).  Same checkpoint per split for the three."""
+    from gmt_model.method.checkpoint import load_checkpoint
+    from gmt_model.data.datasets import build_jsonl
+    from gmt_model.evaluation.report import evaluate
+    from gmt_model.data.graph_files import build_graph
+    from gmt_model.method import schema as S
+    from gmt_model.method.personal import PersonalConfig
+
+    res = {}
+    for seed in seeds:
+        out = work / f"mt_bench_split{seed}"
+        if not all((out / f).exists() for f in S.SPLIT_FILES.values()):
+            build_jsonl("mt_bench", mt_bench, out, seed=seed)
+        paths = {sp: out / f for sp, f in S.SPLIT_FILES.items()}
+        g = build_graph(paths)
+        ck = train_router_checkpoint(paths, work / "ablation" / f"split{seed}_personalized_L2", EPOCHS)
+        model = load_checkpoint(ck).model
+        row = {}
+        for name, cfg in (("gmtrouter", PersonalConfig()), ("no_change_detection", PersonalConfig(change_prior=0.0))):
+            rep = evaluate(model, g, baselines=name == "gmtrouter", cold_start=False, n_resamples=200,
+                           personalization=cfg)
+            row[name] = rep.methods["gmtrouter"].auc
+            if name == "gmtrouter":
+                row.update({m: rep.methods[m].auc for m in rep.methods if m != "gmtrouter"})
+        res[f"split{seed}"] = row
+        print(f"(t) split {seed}: " + ", ".join(f"{m} {v:.3f}" for m, v in row.items()), flush=True)
+    return res
+
+
 def split_turns(paths: dict[str, Path], out: Path) -> dict[str, Path]:
     """The same judged turns written as independent single-step records."""
     out.mkdir(parents=True, exist_ok=True)
@@ -796,7 +830,7 @@ def main(argv=None) -> int:
             results["a"][s] = {"held_out": held, "curve": curve}
             md.append(curve_table(f"(a) Leave-judges-out on MT-Bench, split seed {s} ({len(held)} held-out judges; "
                                   f"pooled pairwise AUC on each judge's other votes [95% CI over judges])", curve))
-    if parts & {"b", "c", "d", "k", "s", "g", "r"}:
+    if parts & {"b", "c", "d", "k", "s", "g", "r", "q"}:
         ckpt = train_router_checkpoint(paths, args.work / "all_judges" / "model", EPOCHS)
     if "b" in parts:
         results["b"] = part_b(ckpt, votes, answers, categories, table, enc, llms, 0, args.planted)
@@ -826,6 +860,13 @@ def main(argv=None) -> int:
                                          args.stream_steps, policies=tuple(args.regret_policies.split(",")),
                                          only=tuple(args.regret_users.split(",")) if args.regret_users else None)
         md.append(regret_kinds_table(results["r"], args.stream_steps, args.stream_users))
+    if "t" in parts:
+        results["t"] = part_t(args.work, args.mt_bench, list(range(max(args.seeds, 3))))
+        cols = list(next(iter(results["t"].values())))
+        md.append("#### (t) MT-Bench test AUC on per-judge splits (router trained with the seed config)\n\n| split | " +
+                  " | ".join(cols) + " |\n|---|" + "---|" * len(cols) + "\n" +
+                  "\n".join(f"| {n} | " + " | ".join(f"{r[c]:.3f}" for c in cols) + " |"
+                            for n, r in results["t"].items()) + "\n")
     if "e" in parts:
         results["e"] = part_e(args.work, args.mt_bench, list(range(args.seeds)))
         md.append("#### (e) Training ablations (test AUC on per-judge MT-Bench splits; L = HGT layers)\n\n| run | " +
