@@ -33,6 +33,8 @@ MT-Bench human judgments (``../shared/data/mt_bench_human``).
 (r) Cumulative regret over a stream of 500 queries for each kind of user (fixed,
     per category, per unlabelled kind, switched half-way, drifting): greedy,
     Thompson, greedy without change detection, the crowd's choice.
+(m) Multi-turn: a held-out judge's turn-2 vote after 20 other votes and the same conversation's turn-1
+    vote counted 0, 1, 2 or 4 times (does the session carry more signal than the history?).
 (t) MT-Bench test AUC on three per-judge splits (seeds 0, 1, 2): the personalized router with and
     without change detection, the GNN alone and the baselines (issue 16's "no loss elsewhere").
 (e) Training ablations on the pipeline's MT-Bench split: personalized vs
@@ -499,6 +501,54 @@ def part_t(work: Path, mt_bench: Path, seeds: list[int]):
     return res
 
 
+def part_m(ckpt_root: Path, paths, votes, table, enc, llms, seed: int = 0, history: int = 20,
+           weights=(0, 1, 2, 4), per_judge: int = 10, frac: float = 0.2):
+    """Multi-turn: does the current conversation carry more signal than the user's history?  Part (a)'s
+    held-out judges (the router trained without them); for each of a judge's conversations with both turns
+    voted: ``history`` of the judge's other votes revealed, then the turn-1 vote of the conversation ``w``
+    times (w = 0: not at all; w > 1: the session's vote weighted w times, as repeated votes), then the turn-2
+    vote is scored.  Pooled AUC on the turn-2 votes [95% CI over judges]."""
+    rng = np.random.default_rng(seed)
+    by_user: dict[str, list[Vote]] = defaultdict(list)
+    for v in votes:
+        by_user[v.user].append(v)
+    judges = sorted(u for u, vs in by_user.items() if sum(v.label != 0.5 for v in vs) >= 20)
+    held = sorted(rng.choice(judges, size=max(3, int(round(frac * len(by_user)))), replace=False).tolist())
+    fp = filter_judges(paths, set(held), ckpt_root / f"lojo_{seed}" / "data")
+    ckpt = train_router_checkpoint(fp, ckpt_root / f"lojo_{seed}" / "model", EPOCHS)
+    rng = np.random.default_rng(seed + 23)
+    cases = []
+    for u in held:
+        conv: dict = defaultdict(dict)
+        for v in by_user[u]:
+            conv[(v.qid, frozenset((v.a, v.b)))][v.step] = v
+        both = [c for c in sorted(conv, key=lambda c: (c[0], sorted(c[1]))) if 0 in conv[c] and 1 in conv[c]
+                and conv[c][0].label != 0.5 and conv[c][1].label != 0.5]
+        for i in rng.permutation(len(both))[:per_judge]:
+            c = both[int(i)]
+            others = [v for v in by_user[u] if (v.qid, frozenset((v.a, v.b))) != c]
+            hist = [others[int(j)] for j in rng.permutation(len(others))[:history]]
+            cases.append((u, f"{u}#{c[0]}#{'-'.join(sorted(c[1]))}", hist, conv[c][0], conv[c][1]))
+    out = {}
+    for w in weights:
+        router = make_router(ckpt, table, enc)
+        scored: dict[str, list] = defaultdict(list)
+        for judge, uid, hist, t1, t2 in cases:
+            reveal(router, uid, hist)
+            for _ in range(w):
+                reveal(router, uid, [t1])
+            scored[judge].append((score_votes(router, uid, [t2])[0], t2.label))
+        per = {j: (np.array([p for p, _ in x]), np.array([y for _, y in x])) for j, x in scored.items()}
+        out[w] = pooled_auc_ci(per)
+        print(f"(m) turn-1 vote x{w}: turn-2 AUC {fmt(*out[w][:2])} ({len(cases)} conversations)", flush=True)
+    # how often the turn-2 vote repeats the turn-1 vote (same pair of answers, same judge)
+    agree = [float(t1.label == t2.label) for _, _, _, t1, t2 in cases]
+    out["turn2_equals_turn1"] = float(np.mean(agree)) if agree else float("nan")
+    print(f"(m) the turn-2 vote equals the turn-1 vote in {out['turn2_equals_turn1']:.2f} of the conversations",
+          flush=True)
+    return out
+
+
 def split_turns(paths: dict[str, Path], out: Path) -> dict[str, Path]:
     """The same judged turns written as independent single-step records."""
     out.mkdir(parents=True, exist_ok=True)
@@ -860,6 +910,14 @@ def main(argv=None) -> int:
                                          args.stream_steps, policies=tuple(args.regret_policies.split(",")),
                                          only=tuple(args.regret_users.split(",")) if args.regret_users else None)
         md.append(regret_kinds_table(results["r"], args.stream_steps, args.stream_users))
+    if "m" in parts:
+        results["m"] = part_m(args.work, paths, votes, table, enc, llms, 0)
+        md.append("#### (m) Multi-turn: AUC on the turn-2 vote of a held-out judge's conversation, after 20 of the "
+                  "judge's other votes and the conversation's turn-1 vote counted w times\n\n| w | AUC [95% CI] |\n"
+                  "|---|---|\n" + "\n".join(f"| {w} | {fmt(*r[:2])} |" for w, r in results["m"].items()
+                                              if isinstance(w, int)) +
+                  f"\n\nthe turn-2 vote equals the turn-1 vote in {results['m']['turn2_equals_turn1']:.2f} of the "
+                  "conversations\n")
     if "t" in parts:
         results["t"] = part_t(args.work, args.mt_bench, list(range(max(args.seeds, 3))))
         cols = list(next(iter(results["t"].values())))
