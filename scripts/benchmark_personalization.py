@@ -509,8 +509,8 @@ def part_m(ckpt_root: Path, paths, votes, table, enc, llms, seed: int = 0, histo
     """Multi-turn: does the current conversation carry more signal than the user's history?  Part (a)'s
     held-out judges (the router trained without them); for each of a judge's conversations with both turns
     voted: ``history`` of the judge's other votes revealed, then the turn-1 vote of the conversation ``w``
-    times (w = 0: not at all; w > 1: the session's vote weighted w times, as repeated votes), then the turn-2
-    vote is scored.  Pooled AUC on the turn-2 votes [95% CI over judges]."""
+    times (w = 0: not at all; w > 1: the session's vote weighted w times, as w identical votes: w comparisons
+    in the residual, w rows in the GNN's history), then the turn-2 vote is scored.  Pooled AUC on the turn-2 votes [95% CI over judges]."""
     rng = np.random.default_rng(seed)
     by_user: dict[str, list[Vote]] = defaultdict(list)
     for v in votes:
