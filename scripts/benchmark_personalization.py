@@ -4,6 +4,7 @@
     .venv/bin/python scripts/benchmark_personalization.py --parts a --seeds 3
     .venv/bin/python scripts/benchmark_personalization.py --parts e       # training ablations (slow)
     .venv/bin/python scripts/benchmark_personalization.py --parts k,s,g,r # issue 16: kinds, switch, drift, regret
+    .venv/bin/python scripts/benchmark_personalization.py --parts a,t,q,m # issue 16: judges, 3 splits, query features, multi-turn
 
 Everything goes through the public API (``GMTRouter.update_user_preference``,
 ``update_user_feedback``, ``route_batch``); the router is trained with the
