@@ -4,6 +4,7 @@
     .venv/bin/python scripts/benchmark_personalization.py --parts a --seeds 3
     .venv/bin/python scripts/benchmark_personalization.py --parts e       # training ablations (slow)
     .venv/bin/python scripts/benchmark_personalization.py --parts k,s,g,r # issue 16: kinds, switch, drift, regret
+    .venv/bin/python scripts/benchmark_personalization.py --parts a,t,q,m # issue 16: judges, 3 splits, query features, multi-turn
 
 Everything goes through the public API (``GMTRouter.update_user_preference``,
 ``update_user_feedback``, ``route_batch``); the router is trained with the
@@ -33,6 +34,13 @@ MT-Bench human judgments (``../shared/data/mt_bench_human``).
 (r) Cumulative regret over a stream of 500 queries for each kind of user (fixed,
     per category, per unlabelled kind, switched half-way, drifting): greedy,
     Thompson, greedy without change detection, the crowd's choice.
+(q) Offline study of the residual's query features for per-category users (the residual alone):
+    shipped PCs, the category known, a label-trained classifier's category, the GNN's query
+    representation, a nearest-neighbour kernel (always on, or as a prior component the evidence picks).
+(m) Multi-turn: a held-out judge's turn-2 vote after 20 other votes and the same conversation's turn-1
+    vote counted 0, 1, 2 or 4 times (does the session carry more signal than the history?).
+(t) MT-Bench test AUC on three per-judge splits (seeds 0, 1, 2): the personalized router with and
+    without change detection, the GNN alone and the baselines (issue 16's "no loss elsewhere").
 (e) Training ablations on the pipeline's MT-Bench split: personalized vs
     user-blind (three seeds), and multi-turn context (turns linked as
     sessions vs independent single-step records) with 2 and 3 HGT layers.
@@ -465,6 +473,254 @@ def part_e(work: Path, mt_bench: Path, seeds: list[int]):
     return res
 
 
+def part_t(work: Path, mt_bench: Path, seeds: list[int]):
+    """MT-Bench test AUC on the per-judge splits (``build_jsonl(seed=...)``), the router trained with the seed
+    config: the GNN alone, the personalized router (online part fitted on each judge's training history), and
+    the same without change detection (issue 16's baseline).  Same checkpoint per split for the three."""
+    from gmt_model.method.checkpoint import load_checkpoint
+    from gmt_model.data.datasets import build_jsonl
+    from gmt_model.evaluation.report import evaluate
+    from gmt_model.data.graph_files import build_graph
+    from gmt_model.method import schema as S
+    from gmt_model.method.personal import PersonalConfig
+
+    res = {}
+    for seed in seeds:
+        out = work / f"mt_bench_split{seed}"
+        if not all((out / f).exists() for f in S.SPLIT_FILES.values()):
+            build_jsonl("mt_bench", mt_bench, out, seed=seed)
+        paths = {sp: out / f for sp, f in S.SPLIT_FILES.items()}
+        g = build_graph(paths)
+        ck = train_router_checkpoint(paths, work / "ablation" / f"split{seed}_personalized_L2", EPOCHS)
+        model = load_checkpoint(ck).model
+        row = {}
+        for name, cfg in (("gmtrouter", PersonalConfig()), ("no_change_detection", PersonalConfig(change_prior=0.0))):
+            rep = evaluate(model, g, baselines=name == "gmtrouter", cold_start=False, n_resamples=200,
+                           personalization=cfg)
+            row[name] = rep.methods["gmtrouter"].auc
+            if name == "gmtrouter":
+                row.update({m: rep.methods[m].auc for m in rep.methods if m != "gmtrouter"})
+        res[f"split{seed}"] = row
+        print(f"(t) split {seed}: " + ", ".join(f"{m} {v:.3f}" for m, v in row.items()), flush=True)
+    return res
+
+
+def part_m(ckpt_root: Path, paths, votes, table, enc, llms, seed: int = 0, history: int = 20,
+           weights=(0, 1, 2, 4), per_judge: int = 10, frac: float = 0.2):
+    """Multi-turn: does the current conversation carry more signal than the user's history?  Part (a)'s
+    held-out judges (the router trained without them); for each of a judge's conversations with both turns
+    voted: ``history`` of the judge's other votes revealed, then the turn-1 vote of the conversation ``w``
+    times (w = 0: not at all; w > 1: the session's vote weighted w times, as w identical votes: w comparisons
+    in the residual, w rows in the GNN's history), then the turn-2 vote is scored.  Pooled AUC on the turn-2 votes [95% CI over judges]."""
+    rng = np.random.default_rng(seed)
+    by_user: dict[str, list[Vote]] = defaultdict(list)
+    for v in votes:
+        by_user[v.user].append(v)
+    judges = sorted(u for u, vs in by_user.items() if sum(v.label != 0.5 for v in vs) >= 20)
+    held = sorted(rng.choice(judges, size=max(3, int(round(frac * len(by_user)))), replace=False).tolist())
+    fp = filter_judges(paths, set(held), ckpt_root / f"lojo_{seed}" / "data")
+    ckpt = train_router_checkpoint(fp, ckpt_root / f"lojo_{seed}" / "model", EPOCHS)
+    rng = np.random.default_rng(seed + 23)
+    cases = []
+    for u in held:
+        conv: dict = defaultdict(dict)
+        for v in by_user[u]:
+            conv[(v.qid, frozenset((v.a, v.b)))][v.step] = v
+        both = [c for c in sorted(conv, key=lambda c: (c[0], sorted(c[1]))) if 0 in conv[c] and 1 in conv[c]
+                and conv[c][0].label != 0.5 and conv[c][1].label != 0.5]
+        for i in rng.permutation(len(both))[:per_judge]:
+            c = both[int(i)]
+            others = [v for v in by_user[u] if (v.qid, frozenset((v.a, v.b))) != c]
+            hist = [others[int(j)] for j in rng.permutation(len(others))[:history]]
+            cases.append((u, f"{u}#{c[0]}#{'-'.join(sorted(c[1]))}", hist, conv[c][0], conv[c][1]))
+    out = {}
+    for w in weights:
+        router = make_router(ckpt, table, enc)
+        scored: dict[str, list] = defaultdict(list)
+        for judge, uid, hist, t1, t2 in cases:
+            reveal(router, uid, hist)
+            for _ in range(w):
+                reveal(router, uid, [t1])
+            scored[judge].append((score_votes(router, uid, [t2])[0], t2.label))
+        per = {j: (np.array([p for p, _ in x]), np.array([y for _, y in x])) for j, x in scored.items()}
+        out[w] = pooled_auc_ci(per)
+        print(f"(m) turn-1 vote x{w}: turn-2 AUC {fmt(*out[w][:2])} ({len(cases)} conversations)", flush=True)
+    # how often the turn-2 vote repeats the turn-1 vote (same pair of answers, same judge)
+    agree = [float(t1.label == t2.label) for _, _, _, t1, t2 in cases]
+    out["turn2_equals_turn1"] = float(np.mean(agree)) if agree else float("nan")
+    print(f"(m) the turn-2 vote equals the turn-1 vote in {out['turn2_equals_turn1']:.2f} of the conversations",
+          flush=True)
+    return out
+
+
+def _softmax_fit(x: np.ndarray, y: np.ndarray, n_class: int, l2: float = 1e-3, iters: int = 300) -> np.ndarray:
+    w = np.zeros((x.shape[1], n_class))
+    onehot = np.eye(n_class)[y]
+    for _ in range(iters):
+        p = np.exp(x @ w - (x @ w).max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        w -= 2.0 * (x.T @ (p - onehot) / len(y) + l2 * w)
+    return w
+
+
+def _standardise(x: np.ndarray) -> np.ndarray:
+    x = (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-9)
+    return x / np.sqrt(x.shape[1])
+
+
+def _knn_features(emb: np.ndarray, k: int, dims: int) -> np.ndarray:
+    """A nearest-neighbour kernel over the queries as features: row i = the average of the indicators of its
+    k nearest queries (cosine, itself included), projected on the top ``dims`` eigenvectors of A^T A."""
+    x = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    sim = x @ x.T
+    a = np.zeros_like(sim)
+    idx = np.argsort(-sim, axis=1)[:, : k + 1]
+    a[np.arange(len(x))[:, None], idx] = 1.0 / (k + 1)
+    val, vec = np.linalg.eigh(a.T @ a)
+    f = a @ vec[:, np.argsort(val)[::-1][:dims]]
+    return f / f.std(axis=0).mean()
+
+
+def part_q(ckpt: Path, votes, table, llms, categories, seed: int, n_users: int = 24):
+    """Offline study of the residual's query features for per-category users (no router, no GNN offsets:
+    the residual alone, fitted with the library's ``build_evidence`` / ``fit_posterior``): which function
+    of the query embedding lets the per-user residual learn a ranking per MT-Bench category?"""
+    import math
+
+    import torch
+
+    from gmt_model.evaluation.metrics import pairwise_auc
+    from gmt_model.method import schema as S
+    from gmt_model.method.checkpoint import load_checkpoint
+    from gmt_model.method.personal import (Evidence, PersonalConfig, QueryBasis, _newton, build_evidence,
+                                           fit_posterior)
+
+    items = sorted({(v.qid, v.step, v.query) for v in votes})
+    emb = np.stack([table[q] for _, _, q in items]).astype(np.float64)
+    cats = sorted(set(categories.values()))
+    cat = np.array([cats.index(categories[q]) for q, _, _ in items])
+    qid = np.array([q for q, _, _ in items])
+    n, n_llms, n_cat = len(items), len(llms), len(cats)
+    out: dict = {"separability": {}, "auc": {}}
+
+    def loqo(x):
+        """Accuracy of a softmax classifier trained with the category labels on the other questions."""
+        x = _standardise(x)
+        pred = np.zeros(n, np.int64)
+        for q in np.unique(qid):
+            test = qid == q
+            pred[test] = (x[test] @ _softmax_fit(x[~test], cat[~test], n_cat)).argmax(axis=1)
+        return pred
+
+    def nn_purity(x):
+        x = x - x.mean(axis=0)
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+        sim = x @ x.T
+        sim[qid[:, None] == qid[None, :]] = -np.inf  # not the other turn of the same question
+        return float((cat[sim.argmax(axis=1)] == cat).mean())
+
+    model = load_checkpoint(ckpt).model.eval()
+    with torch.inference_mode():
+        gnn_q = model.gnn.isolated(S.QUERY, model.gnn.project_query(torch.from_numpy(emb.astype(np.float32))))
+    gnn_q = gnn_q.float().numpy().astype(np.float64)
+    pred = loqo(emb)
+    for name, x in (("MiniLM embedding", emb), ("the GNN's query representation", gnn_q)):
+        out["separability"][name] = {"nearest_neighbour": nn_purity(x), "classifier": float((loqo(x) == cat).mean())}
+        print(f"(q) {name}: nearest neighbour (another question) in the category "
+              f"{out['separability'][name]['nearest_neighbour']:.2f}, a classifier trained with the labels on the "
+              f"other questions {out['separability'][name]['classifier']:.2f} (chance {1 / n_cat:.3f})", flush=True)
+
+    def evaluate_features(feat, cfg, fit, kind, k):
+        rng = np.random.default_rng(seed + 29)
+        ps, ys, took = [], [], []
+        for _ in range(n_users):
+            rank = np.array([rng.permutation(n_llms) for _ in range(n_cat)]) if kind == "category" else \
+                np.tile(rng.permutation(n_llms), (n_cat, 1))
+
+            def draw(m):
+                q = rng.integers(n, size=m)
+                ab = np.array([rng.choice(n_llms, 2, replace=False) for _ in range(m)])
+                return q, ab, (rank[cat[q], ab[:, 0]] < rank[cat[q], ab[:, 1]]).astype(np.float64)
+
+            q, ab, y = draw(k)
+            ev = build_evidence(np.repeat(np.arange(k), 2), ab.reshape(-1), np.stack([y, 1 - y], 1).reshape(-1),
+                                feat[np.repeat(q, 2)], np.zeros((2 * k, n_llms)), cfg)
+            t0 = time.perf_counter()
+            r = fit(ev, cfg, feat.shape[1] - 1).reshape(n_llms, -1)
+            took.append(time.perf_counter() - t0)
+            q, ab, y = draw(100)
+            ps.append(np.sum((r[ab[:, 0]] - r[ab[:, 1]]) * feat[q], axis=1))
+            ys.append(y)
+        p = 1.0 / (1.0 + np.exp(-np.concatenate(ps)))
+        return float(pairwise_auc(p, 1.0 - p, np.concatenate(ys))), float(np.median(took) * 1000)
+
+    def shipped_fit(ev, cfg, dims):
+        return fit_posterior(ev, cfg, n_llms, dims).residual
+
+    def kind_component_fit(ev, cfg, dims, base=4, p_kind=0.1, kind_sd=0.5):
+        """The two components as shipped on the first ``base`` query terms, plus a third (prior weight
+        ``p_kind``) whose per-LLM terms are tight and whose further query terms have prior sd ``kind_sd``:
+        the evidence decides whether the user's taste depends on the kind of query."""
+        m = dims - base
+        x = np.concatenate([ev.x, ev.offset[:, None]], axis=1)
+        k = dims + 1
+        extra = np.zeros(k, bool)
+        extra[1 + base:] = True
+        means, logz = [], []
+        for w, std, use in ((1 - cfg.p_wide - p_kind, cfg.tight, False), (cfg.p_wide, cfg.wide, False),
+                            (p_kind, cfg.tight, True)):
+            per = np.r_[std, np.full(base, cfg.query_scale * std), np.full(m, kind_sd)]
+            prec = np.r_[np.tile(1.0 / per ** 2, n_llms), 1.0 / (cfg.gnn_weight_sd * min(1.0, std / cfg.wide)) ** 2]
+            cols = np.ones(prec.size, bool)
+            if not use:
+                cols[:-1] = ~np.tile(extra, n_llms)
+            r, h, f = _newton(Evidence(x=x[:, cols], offset=ev.offset, y=ev.y, w=ev.w), prec[cols], cfg.newton_iters)
+            full = np.zeros(prec.size)
+            full[cols] = r
+            means.append(full[:-1])
+            logz.append(math.log(w) - f - 0.5 * np.linalg.slogdet(h)[1] + 0.5 * np.sum(np.log(prec[cols])))
+        wts = np.exp(np.array(logz) - max(logz))
+        wts /= wts.sum()
+        return sum(w * m_ for w, m_ in zip(wts, means))
+
+    base = QueryBasis(emb, 4)(emb)
+    gnn_basis = QueryBasis(gnn_q, 8)(gnn_q)
+    knn = _knn_features(emb, 10, 32)
+    rows = [
+        ("4 principal components, query_scale 0.25 (shipped)", base, 0.25, shipped_fit),
+        ("one-hot of the true category (reference: the category known)", np.c_[np.ones(n), np.eye(n_cat)[cat]], 1.0,
+         shipped_fit),
+        ("one-hot of the category a classifier trained with the labels predicts (other questions)",
+         np.c_[np.ones(n), np.eye(n_cat)[pred]], 1.0, shipped_fit),
+        ("8 principal components of the GNN's query representation, query_scale 0.5", gnn_basis, 0.5, shipped_fit),
+        ("nearest-neighbour kernel (10 neighbours, 32 dims), query_scale 1, always on", np.c_[np.ones(n), knn], 1.0,
+         shipped_fit),
+        ("4 PCs + the kernel as a third prior component chosen by the evidence", np.c_[base, knn], 0.25,
+         kind_component_fit),
+    ]
+    for name, feat, qs, fit in rows:
+        cfg = PersonalConfig(change_prior=0.0, query_dims=feat.shape[1] - 1, query_scale=qs)
+        res = {"category k=50": evaluate_features(feat, cfg, fit, "category", 50)[0]}
+        res["category k=100"], res["fit at k=100, ms (median)"] = evaluate_features(feat, cfg, fit, "category", 100)
+        res["fixed ranking k=20"] = evaluate_features(feat, cfg, fit, "fixed", 20)[0]
+        out["auc"][name] = res
+        print(f"(q) {name}: " + ", ".join(f"{c} {v:.3f}" for c, v in res.items()), flush=True)
+    return out
+
+
+def query_features_table(res: dict, n_users: int) -> str:
+    cols = list(next(iter(res["auc"].values())))
+    lines = [f"#### (q) The residual alone (no GNN), {n_users} planted users per cell: AUC by query features", "",
+             "| query features of the residual | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    lines += [f"| {name} | " + " | ".join(f"{r[c]:.1f}" if "ms" in c else f"{r[c]:.3f}" for c in cols) + " |"
+              for name, r in res["auc"].items()]
+    lines += ["", "| representation | nearest other question in the same category | classifier trained with "
+              "the labels (other questions) |", "|---|---|---|"]
+    lines += [f"| {name} | {r['nearest_neighbour']:.2f} | {r['classifier']:.2f} |"
+              for name, r in res["separability"].items()]
+    return "\n".join(lines) + "\n"
+
+
 def split_turns(paths: dict[str, Path], out: Path) -> dict[str, Path]:
     """The same judged turns written as independent single-step records."""
     out.mkdir(parents=True, exist_ok=True)
@@ -796,7 +1052,7 @@ def main(argv=None) -> int:
             results["a"][s] = {"held_out": held, "curve": curve}
             md.append(curve_table(f"(a) Leave-judges-out on MT-Bench, split seed {s} ({len(held)} held-out judges; "
                                   f"pooled pairwise AUC on each judge's other votes [95% CI over judges])", curve))
-    if parts & {"b", "c", "d", "k", "s", "g", "r"}:
+    if parts & {"b", "c", "d", "k", "s", "g", "r", "q"}:
         ckpt = train_router_checkpoint(paths, args.work / "all_judges" / "model", EPOCHS)
     if "b" in parts:
         results["b"] = part_b(ckpt, votes, answers, categories, table, enc, llms, 0, args.planted)
@@ -826,6 +1082,24 @@ def main(argv=None) -> int:
                                          args.stream_steps, policies=tuple(args.regret_policies.split(",")),
                                          only=tuple(args.regret_users.split(",")) if args.regret_users else None)
         md.append(regret_kinds_table(results["r"], args.stream_steps, args.stream_users))
+    if "q" in parts:
+        results["q"] = part_q(ckpt, votes, table, llms, categories, 0)
+        md.append(query_features_table(results["q"], 24))
+    if "m" in parts:
+        results["m"] = part_m(args.work, paths, votes, table, enc, llms, 0)
+        md.append("#### (m) Multi-turn: AUC on the turn-2 vote of a held-out judge's conversation, after 20 of the "
+                  "judge's other votes and the conversation's turn-1 vote counted w times\n\n| w | AUC [95% CI] |\n"
+                  "|---|---|\n" + "\n".join(f"| {w} | {fmt(*r[:2])} |" for w, r in results["m"].items()
+                                              if isinstance(w, int)) +
+                  f"\n\nthe turn-2 vote equals the turn-1 vote in {results['m']['turn2_equals_turn1']:.2f} of the "
+                  "conversations\n")
+    if "t" in parts:
+        results["t"] = part_t(args.work, args.mt_bench, list(range(max(args.seeds, 3))))
+        cols = list(next(iter(results["t"].values())))
+        md.append("#### (t) MT-Bench test AUC on per-judge splits (router trained with the seed config)\n\n| split | " +
+                  " | ".join(cols) + " |\n|---|" + "---|" * len(cols) + "\n" +
+                  "\n".join(f"| {n} | " + " | ".join(f"{r[c]:.3f}" for c in cols) + " |"
+                            for n, r in results["t"].items()) + "\n")
     if "e" in parts:
         results["e"] = part_e(args.work, args.mt_bench, list(range(args.seeds)))
         md.append("#### (e) Training ablations (test AUC on per-judge MT-Bench splits; L = HGT layers)\n\n| run | " +
