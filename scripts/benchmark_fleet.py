@@ -115,6 +115,23 @@ def fill(url: str, users: int, rows: int, n_texts: int, llms: int, seed: int) ->
     return {"store_rows": 2 * pairs, "store_users": users, "fill_s": time.perf_counter() - t0, "store_size": size}
 
 
+def existing(url: str, users: int, rows: int) -> dict | None:
+    """The store's figures when it already holds ``rows`` rows or more (``--reuse``), else None."""
+    import psycopg2
+
+    from gmt_model.serving.feedback import PostgresFeedbackStore
+
+    PostgresFeedbackStore(url).close()
+    conn = psycopg2.connect(url)
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT COALESCE(MAX(id), 0), pg_size_pretty(pg_total_relation_size('feedback')) FROM feedback")
+        n, size = cur.fetchone()
+    conn.close()
+    if n < rows:
+        return None
+    return {"store_rows": int(n), "store_users": users, "fill_s": 0.0, "store_size": size, "reused": True}
+
+
 def measure(ckpt: Path, url: str, users: int, n_texts: int, dim: int, samples: int, seed: int) -> dict:
     import torch
 
@@ -165,6 +182,9 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pg-url", default=None, help="an empty PostgreSQL database (default: a throwaway cluster)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="with --pg-url: do not fill when the store already holds --rows rows or more (a store "
+                         "filled by an earlier run; COPY of 20M rows takes minutes)")
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--json", action="store_true", help="print only the JSON line")
     ap.add_argument("--_measure", nargs=2, default=None, help=argparse.SUPPRESS)
@@ -184,7 +204,9 @@ def main(argv=None) -> int:
             info = build(ckpt, args.ckpt_users, args.ckpt_rows, args.texts, args.llms, args.dim, args.seed,
                          share=None, text_dtype="float32", n_routed=0)
             say(f"checkpoint: {info['rows']} rows, {info['users']} users; filling the store")
-            st = fill(url, args.users, args.rows, args.texts, args.llms, args.seed)
+            st = existing(url, args.users, args.rows) if args.reuse and args.pg_url else None
+            if st is None:
+                st = fill(url, args.users, args.rows, args.texts, args.llms, args.seed)
             say(f"store: {st['store_rows']} rows of {st['store_users']} users in {st['fill_s']:.0f} s "
                 f"({st['store_size']}); measuring in a fresh process")
             cmd = [sys.executable, __file__, "--_measure", str(ckpt), url, "--users", str(args.users),
