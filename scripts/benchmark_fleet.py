@@ -153,6 +153,22 @@ def measure(ckpt: Path, url: str, users: int, n_texts: int, dim: int, samples: i
     router = GMTRouter.from_checkpoint(ckpt, encoder=enc, threads=1, feedback_log=url, feedback_sync_interval=1.0)
     startup = time.perf_counter() - t0
     after_start = rss_mb()
+    store = router.feedback_log
+    spent: dict[str, list[float]] = {"read_user": [], "append_many": [], "read": []}
+
+    def timed(name):  # the store's share of each call: its methods timed where the router calls them
+        fn = getattr(store, name)
+
+        def wrapper(*a, **kw):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                spent[name].append(time.perf_counter() - t)
+        return wrapper
+
+    for name in spent:
+        setattr(store, name, timed(name))
     rng = np.random.default_rng(seed)
     first, again, fb, sizes = [], [], [], []
     for i in rng.choice(users, size=min(samples, users), replace=False):
@@ -175,7 +191,9 @@ def measure(ckpt: Path, url: str, users: int, n_texts: int, dim: int, samples: i
             "loaded_rows_mean": float(np.mean(sizes)) if sizes else 0.0,
             "uncached_first_route_p50_ms": pct(first, 50), "uncached_first_route_p99_ms": pct(first, 99),
             "cached_route_p50_ms": pct(again, 50), "cached_route_p99_ms": pct(again, 99),
-            "feedback_route_p50_ms": pct(fb, 50), "feedback_route_p99_ms": pct(fb, 99)}
+            "feedback_route_p50_ms": pct(fb, 50), "feedback_route_p99_ms": pct(fb, 99),
+            **{f"store_{k}_p50_ms": pct(v, 50) for k, v in spent.items() if v},
+            **{f"store_{k}_calls": len(v) for k, v in spent.items()}}
 
 
 # ---------------------------------------------------------------------------------------------------------------
