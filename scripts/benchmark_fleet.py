@@ -140,7 +140,8 @@ def existing(url: str, users: int, rows: int) -> dict | None:
     return {"store_rows": int(n), "store_users": users, "fill_s": 0.0, "store_size": size, "reused": True}
 
 
-def measure(ckpt: Path, url: str, users: int, n_texts: int, dim: int, samples: int, seed: int) -> dict:
+def measure(ckpt: Path, url: str, users: int, n_texts: int, dim: int, samples: int, seed: int, touch: int = 0,
+            max_loaded: int = 50_000) -> dict:
     import torch
 
     from gmt_model.serving.router import GMTRouter
@@ -150,7 +151,8 @@ def measure(ckpt: Path, url: str, users: int, n_texts: int, dim: int, samples: i
     enc = HashVecEncoder(dim)
     base = rss_mb()
     t0 = time.perf_counter()
-    router = GMTRouter.from_checkpoint(ckpt, encoder=enc, threads=1, feedback_log=url, feedback_sync_interval=1.0)
+    router = GMTRouter.from_checkpoint(ckpt, encoder=enc, threads=1, feedback_log=url, feedback_sync_interval=1.0,
+                                       max_loaded_users=max_loaded)
     startup = time.perf_counter() - t0
     after_start = rss_mb()
     store = router.feedback_log
@@ -186,7 +188,16 @@ def measure(ckpt: Path, url: str, users: int, n_texts: int, dim: int, samples: i
         router.route_single({"query_text": text, "user_id": u})
         fb.append(time.perf_counter() - t)
     pct = lambda x, p: float(np.percentile(np.array(x) * 1000, p))  # noqa: E731
-    return {"startup_s": startup, "rss_before_mb": base, "rss_after_start_mb": after_start,
+    touched = {}
+    if touch:  # memory after routing `touch` more distinct users (each loaded from the store)
+        t = time.perf_counter()
+        for i in rng.choice(users, size=min(touch, users), replace=False):
+            router.route_single({"query_text": texts[int(rng.integers(n_texts))], "user_id": f"fleet_{int(i):07d}"})
+        touched = {"touched_users": int(min(touch, users)), "touch_s": time.perf_counter() - t,
+                   "rss_after_touch_mb": rss_mb(), "loaded_users": len(router._loaded or ()),
+                   "evicted_users": router.evicted, "history_rows": int(router.state.hist.n),
+                   "history_texts": int(router.state.hist.n_text), "max_loaded_users": max_loaded}
+    return {**touched,"startup_s": startup, "rss_before_mb": base, "rss_after_start_mb": after_start,
             "rss_after_mb": rss_mb(), "peak_rss_mb": peak_rss_mb(), "samples": len(first),
             "loaded_rows_mean": float(np.mean(sizes)) if sizes else 0.0,
             "uncached_first_route_p50_ms": pct(first, 50), "uncached_first_route_p99_ms": pct(first, 99),
@@ -379,6 +390,9 @@ def main(argv=None) -> int:
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--samples", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--touch", type=int, default=0,
+                    help="then route this many more distinct users and report memory, loaded and evicted users")
+    ap.add_argument("--max-loaded-users", type=int, default=50_000, help="the replica's router.max_loaded_users")
     ap.add_argument("--pg-url", default=None, help="an empty PostgreSQL database (default: a throwaway cluster)")
     ap.add_argument("--reuse", action="store_true",
                     help="with --pg-url: do not fill when the store already holds --rows rows or more (a store "
@@ -402,7 +416,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if args._measure is not None:
         print(json.dumps(measure(Path(args._measure[0]), args._measure[1], args.users, args.texts, args.dim,
-                                 args.samples, args.seed)))
+                                 args.samples, args.seed, args.touch, args.max_loaded_users)))
         return 0
     if args.mixed:
         return mixed(args)
@@ -422,7 +436,8 @@ def main(argv=None) -> int:
                 f"({st['store_size']}); measuring in a fresh process")
             cmd = [sys.executable, __file__, "--_measure", str(ckpt), url, "--users", str(args.users),
                    "--texts", str(args.texts), "--dim", str(args.dim), "--samples", str(args.samples),
-                   "--seed", str(args.seed)]
+                   "--seed", str(args.seed), "--touch", str(args.touch), "--max-loaded-users",
+                   str(args.max_loaded_users)]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             res = json.loads(out.strip().splitlines()[-1])
         finally:
