@@ -653,6 +653,9 @@ class PostgresFeedbackStore(FeedbackStore):
 
     Each process (after ``fork`` too) and each store opens its own connection, shared by the threads of
     that process behind a lock; a broken connection (a restarted server) is reopened on the next call.
+    The connection is in autocommit mode and each call sends one statement string, one round trip: a read
+    is a single statement; an append is the advisory lock and one multi-row ``INSERT ... RETURNING id``,
+    which PostgreSQL runs as one transaction (several statements in one simple query).
     Appends commit synchronously (PostgreSQL's default ``synchronous_commit``), so an acknowledged
     record survives the crash of any router.  Reads use an index on ``(user_id, id)`` for
     :meth:`read_user`.  Uses psycopg2 (``psycopg2-binary``, a pinned dependency), imported on first use."""
