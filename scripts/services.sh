@@ -33,6 +33,7 @@
 # $MLFLOW_TRACKING_URI.  Settings (environment, first `up` only for ports): GMTROUTER_HOME,
 # GMTROUTER_SERVICES_DIR, GMTROUTER_{PG,MLFLOW,DAGSTER,ROUTER}_PORT (default: free ports), GMTROUTER_PG_BINDIR,
 # GMTROUTER_ROUTER_REPLICAS (1), GMTROUTER_FEEDBACK_SYNC_INTERVAL (1 s: how soon a replica applies the others' feedback),
+# GMTROUTER_MAX_LOADED_USERS (50000: users whose rows a replica holds, LRU),
 # GMTROUTER_EXECUTOR (celery: also start redis and the workers), GMTROUTER_REDIS_PORT,
 # GMTROUTER_SERVE_DATASET (demo), GMTROUTER_RELOAD_INTERVAL (30 s), GMTROUTER_RETRAIN_MIN_FEEDBACK,
 # GMTROUTER_SENSOR_INTERVAL, GMTROUTER_TRIGGERED_RUN_CONFIG, GMTROUTER_ADMIN_TOKEN.  See docs/deploy.md.
@@ -438,6 +439,7 @@ router:
   threads: 1
   feedback_log: $FEEDBACK_URL
   feedback_sync_interval: ${GMTROUTER_FEEDBACK_SYNC_INTERVAL:-1}
+  max_loaded_users: ${GMTROUTER_MAX_LOADED_USERS:-50000}
 endpoints: {}
 EOF
   mv -f "$home/router.yaml.tmp" "$home/router.yaml"

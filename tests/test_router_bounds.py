@@ -107,13 +107,16 @@ def test_bad_bound_settings_name_the_file_and_key(tmp_path):
     from gmt_model.method.config import ConfigError, load_router_config
 
     p = tmp_path / "r.yaml"
-    for key, value in (("history_window", 0), ("cache_users", "many"), ("refresh_growth", -1)):
+    for key, value in (("history_window", 0), ("cache_users", "many"), ("refresh_growth", -1),
+                       ("max_loaded_users", 0)):
         p.write_text(f"model_path:\n  load_model_path: m/x.pt\nrouter:\n  {key}: {value}\n")
         with pytest.raises(ConfigError, match=f"{p}: router.{key}: expected"):
             load_router_config(p)
-    p.write_text("model_path:\n  load_model_path: m/x.pt\nrouter:\n  history_window: 50\n  refresh_growth: 0\n")
+    p.write_text("model_path:\n  load_model_path: m/x.pt\nrouter:\n  history_window: 50\n  refresh_growth: 0\n"
+                 "  max_loaded_users: 7\n")
     cfg = load_router_config(p)
     assert cfg.history_window == 50 and cfg.refresh_growth == 0.0 and cfg.cache_users == 20000
+    assert cfg.max_loaded_users == 7
 
 
 def test_subgraph_with_only_some_users_scores_as_with_all(planted_models, planted_graph):

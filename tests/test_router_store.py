@@ -91,3 +91,43 @@ def test_routing_goes_on_while_the_store_is_down(planted_models, planted_graph, 
         pg.start()
     b._store_retry_at = 0.0  # (instead of waiting for the retry interval)
     _same(_routes(b, texts, [g.user_ids[1], "fresh"]), _routes(a, texts, [g.user_ids[1], "fresh"]))
+
+
+def test_loaded_users_are_bounded_and_an_evicted_user_is_reloaded_identically(planted_models, planted_graph, url):
+    """router.max_loaded_users: past it the least recently used users are dropped (rows, texts, caches) and
+    read again from the store on their next use, routing as before."""
+    g = planted_graph
+    texts = sorted(set(g.query_text))[:40]
+    full = make_router(planted_models, g, url, feedback_sync_interval=0)  # holds every user it serves
+    _feedback_script(full, g)
+    users = [f"new-{i}" for i in range(8)] + [g.user_ids[3], g.user_ids[4]]
+    for i, user in enumerate(users):
+        for j in range(3):
+            full.update_user_preference(user, texts[(7 * i + j) % 40], full.llms[(i + j) % len(full.llms)],
+                                        full.llms[(i + j + 1) % len(full.llms)], session_id=f"s{i}", turn=j + 1)
+    everyone = users + [g.user_ids[1], "fresh"]
+    expected = {u: _routes(full, texts, [u]) for u in everyone}
+    small = make_router(planted_models, g, url, feedback_sync_interval=3600, max_loaded_users=3)
+    base_rows = small.state.hist.n
+    for _ in range(2):  # the second round reloads every user the first one evicted
+        prev = None
+        for u in everyone:
+            _same(_routes(small, texts, [u]), expected[u])
+            if prev is not None:  # still loaded: its rows renumbered by the compaction, its routing the same
+                assert prev in small._loaded
+                _same(_routes(small, texts, [prev]), expected[prev])
+            prev = u
+            assert len(small._loaded) <= 3
+            # memory follows the users held: their rows (each user here has at most 16) and texts only
+            assert small.state.hist.n - base_rows <= 3 * 16 and len(small.state.text_row) <= 3 * 16
+            assert len(small.state.users) <= len(small.checkpoint.users) + 4  # + the one loaded before an eviction
+    assert small.evicted >= len(everyone)
+    # own feedback not yet synced survives the eviction of its user (read again, not skipped as own)
+    small.update_user_feedback("fresh", texts[20], small.llms[3], 4.0)
+    full.sync_feedback(force=True)
+    for u in users[:4]:
+        small.route_single({"query_text": texts[0], "user_id": u})
+    assert "fresh" not in small._loaded
+    _same(_routes(small, texts, ["fresh"]), _routes(full, texts, ["fresh"]))
+    small.sync_feedback(force=True)
+    assert small.history_size("fresh") == full.history_size("fresh") == 17

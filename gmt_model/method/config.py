@@ -233,6 +233,9 @@ class RouterConfig:
     #: users whose representation and posterior are kept in memory (least recently used are dropped, then
     #: recomputed on their next route)
     cache_users: int = 20000
+    #: with a store read per user (PostgreSQL): users whose rated rows a router holds at most; the least recently
+    #: used are dropped (rows, texts, caches) and read again from the store on their next use, identically
+    max_loaded_users: int = 50000
     #: the LLM pool (``router.llms``): name -> {description, cost (USD per 1M tokens), endpoint}; None: the
     #: checkpoint's LLMs.  Pool changes made while serving live in the feedback log (``gmtrouter llms``)
     llms: dict[str, dict[str, Any]] | None = None
@@ -270,7 +273,7 @@ def load_router_config(path: str | Path, *, relative_to: str | Path | None = Non
     unknown = set(router) - {"checkpoint", "candidates", "encoder", "device", "feedback_log", "history_turns",
                              "threads", "personalization", "policy", "epsilon", "seed", "replay_feedback",
                              "feedback_sync_interval", "history_window", "refresh_growth", "cache_users",
-                             "llms", "cost_weight"}
+                             "max_loaded_users", "llms", "cost_weight"}
     if unknown:
         raise ConfigError(f"{path}: router: unknown keys {sorted(unknown)}")
     policy = router.get("policy", "greedy")
@@ -317,6 +320,7 @@ def load_router_config(path: str | Path, *, relative_to: str | Path | None = Non
         history_window=_positive_int(path, router, "history_window", 1000),
         refresh_growth=_fraction(path, router, "refresh_growth", 0.1),
         cache_users=_positive_int(path, router, "cache_users", 20000),
+        max_loaded_users=_positive_int(path, router, "max_loaded_users", 50000),
         llms=llms,
         cost_weight=float(cw),
     )

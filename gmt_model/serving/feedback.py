@@ -640,8 +640,8 @@ _PG_CREATE = [
     endpoint TEXT
 )""",
 ]
-_PG_INSERT = (f"INSERT INTO {FEEDBACK_TABLE} ({', '.join(FEEDBACK_COLUMNS[1:])}) "
-              f"VALUES ({', '.join('%s' for _ in FEEDBACK_COLUMNS[1:])}) RETURNING {COL_ID}")
+_PG_INSERT_MANY = f"INSERT INTO {FEEDBACK_TABLE} ({', '.join(FEEDBACK_COLUMNS[1:])}) VALUES "
+_PG_ROW = f"({', '.join('%s' for _ in FEEDBACK_COLUMNS[1:])})"
 _PG_INSERT_EVENT = (f"INSERT INTO {LLM_EVENTS_TABLE} ({', '.join(LLM_EVENT_COLUMNS[1:])}) "
                     f"VALUES ({', '.join('%s' for _ in LLM_EVENT_COLUMNS[1:])}) RETURNING id")
 
@@ -653,6 +653,9 @@ class PostgresFeedbackStore(FeedbackStore):
 
     Each process (after ``fork`` too) and each store opens its own connection, shared by the threads of
     that process behind a lock; a broken connection (a restarted server) is reopened on the next call.
+    The connection is in autocommit mode and each call sends one statement string, one round trip: a read
+    is a single statement; an append is the advisory lock and one multi-row ``INSERT ... RETURNING id``,
+    which PostgreSQL runs as one transaction (several statements in one simple query).
     Appends commit synchronously (PostgreSQL's default ``synchronous_commit``), so an acknowledged
     record survives the crash of any router.  Reads use an index on ``(user_id, id)`` for
     :meth:`read_user`.  Uses psycopg2 (``psycopg2-binary``, a pinned dependency), imported on first use."""
@@ -688,7 +691,10 @@ class PostgresFeedbackStore(FeedbackStore):
             except psycopg2.Error as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise FeedbackStoreError(f"feedback store {self.location}: cannot connect: {first}") from None
-            conn.autocommit = False
+            # autocommit: a call is ONE statement string, one round trip (psycopg2 would send BEGIN and COMMIT
+            # as round trips of their own); a string of several statements runs as one transaction (the simple
+            # query protocol's implicit transaction), which appends and the table creation use
+            conn.autocommit = True
             self._conn = conn
             self._pid = os.getpid()
         return self._conn
@@ -702,37 +708,29 @@ class PostgresFeedbackStore(FeedbackStore):
         self._conn = None
 
     def _run(self, fn: Any, *, retry: bool) -> Any:
-        """``fn(cursor)`` in one transaction (caller holds the lock); committed on success, rolled back on
-        an error.  ``retry``: a read may run again once on a fresh connection when the old one broke
-        (a restarted server); an append never does (it may have committed)."""
+        """``fn(cursor)`` (caller holds the lock); ``fn`` sends one statement string (autocommit: it commits
+        when it succeeds and rolls back when it fails).  ``retry``: a read may run again once on a fresh
+        connection when the old one broke (a restarted server); an append never does (it may have
+        committed)."""
         import psycopg2
 
         for attempt in (0, 1):
             conn = self._connection()
             try:
                 with conn.cursor() as cur:
-                    out = fn(cur)
-                conn.commit()
-                return out
+                    return fn(cur)
             except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
                 self._drop_connection()
                 if not retry or attempt:
                     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                     raise FeedbackStoreError(f"feedback store {self.location}: {first}") from None
-            except BaseException:
-                try:
-                    conn.rollback()
-                except Exception:  # noqa: BLE001
-                    self._drop_connection()
-                raise
         raise AssertionError("unreachable")
 
     @staticmethod
     def _create_tables(cur: Any) -> None:
-        # several processes may create the tables at once: CREATE ... IF NOT EXISTS alone can race
-        cur.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_DDL_LOCK,))
-        for sql in _PG_CREATE:
-            cur.execute(sql)
+        # several processes may create the tables at once: CREATE ... IF NOT EXISTS alone can race; one
+        # statement string = one transaction, which holds the lock to its end
+        cur.execute("; ".join(["SELECT pg_advisory_xact_lock(%s)" % _PG_DDL_LOCK, *_PG_CREATE]))
 
     @staticmethod
     def _rows(rows: list[tuple[Any, ...]]) -> list[FeedbackRecord]:
@@ -747,13 +745,14 @@ class PostgresFeedbackStore(FeedbackStore):
             return []
 
         def insert(cur: Any) -> list[int]:
-            # ids drawn and committed in one order: every append holds this lock until its commit
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_APPEND_LOCK,))
-            ids = []
-            for v in values:
-                cur.execute(_PG_INSERT, v)
-                ids.append(int(cur.fetchone()[0]))
-            return ids
+            # ids drawn and committed in one order: every append holds this lock until its commit.  One
+            # statement string (the lock, then one multi-row INSERT: ids in row order): one transaction, one
+            # round trip
+            cur.execute(f"SELECT pg_advisory_xact_lock({_PG_APPEND_LOCK}); " + _PG_INSERT_MANY
+                        + ", ".join([_PG_ROW] * len(values)) + f" RETURNING {COL_ID}",
+                        [x for v in values for x in v])
+            # (a multi-row VALUES list is inserted in its order, and RETURNING gives the rows in that order)
+            return [int(r[0]) for r in cur.fetchall()]
 
         with self._lock:
             return self._run(insert, retry=False)
@@ -763,8 +762,7 @@ class PostgresFeedbackStore(FeedbackStore):
         values = _llm_event_values(op, name, description, cost, endpoint)
 
         def insert(cur: Any) -> int:
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_APPEND_LOCK + 1,))
-            cur.execute(_PG_INSERT_EVENT, values)
+            cur.execute(f"SELECT pg_advisory_xact_lock({_PG_APPEND_LOCK + 1}); " + _PG_INSERT_EVENT, values)
             return int(cur.fetchone()[0])
 
         with self._lock:

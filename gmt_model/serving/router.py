@@ -31,6 +31,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -155,11 +156,13 @@ class GMTRouter:
         # (_ensure_loaded) and the sync follows only the users loaded so far
         self._unmerged = {int(i) for i in (ck.meta.get("feedback_unmerged_ids") or [])
                           if int(i) <= self.feedback_through_id}
-        self._loaded: set[str] | None = None
+        # the users whose rows this router holds, least recently used first (bounded: max_loaded_users)
+        self._loaded: OrderedDict[str, None] | None = None
+        self.evicted = 0
         self._store_retry_at = 0.0
         if (self.feedback_log is not None and config.replay_feedback
                 and getattr(self.feedback_log, "lazy_users", False)):
-            self._loaded = set()
+            self._loaded = OrderedDict()
             self.state.synced_id = max(self.state.synced_id, self.feedback_log.max_id())
         elif self.feedback_log is not None and config.replay_feedback:
             # rows the training data read but could not use (a single rating compares nothing) are history only:
@@ -524,6 +527,9 @@ class GMTRouter:
                     u = self.state.apply(logged.user_id, r["query"], r["model"], r["rating"], logged.session_id,
                                          logged.key, logged.emb, order=ids[i] if ids else None)
                 size = self.state.rows_of.count(u)
+                if ids:  # applied: a later sync skips them (an eviction in between may have handed them back)
+                    with self._log_lock:
+                        self.state.own_ids.update(i for i in ids if i > self.state.synced_id)
         except BaseException:
             if logged.ids:  # not applied here: the next sync applies them from the log
                 with self._log_lock:
@@ -558,23 +564,49 @@ class GMTRouter:
 
     def _ensure_loaded(self, user_ids: Sequence[str]) -> None:
         """Read the stored rows of users this router has not loaded yet (lazy stores only): the rows newer
-        than the checkpoint's training data (and those it read but could not use) up to the sync point;
-        newer rows come with the sync.  The same set of rows as a replay at start, so routing agrees."""
+        than the checkpoint's training data (and those it read but could not use), all of them (those past
+        the sync point are then skipped by the sync, as own rows are).  The same set of rows as a replay at
+        start, so routing agrees.  Marks the users most recently used; past ``max_loaded_users`` the least
+        recently used are evicted (``_evict_loaded``) and read again on their next use."""
         if self._loaded is None:
             return
-        new = [u for u in dict.fromkeys(user_ids) if u not in self._loaded]
-        if not new:
-            return
+        users = list(dict.fromkeys(user_ids))
         with self._lock:
             since = min([self.feedback_through_id] + [i - 1 for i in self._unmerged])
-            for user in new:
+            for user in users:
                 if user in self._loaded:
+                    self._loaded.move_to_end(user)
                     continue
-                rows = [r for r in self.feedback_log.read_user(user, since_id=since, through_id=self.state.synced_id)
-                        if (r.id > self.feedback_through_id or r.id in self._unmerged)
-                        and r.id not in self._pending_ids]
+                with self._log_lock:  # rows logged here but not applied yet (pending) are left to apply_logged
+                    got = self.feedback_log.read_user(user, since_id=since)
+                    pending = set(self._pending_ids)
+                rows = [r for r in got if (r.id > self.feedback_through_id or r.id in self._unmerged)
+                        and r.id not in pending]
                 self.replayed += self.state.apply_rows(rows, self.embed)
-                self._loaded.add(user)
+                # rows past the sync point are applied now: the sync skips them as it skips this router's own
+                self.state.own_ids.update(r.id for r in rows if r.id > self.state.synced_id)
+                self._loaded[user] = None
+            self._evict_loaded(users)
+
+    def _evict_loaded(self, keep: Sequence[str]) -> None:
+        """Past ``max_loaded_users`` loaded users, drop the least recently used (not those of the current
+        call) down to 90% of it, in one batch (one compaction of the history per batch); they are read from
+        the store again on their next use (``UserState.evict``)."""
+        cap = int(self.config.max_loaded_users)
+        assert self._loaded is not None
+        if len(self._loaded) <= cap:
+            return
+        target = cap - cap // 10
+        busy = set(keep)
+        out = []
+        for user in self._loaded:  # least recently used first
+            if len(self._loaded) - len(out) <= target:
+                break
+            if user not in busy:
+                out.append(user)
+        for user in out:
+            del self._loaded[user]
+        self.evicted += self.state.evict(out)
 
     def _refresh_for_routing(self, user_ids: Sequence[str]) -> None:
         """Load new users and sync before routing; when the store cannot be reached (a PostgreSQL server

@@ -76,7 +76,10 @@ class UserState:
         self.rating_scale = rating_scale
         self.users: list[str] = list(users)
         self.user_index = {u: i for i, u in enumerate(self.users)}
+        self.n_base_users = len(self.users)  # the checkpoint's users (never evicted: their rows are its history)
+        self._free_users: list[int] = []  # indices of evicted users that feedback added, for new users
         self.hist = _GrowingHistory(history, model.cfg.edge_types, len(self.users))
+        self.base_rows, self.base_texts = self.hist.n, self.hist.n_text
         self.rows_of = _UserRows(history.user, len(self.users))
         self.text_row: dict[str, int] = {}  # feedback query text -> its row in the history's text table
         self.rep_rows: dict[int, int] = {}
@@ -449,8 +452,7 @@ class UserState:
         rows applied, not on the order in which they arrived."""
         u = self.user_index.get(user_id)
         if u is None:
-            u = self.user_index[user_id] = len(self.users)
-            self.users.append(user_id)
+            u = self._new_user(user_id)
         lo, hi = self.rating_scale
         norm = float(normalise_ratings(raw, lo, hi))
         gkey = (user_id, query_id if query_id else "text:" + query)
@@ -529,6 +531,105 @@ class UserState:
                 self.synced_id = rows[-1].id
                 self.own_ids = {i for i in self.own_ids if i > self.synced_id}
         return applied
+
+    def _new_user(self, user_id: str) -> int:
+        """An index for a user the history does not hold yet (an evicted user's index is reused)."""
+        if self._free_users:
+            u = self._free_users.pop()
+            self.users[u] = user_id
+        else:
+            u = len(self.users)
+            self.users.append(user_id)
+        self.user_index[user_id] = u
+        return u
+
+    # ------------------------------------------------------------------ eviction (stores read per user)
+    def evict(self, user_ids: Sequence[str]) -> int:
+        """Forget the rows the router added for these users (the checkpoint's rows stay), their texts,
+        sessions and cached results, so that memory follows the users held, not every user ever served.
+        A router whose store is read per user (PostgreSQL) evicts its least recently used users and reads
+        them again from the store on their next use: the same rows, applied in id order, so the user then
+        routes as before.  Own rows newer than ``synced_id`` are handed back to the sync (not skipped as
+        own any more): the next sync applies them if the user is loaded again by then, and a later load
+        reads them otherwise.  Returns how many users were evicted."""
+        gone: dict[str, int] = {}
+        for user in dict.fromkeys(user_ids):
+            u = self.user_index.get(user)
+            if u is not None:
+                gone[user] = u
+        if not gone:
+            return 0
+        dead: list[int] = []
+        for user, u in gone.items():
+            dead.extend(self.rows_of.drop(u))
+            for cache in (self.user_rep, self.post, self.offsets):
+                cache.pop(u, None)
+            self.rep_rows.pop(u, None)
+            self.inserted.pop(u, None)
+            if u >= self.n_base_users:  # a user feedback added: its index goes back to the free list
+                del self.user_index[user]
+                self.users[u] = ""
+                self._free_users.append(u)
+        ids = self.hist.order[np.asarray(dead, np.int64)]
+        self.own_ids.difference_update(int(i) for i in ids[(ids > self.synced_id) & (ids < _UNLOGGED)])
+        self.sessions = {k: v for k, v in self.sessions.items() if k[0] not in gone}
+        self.group_key = {k: v for k, v in self.group_key.items() if k[0] not in gone}
+        if dead:
+            self._compact(np.asarray(dead, np.int64))
+        return len(gone)
+
+    def _compact(self, dead: np.ndarray) -> None:
+        """Remove history rows (never the checkpoint's) and the feedback texts no row uses any more, and
+        renumber what refers to rows and texts.  Order-preserving: each user's rows keep their order."""
+        h = self.hist
+        n = h.n
+        keep = np.ones(n, bool)
+        keep[dead] = False
+        new_of = np.cumsum(keep) - 1
+        m = int(keep.sum())
+        for name in h._COLS:
+            arr = getattr(h, name)
+            arr[:m] = arr[:n][keep]
+        prev = h._prev[:m]
+        linked = prev >= 0
+        prev[linked] = np.where(keep[prev[linked]], new_of[prev[linked]], -1)
+        h.n = m
+        # texts: the checkpoint's stay; a feedback text stays while a row uses it
+        nt = h.n_text
+        tkeep = np.zeros(nt, bool)
+        tkeep[: self.base_texts] = True
+        tkeep[h._query_row[:m]] = True
+        tnew = np.cumsum(tkeep) - 1
+        tm = int(tkeep.sum())
+        h._text[:tm] = h._text[:nt][tkeep]
+        h._query_row[:m] = tnew[h._query_row[:m]]
+        h.n_text = tm
+        zn = self._ztext_n
+        self._ztext[: int(tkeep[:zn].sum())] = self._ztext[:zn][tkeep[:zn]]
+        self._ztext_n = int(tkeep[:zn].sum())
+        self.text_row = {t: int(tnew[r]) for t, r in self.text_row.items() if tkeep[r]}
+        self._cold_cache = {int(tnew[t]): v for t, v in self._cold_cache.items() if t < nt and tkeep[t]}
+        h.shrink()
+        if self._ztext.shape[0] > 2 * max(self._ztext_n, 256):
+            self._ztext = self._ztext[: self._ztext_n + max(256, self._ztext_n // 4)].copy()
+        # what refers to rows
+        self.rows_of.renumber(new_of)
+        for st in self.sessions.values():
+            if st.last_row >= 0:
+                st.last_row = int(new_of[st.last_row]) if keep[st.last_row] else -1
+        groups = {}
+        for g, rows in self.group_rows.items():
+            live = [int(new_of[r]) for r in rows if keep[r]]
+            if live:
+                groups[g] = live
+        if len(groups) != len(self.group_rows) or any(len(v) != len(self.group_rows[g]) for g, v in groups.items()):
+            self.crowd_dirty = True  # evicted rows rated an added LLM: the crowd is everybody's loaded votes
+        self.group_rows = groups
+        self.offsets.clear()  # holds row numbers
+        if not self.per_user_exact:
+            self.user_rep.clear()
+            self.post.clear()
+            self.global_reps = None
 
     def session_turn(self, user: str, session: str, model: str) -> int:
         st = self.sessions.setdefault((user, session), _Session())
@@ -629,6 +730,15 @@ class _GrowingHistory:
         self.n += 1
         return row
 
+    def shrink(self) -> None:
+        """Give back capacity after rows or texts were removed (kept: a quarter of headroom)."""
+        if self._user.shape[0] > 2 * max(self.n, 1024):
+            cap = self.n + max(1024, self.n // 4)
+            for name in self._COLS:
+                setattr(self, name, getattr(self, name)[:cap].copy())
+        if self._text.shape[0] > 2 * max(self.n_text, 256):
+            self._text = self._text[: self.n_text + max(256, self.n_text // 4)].copy()
+
     def vecs(self, rows: np.ndarray) -> np.ndarray:
         """float32 (len(rows), d) query embeddings of the given rows."""
         return self._text[self._query_row[np.asarray(rows, dtype=np.int64)]].astype(np.float32, copy=False)
@@ -674,6 +784,14 @@ class _UserRows:
         if hi > nb:
             parts.append(np.asarray(self._extra.get(u, [])[max(lo, nb) - nb: hi - nb], dtype=np.int64))
         return np.concatenate(parts) if len(parts) > 1 else (parts[0] if parts else np.zeros(0, np.int64))
+
+    def drop(self, u: int) -> list[int]:
+        """Forget the rows added for user ``u`` (the checkpoint's stay); return them."""
+        return self._extra.pop(u, [])
+
+    def renumber(self, new_of: np.ndarray) -> None:
+        """The added rows renumbered after a compaction (``new_of``: old row -> new row; order kept)."""
+        self._extra = {u: new_of[np.asarray(rows, np.int64)].tolist() for u, rows in self._extra.items()}
 
     def add(self, u: int, row: int, order: np.ndarray) -> bool:
         """Add a new row in ``order`` (log ids); True when it went before the user's last row."""
