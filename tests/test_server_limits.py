@@ -328,3 +328,29 @@ def test_query_id_is_stored_or_refused_never_dropped(ckpt, tmp_path):
         else:
             assert r.status_code == 400 and r.json()["error"]["param"] == "query_id"
             assert router.feedback_log.count() == 0
+
+
+def test_stored_feedback_is_applied_even_past_the_time_budget(ckpt, tmp_path):
+    """Feedback is stored first (outside the router queue), then applied through the queue: that second
+    step is never dropped for a deadline, so a stored row is never left unapplied in the live router."""
+    router = tiny_router(ckpt, feedback_log=tmp_path / "fb.sqlite")
+    gate, busy = threading.Event(), threading.Event()
+    real = router.route_batch
+
+    def slow_batch(queries):  # the router queue's worker is stuck in a routing batch
+        busy.set()
+        assert gate.wait(20)
+        return real(queries)
+
+    router.route_batch = slow_batch
+    app = create_app(router, limits=Limits(request_timeout=0.5))
+    with TestClient(app) as c, ThreadPoolExecutor(2) as pool:
+        route = pool.submit(c.post, "/v1/route", json={"query_text": "q", "user_id": "u1"})
+        assert busy.wait(10)
+        fb = pool.submit(c.post, "/v1/feedback", json={"user": "u9", "query": "q", "model": "alpha", "rating": 5.0})
+        threading.Timer(1.5, gate.set).start()  # past the feedback's 0.5 s budget
+        r = fb.result(timeout=30)
+        assert route.result(timeout=30).status_code in (200, 503)
+    assert r.status_code == 200 and r.json()["feedback_id"] is not None
+    assert router.history_size("u9") == 1  # applied once, in the live router
+    assert [row.user_id for row in FeedbackLog(tmp_path / "fb.sqlite").read()] == ["u9"]

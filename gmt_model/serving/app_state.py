@@ -56,7 +56,9 @@ class Limits:
     * ``max_batch_texts``: query texts of ``/v1/route`` batches in flight together (more: 503);
     * ``encode_chunk``: texts per encoder call (a big batch is encoded chunk by chunk, outside every lock);
     * ``route_chunk``: queries per router call (a big batch takes the router's lock once per chunk);
-    * ``router_threads``: worker threads for router calls; ``encode_threads``: for encoding;
+    * ``router_threads``: worker threads for router calls; ``encode_threads``: for encoding the new texts of
+      single routes and feedback; ``batch_encode_threads``: for encoding ``/v1/route`` batches (their own
+      threads: a big batch keeps the other cores for everybody else's routing and encoding);
     * ``coalesce``: most single routes (``/v1/route``, chat completions) served by one ``route_batch`` call:
       concurrent single routes are coalesced into one router call.
     """
@@ -69,11 +71,12 @@ class Limits:
     route_chunk: int = 64
     router_threads: int = 2
     encode_threads: int = 2
+    batch_encode_threads: int = 1
     coalesce: int = 64
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "max_inflight", "max_batch_texts", "encode_chunk", "route_chunk",
-                     "router_threads", "encode_threads", "coalesce"):
+                     "router_threads", "encode_threads", "batch_encode_threads", "coalesce"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"limits.{name}: expected an integer >= 1, got {v!r}")
@@ -117,6 +120,7 @@ class AppState:
         self._router_limiter: anyio.CapacityLimiter | None = None
         self._encode_limiter: anyio.CapacityLimiter | None = None
         self._drain_limiter: anyio.CapacityLimiter | None = None
+        self._batch_limiter: anyio.CapacityLimiter | None = None
         self._pending: list[tuple[str, ServedModel, Any, asyncio.Future, float]] = []
         self._draining = False
 
@@ -138,6 +142,10 @@ class AppState:
             if self._drain_limiter is None:
                 self._drain_limiter = anyio.CapacityLimiter(1)
             return self._drain_limiter
+        if encode == "batch":
+            if self._batch_limiter is None:
+                self._batch_limiter = anyio.CapacityLimiter(self.limits.batch_encode_threads)
+            return self._batch_limiter
         if encode:
             if self._encode_limiter is None:
                 self._encode_limiter = anyio.CapacityLimiter(self.limits.encode_threads)
@@ -191,7 +199,7 @@ class AppState:
         self.failures = 0
         return out
 
-    async def encode(self, served: ServedModel, texts: Sequence[str], deadline: float) -> None:
+    async def encode(self, served: ServedModel, texts: Sequence[str], deadline: float, batch: bool = False) -> None:
         """Encode the texts the router has not seen, chunk by chunk in the encoder threads, outside every
         lock (the router's ``route_batch`` then finds them cached); checks the deadline between chunks."""
         embed = getattr(served.router, "embed", None)
@@ -203,7 +211,8 @@ class AppState:
         step = self.limits.encode_chunk
         for i in range(0, len(todo), step):
             try:
-                await self.call_router(served, "", embed, todo[i:i + step], deadline=deadline, encode=True)
+                await self.call_router(served, "", embed, todo[i:i + step], deadline=deadline,
+                                       encode="batch" if batch else True)
             except ApiError:
                 raise
             except Exception:  # the router's own call reports it (with its checks first)
@@ -214,7 +223,7 @@ class AppState:
                          ) -> list[dict[str, Any]]:
         """Route a batch: encode its new texts (chunks, no lock), then route ``route_chunk`` queries per
         router call, so a big batch never holds the router for long."""
-        await self.encode(served, [q["query_text"] for q in queries], deadline)
+        await self.encode(served, [q["query_text"] for q in queries], deadline, batch=True)
         step = self.limits.route_chunk
         out: list[dict[str, Any]] = []
         for i in range(0, len(queries), step):
