@@ -197,3 +197,48 @@ def test_the_sensor_and_the_training_merge_read_a_postgresql_store(pg, tmp_path,
     groups, stats = _feedback(secret_url, list(LLMS), (1.0, 5.0), set())
     assert stats.log_exists and stats.max_id == 2 and stats.rows_merged == 2 and len(groups) == 1
     assert "not-shown" not in stats.log_path
+
+
+def test_group_commit_shares_transactions_and_fails_only_the_bad_batch(tmp_path):
+    """Concurrent appends go through shared transactions (fewer commits than appends), every caller gets
+    the ids of its own rows, a pair stays adjacent, and a bad batch fails alone."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gmt_model.serving.feedback import FeedbackLog, GroupCommit
+
+    log = FeedbackLog(tmp_path / "fb.sqlite")
+    commits = []
+    gate = threading.Event()
+
+    def write(rows):
+        gate.wait(5)  # the first writer waits: the others queue behind it
+        commits.append(len(rows))
+        return log.append_many(rows)
+
+    gc = GroupCommit(write)
+
+    def one(i):
+        if i == 7:
+            rows = [dict(user_id="u7", query="q", model="m", rating=float("nan"))]  # invalid: fails alone
+        else:
+            rows = [dict(user_id=f"u{i}", query=f"q{i}", model=m, rating=r, query_id=f"pair{i}")
+                    for m, r in (("a", 5.0), ("b", 1.0))]
+        return gc.submit(rows)
+
+    with ThreadPoolExecutor(12) as pool:
+        futs = [pool.submit(one, i) for i in range(12)]
+        threading.Timer(0.5, gate.set).start()
+        results = []
+        for i, f in enumerate(futs):
+            if i == 7:
+                with pytest.raises(ValueError):
+                    f.result(timeout=30)
+            else:
+                results.append((i, f.result(timeout=30)))
+    stored = {r.id: r for r in log.read()}
+    assert len(stored) == 22
+    for i, ids in results:
+        assert len(ids) == 2 and ids[1] == ids[0] + 1
+        assert [stored[x].user_id for x in ids] == [f"u{i}", f"u{i}"] and stored[ids[0]].model == "a"
+    assert sum(1 for n in commits if n > 2) >= 1  # some transaction carried several callers' rows

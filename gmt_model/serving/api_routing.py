@@ -131,7 +131,7 @@ async def feedback(request: Request) -> JSONResponse:
             if log_fn is not None and getattr(router, "apply_logged", None) is not None and "query_id" not in kwargs:
                 # stored first, in a worker thread of its own (the log's fsync never holds the router queue);
                 # then applied through the queue, which runs it even if this request gives up
-                logged = await st.call_router(served, "", log_fn, deadline=deadline, **kwargs)
+                logged = await st.call_router(served, "", log_fn, deadline=deadline, encode="log", **kwargs)
                 result = await st.apply_queued(served, router.apply_logged, logged)
             else:
                 result = await st.call_queued(served, fn, deadline, **kwargs)

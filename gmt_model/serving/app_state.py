@@ -12,7 +12,10 @@ import hmac
 import inspect
 import logging
 import math
+import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,6 +88,15 @@ class Limits:
             raise ValueError(f"limits.request_timeout: expected a number of seconds > 0, got {v!r}")
 
 
+def _lower_priority() -> None:
+    """A batch encoder thread runs at nice +10 (Linux: per thread), so the CPU goes to the router queue and
+    the event loop first, and a big batch takes what they leave; where that is not allowed, as it is."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):
+        pass
+
+
 def overloaded(message: str, retry_after: float = 1.0, code: str = "overloaded") -> ApiError:
     """A 503 with ``Retry-After`` (whole seconds, at least 1)."""
     return ApiError(503, message, type="service_unavailable", code=code,
@@ -120,7 +132,8 @@ class AppState:
         self._router_limiter: anyio.CapacityLimiter | None = None
         self._encode_limiter: anyio.CapacityLimiter | None = None
         self._drain_limiter: anyio.CapacityLimiter | None = None
-        self._batch_limiter: anyio.CapacityLimiter | None = None
+        self._batch_pool: ThreadPoolExecutor | None = None
+        self._log_limiter: anyio.CapacityLimiter | None = None
         self._pending: list[tuple[str, ServedModel, Any, asyncio.Future, float]] = []
         self._draining = False
 
@@ -142,10 +155,10 @@ class AppState:
             if self._drain_limiter is None:
                 self._drain_limiter = anyio.CapacityLimiter(1)
             return self._drain_limiter
-        if encode == "batch":
-            if self._batch_limiter is None:
-                self._batch_limiter = anyio.CapacityLimiter(self.limits.batch_encode_threads)
-            return self._batch_limiter
+        if encode == "log":  # storing feedback: threads of its own, never behind a batch's router calls
+            if self._log_limiter is None:
+                self._log_limiter = anyio.CapacityLimiter(self.limits.router_threads)
+            return self._log_limiter
         if encode:
             if self._encode_limiter is None:
                 self._encode_limiter = anyio.CapacityLimiter(self.limits.encode_threads)
@@ -183,7 +196,10 @@ class AppState:
                     lock.release()
 
         try:
-            out = await anyio.to_thread.run_sync(run, limiter=self._limiter(encode))
+            if encode == "batch":  # the batch encoder's own threads, at a lower CPU priority
+                out = await asyncio.get_running_loop().run_in_executor(self._batch_executor(), run)
+            else:
+                out = await anyio.to_thread.run_sync(run, limiter=self._limiter(encode))
         except _BudgetExceeded:
             metrics.bump(metrics.shed, "timeout")
             raise overloaded(f"the request could not be served within its time budget of "
@@ -198,6 +214,18 @@ class AppState:
             raise
         self.failures = 0
         return out
+
+    def _batch_executor(self) -> ThreadPoolExecutor:
+        if self._batch_pool is None:
+            self._batch_pool = ThreadPoolExecutor(self.limits.batch_encode_threads, "gmt-batch-encode",
+                                                  initializer=_lower_priority)
+        return self._batch_pool
+
+    def close(self) -> None:
+        """At shutdown: the batch encoder's threads end after their current call."""
+        if self._batch_pool is not None:
+            self._batch_pool.shutdown(wait=False, cancel_futures=True)
+            self._batch_pool = None
 
     async def encode(self, served: ServedModel, texts: Sequence[str], deadline: float, batch: bool = False) -> None:
         """Encode the texts the router has not seen, chunk by chunk in the encoder threads, outside every

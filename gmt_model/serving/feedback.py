@@ -45,6 +45,7 @@ from gmt_model.atomic import atomic_path
 from gmt_model.method.schema import C_USER_ID, F_MODEL, F_QUERY, F_RATING, F_TURN
 
 __all__ = [
+    "GroupCommit",
     "FeedbackRecord",
     "FeedbackStore",
     "FeedbackLog",
@@ -579,6 +580,62 @@ _PG_SCHEMES = ("postgresql://", "postgres://")
 #: the advisory-lock keys of the store (one for appends, one for creating the tables)
 _PG_APPEND_LOCK = 0x676D_7466_6200  # "gmtfb"
 _PG_DDL_LOCK = 0x676D_7466_6201
+
+
+class GroupCommit:
+    """Appends from many threads written in shared transactions (group commit): a thread that finds no
+    write in progress writes every batch of rows waiting (its own and those that queued meanwhile) in ONE
+    transaction, so one fsync serves them all; the others wait for it.  Each caller's rows stay together
+    (a pairwise preference is in one transaction, as with ``append_many``).  When a shared transaction
+    fails, each batch is written alone, so one bad batch fails only its own caller.
+
+    ``write(rows) -> ids`` stores the rows in one transaction (the caller adds what must happen with the
+    commit, e.g. marking the ids, under a lock of its own)."""
+
+    def __init__(self, write: Any) -> None:
+        self._write = write
+        self._cv = threading.Condition()
+        self._queue: list[dict[str, Any]] = []
+        self._writing = False
+
+    def submit(self, rows: list[dict[str, Any]]) -> list[int]:
+        slot: dict[str, Any] = {"rows": rows, "done": False, "ids": None, "error": None}
+        with self._cv:
+            self._queue.append(slot)
+            while not slot["done"]:
+                if self._writing:
+                    self._cv.wait()
+                    continue
+                batch, self._queue = self._queue, []
+                self._writing = True
+                self._cv.release()
+                try:
+                    self._flush(batch)
+                finally:
+                    self._cv.acquire()
+                    self._writing = False
+                    self._cv.notify_all()
+        if slot["error"] is not None:
+            raise slot["error"]
+        return slot["ids"]
+
+    def _flush(self, batch: list[dict[str, Any]]) -> None:
+        try:
+            if len(batch) > 1:
+                ids = self._write([r for s in batch for r in s["rows"]])
+                at = 0
+                for s in batch:
+                    s["ids"], at = ids[at:at + len(s["rows"])], at + len(s["rows"])
+                    s["done"] = True
+                return
+        except Exception:  # noqa: BLE001 - each batch alone below: only the bad one fails
+            pass
+        for s in batch:
+            try:
+                s["ids"] = self._write(s["rows"])
+            except BaseException as exc:  # handed to that caller
+                s["error"] = exc
+            s["done"] = True
 
 
 def is_store_url(target: Any) -> bool:

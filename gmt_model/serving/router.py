@@ -46,6 +46,7 @@ from gmt_model.method.checkpoint import Checkpoint, History, load_checkpoint
 from gmt_model.method.config import RouterConfig, load_router_config
 from gmt_model.method.personal import CrowdCalibration, PersonalConfig, Posterior, fit_bias, group_pairs
 from gmt_model.method.training import resolve_device
+from gmt_model.serving.feedback import GroupCommit
 from gmt_model.serving.llm_pool import LLMPool
 from gmt_model.serving.policy import Policy
 from gmt_model.serving.requests import (
@@ -120,6 +121,7 @@ class GMTRouter:
         #: guards a log append together with the marking of its ids (own, pending), against a sync's read
         self._log_lock = threading.Lock()
         self._pending_ids: set[int] = set()
+        self._group_commit = GroupCommit(self._write_rows)
         try:
             self.personal = PersonalConfig.from_dict(config.personalization, "router.personalization")
         except (TypeError, ValueError) as e:
@@ -503,15 +505,16 @@ class GMTRouter:
         return LoggedFeedback(key, req.user_id, req.session_id, rows, emb, self._append_rows(rows), t0)
 
     def _append_rows(self, rows: list[dict[str, Any]]) -> list[int] | None:
-        """Store the rows in one transaction; their ids are this router's own (a sync skips them) and pending
-        (a user load skips them) from the moment they exist: ``_log_lock`` also guards the sync's read."""
+        """Store the rows in one transaction, shared with the rows other threads store at the same time (group
+        commit: one fsync for all); their ids are this router's own (a sync skips them) and pending (a user
+        load skips them) from the moment they exist: ``_log_lock`` also guards the sync's read."""
         if self.feedback_log is None:
             return None
+        return self._group_commit.submit(rows)
+
+    def _write_rows(self, rows: list[dict[str, Any]]) -> list[int]:
         with self._log_lock:
-            if len(rows) == 1:
-                ids = [self.feedback_log.append(**rows[0])]
-            else:
-                ids = self.feedback_log.append_many(rows)
+            ids = self.feedback_log.append_many(rows)
             self.state.own_ids.update(ids)
             self._pending_ids.update(ids)
         return ids

@@ -227,6 +227,7 @@ def create_app(
         finally:
             if reloader is not None:
                 await anyio.to_thread.run_sync(reloader.stop)
+            state.close()
             client, app.state.http_client = app.state.http_client, None
             await client.aclose()
 
