@@ -124,16 +124,29 @@ class Encoder:
         return np.stack([self.table[t] for t in texts])
 
 
-def train_router(paths: dict[str, Path], epochs: int, seed: int, encoder: Encoder, workdir: Path):
+def train_router(paths: dict[str, Path], epochs: int, seed: int, encoder: Encoder, workdir: Path,
+                 keep: Path | None = None):
+    """Train on ``paths`` (or, with ``keep``, reuse the checkpoint a run with the same settings left there)."""
     from gmt_model.data.graph_files import build_graph
     from gmt_model.method.config import load_train_config
     from gmt_model.method.training import train
     from gmt_model.serving.router import GMTRouter
 
+    if keep is not None:
+        if (keep / "best").is_dir() and (keep / "done").exists():
+            return GMTRouter.from_checkpoint(keep / "best", encoder=encoder, feedback_sync_interval=-1.0)
+        workdir = keep
     g = build_graph(paths)
     cfg = load_train_config(str(REPO / "configs" / "model_config_train" / "gmtrouter.yaml"),
                             {"epochs": epochs, "save_every": 10**9, "seed": seed, "device": "cpu"})
     res = train(g, cfg, workdir, resume=False)
+    if keep is not None:
+        import shutil
+
+        if res.best_dir != keep / "best":
+            shutil.rmtree(keep / "best", ignore_errors=True)
+            shutil.copytree(res.best_dir, keep / "best")
+        (keep / "done").write_text("")
     return GMTRouter.from_checkpoint(res.best_dir, encoder=encoder, feedback_sync_interval=-1.0)
 
 
@@ -183,6 +196,25 @@ def x_oriented(pairs: list[dict], p_a: np.ndarray, x: str) -> tuple[np.ndarray, 
     return s, y
 
 
+def kept(args, sp: int, what: str) -> Path | None:
+    """Where ``--keep-models`` keeps the checkpoint of one training run (None: not kept)."""
+    if not args.keep_models:
+        return None
+    p = Path(args.keep_models) / f"split{sp}_e{args.epochs}_seed{args.seed}" / what
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def configure_crowd(router, args) -> None:
+    """The crowd term's settings (``--crowd-dims``, ``--crowd-query-sd``; defaults: the library's)."""
+    from gmt_model.serving.llm_pool import CrowdEstimate
+
+    if args.crowd_query_sd is not None:
+        router.state.crowd = CrowdEstimate(query_sd=args.crowd_query_sd)
+    if args.crowd_dims is not None:
+        router.state.crowd_dims, router.state._crowd_basis = args.crowd_dims, None
+
+
 # ---------------------------------------------------------------- (a) leave one LLM out
 def leave_one_out(args, sp: int, splits: dict[str, list[dict]], full_router, descriptions: dict[str, str],
                   emit) -> None:
@@ -200,14 +232,17 @@ def leave_one_out(args, sp: int, splits: dict[str, list[dict]], full_router, des
         reduced["test"] = without(splits["test"], x)
         with tempfile.TemporaryDirectory() as d:
             paths = write_split(Path(d) / "data", reduced)
-            router = train_router(paths, args.epochs, args.seed, Encoder(splits, args.encoder), Path(d) / "run")
+            router = train_router(paths, args.epochs, args.seed, Encoder(splits, args.encoder), Path(d) / "run",
+                                  keep=kept(args, sp, "without_" + x))
+        configure_crowd(router, args)
         router.add_llm(x, descriptions[x])
         y = x_oriented(tx, np.zeros(len(tx)), x)[1]
         full = auc(x_oriented(tx, p_first(full_router, tx), x)[0], y)
         others = [m for m in MT_LLMS if m != x]
         bt0 = bt_strengths([p for p in train_pairs if x not in (p["a"], p["b"])], others)
         avg = auc(np.array([-bt0[p["b"] if p["a"] == x else p["a"]] for p in tx]), y)
-        row = {"bench": "loo", "split": sp, "llm": x, "epochs": args.epochs, "n_test_pairs": int((y != 0.5).sum()),
+        row = {"bench": "loo", "split": sp, "llm": x, "epochs": args.epochs, "crowd_dims": router.state.crowd_dims,
+               "crowd_query_sd": router.state.crowd.query_sd, "n_test_pairs": int((y != 0.5).sum()),
                "n_withheld": len(withheld), "auc_trained_with_x": full, "auc_average_llm": avg}
         given = 0
         for n in (0,) + tuple(args.votes):
@@ -359,7 +394,8 @@ def run(args) -> None:
         splits = read_split(folder)
         enc = Encoder(splits, args.encoder)
         with tempfile.TemporaryDirectory() as d:
-            full = train_router(write_split(Path(d) / "data", splits), args.epochs, args.seed, enc, Path(d) / "run")
+            full = train_router(write_split(Path(d) / "data", splits), args.epochs, args.seed, enc, Path(d) / "run",
+                                keep=kept(args, sp, "full"))
         test = pairs_of(splits["test"])
         if sp == args.splits[0] and not args.skip_cost:
             emit(overhead(full, test, descriptions))
@@ -432,6 +468,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=136)
     ap.add_argument("--encoder", default="sentence-transformers/all-MiniLM-L6-v2")
     ap.add_argument("--skip-cost", action="store_true")
+    ap.add_argument("--crowd-dims", type=int, help="query features of the crowd term of added LLMs")
+    ap.add_argument("--crowd-query-sd", type=float, help="prior std of its query weights (0: a constant per LLM)")
+    ap.add_argument("--keep-models", metavar="DIR",
+                    help="keep each trained checkpoint here and reuse it on the next run with the same split, "
+                         "epochs and seed (the routers' online state is not kept: each run starts from the checkpoint)")
     args = ap.parse_args(argv)
     if args.report:
         print(report(args.report))

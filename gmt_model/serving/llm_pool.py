@@ -33,7 +33,7 @@ import numpy as np
 from gmt_model.errors import RoutingError
 from gmt_model.serving.requests import LLMSpec
 
-__all__ = ["LLMInfo", "LLMPool", "LLMList", "CrowdEstimate"]
+__all__ = ["LLMInfo", "LLMPool", "LLMList", "CrowdEstimate", "CROWD_QUERY_DIMS", "CROWD_QUERY_SD"]
 
 
 @dataclass
@@ -196,37 +196,68 @@ class LLMPool:
         return False
 
 
-class CrowdEstimate:
-    """Shared strengths of the added LLMs (logit units, on top of the base scores).
+#: the crowd term's query features: this many principal components of the checkpoint's queries (more than
+#: the per-user residual's: the crowd's votes on an added LLM are many more than one user's)
+CROWD_QUERY_DIMS = 16
+#: prior std of the crowd term's query weights, relative to its bias's (``prior_sd``)
+CROWD_QUERY_SD = 0.25
 
-    Observations: ``P(a beats b) = sigmoid(offset + c_a - c_b)`` with the
-    user-blind base scores' difference as the offset, weight ``w`` and a
-    (soft) label; ``b = -1`` is the average LLM of the query.  Prior
-    ``c ~ N(0, prior_sd^2)`` for each added LLM (0: the average trained LLM on
-    top of what the GNN reads in its description); trained LLMs are fixed at 0.
+
+class CrowdEstimate:
+    """Shared, query-dependent strengths of the added LLMs (logit units, on top of the base scores).
+
+    ``c_m(q) = theta_m . [1, z(q)]``: a bias (the LLM's strength on the average query) plus a term linear
+    in the query's features ``z`` (the first principal components of the checkpoint's queries, unit
+    variance: :class:`~gmt_model.method.personal.QueryBasis`), so the crowd's votes teach which kinds of
+    query the new LLM is good at, not only how good it is on average.
+
+    Observations: ``P(a beats b | q) = sigmoid(offset + c_a(q) - c_b(q))`` with the user-blind base
+    scores' difference as the offset, weight ``w`` and a (soft) label; ``b = -1`` is the average LLM of the
+    query.  Prior ``theta_m ~ N(0, diag(prior_sd^2, (prior_sd * query_sd)^2, ...))`` for each added LLM
+    (0: the average trained LLM on top of what the GNN reads in its description); trained LLMs are fixed
+    at 0.  Gaussian posterior by Laplace (Newton); ``query_sd = 0`` (or no features) is the per-LLM
+    constant strength alone.
     """
 
-    def __init__(self, prior_sd: float = 1.0) -> None:
+    def __init__(self, prior_sd: float = 1.0, query_sd: float = CROWD_QUERY_SD) -> None:
         self.prior_sd = float(prior_sd)
-        self.mean = np.zeros(0)
-        self.sd = np.zeros(0)
+        self.query_sd = float(query_sd)
+        self.theta = np.zeros((0, 1))  # (n_llms, 1 + dims) posterior mean
+        self.cov = np.zeros((0, 1, 1))  # (n_llms, 1 + dims, 1 + dims) posterior covariance (per LLM block)
         self.version = 0
 
+    # the bias alone (the strength on the average query): what ``crowd_strength`` reports
+    mean = property(lambda self: self.theta[:, 0])
+    sd = property(lambda self: np.sqrt(np.clip(self.cov[:, 0, 0], 0.0, None)))
+
+    @property
+    def query_dependent(self) -> bool:
+        """Whether any added LLM has a query term (routing then needs the query's features)."""
+        return self.theta.shape[1] > 1 and bool(np.any(self.theta[:, 1:]))
+
     def fit(self, n_llms: int, added: np.ndarray, a: np.ndarray, b: np.ndarray, offset: np.ndarray,
-            label: np.ndarray, w: np.ndarray, iters: int = 30) -> None:
-        mean, sd = np.zeros(n_llms), np.zeros(n_llms)
+            label: np.ndarray, w: np.ndarray, z: np.ndarray | None = None, iters: int = 30) -> None:
+        """``z``: (n, 1 + dims) ``[1, z(q)]`` of each observation's query (None: the bias alone)."""
+        if z is None or self.query_sd <= 0 or a.size == 0:
+            z = np.ones((a.size, 1))
+        z = np.asarray(z, np.float64)
+        z = z[:, None] if z.ndim == 1 else z
+        d = z.shape[1]
+        theta, cov = np.zeros((n_llms, d)), np.zeros((n_llms, d, d))
         if added.size:
+            k = added.size
             col = np.full(n_llms + 1, -1, np.int64)
             col[added] = np.arange(added.size)
-            k = added.size
-            x = np.zeros((a.size, k))
             ca, cb = col[a], col[np.where(b >= 0, b, n_llms)]
+            x = np.zeros((a.size, k, d))
             rows = np.arange(a.size)
-            x[rows[ca >= 0], ca[ca >= 0]] += 1.0
-            x[rows[cb >= 0], cb[cb >= 0]] -= 1.0
-            prec = np.full(k, 1.0 / self.prior_sd ** 2)
-            r = np.zeros(k)
-            h = np.diag(prec)
+            x[rows[ca >= 0], ca[ca >= 0]] += z[ca >= 0]
+            x[rows[cb >= 0], cb[cb >= 0]] -= z[cb >= 0]
+            x = x.reshape(a.size, k * d)
+            prec1 = np.r_[1.0 / self.prior_sd ** 2, np.full(d - 1, 1.0 / (self.prior_sd * self.query_sd) ** 2)
+                          if d > 1 else np.zeros(0)]
+            prec = np.tile(prec1, k)
+            r = np.zeros(k * d)
             for _ in range(iters):
                 t = offset + x @ r
                 p = 0.5 * (1.0 + np.tanh(0.5 * t))
@@ -239,19 +270,37 @@ class CrowdEstimate:
             t = offset + x @ r
             p = 0.5 * (1.0 + np.tanh(0.5 * t))
             h = (x.T * (w * p * (1.0 - p))) @ x + np.diag(prec)
-            mean[added] = r
-            sd[added] = np.sqrt(np.clip(np.diag(np.linalg.inv(h)), 0.0, None))
-        if mean.shape != self.mean.shape or not np.allclose(mean, self.mean, atol=1e-6):
+            full = np.linalg.inv(h)
+            theta[added] = r.reshape(k, d)
+            for j, m in enumerate(added):
+                cov[m] = full[j * d:(j + 1) * d, j * d:(j + 1) * d]
+        if theta.shape != self.theta.shape or not np.allclose(theta, self.theta, atol=1e-6):
             self.version += 1
-        self.mean, self.sd = mean, sd
+        self.theta, self.cov = theta, cov
 
-    def sample(self, idx: np.ndarray, rng: np.random.Generator, scale: float, optimistic: bool) -> np.ndarray:
-        m, s = self.mean[idx], self.sd[idx]
+    def _z(self, z: np.ndarray | None) -> np.ndarray:
+        """``[1, z]`` cut to the fitted dims (a bias-only fit reads only the 1)."""
+        d = self.theta.shape[1]
+        if z is None:
+            return np.eye(1, d)[0]
+        return np.asarray(z, np.float64)[..., :d]
+
+    def __call__(self, idx: np.ndarray, z: np.ndarray | None = None) -> np.ndarray:
+        """The crowd terms of LLMs ``idx``: for one query's ``z`` (1 + dims,), shape of ``idx``; for
+        ``z`` of n queries (n, 1 + dims), (n, len(idx)); no ``z``: the average query's."""
+        idx = np.asarray(idx)
+        if not self.theta.size:
+            return np.zeros(idx.shape) if z is None or np.ndim(z) == 1 else np.zeros((len(z),) + idx.shape)
+        return self._z(z) @ self.theta[idx].T
+
+    def sample(self, idx: np.ndarray, rng: np.random.Generator, scale: float, optimistic: bool,
+               z: np.ndarray | None = None) -> np.ndarray:
+        """A Thompson draw of the crowd terms of LLMs ``idx`` for one query (each LLM's marginal)."""
+        zz = self._z(z)
+        m = self(idx, z)
+        s = np.sqrt(np.clip(np.einsum("i,kij,j->k", zz, self.cov[np.asarray(idx)], zz), 0.0, None))
         draw = m + scale * s * rng.standard_normal(m.size)
         return np.maximum(draw, m) if optimistic else draw
-
-    def __call__(self, idx: np.ndarray) -> np.ndarray:
-        return self.mean[np.asarray(idx)] if self.mean.size else np.zeros(np.asarray(idx).shape)
 
 
 def finite_or_none(v: Any) -> float | None:

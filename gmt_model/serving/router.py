@@ -249,8 +249,9 @@ class GMTRouter:
             cand_idx = self._candidate_index(reqs)
             scores, cold = self._gnn_scores(user_vecs, query_vecs, cand_idx)
             z = self.state.basis(emb)
+            zc = self.state.crowd_basis(emb) if self.state.crowd.query_dependent else [None] * len(reqs)
             results = [self._route_one(r, u, cand_idx[i, : len(r.candidates)], scores[i, : len(r.candidates)],
-                                       cold[i, : len(r.candidates)], z[i])
+                                       cold[i, : len(r.candidates)], z[i], zc[i])
                        for i, (r, u) in enumerate(zip(reqs, uidx))]
         self._count(results)
         return results
@@ -286,11 +287,12 @@ class GMTRouter:
         return scores, np.zeros_like(scores)
 
     def _route_one(self, req: RouteRequest, u: int, c_idx: np.ndarray, s: np.ndarray, cold: np.ndarray,
-                   z: np.ndarray) -> dict[str, Any]:
-        """Scores -> personalised scores -> the policy's choice (exploration, cost) -> the result."""
+                   z: np.ndarray, zc: np.ndarray | None = None) -> dict[str, Any]:
+        """Scores -> personalised scores -> the policy's choice (exploration, cost) -> the result.
+        ``z``: the residual's query features; ``zc``: the crowd term's (None: it has no query term)."""
         hist = self.state.rows_of.count(u) if u >= 0 else 0
         post = None
-        crowd = self.state.crowd(c_idx)
+        crowd = self.state.crowd(c_idx, zc)
         if self.personal.enabled:
             if hist == 0 and not req.context:
                 s = self.calibration.apply(s, c_idx) + crowd
@@ -301,7 +303,7 @@ class GMTRouter:
                     self._policy.residual(post.residual, len(self.pool), c_idx, z)
         else:
             s = s + crowd
-        sampled = self._policy.sample(s, post, self.state.crowd, len(self.pool), c_idx, z)
+        sampled = self._policy.sample(s, post, self.state.crowd, len(self.pool), c_idx, z, zc)
         cost_weight = self.cost_weight if req.cost_weight is None else req.cost_weight
         choice = self._policy.choose(s, sampled, self.pool.costs(c_idx), cost_weight, req.max_cost)
         note = ""

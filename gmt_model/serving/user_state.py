@@ -49,7 +49,7 @@ from gmt_model.method.personal import (
     window_lookback,
     window_rows,
 )
-from gmt_model.serving.llm_pool import CrowdEstimate, LLMPool
+from gmt_model.serving.llm_pool import CROWD_QUERY_DIMS, CrowdEstimate, LLMPool
 from gmt_model.serving.requests import ID_RE
 
 __all__ = ["UserState"]
@@ -103,6 +103,9 @@ class UserState:
         self.calibration: CrowdCalibration | None = None  # set by the router
         self.crowd = CrowdEstimate()
         self.crowd_dirty = False
+        self._crowd_basis: QueryBasis | None = None  # the crowd term's query features (on first need)
+        self.crowd_dims = CROWD_QUERY_DIMS
+        self._base_rows = (self.hist.n, self.hist.n_text)  # the checkpoint's rows and texts
         self._cold_cache: dict[int, np.ndarray] = {}  # text row -> calibrated cold scores (this pool version)
         self._cold_cache_version = -1
         # durable feedback: rows up to synced_id are applied
@@ -307,7 +310,7 @@ class UserState:
         rows = rows[window_rows(h.llm[rows], self.personal)]
         scores = self.history_scores(u, rows)
         if self.pool.n_trained < len(self.pool):
-            scores = scores + self.crowd(np.arange(len(self.pool)))[None, :]
+            scores = scores + self.crowd(np.arange(len(self.pool)), self.crowd_z(h.query_row[rows]))
         ev = build_evidence(h.group[rows], h.llm[rows], h.rating[rows], self.zrows(rows), scores, self.personal)
         post = fit_posterior(ev, self.personal, len(self.pool), self.basis.dims)
         self.post[u] = (self.crowd.version, post)
@@ -327,6 +330,20 @@ class UserState:
         return self._ztext[h.query_row[rows]]
 
     # ------------------------------------------------------------------ crowd estimate of added LLMs
+    @property
+    def crowd_basis(self) -> QueryBasis:
+        """The crowd term's query features: ``crowd_dims`` principal components of the checkpoint's
+        queries (only those: every process that loads the checkpoint gets the same basis)."""
+        if self._crowd_basis is None:
+            n, n_text = self._base_rows
+            self._crowd_basis = QueryBasis.from_rows(self.hist.text[:n_text], self.hist.query_row[:n],
+                                                     self.crowd_dims)
+        return self._crowd_basis
+
+    def crowd_z(self, text_rows: np.ndarray) -> np.ndarray:
+        """(n, 1 + dims) crowd features of history texts."""
+        return self.crowd_basis(self.hist.text[np.asarray(text_rows, np.int64)])
+
     def _cold_scores(self, text_rows: np.ndarray) -> np.ndarray:
         """Calibrated user-blind scores (n, L) of every LLM for history texts (cached per pool version)."""
         assert self.calibration is not None
@@ -382,11 +399,12 @@ class UserState:
             self.crowd.fit(n_llms, added, *(np.zeros(0, np.int64),) * 2, *(np.zeros(0),) * 3)
             return
         a, b = np.array(a_l, np.int64), np.array(b_l, np.int64)
-        cold = self._cold_scores(h.query_row[np.array(rows_l, np.int64)])
+        text_rows = h.query_row[np.array(rows_l, np.int64)]
+        cold = self._cold_scores(text_rows)
         act = np.array([self.pool.index[m] for m in self.pool.active()], np.int64)
         sa = cold[np.arange(a.size), a]
         sb = np.where(b >= 0, cold[np.arange(a.size), np.maximum(b, 0)], cold[:, act].mean(axis=1))
-        self.crowd.fit(n_llms, added, a, b, sa - sb, np.array(y_l), np.array(w_l))
+        self.crowd.fit(n_llms, added, a, b, sa - sb, np.array(y_l), np.array(w_l), self.crowd_z(text_rows))
 
     # ------------------------------------------------------------------ feedback
     def apply(self, user_id: str, query: str, model: str, raw: float, session_id: str | None,
