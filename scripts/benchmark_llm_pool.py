@@ -206,13 +206,13 @@ def kept(args, sp: int, what: str) -> Path | None:
 
 
 def configure_crowd(router, args) -> None:
-    """The crowd term's settings (``--crowd-dims``, ``--crowd-query-sd``; defaults: the library's)."""
+    """The crowd term's prior (``--crowd-query-sd``, ``--crowd-text-sd``; defaults: the library's)."""
     from gmt_model.serving.llm_pool import CrowdEstimate
 
-    if args.crowd_query_sd is not None:
-        router.state.crowd = CrowdEstimate(query_sd=args.crowd_query_sd)
-    if args.crowd_dims is not None:
-        router.state.crowd_dims, router.state._crowd_basis = args.crowd_dims, None
+    c = router.state.crowd
+    router.state.crowd = CrowdEstimate(
+        query_sd=c.query_sd if args.crowd_query_sd is None else args.crowd_query_sd,
+        text_sd=c.text_sd if args.crowd_text_sd is None else args.crowd_text_sd)
 
 
 # ---------------------------------------------------------------- (a) leave one LLM out
@@ -241,8 +241,8 @@ def leave_one_out(args, sp: int, splits: dict[str, list[dict]], full_router, des
         others = [m for m in MT_LLMS if m != x]
         bt0 = bt_strengths([p for p in train_pairs if x not in (p["a"], p["b"])], others)
         avg = auc(np.array([-bt0[p["b"] if p["a"] == x else p["a"]] for p in tx]), y)
-        row = {"bench": "loo", "split": sp, "llm": x, "epochs": args.epochs, "crowd_dims": router.state.crowd_dims,
-               "crowd_query_sd": router.state.crowd.query_sd, "n_test_pairs": int((y != 0.5).sum()),
+        row = {"bench": "loo", "split": sp, "llm": x, "epochs": args.epochs, "crowd_query_sd": router.state.crowd.query_sd,
+               "crowd_text_sd": router.state.crowd.text_sd, "n_test_pairs": int((y != 0.5).sum()),
                "n_withheld": len(withheld), "auc_trained_with_x": full, "auc_average_llm": avg}
         given = 0
         for n in (0,) + tuple(args.votes):
@@ -468,8 +468,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=136)
     ap.add_argument("--encoder", default="sentence-transformers/all-MiniLM-L6-v2")
     ap.add_argument("--skip-cost", action="store_true")
-    ap.add_argument("--crowd-dims", type=int, help="query features of the crowd term of added LLMs")
-    ap.add_argument("--crowd-query-sd", type=float, help="prior std of its query weights (0: a constant per LLM)")
+    ap.add_argument("--crowd-query-sd", type=float,
+                    help="prior std of the topic part of an added LLM's crowd term (library default if not given)")
+    ap.add_argument("--crowd-text-sd", type=float,
+                    help="prior std of its per-query-text part (both 0: a constant strength per added LLM)")
     ap.add_argument("--keep-models", metavar="DIR",
                     help="keep each trained checkpoint here and reuse it on the next run with the same split, "
                          "epochs and seed (the routers' online state is not kept: each run starts from the checkpoint)")

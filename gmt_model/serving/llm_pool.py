@@ -33,7 +33,7 @@ import numpy as np
 from gmt_model.errors import RoutingError
 from gmt_model.serving.requests import LLMSpec
 
-__all__ = ["LLMInfo", "LLMPool", "LLMList", "CrowdEstimate", "CROWD_QUERY_DIMS", "CROWD_QUERY_SD"]
+__all__ = ["LLMInfo", "LLMPool", "LLMList", "CrowdEstimate", "CROWD_WINDOW", "unit_rows"]
 
 
 @dataclass
@@ -196,110 +196,162 @@ class LLMPool:
         return False
 
 
-#: the crowd term's query features: this many principal components of the checkpoint's queries (more than
-#: the per-user residual's: the crowd's votes on an added LLM are many more than one user's)
-CROWD_QUERY_DIMS = 16
-#: prior std of the crowd term's query weights, relative to its bias's (``prior_sd``)
-CROWD_QUERY_SD = 0.25
+#: prior std (logit units) of an added LLM's crowd strength on the average query
+CROWD_PRIOR_SD = 1.0
+#: prior std of the part of it that follows the query's topic (kernel: cosine of the query embeddings)
+CROWD_QUERY_SD = 0.5
+#: prior std of the part that is the query's own (kernel: the same query text, i.e. the same embedding)
+CROWD_TEXT_SD = 1.0
+#: the crowd term is fitted on the latest this many observations (votes) of added LLMs
+CROWD_WINDOW = 1000
+
+
+def unit_rows(emb: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (the crowd kernel's query features)."""
+    e = np.asarray(emb, np.float64)
+    return e / np.maximum(np.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
 
 
 class CrowdEstimate:
     """Shared, query-dependent strengths of the added LLMs (logit units, on top of the base scores).
 
-    ``c_m(q) = theta_m . [1, z(q)]``: a bias (the LLM's strength on the average query) plus a term linear
-    in the query's features ``z`` (the first principal components of the checkpoint's queries, unit
-    variance: :class:`~gmt_model.method.personal.QueryBasis`), so the crowd's votes teach which kinds of
-    query the new LLM is good at, not only how good it is on average.
+    ``c_m(q)``, for each added LLM ``m``, is a Gaussian process over queries: a constant (the LLM's
+    strength on the average query), plus a term that varies with the query's topic, plus one of the
+    query's own::
+
+        cov(c_m(q), c_m(q')) = prior_sd^2 + query_sd^2 * cos(e_q, e_q') + text_sd^2 * [e_q == e_q']
+
+    (``e``: the query embedding), independent across LLMs; trained LLMs are fixed at 0 (their strengths
+    are in the model).  So everybody's votes teach which queries the new LLM is good at, not only how
+    good it is on average; a query that was voted on is known best.
 
     Observations: ``P(a beats b | q) = sigmoid(offset + c_a(q) - c_b(q))`` with the user-blind base
-    scores' difference as the offset, weight ``w`` and a (soft) label; ``b = -1`` is the average LLM of the
-    query.  Prior ``theta_m ~ N(0, diag(prior_sd^2, (prior_sd * query_sd)^2, ...))`` for each added LLM
-    (0: the average trained LLM on top of what the GNN reads in its description); trained LLMs are fixed
-    at 0.  Gaussian posterior by Laplace (Newton); ``query_sd = 0`` (or no features) is the per-LLM
-    constant strength alone.
+    scores' difference as the offset, weight ``w`` and a (soft) label; ``b = -1`` is the average LLM of
+    the query.  Laplace approximation (Newton in the observations' latent space, Rasmussen & Williams
+    Alg. 3.1); the posterior of ``c_m(q)`` at any query follows from it.  ``query_sd = text_sd = 0`` is a
+    constant strength per LLM.  Before any vote, ``c_m ~ N(0, prior_sd^2 + ...)``: wide, so Thompson
+    sampling gives a new LLM a fair trial.
     """
 
-    def __init__(self, prior_sd: float = 1.0, query_sd: float = CROWD_QUERY_SD) -> None:
-        self.prior_sd = float(prior_sd)
-        self.query_sd = float(query_sd)
-        self.theta = np.zeros((0, 1))  # (n_llms, 1 + dims) posterior mean
-        self.cov = np.zeros((0, 1, 1))  # (n_llms, 1 + dims, 1 + dims) posterior covariance (per LLM block)
+    def __init__(self, prior_sd: float = CROWD_PRIOR_SD, query_sd: float = CROWD_QUERY_SD,
+                 text_sd: float = CROWD_TEXT_SD) -> None:
+        self.prior_sd, self.query_sd, self.text_sd = float(prior_sd), float(query_sd), float(text_sd)
+        self.n_llms = 0
+        self.is_added = np.zeros(0, bool)
+        self.e = np.zeros((0, 0))  # (n, d) unit query embeddings of the observations
+        self.sign = np.zeros((0, 0))  # (n, n_llms): +1 / -1 where an added LLM is the observation's a / b
+        self.grad = np.zeros(0)  # (n,) w * (y - p) at the mode: the posterior means' weights
+        self.m = np.zeros((0, 0))  # (n, n) W^1/2 B^-1 W^1/2: the posterior variances' correction
         self.version = 0
-
-    # the bias alone (the strength on the average query): what ``crowd_strength`` reports
-    mean = property(lambda self: self.theta[:, 0])
-    sd = property(lambda self: np.sqrt(np.clip(self.cov[:, 0, 0], 0.0, None)))
 
     @property
     def query_dependent(self) -> bool:
-        """Whether any added LLM has a query term (routing then needs the query's features)."""
-        return self.theta.shape[1] > 1 and bool(np.any(self.theta[:, 1:]))
+        """Whether routing needs the query's features (votes on added LLMs and a query term)."""
+        return self.grad.size > 0 and (self.query_sd > 0 or self.text_sd > 0)
+
+    def kernel(self, e1: np.ndarray, e2: np.ndarray) -> np.ndarray:
+        """Query part of the prior covariance between unit embeddings ``e1`` (n1, d) and ``e2`` (n2, d)."""
+        k = np.full((e1.shape[0], e2.shape[0]), self.prior_sd ** 2)
+        if (self.query_sd > 0 or self.text_sd > 0) and e1.size and e2.size:
+            cos = e1 @ e2.T
+            k += self.query_sd ** 2 * cos + self.text_sd ** 2 * (cos > 1.0 - 1e-6)
+        return k
 
     def fit(self, n_llms: int, added: np.ndarray, a: np.ndarray, b: np.ndarray, offset: np.ndarray,
-            label: np.ndarray, w: np.ndarray, z: np.ndarray | None = None, iters: int = 30) -> None:
-        """``z``: (n, 1 + dims) ``[1, z(q)]`` of each observation's query (None: the bias alone)."""
-        if z is None or self.query_sd <= 0 or a.size == 0:
-            z = np.ones((a.size, 1))
-        z = np.asarray(z, np.float64)
-        z = z[:, None] if z.ndim == 1 else z
-        d = z.shape[1]
-        theta, cov = np.zeros((n_llms, d)), np.zeros((n_llms, d, d))
-        if added.size:
-            k = added.size
-            col = np.full(n_llms + 1, -1, np.int64)
-            col[added] = np.arange(added.size)
-            ca, cb = col[a], col[np.where(b >= 0, b, n_llms)]
-            x = np.zeros((a.size, k, d))
-            rows = np.arange(a.size)
-            x[rows[ca >= 0], ca[ca >= 0]] += z[ca >= 0]
-            x[rows[cb >= 0], cb[cb >= 0]] -= z[cb >= 0]
-            x = x.reshape(a.size, k * d)
-            prec1 = np.r_[1.0 / self.prior_sd ** 2, np.full(d - 1, 1.0 / (self.prior_sd * self.query_sd) ** 2)
-                          if d > 1 else np.zeros(0)]
-            prec = np.tile(prec1, k)
-            r = np.zeros(k * d)
-            for _ in range(iters):
-                t = offset + x @ r
-                p = 0.5 * (1.0 + np.tanh(0.5 * t))
-                g = x.T @ (w * (p - label)) + prec * r
-                h = (x.T * (w * p * (1.0 - p))) @ x + np.diag(prec)
-                step = np.linalg.solve(h, g)
-                r = r - step
-                if np.abs(step).max() < 1e-8:
-                    break
-            t = offset + x @ r
-            p = 0.5 * (1.0 + np.tanh(0.5 * t))
-            h = (x.T * (w * p * (1.0 - p))) @ x + np.diag(prec)
-            full = np.linalg.inv(h)
-            theta[added] = r.reshape(k, d)
-            for j, m in enumerate(added):
-                cov[m] = full[j * d:(j + 1) * d, j * d:(j + 1) * d]
-        if theta.shape != self.theta.shape or not np.allclose(theta, self.theta, atol=1e-6):
+            label: np.ndarray, w: np.ndarray, e: np.ndarray | None = None, iters: int = 30) -> None:
+        """``e``: (n, d) unit embeddings of each observation's query (None: a constant per LLM)."""
+        n = a.size
+        is_added = np.zeros(n_llms, bool)
+        is_added[added] = True
+        sign = np.zeros((n, n_llms))
+        if n and added.size:
+            is_added = np.zeros(n_llms + 1, bool)
+            is_added[added] = True
+            rows = np.arange(n)
+            bb = np.where(b >= 0, b, n_llms)
+            ka, kb = is_added[a], is_added[bb]
+            sign[rows[ka], a[ka]] += 1.0
+            sign[rows[kb], bb[kb]] -= 1.0
+        keep = np.flatnonzero(np.abs(sign).sum(axis=1) > 0)  # observations that involve an added LLM
+        sign, offset, label, w = sign[keep], offset[keep], label[keep], w[keep]
+        e = np.zeros((keep.size, 0)) if e is None else unit_rows(e)[keep]
+        g = self.kernel(e, e) * (sign @ sign.T)  # prior covariance of the observations' latent differences
+        f = np.zeros(keep.size)
+        grad, m = np.zeros(keep.size), np.zeros((keep.size, keep.size))
+        for _ in range(iters if keep.size else 0):
+            p = 0.5 * (1.0 + np.tanh(0.5 * (offset + f)))
+            wh = np.sqrt(w * p * (1.0 - p))
+            bmat = np.eye(keep.size) + wh[:, None] * g * wh[None, :]
+            grad = w * (label - p)
+            rhs = wh * wh * f + grad
+            binv = np.linalg.inv(bmat)
+            new = g @ (rhs - wh * (binv @ (wh * (g @ rhs))))
+            done = np.abs(new - f).max() < 1e-8
+            f = new
+            if done:
+                break
+        if keep.size:
+            p = 0.5 * (1.0 + np.tanh(0.5 * (offset + f)))
+            wh = np.sqrt(w * p * (1.0 - p))
+            grad = w * (label - p)
+            m = wh[:, None] * np.linalg.inv(np.eye(keep.size) + wh[:, None] * g * wh[None, :]) * wh[None, :]
+        changed = (not np.array_equal(is_added, self.is_added) or grad.shape != self.grad.shape or not np.allclose(grad, self.grad, atol=1e-9)
+                   or e.shape != self.e.shape or not np.array_equal(e, self.e))
+        self.n_llms, self.is_added, self.e, self.sign, self.grad, self.m = n_llms, is_added, e, sign, grad, m
+        if changed:
             self.version += 1
-        self.theta, self.cov = theta, cov
 
-    def _z(self, z: np.ndarray | None) -> np.ndarray:
-        """``[1, z]`` cut to the fitted dims (a bias-only fit reads only the 1)."""
-        d = self.theta.shape[1]
-        if z is None:
-            return np.eye(1, d)[0]
-        return np.asarray(z, np.float64)[..., :d]
+    def _kstar(self, idx: np.ndarray, e: np.ndarray | None) -> tuple[np.ndarray, int]:
+        """(n*, n_obs, len(idx)) covariances of the queries' crowd terms with the observations' latents."""
+        n_star = 1 if e is None or np.ndim(e) == 1 else len(e)
+        if e is None or not self.e.shape[1]:
+            kq = np.full((n_star, self.grad.size), self.prior_sd ** 2)
+        else:
+            kq = self.kernel(unit_rows(np.asarray(e).reshape(n_star, -1)), self.e)
+        return kq[:, :, None] * self.sign[:, np.asarray(idx)][None, :, :], n_star
 
-    def __call__(self, idx: np.ndarray, z: np.ndarray | None = None) -> np.ndarray:
-        """The crowd terms of LLMs ``idx``: for one query's ``z`` (1 + dims,), shape of ``idx``; for
-        ``z`` of n queries (n, 1 + dims), (n, len(idx)); no ``z``: the average query's."""
+    def __call__(self, idx: np.ndarray, e: np.ndarray | None = None) -> np.ndarray:
+        """Posterior means of the crowd terms of LLMs ``idx``: for one query's embedding ``e`` (d,), shape of
+        ``idx``; for ``e`` of n queries (n, d), (n, len(idx)); no ``e``: the average query's."""
         idx = np.asarray(idx)
-        if not self.theta.size:
-            return np.zeros(idx.shape) if z is None or np.ndim(z) == 1 else np.zeros((len(z),) + idx.shape)
-        return self._z(z) @ self.theta[idx].T
+        if not self.grad.size:
+            return np.zeros(idx.shape) if e is None or np.ndim(e) == 1 else np.zeros((len(e),) + idx.shape)
+        ks, n_star = self._kstar(idx, e)
+        out = np.einsum("snk,n->sk", ks, self.grad)
+        return out[0] if e is None or np.ndim(e) == 1 else out
+
+    def variance(self, idx: np.ndarray, e: np.ndarray | None = None) -> np.ndarray:
+        """Posterior variances of the crowd terms of LLMs ``idx`` for one query (``e``: (d,) or None)."""
+        idx = np.asarray(idx)
+        prior = self.prior_sd ** 2 + (0.0 if e is None else self.query_sd ** 2 + self.text_sd ** 2)
+        var = np.where(self.involves(idx, each=True), prior, 0.0)
+        if self.grad.size:
+            ks = self._kstar(idx, e)[0][0]  # (n_obs, len(idx))
+            var = var - ((self.m @ ks) * ks).sum(axis=0)
+        return np.clip(var, 0.0, None)
+
+    def involves(self, idx: np.ndarray, each: bool = False):
+        """Whether any of LLMs ``idx`` is an added one (``each``: per LLM)."""
+        idx = np.asarray(idx)
+        mask = np.zeros(idx.shape, bool)
+        inside = idx < self.is_added.size
+        mask[inside] = self.is_added[idx[inside]]
+        return mask if each else bool(mask.any())
+
+    @property
+    def mean(self) -> np.ndarray:
+        """Each LLM's crowd strength on the average query (what ``crowd_strength`` reports)."""
+        return self(np.arange(self.n_llms))
+
+    @property
+    def sd(self) -> np.ndarray:
+        return np.sqrt(self.variance(np.arange(self.n_llms)))
 
     def sample(self, idx: np.ndarray, rng: np.random.Generator, scale: float, optimistic: bool,
-               z: np.ndarray | None = None) -> np.ndarray:
+               e: np.ndarray | None = None) -> np.ndarray:
         """A Thompson draw of the crowd terms of LLMs ``idx`` for one query (each LLM's marginal)."""
-        zz = self._z(z)
-        m = self(idx, z)
-        s = np.sqrt(np.clip(np.einsum("i,kij,j->k", zz, self.cov[np.asarray(idx)], zz), 0.0, None))
-        draw = m + scale * s * rng.standard_normal(m.size)
+        m = self(idx, e)
+        draw = m + scale * np.sqrt(self.variance(idx, e)) * rng.standard_normal(m.size)
         return np.maximum(draw, m) if optimistic else draw
 
 

@@ -73,7 +73,7 @@ class Policy:
         if self.personal.optimistic:
             draw[:, 0] = np.maximum(draw[:, 0], mean[:, 0])
         out = s - self.residual(mean, n_llms, c_idx, z) + self.residual(draw, n_llms, c_idx, z)
-        if crowd.sd.size and np.any(crowd.sd[c_idx] > 0):
+        if crowd.involves(c_idx):
             # the crowd strength of added LLMs: its posterior starts wide, so a new LLM gets a fair trial
             out = out + crowd.sample(c_idx, self.rng, self.personal.thompson_scale, self.personal.optimistic, zc) \
                 - crowd(c_idx, zc)

@@ -249,7 +249,7 @@ class GMTRouter:
             cand_idx = self._candidate_index(reqs)
             scores, cold = self._gnn_scores(user_vecs, query_vecs, cand_idx)
             z = self.state.basis(emb)
-            zc = self.state.crowd_basis(emb) if self.state.crowd.query_dependent else [None] * len(reqs)
+            zc = emb if self.state.crowd.query_dependent else [None] * len(reqs)  # the crowd term's query features
             results = [self._route_one(r, u, cand_idx[i, : len(r.candidates)], scores[i, : len(r.candidates)],
                                        cold[i, : len(r.candidates)], z[i], zc[i])
                        for i, (r, u) in enumerate(zip(reqs, uidx))]

@@ -49,7 +49,7 @@ from gmt_model.method.personal import (
     window_lookback,
     window_rows,
 )
-from gmt_model.serving.llm_pool import CROWD_QUERY_DIMS, CrowdEstimate, LLMPool
+from gmt_model.serving.llm_pool import CROWD_WINDOW, CrowdEstimate, LLMPool, unit_rows
 from gmt_model.serving.requests import ID_RE
 
 __all__ = ["UserState"]
@@ -103,9 +103,7 @@ class UserState:
         self.calibration: CrowdCalibration | None = None  # set by the router
         self.crowd = CrowdEstimate()
         self.crowd_dirty = False
-        self._crowd_basis: QueryBasis | None = None  # the crowd term's query features (on first need)
-        self.crowd_dims = CROWD_QUERY_DIMS
-        self._base_rows = (self.hist.n, self.hist.n_text)  # the checkpoint's rows and texts
+        self.crowd_window = CROWD_WINDOW
         self._cold_cache: dict[int, np.ndarray] = {}  # text row -> calibrated cold scores (this pool version)
         self._cold_cache_version = -1
         # durable feedback: rows up to synced_id are applied
@@ -330,19 +328,9 @@ class UserState:
         return self._ztext[h.query_row[rows]]
 
     # ------------------------------------------------------------------ crowd estimate of added LLMs
-    @property
-    def crowd_basis(self) -> QueryBasis:
-        """The crowd term's query features: ``crowd_dims`` principal components of the checkpoint's
-        queries (only those: every process that loads the checkpoint gets the same basis)."""
-        if self._crowd_basis is None:
-            n, n_text = self._base_rows
-            self._crowd_basis = QueryBasis.from_rows(self.hist.text[:n_text], self.hist.query_row[:n],
-                                                     self.crowd_dims)
-        return self._crowd_basis
-
     def crowd_z(self, text_rows: np.ndarray) -> np.ndarray:
-        """(n, 1 + dims) crowd features of history texts."""
-        return self.crowd_basis(self.hist.text[np.asarray(text_rows, np.int64)])
+        """(n, d) the crowd term's query features of history texts: their unit embeddings."""
+        return unit_rows(self.hist.text[np.asarray(text_rows, np.int64)])
 
     def _cold_scores(self, text_rows: np.ndarray) -> np.ndarray:
         """Calibrated user-blind scores (n, L) of every LLM for history texts (cached per pool version)."""
@@ -398,6 +386,9 @@ class UserState:
         if not a_l:
             self.crowd.fit(n_llms, added, *(np.zeros(0, np.int64),) * 2, *(np.zeros(0),) * 3)
             return
+        # the latest crowd_window observations (in log order: processes that applied the same rows agree)
+        keep = np.sort(np.argsort(h.order[np.array(rows_l, np.int64)], kind="stable")[-int(self.crowd_window):])
+        a_l, b_l, y_l, w_l, rows_l = ([v[i] for i in keep] for v in (a_l, b_l, y_l, w_l, rows_l))
         a, b = np.array(a_l, np.int64), np.array(b_l, np.int64)
         text_rows = h.query_row[np.array(rows_l, np.int64)]
         cold = self._cold_scores(text_rows)
