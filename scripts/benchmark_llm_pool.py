@@ -67,13 +67,13 @@ def pairs_of(records: list[dict]) -> list[dict]:
     for r in records:
         groups[(r["judge"], r["question_id"], r.get("turn"))].append(r)
     out = []
-    for (judge, _, _), rs in groups.items():
+    for (judge, _, _t), rs in groups.items():
         if len(rs) != 2:
             continue
         a, b = sorted(rs, key=lambda r: r["model"])
         ra, rb = a["conversation"][-1]["rating"], b["conversation"][-1]["rating"]
         out.append({"user": judge, "query": a["conversation"][-1]["query"], "a": a["model"], "b": b["model"],
-                    "label": 1.0 if ra > rb else 0.0 if ra < rb else 0.5})
+                    "label": 1.0 if ra > rb else 0.0 if ra < rb else 0.5, "key": (judge, _, a.get("turn"))})
     return out
 
 
@@ -257,6 +257,18 @@ def leave_one_out(args, sp: int, splits: dict[str, list[dict]], full_router, des
             row[f"auc_added_n{n}"] = auc(s_router, y)
             row[f"auc_crowd_bt_n{n}"] = auc(s_bt, y)
             row[f"votes_n{n}"] = k
+        if args.retrain_votes:
+            # the next training run: the training data without X plus the first n of X's withheld judgments
+            k = min(args.retrain_votes, len(withheld))
+            keys = {p["key"] for p in withheld[:k]}
+            back = dict(reduced, training=reduced["training"] + [r for r in splits["training"] if
+                                                                 (r["judge"], r["question_id"], r.get("turn")) in keys])
+            with tempfile.TemporaryDirectory() as d:
+                rt = train_router(write_split(Path(d) / "data", back), args.epochs, args.seed,
+                                  Encoder(splits, args.encoder), Path(d) / "run",
+                                  keep=kept(args, sp, f"without_{x}_plus{args.retrain_votes}"))
+            row[f"auc_retrained_n{args.retrain_votes}"] = auc(x_oriented(tx, p_first(rt, tx), x)[0], y)
+            row["retrain_votes"] = k
         row["wall_s"] = round(time.perf_counter() - t0, 1)
         emit(row)
 
@@ -302,6 +314,15 @@ def cost_quality(rows: list[dict], prices: dict[str, float], emit, seed: int = 0
         out[name] = {"apgr": apgr(share, pgr), "apgr_ci": [float(np.percentile(boots, 2.5)),
                                                            float(np.percentile(boots, 97.5))],
                      "cpt50": cpt(share, pgr, 0.5), "cpt80": cpt(share, pgr, 0.8)}
+    # personalized - user-blind, paired: the same resampled judgments for both
+    mp, mb = (np.array([(r[k] if r["a"] == "gpt-4" else 1 - r[k]) for r in g4]) for k in ("personalized", "user_blind"))
+    diffs = []
+    for _ in range(1000):
+        i = rng.integers(0, len(g4), len(g4))
+        diffs.append(apgr(*pgr_curve(mp[i], win[i], rng)) - apgr(*pgr_curve(mb[i], win[i], rng)))
+    out["personalized_minus_user_blind"] = {"apgr": out["personalized"]["apgr"] - out["user_blind"]["apgr"],
+                                            "ci": [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))],
+                                            "p_below": float(np.mean(np.array(diffs) < 0))}
     emit({"bench": "cost_gpt4", "n_judgments": len(g4), "gpt4_win_rate": float(win.mean()), **out})
     # the six-LLM pool with list prices: each judgment routed among its two LLMs, cost_weight swept
     for name in ("personalized", "user_blind", "crowd_bt"):
@@ -417,9 +438,11 @@ def report(path: str) -> str:
     lines = []
     if loo:
         ns = sorted({int(k[len("auc_added_n"):]) for r in loo for k in r if k.startswith("auc_added_n")})
+        rt_ns = sorted({int(k[len("auc_retrained_n"):]) for r in loo for k in r if k.startswith("auc_retrained_n")})
         lines += ["| LLM X | splits | trained with X | X as average | added, no feedback | " +
-                  " | ".join(f"added +{n} (BT +{n})" for n in ns if n) + " |",
-                  "|---|---|---|---|---|" + "---|" * len([n for n in ns if n])]
+                  " | ".join(f"added +{n} (BT +{n})" for n in ns if n) +
+                  "".join(f" | retrained with +{n}" for n in rt_ns) + " |",
+                  "|---|---|---|---|---|" + "---|" * (len([n for n in ns if n]) + len(rt_ns))]
         by = defaultdict(list)
         for r in loo:
             by[r["llm"]].append(r)
@@ -428,6 +451,7 @@ def report(path: str) -> str:
             f = lambda k: np.nanmean([r[k] for r in rs if k in r])  # noqa: E731
             cells = [f"{f('auc_trained_with_x'):.3f}", f"{f('auc_average_llm'):.3f}", f"{f('auc_added_n0'):.3f}"]
             cells += [f"{f(f'auc_added_n{n}'):.3f} ({f(f'auc_crowd_bt_n{n}'):.3f})" for n in ns if n]
+            cells += [f"{f(f'auc_retrained_n{n}'):.3f}" for n in rt_ns]
             lines.append(f"| {x} | {sorted({r['split'] for r in rs})} | " + " | ".join(cells) + " |")
             means[x] = cells
     for r in rows:
@@ -444,6 +468,10 @@ def report(path: str) -> str:
                 v = r[name]
                 lines.append(f"| {name} | {v['apgr']:.3f} [{v['apgr_ci'][0]:.3f}, {v['apgr_ci'][1]:.3f}] | "
                              f"{v['cpt50']:.3f} | {v['cpt80']:.3f} |")
+            d = r.get("personalized_minus_user_blind")
+            if d:
+                lines.append(f"| personalized - user-blind (paired) | {d['apgr']:+.3f} [{d['ci'][0]:+.3f}, "
+                             f"{d['ci'][1]:+.3f}] | share of resamples below 0: {d['p_below']:.2f} | |")
     pool = [r for r in rows if r["bench"] == "cost_pool"]
     if pool:
         lines += ["", "| router | cost_weight | mean price (USD / 1M tok) | quality (win=1, tie=.5) |",
@@ -468,6 +496,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=136)
     ap.add_argument("--encoder", default="sentence-transformers/all-MiniLM-L6-v2")
     ap.add_argument("--skip-cost", action="store_true")
+    ap.add_argument("--retrain-votes", type=int, metavar="N",
+                    help="also train on the data without X plus N of X's withheld judgments (the next training run) "
+                         "and score it on the same pairs")
     ap.add_argument("--crowd-query-sd", type=float,
                     help="prior std of the topic part of an added LLM's crowd term (library default if not given)")
     ap.add_argument("--crowd-text-sd", type=float,
