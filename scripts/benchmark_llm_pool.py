@@ -380,11 +380,31 @@ def overhead(router, test: list[dict], descriptions: dict[str, str]) -> dict[str
         adds.append((time.perf_counter() - t0) * 1000)
     after = p50(queries)
     costly = p50(queries, {"cost_weight": 0.5})
+    # the crowd term of an added LLM with many votes: its refit (at the next route after a vote), and routing
+    # with it (the query-dependent term is evaluated per route)
+    rng = np.random.default_rng(0)
+    refit = {}
+    for k in range(1000):
+        p = test[k % len(test)]
+        other = p["a"] if rng.random() < 0.5 else p["b"]
+        pair = ("added-0", other) if rng.random() < 0.5 else (other, "added-0")
+        router.update_user_preference(f"voter{k % 50}", p["query"], *pair)
+        if k + 1 in (300, 1000):
+            ts = []
+            for _ in range(3):
+                router.state.crowd_dirty = True
+                t0 = time.perf_counter()
+                router.state.ensure_crowd()
+                ts.append((time.perf_counter() - t0) * 1000)
+            refit[k + 1] = float(np.median(ts))
+    with_votes = p50(queries)
     for i in range(5):
         router.remove_llm(f"added-{i}")
     torch.set_num_threads(threads)
     return {"bench": "overhead", "route_single_p50_ms": before, "route_single_p50_ms_pool_plus5": after,
-            "route_single_p50_ms_cost_weight": costly, "add_llm_ms": adds, "add_llm_ms_median": float(np.median(adds)),
+            "route_single_p50_ms_cost_weight": costly, "crowd_refit_ms_300_votes": refit.get(300),
+            "crowd_refit_ms_1000_votes": refit.get(1000), "route_single_p50_ms_1000_crowd_votes": with_votes,
+            "add_llm_ms": adds, "add_llm_ms_median": float(np.median(adds)),
             "loadavg": open("/proc/loadavg").read().split()[:3], "torch_threads": 1}
 
 
@@ -458,7 +478,10 @@ def report(path: str) -> str:
         if r["bench"] == "overhead":
             lines += ["", f"overhead: route_single p50 {r['route_single_p50_ms']:.2f} ms (no encoding), "
                           f"{r['route_single_p50_ms_pool_plus5']:.2f} ms with 5 added LLMs, "
-                          f"{r['route_single_p50_ms_cost_weight']:.2f} ms with cost_weight; add_llm median "
+                          f"{r['route_single_p50_ms_cost_weight']:.2f} ms with cost_weight, "
+                          f"{r.get('route_single_p50_ms_1000_crowd_votes') or float('nan'):.2f} ms with 1000 crowd votes "
+                          f"on an added LLM (refit {r.get('crowd_refit_ms_300_votes') or float('nan'):.1f} ms at 300 "
+                          f"votes, {r.get('crowd_refit_ms_1000_votes') or float('nan'):.1f} ms at 1000); add_llm median "
                           f"{r['add_llm_ms_median']:.1f} ms (load {' '.join(r['loadavg'])})"]
         if r["bench"] == "cost_gpt4":
             lines += ["", f"gpt-4 against another LLM: {r['n_judgments']} test judgments, gpt-4 wins "

@@ -203,13 +203,17 @@ CROWD_QUERY_SD = 0.5
 #: prior std of the part that is the query's own (kernel: the same query text, i.e. the same embedding)
 CROWD_TEXT_SD = 1.0
 #: the crowd term is fitted on the latest this many observations (votes) of added LLMs
-CROWD_WINDOW = 1000
+CROWD_WINDOW = 500
 
 
 def unit_rows(emb: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length (the crowd kernel's query features)."""
     e = np.asarray(emb, np.float64)
     return e / np.maximum(np.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
+
+
+#: two queries whose unit embeddings have at least this cosine count as the same text (float16 tables included)
+SAME_TEXT_COS = 1.0 - 1e-3
 
 
 class CrowdEstimate:
@@ -228,8 +232,9 @@ class CrowdEstimate:
     Observations: ``P(a beats b | q) = sigmoid(offset + c_a(q) - c_b(q))`` with the user-blind base
     scores' difference as the offset, weight ``w`` and a (soft) label; ``b = -1`` is the average LLM of
     the query.  Laplace approximation (Newton in the observations' latent space, Rasmussen & Williams
-    Alg. 3.1); the posterior of ``c_m(q)`` at any query follows from it.  ``query_sd = text_sd = 0`` is a
-    constant strength per LLM.  Before any vote, ``c_m ~ N(0, prior_sd^2 + ...)``: wide, so Thompson
+    Alg. 3.1; O(n^3) in the n observations, which the caller caps); the posterior mean of ``c_m(q)`` at
+    any query is then O(d) per LLM, its variance (Thompson sampling) O(n^2).  ``query_sd = text_sd = 0`` is
+    a constant strength per LLM.  Before any vote, ``c_m ~ N(0, prior_sd^2 + ...)``: wide, so Thompson
     sampling gives a new LLM a fair trial.
     """
 
@@ -242,6 +247,8 @@ class CrowdEstimate:
         self.sign = np.zeros((0, 0))  # (n, n_llms): +1 / -1 where an added LLM is the observation's a / b
         self.grad = np.zeros(0)  # (n,) w * (y - p) at the mode: the posterior means' weights
         self.m = np.zeros((0, 0))  # (n, n) W^1/2 B^-1 W^1/2: the posterior variances' correction
+        self._total = np.zeros(0)  # (n_llms,) sum of the weights per LLM (the constant part of the means)
+        self._gl = np.zeros((0, 0))  # (n, n_llms) each observation's weight per LLM
         self.version = 0
 
     @property
@@ -249,44 +256,39 @@ class CrowdEstimate:
         """Whether routing needs the query's features (votes on added LLMs and a query term)."""
         return self.grad.size > 0 and (self.query_sd > 0 or self.text_sd > 0)
 
-    def kernel(self, e1: np.ndarray, e2: np.ndarray) -> np.ndarray:
-        """Query part of the prior covariance between unit embeddings ``e1`` (n1, d) and ``e2`` (n2, d)."""
-        k = np.full((e1.shape[0], e2.shape[0]), self.prior_sd ** 2)
-        if (self.query_sd > 0 or self.text_sd > 0) and e1.size and e2.size:
-            cos = e1 @ e2.T
-            k += self.query_sd ** 2 * cos + self.text_sd ** 2 * (cos > 1.0 - 1e-6)
-        return k
-
     def fit(self, n_llms: int, added: np.ndarray, a: np.ndarray, b: np.ndarray, offset: np.ndarray,
             label: np.ndarray, w: np.ndarray, e: np.ndarray | None = None, iters: int = 30) -> None:
-        """``e``: (n, d) unit embeddings of each observation's query (None: a constant per LLM)."""
+        """``e``: (n, d) embeddings of each observation's query (None: a constant per LLM)."""
         n = a.size
         is_added = np.zeros(n_llms, bool)
-        is_added[added] = True
+        is_added[np.asarray(added, np.int64)] = True
         sign = np.zeros((n, n_llms))
         if n and added.size:
-            is_added = np.zeros(n_llms + 1, bool)
-            is_added[added] = True
+            ext = np.r_[is_added, False]  # b = -1: the average LLM
             rows = np.arange(n)
             bb = np.where(b >= 0, b, n_llms)
-            ka, kb = is_added[a], is_added[bb]
+            ka, kb = ext[a], ext[bb]
             sign[rows[ka], a[ka]] += 1.0
             sign[rows[kb], bb[kb]] -= 1.0
         keep = np.flatnonzero(np.abs(sign).sum(axis=1) > 0)  # observations that involve an added LLM
         sign, offset, label, w = sign[keep], offset[keep], label[keep], w[keep]
-        e = np.zeros((keep.size, 0)) if e is None else unit_rows(e)[keep]
-        g = self.kernel(e, e) * (sign @ sign.T)  # prior covariance of the observations' latent differences
+        use_e = e is not None and (self.query_sd > 0 or self.text_sd > 0)
+        e = unit_rows(e)[keep] if use_e else np.zeros((keep.size, 0))
+        k = np.full((keep.size, keep.size), self.prior_sd ** 2)
+        if use_e and keep.size:
+            cos = e @ e.T
+            k += self.query_sd ** 2 * cos + self.text_sd ** 2 * (cos > SAME_TEXT_COS)
+        g = k * (sign @ sign.T)  # prior covariance of the observations' latent differences
         f = np.zeros(keep.size)
         grad, m = np.zeros(keep.size), np.zeros((keep.size, keep.size))
+        eye = np.eye(keep.size)
         for _ in range(iters if keep.size else 0):
             p = 0.5 * (1.0 + np.tanh(0.5 * (offset + f)))
             wh = np.sqrt(w * p * (1.0 - p))
-            bmat = np.eye(keep.size) + wh[:, None] * g * wh[None, :]
-            grad = w * (label - p)
-            rhs = wh * wh * f + grad
-            binv = np.linalg.inv(bmat)
-            new = g @ (rhs - wh * (binv @ (wh * (g @ rhs))))
-            done = np.abs(new - f).max() < 1e-8
+            rhs = wh * wh * f + w * (label - p)
+            gr = g @ rhs
+            new = gr - g @ (wh * np.linalg.solve(eye + wh[:, None] * g * wh[None, :], wh * gr))
+            done = np.abs(new - f).max() < 1e-6
             f = new
             if done:
                 break
@@ -294,40 +296,44 @@ class CrowdEstimate:
             p = 0.5 * (1.0 + np.tanh(0.5 * (offset + f)))
             wh = np.sqrt(w * p * (1.0 - p))
             grad = w * (label - p)
-            m = wh[:, None] * np.linalg.inv(np.eye(keep.size) + wh[:, None] * g * wh[None, :]) * wh[None, :]
-        changed = (not np.array_equal(is_added, self.is_added) or grad.shape != self.grad.shape or not np.allclose(grad, self.grad, atol=1e-9)
-                   or e.shape != self.e.shape or not np.array_equal(e, self.e))
-        self.n_llms, self.is_added, self.e, self.sign, self.grad, self.m = n_llms, is_added, e, sign, grad, m
+            m = wh[:, None] * np.linalg.inv(eye + wh[:, None] * g * wh[None, :]) * wh[None, :]
+        changed = (not np.array_equal(is_added, self.is_added) or grad.shape != self.grad.shape
+                   or not np.allclose(grad, self.grad, atol=1e-9) or e.shape != self.e.shape
+                   or not np.array_equal(e, self.e))
+        self.n_llms, self.is_added, self.e = n_llms, is_added, e
+        self.sign, self.grad, self.m = sign, grad, m
+        self._gl = sign * grad[:, None]
+        self._total = self._gl.sum(axis=0)
         if changed:
             self.version += 1
-
-    def _kstar(self, idx: np.ndarray, e: np.ndarray | None) -> tuple[np.ndarray, int]:
-        """(n*, n_obs, len(idx)) covariances of the queries' crowd terms with the observations' latents."""
-        n_star = 1 if e is None or np.ndim(e) == 1 else len(e)
-        if e is None or not self.e.shape[1]:
-            kq = np.full((n_star, self.grad.size), self.prior_sd ** 2)
-        else:
-            kq = self.kernel(unit_rows(np.asarray(e).reshape(n_star, -1)), self.e)
-        return kq[:, :, None] * self.sign[:, np.asarray(idx)][None, :, :], n_star
 
     def __call__(self, idx: np.ndarray, e: np.ndarray | None = None) -> np.ndarray:
         """Posterior means of the crowd terms of LLMs ``idx``: for one query's embedding ``e`` (d,), shape of
         ``idx``; for ``e`` of n queries (n, d), (n, len(idx)); no ``e``: the average query's."""
         idx = np.asarray(idx)
+        single = e is None or np.ndim(e) == 1
         if not self.grad.size:
-            return np.zeros(idx.shape) if e is None or np.ndim(e) == 1 else np.zeros((len(e),) + idx.shape)
-        ks, n_star = self._kstar(idx, e)
-        out = np.einsum("snk,n->sk", ks, self.grad)
-        return out[0] if e is None or np.ndim(e) == 1 else out
+            return np.zeros(idx.shape) if single else np.zeros((len(e),) + idx.shape)
+        out = np.broadcast_to(self.prior_sd ** 2 * self._total[idx], (1 if single else len(e),) + idx.shape)
+        if e is not None and self.e.shape[1]:
+            cos = unit_rows(np.asarray(e).reshape(-1, self.e.shape[1])) @ self.e.T
+            out = out + (self.query_sd ** 2 * cos + self.text_sd ** 2 * (cos > SAME_TEXT_COS)) @ self._gl[:, idx]
+        return out[0] if single else np.asarray(out)
 
     def variance(self, idx: np.ndarray, e: np.ndarray | None = None) -> np.ndarray:
         """Posterior variances of the crowd terms of LLMs ``idx`` for one query (``e``: (d,) or None)."""
         idx = np.asarray(idx)
-        prior = self.prior_sd ** 2 + (0.0 if e is None else self.query_sd ** 2 + self.text_sd ** 2)
-        var = np.where(self.involves(idx, each=True), prior, 0.0)
-        if self.grad.size:
-            ks = self._kstar(idx, e)[0][0]  # (n_obs, len(idx))
-            var = var - ((self.m @ ks) * ks).sum(axis=0)
+        mine = self.involves(idx, each=True)
+        use_e = e is not None and self.e.shape[1] > 0
+        prior = self.prior_sd ** 2 + (self.query_sd ** 2 + self.text_sd ** 2 if use_e else 0.0)
+        var = np.where(mine, prior, 0.0)
+        if self.grad.size and mine.any():
+            kq = np.full(self.grad.size, self.prior_sd ** 2)
+            if use_e:
+                cos = self.e @ unit_rows(np.asarray(e).reshape(1, -1))[0]
+                kq = kq + self.query_sd ** 2 * cos + self.text_sd ** 2 * (cos > SAME_TEXT_COS)
+            ks = kq[:, None] * self.sign[:, idx[mine]]
+            var[mine] = var[mine] - ((self.m @ ks) * ks).sum(axis=0)
         return np.clip(var, 0.0, None)
 
     def involves(self, idx: np.ndarray, each: bool = False):

@@ -308,7 +308,8 @@ class UserState:
         rows = rows[window_rows(h.llm[rows], self.personal)]
         scores = self.history_scores(u, rows)
         if self.pool.n_trained < len(self.pool):
-            scores = scores + self.crowd(np.arange(len(self.pool)), self.crowd_z(h.query_row[rows]))
+            texts, at = np.unique(h.query_row[rows], return_inverse=True)  # both sides of a pair share a text
+            scores = scores + self.crowd(np.arange(len(self.pool)), self.crowd_z(texts))[at.reshape(-1)]
         ev = build_evidence(h.group[rows], h.llm[rows], h.rating[rows], self.zrows(rows), scores, self.personal)
         post = fit_posterior(ev, self.personal, len(self.pool), self.basis.dims)
         self.post[u] = (self.crowd.version, post)
