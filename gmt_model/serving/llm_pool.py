@@ -246,7 +246,8 @@ class CrowdEstimate:
         self.e = np.zeros((0, 0))  # (n, d) unit query embeddings of the observations
         self.sign = np.zeros((0, 0))  # (n, n_llms): +1 / -1 where an added LLM is the observation's a / b
         self.grad = np.zeros(0)  # (n,) w * (y - p) at the mode: the posterior means' weights
-        self.m = np.zeros((0, 0))  # (n, n) W^1/2 B^-1 W^1/2: the posterior variances' correction
+        self._m: np.ndarray | None = np.zeros((0, 0))  # (n, n) W^1/2 B^-1 W^1/2: the variances' correction
+        self._mg: tuple[np.ndarray, np.ndarray] = (np.zeros(0), np.zeros((0, 0)))
         self._total = np.zeros(0)  # (n_llms,) sum of the weights per LLM (the constant part of the means)
         self._gl = np.zeros((0, 0))  # (n, n_llms) each observation's weight per LLM
         self.version = 0
@@ -280,7 +281,7 @@ class CrowdEstimate:
             k += self.query_sd ** 2 * cos + self.text_sd ** 2 * (cos > SAME_TEXT_COS)
         g = k * (sign @ sign.T)  # prior covariance of the observations' latent differences
         f = np.zeros(keep.size)
-        grad, m = np.zeros(keep.size), np.zeros((keep.size, keep.size))
+        grad = np.zeros(keep.size)
         eye = np.eye(keep.size)
         for _ in range(iters if keep.size else 0):
             p = 0.5 * (1.0 + np.tanh(0.5 * (offset + f)))
@@ -292,16 +293,17 @@ class CrowdEstimate:
             f = new
             if done:
                 break
+        wh = np.zeros(keep.size)
         if keep.size:
             p = 0.5 * (1.0 + np.tanh(0.5 * (offset + f)))
             wh = np.sqrt(w * p * (1.0 - p))
             grad = w * (label - p)
-            m = wh[:, None] * np.linalg.inv(eye + wh[:, None] * g * wh[None, :]) * wh[None, :]
         changed = (not np.array_equal(is_added, self.is_added) or grad.shape != self.grad.shape
                    or not np.allclose(grad, self.grad, atol=1e-9) or e.shape != self.e.shape
                    or not np.array_equal(e, self.e))
         self.n_llms, self.is_added, self.e = n_llms, is_added, e
-        self.sign, self.grad, self.m = sign, grad, m
+        self.sign, self.grad = sign, grad
+        self._m, self._mg = None, (wh, g)  # the variances' matrix, computed on first need (Thompson sampling)
         self._gl = sign * grad[:, None]
         self._total = self._gl.sum(axis=0)
         if changed:
@@ -335,6 +337,14 @@ class CrowdEstimate:
             ks = kq[:, None] * self.sign[:, idx[mine]]
             var[mine] = var[mine] - ((self.m @ ks) * ks).sum(axis=0)
         return np.clip(var, 0.0, None)
+
+    @property
+    def m(self) -> np.ndarray:
+        """``W^1/2 B^-1 W^1/2`` of the fit (the posterior variances' correction), computed once per fit."""
+        if self._m is None:
+            wh, g = self._mg
+            self._m = wh[:, None] * np.linalg.inv(np.eye(wh.size) + wh[:, None] * g * wh[None, :]) * wh[None, :]
+        return self._m
 
     def involves(self, idx: np.ndarray, each: bool = False):
         """Whether any of LLMs ``idx`` is an added one (``each``: per LLM)."""
