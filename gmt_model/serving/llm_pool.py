@@ -7,11 +7,12 @@ of the pool (it is never routed to again); its rated history stays.
 
 An added LLM's node features are the embedding of its description, exactly
 as for the trained LLMs, so the GNN scores it inductively.  On top of that,
-:class:`CrowdEstimate` keeps a shared, crowd-level strength of each added
-LLM (logit units, on top of the base scores), learned from everybody's
-feedback on it: a Gaussian posterior (Laplace, Newton) whose prior is wide,
-so Thompson sampling tries a new LLM fairly and the first votes of any user
-move it for every user.  The trained LLMs' strengths are already in the
+:class:`CrowdEstimate` keeps a shared, crowd-level and query-dependent
+strength of each added LLM (logit units, on top of the base scores), learned
+from everybody's feedback on it: a Gaussian process over queries (Laplace)
+whose prior is wide, so Thompson sampling tries a new LLM fairly, the first
+votes of any user move it for every user, and the votes teach which queries
+it is good at.  The trained LLMs' strengths are already in the
 model and the cold-start calibration; the estimate is 0 for them.
 
 Pool changes are durable and ordered: the router appends them to the

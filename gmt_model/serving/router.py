@@ -15,8 +15,8 @@ The router is a facade over four parts:
 Scores: for a user with history, ``s = (blend(gnn, cold) + crowd) * g + residual``
 (``g``: the user's GNN weight, ``residual``: :mod:`gmt_model.method.personal`);
 for an unknown user, the crowd-calibrated cold-start scores ``+ crowd``.
-``crowd`` is 0 for trained LLMs; for an added LLM it is the shared strength
-everybody's feedback on it taught (:class:`~gmt_model.serving.llm_pool.CrowdEstimate`).
+``crowd`` is 0 for trained LLMs; for an added LLM it is the shared, query-dependent
+strength everybody's feedback on it taught (:class:`~gmt_model.serving.llm_pool.CrowdEstimate`).
 
 Durability: feedback rows and pool changes go to the shared feedback log;
 a router that starts replays pool events and then the feedback rows newer
@@ -554,7 +554,7 @@ class GMTRouter:
             return self.state.posterior(u)
 
     def crowd_strength(self, name: str) -> tuple[float, float]:
-        """(mean, sd) of the crowd estimate of an LLM (0, 0 for a trained one)."""
+        """(mean, sd) of the crowd estimate of an LLM on the average query (0, 0 for a trained one)."""
         with self._lock, torch.inference_mode():
             self.state.ensure_crowd()
             i = self.pool.index[name]
