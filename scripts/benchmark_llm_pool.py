@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """The open LLM pool and cost-aware routing on MT-Bench (issue 15).
 
-    flock /tmp/gmt_bench.lock .venv/bin/python scripts/benchmark_llm_pool.py --out /tmp/pool.jsonl
+    flock /tmp/gmt_bench.lock .venv/bin/python scripts/benchmark_llm_pool.py --keep-models .cache/pool_models \
+        --retrain-votes 200 --out /tmp/pool.jsonl
     .venv/bin/python scripts/benchmark_llm_pool.py --splits 0 --llms gpt-4 llama-13b --epochs 100   # a quick look
     .venv/bin/python scripts/benchmark_llm_pool.py --report /tmp/pool.jsonl                          # tables
 
@@ -13,7 +14,11 @@
   then after n = 50 / 200 / 1000 of X's withheld training judgments revealed through
   ``update_user_preference`` (cumulative, in a fixed random order; fewer when fewer exist);
 * baselines on the same pairs: the router trained with X (the full split), crowd Bradley-Terry fitted on
-  the training pairs without X plus the same n votes, and X as the average LLM (BT strength 0).
+  the training pairs without X plus the same n votes, and X as the average LLM (BT strength 0);
+* with ``--retrain-votes N``: the next training run, on the data without X plus X's first N withheld
+  judgments, scored on the same pairs;
+* ``--keep-models DIR`` keeps the trained checkpoints and reuses them (a second run only scores);
+  ``--crowd-query-sd`` / ``--crowd-text-sd`` set the prior of the added LLM's crowd term.
 
 (b) Cost against quality, RouteLLM's way, on the test judgments that pair gpt-4 with another LLM, pooled
 over the splits, for the router trained on the full split: the margin ``P(gpt-4 preferred)`` sends a
