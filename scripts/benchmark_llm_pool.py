@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """The open LLM pool and cost-aware routing on MT-Bench (issue 15).
 
-    flock /tmp/gmt_bench.lock .venv/bin/python scripts/benchmark_llm_pool.py --out /tmp/pool.jsonl
+    flock /tmp/gmt_bench.lock .venv/bin/python scripts/benchmark_llm_pool.py --keep-models .cache/pool_models \
+        --retrain-votes 200 --out /tmp/pool.jsonl
     .venv/bin/python scripts/benchmark_llm_pool.py --splits 0 --llms gpt-4 llama-13b --epochs 100   # a quick look
     .venv/bin/python scripts/benchmark_llm_pool.py --report /tmp/pool.jsonl                          # tables
 
@@ -13,7 +14,11 @@
   then after n = 50 / 200 / 1000 of X's withheld training judgments revealed through
   ``update_user_preference`` (cumulative, in a fixed random order; fewer when fewer exist);
 * baselines on the same pairs: the router trained with X (the full split), crowd Bradley-Terry fitted on
-  the training pairs without X plus the same n votes, and X as the average LLM (BT strength 0).
+  the training pairs without X plus the same n votes, and X as the average LLM (BT strength 0);
+* with ``--retrain-votes N``: the next training run, on the data without X plus X's first N withheld
+  judgments, scored on the same pairs;
+* ``--keep-models DIR`` keeps the trained checkpoints and reuses them (a second run only scores);
+  ``--crowd-query-sd`` / ``--crowd-text-sd`` set the prior of the added LLM's crowd term.
 
 (b) Cost against quality, RouteLLM's way, on the test judgments that pair gpt-4 with another LLM, pooled
 over the splits, for the router trained on the full split: the margin ``P(gpt-4 preferred)`` sends a
@@ -67,13 +72,13 @@ def pairs_of(records: list[dict]) -> list[dict]:
     for r in records:
         groups[(r["judge"], r["question_id"], r.get("turn"))].append(r)
     out = []
-    for (judge, _, _), rs in groups.items():
+    for (judge, _, _t), rs in groups.items():
         if len(rs) != 2:
             continue
         a, b = sorted(rs, key=lambda r: r["model"])
         ra, rb = a["conversation"][-1]["rating"], b["conversation"][-1]["rating"]
         out.append({"user": judge, "query": a["conversation"][-1]["query"], "a": a["model"], "b": b["model"],
-                    "label": 1.0 if ra > rb else 0.0 if ra < rb else 0.5})
+                    "label": 1.0 if ra > rb else 0.0 if ra < rb else 0.5, "key": (judge, _, a.get("turn"))})
     return out
 
 
@@ -124,16 +129,29 @@ class Encoder:
         return np.stack([self.table[t] for t in texts])
 
 
-def train_router(paths: dict[str, Path], epochs: int, seed: int, encoder: Encoder, workdir: Path):
+def train_router(paths: dict[str, Path], epochs: int, seed: int, encoder: Encoder, workdir: Path,
+                 keep: Path | None = None):
+    """Train on ``paths`` (or, with ``keep``, reuse the checkpoint a run with the same settings left there)."""
     from gmt_model.data.graph_files import build_graph
     from gmt_model.method.config import load_train_config
     from gmt_model.method.training import train
     from gmt_model.serving.router import GMTRouter
 
+    if keep is not None:
+        if (keep / "best").is_dir() and (keep / "done").exists():
+            return GMTRouter.from_checkpoint(keep / "best", encoder=encoder, feedback_sync_interval=-1.0)
+        workdir = keep
     g = build_graph(paths)
     cfg = load_train_config(str(REPO / "configs" / "model_config_train" / "gmtrouter.yaml"),
                             {"epochs": epochs, "save_every": 10**9, "seed": seed, "device": "cpu"})
     res = train(g, cfg, workdir, resume=False)
+    if keep is not None:
+        import shutil
+
+        if res.best_dir != keep / "best":
+            shutil.rmtree(keep / "best", ignore_errors=True)
+            shutil.copytree(res.best_dir, keep / "best")
+        (keep / "done").write_text("")
     return GMTRouter.from_checkpoint(res.best_dir, encoder=encoder, feedback_sync_interval=-1.0)
 
 
@@ -183,6 +201,25 @@ def x_oriented(pairs: list[dict], p_a: np.ndarray, x: str) -> tuple[np.ndarray, 
     return s, y
 
 
+def kept(args, sp: int, what: str) -> Path | None:
+    """Where ``--keep-models`` keeps the checkpoint of one training run (None: not kept)."""
+    if not args.keep_models:
+        return None
+    p = Path(args.keep_models) / f"split{sp}_e{args.epochs}_seed{args.seed}" / what
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def configure_crowd(router, args) -> None:
+    """The crowd term's prior (``--crowd-query-sd``, ``--crowd-text-sd``; defaults: the library's)."""
+    from gmt_model.serving.llm_pool import CrowdEstimate
+
+    c = router.state.crowd
+    router.state.crowd = CrowdEstimate(
+        query_sd=c.query_sd if args.crowd_query_sd is None else args.crowd_query_sd,
+        text_sd=c.text_sd if args.crowd_text_sd is None else args.crowd_text_sd)
+
+
 # ---------------------------------------------------------------- (a) leave one LLM out
 def leave_one_out(args, sp: int, splits: dict[str, list[dict]], full_router, descriptions: dict[str, str],
                   emit) -> None:
@@ -200,14 +237,17 @@ def leave_one_out(args, sp: int, splits: dict[str, list[dict]], full_router, des
         reduced["test"] = without(splits["test"], x)
         with tempfile.TemporaryDirectory() as d:
             paths = write_split(Path(d) / "data", reduced)
-            router = train_router(paths, args.epochs, args.seed, Encoder(splits, args.encoder), Path(d) / "run")
+            router = train_router(paths, args.epochs, args.seed, Encoder(splits, args.encoder), Path(d) / "run",
+                                  keep=kept(args, sp, "without_" + x))
+        configure_crowd(router, args)
         router.add_llm(x, descriptions[x])
         y = x_oriented(tx, np.zeros(len(tx)), x)[1]
         full = auc(x_oriented(tx, p_first(full_router, tx), x)[0], y)
         others = [m for m in MT_LLMS if m != x]
         bt0 = bt_strengths([p for p in train_pairs if x not in (p["a"], p["b"])], others)
         avg = auc(np.array([-bt0[p["b"] if p["a"] == x else p["a"]] for p in tx]), y)
-        row = {"bench": "loo", "split": sp, "llm": x, "epochs": args.epochs, "n_test_pairs": int((y != 0.5).sum()),
+        row = {"bench": "loo", "split": sp, "llm": x, "epochs": args.epochs, "crowd_query_sd": router.state.crowd.query_sd,
+               "crowd_text_sd": router.state.crowd.text_sd, "n_test_pairs": int((y != 0.5).sum()),
                "n_withheld": len(withheld), "auc_trained_with_x": full, "auc_average_llm": avg}
         given = 0
         for n in (0,) + tuple(args.votes):
@@ -222,6 +262,18 @@ def leave_one_out(args, sp: int, splits: dict[str, list[dict]], full_router, des
             row[f"auc_added_n{n}"] = auc(s_router, y)
             row[f"auc_crowd_bt_n{n}"] = auc(s_bt, y)
             row[f"votes_n{n}"] = k
+        if args.retrain_votes:
+            # the next training run: the training data without X plus the first n of X's withheld judgments
+            k = min(args.retrain_votes, len(withheld))
+            keys = {p["key"] for p in withheld[:k]}
+            back = dict(reduced, training=reduced["training"] + [r for r in splits["training"] if
+                                                                 (r["judge"], r["question_id"], r.get("turn")) in keys])
+            with tempfile.TemporaryDirectory() as d:
+                rt = train_router(write_split(Path(d) / "data", back), args.epochs, args.seed,
+                                  Encoder(splits, args.encoder), Path(d) / "run",
+                                  keep=kept(args, sp, f"without_{x}_plus{args.retrain_votes}"))
+            row[f"auc_retrained_n{args.retrain_votes}"] = auc(x_oriented(tx, p_first(rt, tx), x)[0], y)
+            row["retrain_votes"] = k
         row["wall_s"] = round(time.perf_counter() - t0, 1)
         emit(row)
 
@@ -267,6 +319,15 @@ def cost_quality(rows: list[dict], prices: dict[str, float], emit, seed: int = 0
         out[name] = {"apgr": apgr(share, pgr), "apgr_ci": [float(np.percentile(boots, 2.5)),
                                                            float(np.percentile(boots, 97.5))],
                      "cpt50": cpt(share, pgr, 0.5), "cpt80": cpt(share, pgr, 0.8)}
+    # personalized - user-blind, paired: the same resampled judgments for both
+    mp, mb = (np.array([(r[k] if r["a"] == "gpt-4" else 1 - r[k]) for r in g4]) for k in ("personalized", "user_blind"))
+    diffs = []
+    for _ in range(1000):
+        i = rng.integers(0, len(g4), len(g4))
+        diffs.append(apgr(*pgr_curve(mp[i], win[i], rng)) - apgr(*pgr_curve(mb[i], win[i], rng)))
+    out["personalized_minus_user_blind"] = {"apgr": out["personalized"]["apgr"] - out["user_blind"]["apgr"],
+                                            "ci": [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))],
+                                            "p_below": float(np.mean(np.array(diffs) < 0))}
     emit({"bench": "cost_gpt4", "n_judgments": len(g4), "gpt4_win_rate": float(win.mean()), **out})
     # the six-LLM pool with list prices: each judgment routed among its two LLMs, cost_weight swept
     for name in ("personalized", "user_blind", "crowd_bt"):
@@ -324,11 +385,31 @@ def overhead(router, test: list[dict], descriptions: dict[str, str]) -> dict[str
         adds.append((time.perf_counter() - t0) * 1000)
     after = p50(queries)
     costly = p50(queries, {"cost_weight": 0.5})
+    # the crowd term of an added LLM with many votes: its refit (at the next route after a vote), and routing
+    # with it (the query-dependent term is evaluated per route)
+    rng = np.random.default_rng(0)
+    refit = {}
+    for k in range(1000):
+        p = test[k % len(test)]
+        other = p["a"] if rng.random() < 0.5 else p["b"]
+        pair = ("added-0", other) if rng.random() < 0.5 else (other, "added-0")
+        router.update_user_preference(f"voter{k % 50}", p["query"], *pair)
+        if k + 1 in (300, 1000):
+            ts = []
+            for _ in range(3):
+                router.state.crowd_dirty = True
+                t0 = time.perf_counter()
+                router.state.ensure_crowd()
+                ts.append((time.perf_counter() - t0) * 1000)
+            refit[k + 1] = float(np.median(ts))
+    with_votes = p50(queries)
     for i in range(5):
         router.remove_llm(f"added-{i}")
     torch.set_num_threads(threads)
     return {"bench": "overhead", "route_single_p50_ms": before, "route_single_p50_ms_pool_plus5": after,
-            "route_single_p50_ms_cost_weight": costly, "add_llm_ms": adds, "add_llm_ms_median": float(np.median(adds)),
+            "route_single_p50_ms_cost_weight": costly, "crowd_refit_ms_300_votes": refit.get(300),
+            "crowd_refit_ms_1000_votes": refit.get(1000), "route_single_p50_ms_1000_crowd_votes": with_votes,
+            "add_llm_ms": adds, "add_llm_ms_median": float(np.median(adds)),
             "loadavg": open("/proc/loadavg").read().split()[:3], "torch_threads": 1}
 
 
@@ -359,7 +440,8 @@ def run(args) -> None:
         splits = read_split(folder)
         enc = Encoder(splits, args.encoder)
         with tempfile.TemporaryDirectory() as d:
-            full = train_router(write_split(Path(d) / "data", splits), args.epochs, args.seed, enc, Path(d) / "run")
+            full = train_router(write_split(Path(d) / "data", splits), args.epochs, args.seed, enc, Path(d) / "run",
+                                keep=kept(args, sp, "full"))
         test = pairs_of(splits["test"])
         if sp == args.splits[0] and not args.skip_cost:
             emit(overhead(full, test, descriptions))
@@ -381,9 +463,11 @@ def report(path: str) -> str:
     lines = []
     if loo:
         ns = sorted({int(k[len("auc_added_n"):]) for r in loo for k in r if k.startswith("auc_added_n")})
+        rt_ns = sorted({int(k[len("auc_retrained_n"):]) for r in loo for k in r if k.startswith("auc_retrained_n")})
         lines += ["| LLM X | splits | trained with X | X as average | added, no feedback | " +
-                  " | ".join(f"added +{n} (BT +{n})" for n in ns if n) + " |",
-                  "|---|---|---|---|---|" + "---|" * len([n for n in ns if n])]
+                  " | ".join(f"added +{n} (BT +{n})" for n in ns if n) +
+                  "".join(f" | retrained with +{n}" for n in rt_ns) + " |",
+                  "|---|---|---|---|---|" + "---|" * (len([n for n in ns if n]) + len(rt_ns))]
         by = defaultdict(list)
         for r in loo:
             by[r["llm"]].append(r)
@@ -392,13 +476,17 @@ def report(path: str) -> str:
             f = lambda k: np.nanmean([r[k] for r in rs if k in r])  # noqa: E731
             cells = [f"{f('auc_trained_with_x'):.3f}", f"{f('auc_average_llm'):.3f}", f"{f('auc_added_n0'):.3f}"]
             cells += [f"{f(f'auc_added_n{n}'):.3f} ({f(f'auc_crowd_bt_n{n}'):.3f})" for n in ns if n]
+            cells += [f"{f(f'auc_retrained_n{n}'):.3f}" for n in rt_ns]
             lines.append(f"| {x} | {sorted({r['split'] for r in rs})} | " + " | ".join(cells) + " |")
             means[x] = cells
     for r in rows:
         if r["bench"] == "overhead":
             lines += ["", f"overhead: route_single p50 {r['route_single_p50_ms']:.2f} ms (no encoding), "
                           f"{r['route_single_p50_ms_pool_plus5']:.2f} ms with 5 added LLMs, "
-                          f"{r['route_single_p50_ms_cost_weight']:.2f} ms with cost_weight; add_llm median "
+                          f"{r['route_single_p50_ms_cost_weight']:.2f} ms with cost_weight, "
+                          f"{r.get('route_single_p50_ms_1000_crowd_votes') or float('nan'):.2f} ms with 1000 crowd votes "
+                          f"on an added LLM (refit {r.get('crowd_refit_ms_300_votes') or float('nan'):.1f} ms at 300 "
+                          f"votes, {r.get('crowd_refit_ms_1000_votes') or float('nan'):.1f} ms at 1000); add_llm median "
                           f"{r['add_llm_ms_median']:.1f} ms (load {' '.join(r['loadavg'])})"]
         if r["bench"] == "cost_gpt4":
             lines += ["", f"gpt-4 against another LLM: {r['n_judgments']} test judgments, gpt-4 wins "
@@ -408,6 +496,10 @@ def report(path: str) -> str:
                 v = r[name]
                 lines.append(f"| {name} | {v['apgr']:.3f} [{v['apgr_ci'][0]:.3f}, {v['apgr_ci'][1]:.3f}] | "
                              f"{v['cpt50']:.3f} | {v['cpt80']:.3f} |")
+            d = r.get("personalized_minus_user_blind")
+            if d:
+                lines.append(f"| personalized - user-blind (paired) | {d['apgr']:+.3f} [{d['ci'][0]:+.3f}, "
+                             f"{d['ci'][1]:+.3f}] | share of resamples below 0: {d['p_below']:.2f} | |")
     pool = [r for r in rows if r["bench"] == "cost_pool"]
     if pool:
         lines += ["", "| router | cost_weight | mean price (USD / 1M tok) | quality (win=1, tie=.5) |",
@@ -432,6 +524,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=136)
     ap.add_argument("--encoder", default="sentence-transformers/all-MiniLM-L6-v2")
     ap.add_argument("--skip-cost", action="store_true")
+    ap.add_argument("--retrain-votes", type=int, metavar="N",
+                    help="also train on the data without X plus N of X's withheld judgments (the next training run) "
+                         "and score it on the same pairs")
+    ap.add_argument("--crowd-query-sd", type=float,
+                    help="prior std of the topic part of an added LLM's crowd term (library default if not given)")
+    ap.add_argument("--crowd-text-sd", type=float,
+                    help="prior std of its per-query-text part (both 0: a constant strength per added LLM)")
+    ap.add_argument("--keep-models", metavar="DIR",
+                    help="keep each trained checkpoint here and reuse it on the next run with the same split, "
+                         "epochs and seed (the routers' online state is not kept: each run starts from the checkpoint)")
     args = ap.parse_args(argv)
     if args.report:
         print(report(args.report))

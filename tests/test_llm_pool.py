@@ -72,6 +72,35 @@ def test_added_llm_is_routable_and_learns_from_everybodys_feedback(planted_model
     assert r.route_single({"query_text": probe[1], "user_id": "voter3"})["model_name"] == "newlm"
 
 
+def test_crowd_learns_which_queries_an_added_llm_is_good_at(planted_models, planted_graph):
+    """Known answer: the crowd says newlm beats the trained LLMs on topic-0 queries and loses to them on
+    topic-1 queries.  The crowd term of the added LLM is query-dependent, so a user who never voted gets
+    newlm for new topic-0 queries and not for new topic-1 ones (a constant strength cannot do both)."""
+    g = planted_graph
+    r = make(planted_models, g)
+    r.add_llm("newlm", NEW_DESC)
+    by_topic = {k: [t for t in dict.fromkeys(g.query_text) if t.startswith(f"topic {k} ")] for k in (0, 1)}
+    teach = {k: ts[:30] for k, ts in by_topic.items()}
+    probe = {k: ts[30:60] for k, ts in by_topic.items()}
+
+    def p_new(k: int) -> np.ndarray:  # P(newlm preferred) against each trained LLM, for a user who never voted
+        res = r.route_batch([{"query_text": t, "user_id": "fresh", "candidates": [m, "newlm"]}
+                             for t in probe[k] for m in ("m0", "m1", "m2", "m3")])
+        return np.array([x["scores"]["newlm"] for x in res])
+
+    gap_before = p_new(0).mean() - p_new(1).mean()
+    for i in range(40):  # ten voters; as many wins as losses: newlm's average strength stays about the same
+        m = f"m{i % 4}"
+        r.update_user_preference(f"voter{i % 10}", teach[0][i % 30], "newlm", m)
+        r.update_user_preference(f"voter{(i + 5) % 10}", teach[1][i % 30], m, "newlm")
+    p0, p1 = p_new(0), p_new(1)
+    assert p0.mean() - p1.mean() > gap_before + 0.4
+    assert (p0 > 0.5).mean() >= 0.9 and (p1 < 0.5).mean() >= 0.9
+    routed = r.route_batch([{"query_text": t, "user_id": "fresh2"} for k in (0, 1) for t in probe[k]])
+    share = [np.mean([x["model_name"] == "newlm" for x in routed[k * 30:(k + 1) * 30]]) for k in (0, 1)]
+    assert share[0] >= 0.8 and share[1] <= 0.1
+
+
 def test_removed_llm_is_never_chosen_and_its_history_stays(planted_models, planted_graph, tmp_path):
     g = planted_graph
     r = make(planted_models, g, tmp_path / "fb.sqlite", policy="epsilon", epsilon=0.5, seed=1)

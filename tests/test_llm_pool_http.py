@@ -37,7 +37,10 @@ def test_admin_llms_add_update_remove_and_models(client, planted_graph):
         r = _admin(c, "POST", "/admin/llms", json=bad)
         assert r.status_code == status and r.json()["error"]["param"] == param, r.json()
     assert c.router.feedback_log.read_llm_events() == events  # nothing stored
-    assert "newlm" in [m["id"] for m in c.get("/v1/models").json()["data"]]
+    models = {m["id"]: m for m in c.get("/v1/models").json()["data"]}  # the pool, with costs and descriptions
+    assert models["newlm"]["description"] == NEW_DESC and models["newlm"]["cost"] == 0.2
+    assert models["newlm"]["trained"] is False and models["m0"]["trained"] is True and models["m0"]["cost"] is None
+    assert c.get("/v1/models/newlm").json()["cost"] == 0.2
     assert _admin(c, "PATCH", "/admin/llms/newlm", json={"cost": 0.1}).json()["cost"] == 0.1
     assert _admin(c, "PATCH", "/admin/llms/nope", json={"cost": 0.1}).status_code == 404
     assert _admin(c, "DELETE", "/admin/llms/m0").status_code == 200

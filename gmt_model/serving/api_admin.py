@@ -99,8 +99,12 @@ def _model_objects(request: Request, served: ServedModel) -> list[dict[str, Any]
     info = served.info
     data = [{"id": ROUTER_MODEL, "object": "model", "created": 0, "owned_by": st.title,
              "model_uri": info.get("uri"), "model_version": info.get("version")}]
+    pool = getattr(served.router, "llms", None)
+    about = {d["name"]: d for d in pool()} if callable(pool) else {}  # the pool: description, cost, trained
     data += [
-        {"id": c, "object": "model", "created": 0, "owned_by": st.title, "endpoint_configured": c in st.endpoints}
+        {"id": c, "object": "model", "created": 0, "owned_by": st.title, "endpoint_configured": c in st.endpoints,
+         **({"description": about[c]["description"], "cost": about[c]["cost"], "cost_unit": "USD per 1M tokens",
+             "trained": about[c]["trained"]} if c in about else {})}
         for c in served.router.candidates
     ]
     return data

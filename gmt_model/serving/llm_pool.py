@@ -7,11 +7,12 @@ of the pool (it is never routed to again); its rated history stays.
 
 An added LLM's node features are the embedding of its description, exactly
 as for the trained LLMs, so the GNN scores it inductively.  On top of that,
-:class:`CrowdEstimate` keeps a shared, crowd-level strength of each added
-LLM (logit units, on top of the base scores), learned from everybody's
-feedback on it: a Gaussian posterior (Laplace, Newton) whose prior is wide,
-so Thompson sampling tries a new LLM fairly and the first votes of any user
-move it for every user.  The trained LLMs' strengths are already in the
+:class:`CrowdEstimate` keeps a shared, crowd-level and query-dependent
+strength of each added LLM (logit units, on top of the base scores), learned
+from everybody's feedback on it: a Gaussian process over queries (Laplace)
+whose prior is wide, so Thompson sampling tries a new LLM fairly, the first
+votes of any user move it for every user, and the votes teach which queries
+it is good at.  The trained LLMs' strengths are already in the
 model and the cold-start calibration; the estimate is 0 for them.
 
 Pool changes are durable and ordered: the router appends them to the
@@ -33,7 +34,7 @@ import numpy as np
 from gmt_model.errors import RoutingError
 from gmt_model.serving.requests import LLMSpec
 
-__all__ = ["LLMInfo", "LLMPool", "LLMList", "CrowdEstimate"]
+__all__ = ["LLMInfo", "LLMPool", "LLMList", "CrowdEstimate", "CROWD_WINDOW", "unit_rows"]
 
 
 @dataclass
@@ -196,62 +197,179 @@ class LLMPool:
         return False
 
 
-class CrowdEstimate:
-    """Shared strengths of the added LLMs (logit units, on top of the base scores).
+#: prior std (logit units) of an added LLM's crowd strength on the average query
+CROWD_PRIOR_SD = 1.0
+#: prior std of the part of it that follows the query's topic (kernel: cosine of the query embeddings)
+CROWD_QUERY_SD = 0.5
+#: prior std of the part that is the query's own (kernel: the same query text, i.e. the same embedding)
+CROWD_TEXT_SD = 1.0
+#: the crowd term is fitted on the latest this many observations (votes) of added LLMs
+CROWD_WINDOW = 500
 
-    Observations: ``P(a beats b) = sigmoid(offset + c_a - c_b)`` with the
-    user-blind base scores' difference as the offset, weight ``w`` and a
-    (soft) label; ``b = -1`` is the average LLM of the query.  Prior
-    ``c ~ N(0, prior_sd^2)`` for each added LLM (0: the average trained LLM on
-    top of what the GNN reads in its description); trained LLMs are fixed at 0.
+
+def unit_rows(emb: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (the crowd kernel's query features)."""
+    e = np.asarray(emb, np.float64)
+    return e / np.maximum(np.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
+
+
+#: two queries whose unit embeddings have at least this cosine count as the same text (float16 tables included)
+SAME_TEXT_COS = 1.0 - 1e-3
+
+
+class CrowdEstimate:
+    """Shared, query-dependent strengths of the added LLMs (logit units, on top of the base scores).
+
+    ``c_m(q)``, for each added LLM ``m``, is a Gaussian process over queries: a constant (the LLM's
+    strength on the average query), plus a term that varies with the query's topic, plus one of the
+    query's own::
+
+        cov(c_m(q), c_m(q')) = prior_sd^2 + query_sd^2 * cos(e_q, e_q') + text_sd^2 * [e_q == e_q']
+
+    (``e``: the query embedding), independent across LLMs; trained LLMs are fixed at 0 (their strengths
+    are in the model).  So everybody's votes teach which queries the new LLM is good at, not only how
+    good it is on average; a query that was voted on is known best.
+
+    Observations: ``P(a beats b | q) = sigmoid(offset + c_a(q) - c_b(q))`` with the user-blind base
+    scores' difference as the offset, weight ``w`` and a (soft) label; ``b = -1`` is the average LLM of
+    the query.  Laplace approximation (Newton in the observations' latent space, Rasmussen & Williams
+    Alg. 3.1; O(n^3) in the n observations, which the caller caps); the posterior mean of ``c_m(q)`` at
+    any query is then O(d) per LLM, its variance (Thompson sampling) O(n^2).  ``query_sd = text_sd = 0`` is
+    a constant strength per LLM.  Before any vote, ``c_m ~ N(0, prior_sd^2 + ...)``: wide, so Thompson
+    sampling gives a new LLM a fair trial.
     """
 
-    def __init__(self, prior_sd: float = 1.0) -> None:
-        self.prior_sd = float(prior_sd)
-        self.mean = np.zeros(0)
-        self.sd = np.zeros(0)
+    def __init__(self, prior_sd: float = CROWD_PRIOR_SD, query_sd: float = CROWD_QUERY_SD,
+                 text_sd: float = CROWD_TEXT_SD) -> None:
+        self.prior_sd, self.query_sd, self.text_sd = float(prior_sd), float(query_sd), float(text_sd)
+        self.n_llms = 0
+        self.is_added = np.zeros(0, bool)
+        self.e = np.zeros((0, 0))  # (n, d) unit query embeddings of the observations
+        self.sign = np.zeros((0, 0))  # (n, n_llms): +1 / -1 where an added LLM is the observation's a / b
+        self.grad = np.zeros(0)  # (n,) w * (y - p) at the mode: the posterior means' weights
+        self._m: np.ndarray | None = np.zeros((0, 0))  # (n, n) W^1/2 B^-1 W^1/2: the variances' correction
+        self._mg: tuple[np.ndarray, np.ndarray] = (np.zeros(0), np.zeros((0, 0)))
+        self._total = np.zeros(0)  # (n_llms,) sum of the weights per LLM (the constant part of the means)
+        self._gl = np.zeros((0, 0))  # (n, n_llms) each observation's weight per LLM
         self.version = 0
 
+    @property
+    def query_dependent(self) -> bool:
+        """Whether routing needs the query's features (votes on added LLMs and a query term)."""
+        return self.grad.size > 0 and (self.query_sd > 0 or self.text_sd > 0)
+
     def fit(self, n_llms: int, added: np.ndarray, a: np.ndarray, b: np.ndarray, offset: np.ndarray,
-            label: np.ndarray, w: np.ndarray, iters: int = 30) -> None:
-        mean, sd = np.zeros(n_llms), np.zeros(n_llms)
-        if added.size:
-            col = np.full(n_llms + 1, -1, np.int64)
-            col[added] = np.arange(added.size)
-            k = added.size
-            x = np.zeros((a.size, k))
-            ca, cb = col[a], col[np.where(b >= 0, b, n_llms)]
-            rows = np.arange(a.size)
-            x[rows[ca >= 0], ca[ca >= 0]] += 1.0
-            x[rows[cb >= 0], cb[cb >= 0]] -= 1.0
-            prec = np.full(k, 1.0 / self.prior_sd ** 2)
-            r = np.zeros(k)
-            h = np.diag(prec)
-            for _ in range(iters):
-                t = offset + x @ r
-                p = 0.5 * (1.0 + np.tanh(0.5 * t))
-                g = x.T @ (w * (p - label)) + prec * r
-                h = (x.T * (w * p * (1.0 - p))) @ x + np.diag(prec)
-                step = np.linalg.solve(h, g)
-                r = r - step
-                if np.abs(step).max() < 1e-8:
-                    break
-            t = offset + x @ r
-            p = 0.5 * (1.0 + np.tanh(0.5 * t))
-            h = (x.T * (w * p * (1.0 - p))) @ x + np.diag(prec)
-            mean[added] = r
-            sd[added] = np.sqrt(np.clip(np.diag(np.linalg.inv(h)), 0.0, None))
-        if mean.shape != self.mean.shape or not np.allclose(mean, self.mean, atol=1e-6):
+            label: np.ndarray, w: np.ndarray, e: np.ndarray | None = None, iters: int = 30) -> None:
+        """``e``: (n, d) embeddings of each observation's query (None: a constant per LLM)."""
+        n = a.size
+        is_added = np.zeros(n_llms, bool)
+        is_added[np.asarray(added, np.int64)] = True
+        sign = np.zeros((n, n_llms))
+        if n and added.size:
+            ext = np.r_[is_added, False]  # b = -1: the average LLM
+            rows = np.arange(n)
+            bb = np.where(b >= 0, b, n_llms)
+            ka, kb = ext[a], ext[bb]
+            sign[rows[ka], a[ka]] += 1.0
+            sign[rows[kb], bb[kb]] -= 1.0
+        keep = np.flatnonzero(np.abs(sign).sum(axis=1) > 0)  # observations that involve an added LLM
+        sign, offset, label, w = sign[keep], offset[keep], label[keep], w[keep]
+        use_e = e is not None and (self.query_sd > 0 or self.text_sd > 0)
+        e = unit_rows(e)[keep] if use_e else np.zeros((keep.size, 0))
+        k = np.full((keep.size, keep.size), self.prior_sd ** 2)
+        if use_e and keep.size:
+            cos = e @ e.T
+            k += self.query_sd ** 2 * cos + self.text_sd ** 2 * (cos > SAME_TEXT_COS)
+        g = k * (sign @ sign.T)  # prior covariance of the observations' latent differences
+        f = np.zeros(keep.size)
+        grad = np.zeros(keep.size)
+        eye = np.eye(keep.size)
+        for _ in range(iters if keep.size else 0):
+            p = 0.5 * (1.0 + np.tanh(0.5 * (offset + f)))
+            wh = np.sqrt(w * p * (1.0 - p))
+            rhs = wh * wh * f + w * (label - p)
+            gr = g @ rhs
+            new = gr - g @ (wh * np.linalg.solve(eye + wh[:, None] * g * wh[None, :], wh * gr))
+            done = np.abs(new - f).max() < 1e-6
+            f = new
+            if done:
+                break
+        wh = np.zeros(keep.size)
+        if keep.size:
+            p = 0.5 * (1.0 + np.tanh(0.5 * (offset + f)))
+            wh = np.sqrt(w * p * (1.0 - p))
+            grad = w * (label - p)
+        changed = (not np.array_equal(is_added, self.is_added) or grad.shape != self.grad.shape
+                   or not np.allclose(grad, self.grad, atol=1e-9) or e.shape != self.e.shape
+                   or not np.array_equal(e, self.e))
+        self.n_llms, self.is_added, self.e = n_llms, is_added, e
+        self.sign, self.grad = sign, grad
+        self._m, self._mg = None, (wh, g)  # the variances' matrix, computed on first need (Thompson sampling)
+        self._gl = sign * grad[:, None]
+        self._total = self._gl.sum(axis=0)
+        if changed:
             self.version += 1
-        self.mean, self.sd = mean, sd
 
-    def sample(self, idx: np.ndarray, rng: np.random.Generator, scale: float, optimistic: bool) -> np.ndarray:
-        m, s = self.mean[idx], self.sd[idx]
-        draw = m + scale * s * rng.standard_normal(m.size)
+    def __call__(self, idx: np.ndarray, e: np.ndarray | None = None) -> np.ndarray:
+        """Posterior means of the crowd terms of LLMs ``idx``: for one query's embedding ``e`` (d,), shape of
+        ``idx``; for ``e`` of n queries (n, d), (n, len(idx)); no ``e``: the average query's."""
+        idx = np.asarray(idx)
+        single = e is None or np.ndim(e) == 1
+        if not self.grad.size:
+            return np.zeros(idx.shape) if single else np.zeros((len(e),) + idx.shape)
+        out = np.broadcast_to(self.prior_sd ** 2 * self._total[idx], (1 if single else len(e),) + idx.shape)
+        if e is not None and self.e.shape[1]:
+            cos = unit_rows(np.asarray(e).reshape(-1, self.e.shape[1])) @ self.e.T
+            out = out + (self.query_sd ** 2 * cos + self.text_sd ** 2 * (cos > SAME_TEXT_COS)) @ self._gl[:, idx]
+        return out[0] if single else np.asarray(out)
+
+    def variance(self, idx: np.ndarray, e: np.ndarray | None = None) -> np.ndarray:
+        """Posterior variances of the crowd terms of LLMs ``idx`` for one query (``e``: (d,) or None)."""
+        idx = np.asarray(idx)
+        mine = self.involves(idx, each=True)
+        use_e = e is not None and self.e.shape[1] > 0
+        prior = self.prior_sd ** 2 + (self.query_sd ** 2 + self.text_sd ** 2 if use_e else 0.0)
+        var = np.where(mine, prior, 0.0)
+        if self.grad.size and mine.any():
+            kq = np.full(self.grad.size, self.prior_sd ** 2)
+            if use_e:
+                cos = self.e @ unit_rows(np.asarray(e).reshape(1, -1))[0]
+                kq = kq + self.query_sd ** 2 * cos + self.text_sd ** 2 * (cos > SAME_TEXT_COS)
+            ks = kq[:, None] * self.sign[:, idx[mine]]
+            var[mine] = var[mine] - ((self.m @ ks) * ks).sum(axis=0)
+        return np.clip(var, 0.0, None)
+
+    @property
+    def m(self) -> np.ndarray:
+        """``W^1/2 B^-1 W^1/2`` of the fit (the posterior variances' correction), computed once per fit."""
+        if self._m is None:
+            wh, g = self._mg
+            self._m = wh[:, None] * np.linalg.inv(np.eye(wh.size) + wh[:, None] * g * wh[None, :]) * wh[None, :]
+        return self._m
+
+    def involves(self, idx: np.ndarray, each: bool = False):
+        """Whether any of LLMs ``idx`` is an added one (``each``: per LLM)."""
+        idx = np.asarray(idx)
+        mask = np.zeros(idx.shape, bool)
+        inside = idx < self.is_added.size
+        mask[inside] = self.is_added[idx[inside]]
+        return mask if each else bool(mask.any())
+
+    @property
+    def mean(self) -> np.ndarray:
+        """Each LLM's crowd strength on the average query (what ``crowd_strength`` reports)."""
+        return self(np.arange(self.n_llms))
+
+    @property
+    def sd(self) -> np.ndarray:
+        return np.sqrt(self.variance(np.arange(self.n_llms)))
+
+    def sample(self, idx: np.ndarray, rng: np.random.Generator, scale: float, optimistic: bool,
+               e: np.ndarray | None = None) -> np.ndarray:
+        """A Thompson draw of the crowd terms of LLMs ``idx`` for one query (each LLM's marginal)."""
+        m = self(idx, e)
+        draw = m + scale * np.sqrt(self.variance(idx, e)) * rng.standard_normal(m.size)
         return np.maximum(draw, m) if optimistic else draw
-
-    def __call__(self, idx: np.ndarray) -> np.ndarray:
-        return self.mean[np.asarray(idx)] if self.mean.size else np.zeros(np.asarray(idx).shape)
 
 
 def finite_or_none(v: Any) -> float | None:

@@ -57,8 +57,9 @@ class Policy:
         return r.reshape(n_llms, -1)[c_idx] @ z
 
     def sample(self, s: np.ndarray, post: Posterior | None, crowd: CrowdEstimate, n_llms: int, c_idx: np.ndarray,
-               z: np.ndarray) -> np.ndarray:
-        """The scores the policy ranks by before cost: ``s`` (posterior means), or a Thompson draw."""
+               z: np.ndarray, zc: np.ndarray | None = None) -> np.ndarray:
+        """The scores the policy ranks by before cost: ``s`` (posterior means), or a Thompson draw.
+        ``zc``: the crowd term's query features (None: the crowd term has none)."""
         if self.name != "thompson" or post is None:
             return s
         # sample the per-LLM terms of the residual; the topic terms stay at their mean (sampling them too
@@ -72,10 +73,10 @@ class Policy:
         if self.personal.optimistic:
             draw[:, 0] = np.maximum(draw[:, 0], mean[:, 0])
         out = s - self.residual(mean, n_llms, c_idx, z) + self.residual(draw, n_llms, c_idx, z)
-        if crowd.sd.size and np.any(crowd.sd[c_idx] > 0):
+        if crowd.involves(c_idx):
             # the crowd strength of added LLMs: its posterior starts wide, so a new LLM gets a fair trial
-            out = out + crowd.sample(c_idx, self.rng, self.personal.thompson_scale, self.personal.optimistic) \
-                - crowd(c_idx)
+            out = out + crowd.sample(c_idx, self.rng, self.personal.thompson_scale, self.personal.optimistic, zc) \
+                - crowd(c_idx, zc)
         return out
 
     def choose(self, s: np.ndarray, sampled: np.ndarray, costs: np.ndarray, cost_weight: float,

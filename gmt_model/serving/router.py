@@ -15,8 +15,8 @@ The router is a facade over four parts:
 Scores: for a user with history, ``s = (blend(gnn, cold) + crowd) * g + residual``
 (``g``: the user's GNN weight, ``residual``: :mod:`gmt_model.method.personal`);
 for an unknown user, the crowd-calibrated cold-start scores ``+ crowd``.
-``crowd`` is 0 for trained LLMs; for an added LLM it is the shared strength
-everybody's feedback on it taught (:class:`~gmt_model.serving.llm_pool.CrowdEstimate`).
+``crowd`` is 0 for trained LLMs; for an added LLM it is the shared, query-dependent
+strength everybody's feedback on it taught (:class:`~gmt_model.serving.llm_pool.CrowdEstimate`).
 
 Durability: feedback rows and pool changes go to the shared feedback log;
 a router that starts replays pool events and then the feedback rows newer
@@ -277,8 +277,9 @@ class GMTRouter:
             scores, cold = self._gnn_scores(user_vecs, query_vecs, cand_idx)
             self.state.prefetch_posteriors([u for r, u in zip(reqs, uidx) if not r.context])
             z = self.state.basis(emb)
+            zc = emb if self.state.crowd.query_dependent else [None] * len(reqs)  # the crowd term's query features
             results = [self._route_one(r, u, cand_idx[i, : len(r.candidates)], scores[i, : len(r.candidates)],
-                                       cold[i, : len(r.candidates)], z[i])
+                                       cold[i, : len(r.candidates)], z[i], zc[i])
                        for i, (r, u) in enumerate(zip(reqs, uidx))]
         self._count(results)
         return results
@@ -314,11 +315,12 @@ class GMTRouter:
         return scores, np.zeros_like(scores)
 
     def _route_one(self, req: RouteRequest, u: int, c_idx: np.ndarray, s: np.ndarray, cold: np.ndarray,
-                   z: np.ndarray) -> dict[str, Any]:
-        """Scores -> personalised scores -> the policy's choice (exploration, cost) -> the result."""
+                   z: np.ndarray, zc: np.ndarray | None = None) -> dict[str, Any]:
+        """Scores -> personalised scores -> the policy's choice (exploration, cost) -> the result.
+        ``z``: the residual's query features; ``zc``: the crowd term's (None: it has no query term)."""
         hist = self.state.rows_of.count(u) if u >= 0 else 0
         post = None
-        crowd = self.state.crowd(c_idx)
+        crowd = self.state.crowd(c_idx, zc)
         if self.personal.enabled:
             if hist == 0 and not req.context:
                 s = self.calibration.apply(s, c_idx) + crowd
@@ -329,7 +331,7 @@ class GMTRouter:
                     self._policy.residual(post.residual, len(self.pool), c_idx, z)
         else:
             s = s + crowd
-        sampled = self._policy.sample(s, post, self.state.crowd, len(self.pool), c_idx, z)
+        sampled = self._policy.sample(s, post, self.state.crowd, len(self.pool), c_idx, z, zc)
         cost_weight = self.cost_weight if req.cost_weight is None else req.cost_weight
         choice = self._policy.choose(s, sampled, self.pool.costs(c_idx), cost_weight, req.max_cost)
         note = ""
@@ -646,7 +648,7 @@ class GMTRouter:
             return self.state.posterior(u)
 
     def crowd_strength(self, name: str) -> tuple[float, float]:
-        """(mean, sd) of the crowd estimate of an LLM (0, 0 for a trained one)."""
+        """(mean, sd) of the crowd estimate of an LLM on the average query (0, 0 for a trained one)."""
         with self._lock, torch.inference_mode():
             self.state.ensure_crowd()
             i = self.pool.index[name]

@@ -51,7 +51,7 @@ from gmt_model.method.personal import (
     window_lookback,
     window_rows,
 )
-from gmt_model.serving.llm_pool import CrowdEstimate, LLMPool
+from gmt_model.serving.llm_pool import CROWD_WINDOW, CrowdEstimate, LLMPool, unit_rows
 from gmt_model.serving.requests import ID_RE
 
 __all__ = ["UserState"]
@@ -108,6 +108,7 @@ class UserState:
         self.calibration: CrowdCalibration | None = None  # set by the router
         self.crowd = CrowdEstimate()
         self.crowd_dirty = False
+        self.crowd_window = CROWD_WINDOW
         self._cold_cache: dict[int, np.ndarray] = {}  # text row -> calibrated cold scores (this pool version)
         self._cold_cache_version = -1
         # durable feedback: rows up to synced_id are applied
@@ -359,7 +360,8 @@ class UserState:
         rows = self.residual_rows(u)
         scores = self.history_scores(u, rows)
         if self.pool.n_trained < len(self.pool):
-            scores = scores + self.crowd(np.arange(len(self.pool)))[None, :]
+            texts, at = np.unique(h.query_row[rows], return_inverse=True)  # both sides of a pair share a text
+            scores = scores + self.crowd(np.arange(len(self.pool)), self.crowd_z(texts))[at.reshape(-1)]
         ev = build_evidence(h.group[rows], h.llm[rows], h.rating[rows], self.zrows(rows), scores, self.personal)
         post = fit_posterior(ev, self.personal, len(self.pool), self.basis.dims, init)
         self.post[u] = (self.crowd.version, post)
@@ -379,6 +381,10 @@ class UserState:
         return self._ztext[h.query_row[rows]]
 
     # ------------------------------------------------------------------ crowd estimate of added LLMs
+    def crowd_z(self, text_rows: np.ndarray) -> np.ndarray:
+        """(n, d) the crowd term's query features of history texts: their unit embeddings."""
+        return unit_rows(self.hist.text[np.asarray(text_rows, np.int64)])
+
     def _cold_scores(self, text_rows: np.ndarray) -> np.ndarray:
         """Calibrated user-blind scores (n, L) of every LLM for history texts (cached per pool version)."""
         assert self.calibration is not None
@@ -433,12 +439,16 @@ class UserState:
         if not a_l:
             self.crowd.fit(n_llms, added, *(np.zeros(0, np.int64),) * 2, *(np.zeros(0),) * 3)
             return
+        # the latest crowd_window observations (in log order: processes that applied the same rows agree)
+        keep = np.sort(np.argsort(h.order[np.array(rows_l, np.int64)], kind="stable")[-int(self.crowd_window):])
+        a_l, b_l, y_l, w_l, rows_l = ([v[i] for i in keep] for v in (a_l, b_l, y_l, w_l, rows_l))
         a, b = np.array(a_l, np.int64), np.array(b_l, np.int64)
-        cold = self._cold_scores(h.query_row[np.array(rows_l, np.int64)])
+        text_rows = h.query_row[np.array(rows_l, np.int64)]
+        cold = self._cold_scores(text_rows)
         act = np.array([self.pool.index[m] for m in self.pool.active()], np.int64)
         sa = cold[np.arange(a.size), a]
         sb = np.where(b >= 0, cold[np.arange(a.size), np.maximum(b, 0)], cold[:, act].mean(axis=1))
-        self.crowd.fit(n_llms, added, a, b, sa - sb, np.array(y_l), np.array(w_l))
+        self.crowd.fit(n_llms, added, a, b, sa - sb, np.array(y_l), np.array(w_l), self.crowd_z(text_rows))
 
     # ------------------------------------------------------------------ feedback
     def apply(self, user_id: str, query: str, model: str, raw: float, session_id: str | None,
