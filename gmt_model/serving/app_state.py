@@ -297,9 +297,9 @@ class AppState:
         return False
 
     async def _drain(self) -> None:
-        """The router queue: ONE worker thread calls the router, in cycles.  Each cycle routes the waiting
-        single routes in one ``route_batch`` call (at most ``coalesce``), then runs the feedback calls that
-        were waiting (at most ``coalesce``), in arrival order.  One thread means no contention for the
+        """The router queue: ONE worker thread calls the router, in cycles.  Each cycle runs the feedback calls
+        that were waiting (at most ``coalesce``, in arrival order; applying stored feedback is cheap), then
+        routes the waiting single routes in one ``route_batch`` call (at most ``coalesce``).  One thread means no contention for the
         router's lock (an unfair lock starved feedback behind back-to-back route batches), and each request
         waits at most about one cycle."""
         try:
@@ -319,10 +319,10 @@ class AppState:
                 self._pending = rest
                 routes = [e for e in routes if not self._expired(e, now)]
                 calls = [e for e in calls if e[0] == "apply" or not self._expired(e, now)]
+                if calls:  # feedback first: cheap (stored already), and each route then sees every vote before it
+                    await self._run_calls(served, calls)
                 if routes:
                     await self._run_routes(served, routes)
-                if calls:
-                    await self._run_calls(served, calls)
         finally:
             self._draining = False
 
