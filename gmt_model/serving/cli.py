@@ -454,6 +454,10 @@ def _serve(args: argparse.Namespace, chat: bool = False) -> int:
         print("no LLM endpoints are configured (endpoints: in the router YAML, see docs/serving.md): the page runs "
               "in route-only mode: it shows each routing decision and you rate the choice; the next route follows "
               "the ratings. The demo's users are user_0001, user_0002, ...", flush=True)
+    import gc
+
+    gc.collect()
+    gc.freeze()  # the loaded router's objects leave the collector's generations: no long full collections later
     run_server(app, args.host, args.port)
     return 0
 
