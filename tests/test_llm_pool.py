@@ -275,3 +275,36 @@ router:
         cfg.write_text(f"model_path: {{load_model_path: {pers.best_dir}}}\nrouter: {{llms: {{x: {{{bad}}}}}}}\n")
         with pytest.raises(ConfigError, match=msg):
             load_router_config(cfg)
+
+
+def test_crowd_refits_follow_a_schedule_of_the_rows_and_routers_agree(planted_models, planted_graph, tmp_path,
+                                                                      monkeypatch):
+    """The crowd estimate of an added LLM is refitted on a schedule of its rated rows (every row at first,
+    then each 5% of growth), not at every route after a vote: bounded work on a busy router.  The schedule
+    depends on the rows only, so a router that routed after every vote and one that synced them all at
+    once hold the same estimate."""
+    from gmt_model.serving.llm_pool import CROWD_EVERY, crowd_schedule
+
+    assert [crowd_schedule(n) for n in (0, 1, CROWD_EVERY, CROWD_EVERY + 2, CROWD_EVERY + 3)] == \
+        [0, 1, CROWD_EVERY, CROWD_EVERY, CROWD_EVERY + 3]
+    g = planted_graph
+    log = tmp_path / "fb.sqlite"
+    a = make(planted_models, g, log, feedback_sync_interval=-1)
+    a.add_llm("newlm", NEW_DESC, cost=0.2)
+    texts = list(dict.fromkeys(g.query_text))[:60]
+    fits = []
+    real_fit = a.state.crowd.fit
+    monkeypatch.setattr(a.state.crowd, "fit", lambda *x, **k: (fits.append(1), real_fit(*x, **k))[1])
+    votes = 45  # 90 rows: every row up to 50, then 50 -> 53 -> 56 -> ... (steps of 5%)
+    for k in range(votes):
+        a.update_user_preference(f"voter{k % 10}", texts[k % len(texts)], "newlm", f"m{k % 4}")
+        a.route_single({"query_text": texts[0], "user_id": "probe"})
+    n_points = len({crowd_schedule(n) for n in range(2, 2 * votes + 1, 2)})
+    assert len(fits) == n_points < votes
+    b = make(planted_models, g, log, feedback_sync_interval=-1)  # replays all the rows at start
+    b.route_single({"query_text": texts[0], "user_id": "probe"})
+    for t in texts[:5]:
+        np.testing.assert_allclose(a.route_single({"query_text": t, "user_id": "probe2"})["scores"]["newlm"],
+                                   b.route_single({"query_text": t, "user_id": "probe2"})["scores"]["newlm"],
+                                   atol=1e-6)
+    assert a.crowd_strength("newlm") == pytest.approx(b.crowd_strength("newlm"), abs=1e-6)

@@ -34,7 +34,7 @@ import numpy as np
 from gmt_model.errors import RoutingError
 from gmt_model.serving.requests import LLMSpec
 
-__all__ = ["LLMInfo", "LLMPool", "LLMList", "CrowdEstimate", "CROWD_WINDOW", "unit_rows"]
+__all__ = ["LLMInfo", "LLMPool", "LLMList", "CrowdEstimate", "CROWD_WINDOW", "crowd_schedule", "unit_rows"]
 
 
 @dataclass
@@ -205,6 +205,22 @@ CROWD_QUERY_SD = 0.5
 CROWD_TEXT_SD = 1.0
 #: the crowd term is fitted on the latest this many observations (votes) of added LLMs
 CROWD_WINDOW = 500
+#: it is refitted after each of the first CROWD_EVERY rated rows of added LLMs, then at each CROWD_GROWTH
+#: fraction of growth (bounded work per vote on a busy router; a function of the rows only, so routers that
+#: applied the same rows fit the same ones)
+CROWD_EVERY = 50
+CROWD_GROWTH = 0.05
+
+
+def crowd_schedule(n: int) -> int:
+    """How many of the ``n`` rated rows of added LLMs (the first, in log order) the crowd term is fitted on:
+    every row up to ``CROWD_EVERY``, then a point each ``CROWD_GROWTH`` of growth."""
+    r = 0
+    while True:
+        step = 1 if r < CROWD_EVERY else max(1, math.ceil(CROWD_GROWTH * r))
+        if r + step > n:
+            return r
+        r += step
 
 
 def unit_rows(emb: np.ndarray) -> np.ndarray:

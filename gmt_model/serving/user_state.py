@@ -51,7 +51,7 @@ from gmt_model.method.personal import (
     window_lookback,
     window_rows,
 )
-from gmt_model.serving.llm_pool import CROWD_WINDOW, CrowdEstimate, LLMPool, unit_rows
+from gmt_model.serving.llm_pool import CROWD_WINDOW, crowd_schedule, CrowdEstimate, LLMPool, unit_rows
 from gmt_model.serving.requests import ID_RE
 
 __all__ = ["UserState"]
@@ -109,6 +109,8 @@ class UserState:
         self.crowd = CrowdEstimate()
         self.crowd_dirty = False
         self.crowd_window = CROWD_WINDOW
+        self._crowd_key: tuple | None = None  # (rows fitted, pool version, generation) of the last fit
+        self._crowd_gen = 0  # bumped when rows of added LLMs leave (eviction)
         self._cold_cache: dict[int, np.ndarray] = {}  # text row -> calibrated cold scores (this pool version)
         self._cold_cache_version = -1
         # durable feedback: rows up to synced_id are applied
@@ -413,14 +415,28 @@ class UserState:
         added = self.pool.added()
         n_llms = len(self.pool)
         h = self.hist
+        # the schedule (crowd_schedule): the first `upto` rows in log order; nothing to do while it stays
+        n_rows = sum(map(len, self.group_rows.values())) if added.size else 0
+        upto = crowd_schedule(n_rows)
+        key = (upto, self.pool.version, self._crowd_gen)
+        if key == self._crowd_key:
+            return
+        self._crowd_key = key
+        thr = None
+        if added.size and upto < n_rows:
+            orders = h.order[np.fromiter((r for v in self.group_rows.values() for r in v), np.int64, n_rows)]
+            thr = np.partition(orders, upto - 1)[upto - 1] if upto > 0 else -np.inf
         a_l, b_l, off_l, y_l, w_l, rows_l = [], [], [], [], [], []
         lo_sum = np.bincount(h.user, weights=h.rating, minlength=len(self.users)) if added.size else None
         lo_cnt = np.bincount(h.user, minlength=len(self.users)) if added.size else None
         for g, rows in (self.group_rows.items() if added.size else ()):
             last: dict[int, int] = {}
             for r in rows:
-                last[int(h.llm[r])] = r  # the last rating of an LLM in the group counts
+                if thr is None or h.order[r] <= thr:
+                    last[int(h.llm[r])] = r  # the last rating of an LLM in the group counts
             rs = list(last.values())
+            if not rs:
+                continue
             if len(rs) == 1:
                 r = rs[0]
                 u = int(h.user[r])
@@ -634,6 +650,7 @@ class UserState:
                 groups[g] = live
         if len(groups) != len(self.group_rows) or any(len(v) != len(self.group_rows[g]) for g, v in groups.items()):
             self.crowd_dirty = True  # evicted rows rated an added LLM: the crowd is everybody's loaded votes
+            self._crowd_gen += 1
         self.group_rows = groups
         self.offsets.clear()  # holds row numbers
         if not self.per_user_exact:
