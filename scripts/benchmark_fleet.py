@@ -296,16 +296,7 @@ async def _mixed_load(ports: list[int], clients: int, duration: float, users: li
                     kind, path = "feedback", "/v1/feedback"
                     req = {"user": user, "query": text, "model": rng.choice(cands),
                            "rating": float(rng.randint(int(lo), int(hi)))}
-                t = time.monotonic()
-                try:
-                    status, _, resp = await c.request("POST", path, req, timeout=60.0)
-                except (asyncio.TimeoutError, OSError, asyncio.IncompleteReadError):
-                    status, resp = 599, b""
-                samples.append((t, time.monotonic() - t, status, kind))
-                if kind == "feedback" and status == 200:
-                    fid = json.loads(resp).get("feedback_id")
-                    if isinstance(fid, int):
-                        acked.append(fid)
+                await bs.timed_post(c, kind, path, req, 60.0, samples, acked)
         finally:
             c.close()
 

@@ -295,16 +295,22 @@ def curve_table(title: str, curve: dict) -> str:
 
 
 # ------------------------------------------------------------------------- parts
-def part_a(ckpt_root: Path, paths, votes, table, enc, llms, seed: int, frac: float = 0.2):
+def held_out_judges(ckpt_root: Path, paths, votes, seed: int, frac: float = 0.2):
+    """Part (a)'s held-out judges (``frac`` of the judges with >= 20 decided votes, drawn with ``seed``),
+    their votes by user, the router checkpoint trained without them, and the generator (drawn from since)."""
     rng = np.random.default_rng(seed)
     by_user: dict[str, list[Vote]] = defaultdict(list)
     for v in votes:
         by_user[v.user].append(v)
     judges = sorted(u for u, vs in by_user.items() if sum(v.label != 0.5 for v in vs) >= 20)
     held = sorted(rng.choice(judges, size=max(3, int(round(frac * len(by_user)))), replace=False).tolist())
-    print(f"(a) seed {seed}: {len(held)} held-out judges of {len(by_user)}", flush=True)
     fp = filter_judges(paths, set(held), ckpt_root / f"lojo_{seed}" / "data")
-    ckpt = train_router_checkpoint(fp, ckpt_root / f"lojo_{seed}" / "model", EPOCHS)
+    return held, by_user, train_router_checkpoint(fp, ckpt_root / f"lojo_{seed}" / "model", EPOCHS), rng
+
+
+def part_a(ckpt_root: Path, paths, votes, table, enc, llms, seed: int, frac: float = 0.2):
+    held, by_user, ckpt, rng = held_out_judges(ckpt_root, paths, votes, seed, frac)
+    print(f"(a) seed {seed}: {len(held)} held-out judges of {len(by_user)}", flush=True)
     crowd = CrowdBT([v for v in votes if v.user not in held], llms)
     users = {}
     for u in held:
@@ -438,14 +444,25 @@ def part_d(ckpt: Path, votes, table, enc, llms, levels=(0, 20, 50, 100, 300), n:
     return out
 
 
+def mt_bench_split(work: Path, mt_bench: Path, seed: int):
+    """The per-judge MT-Bench split of ``seed`` (built once under ``work``): (split paths, graph)."""
+    from gmt_model.data.datasets import build_jsonl
+    from gmt_model.data.graph_files import build_graph
+    from gmt_model.method import schema as S
+
+    out = work / f"mt_bench_split{seed}"
+    if not all((out / f).exists() for f in S.SPLIT_FILES.values()):
+        build_jsonl("mt_bench", mt_bench, out, seed=seed)
+    paths = {sp: out / f for sp, f in S.SPLIT_FILES.items()}
+    return paths, build_graph(paths)
+
+
 def part_e(work: Path, mt_bench: Path, seeds: list[int]):
     """Personalized vs user-blind on per-judge splits with different seeds; multi-turn context (turns linked
     as sessions vs the same turns as independent single-step records) with 2 and 3 HGT layers."""
     from gmt_model.method.checkpoint import load_checkpoint
-    from gmt_model.data.datasets import build_jsonl
     from gmt_model.evaluation.report import evaluate
     from gmt_model.data.graph_files import build_graph
-    from gmt_model.method import schema as S
 
     res = {}
 
@@ -457,11 +474,7 @@ def part_e(work: Path, mt_bench: Path, seeds: list[int]):
         print(f"(e) {name}: " + ", ".join(f"{m} {v:.3f}" for m, v in res[name].items()), flush=True)
 
     for seed in seeds:
-        out = work / f"mt_bench_split{seed}"
-        if not all((out / f).exists() for f in S.SPLIT_FILES.values()):
-            build_jsonl("mt_bench", mt_bench, out, seed=seed)
-        paths = {sp: out / f for sp, f in S.SPLIT_FILES.items()}
-        g = build_graph(paths)
+        paths, g = mt_bench_split(work, mt_bench, seed)
         run(f"split{seed}_personalized_L2", paths, g, {"num_gnn_layers": 2})
         run(f"split{seed}_user_blind_L2", paths, g, {"num_gnn_layers": 2, "personalization": False})
         if seed == seeds[0]:
@@ -480,17 +493,11 @@ def part_t(work: Path, mt_bench: Path, seeds: list[int]):
     from gmt_model.method.checkpoint import load_checkpoint
     from gmt_model.data.datasets import build_jsonl
     from gmt_model.evaluation.report import evaluate
-    from gmt_model.data.graph_files import build_graph
-    from gmt_model.method import schema as S
     from gmt_model.method.personal import PersonalConfig
 
     res = {}
     for seed in seeds:
-        out = work / f"mt_bench_split{seed}"
-        if not all((out / f).exists() for f in S.SPLIT_FILES.values()):
-            build_jsonl("mt_bench", mt_bench, out, seed=seed)
-        paths = {sp: out / f for sp, f in S.SPLIT_FILES.items()}
-        g = build_graph(paths)
+        paths, g = mt_bench_split(work, mt_bench, seed)
         ck = train_router_checkpoint(paths, work / "ablation" / f"split{seed}_personalized_L2", EPOCHS)
         model = load_checkpoint(ck).model
         row = {}
@@ -512,14 +519,7 @@ def part_m(ckpt_root: Path, paths, votes, table, enc, llms, seed: int = 0, histo
     voted: ``history`` of the judge's other votes revealed, then the turn-1 vote of the conversation ``w``
     times (w = 0: not at all; w > 1: the session's vote weighted w times, as w identical votes: w comparisons
     in the residual, w rows in the GNN's history), then the turn-2 vote is scored.  Pooled AUC on the turn-2 votes [95% CI over judges]."""
-    rng = np.random.default_rng(seed)
-    by_user: dict[str, list[Vote]] = defaultdict(list)
-    for v in votes:
-        by_user[v.user].append(v)
-    judges = sorted(u for u, vs in by_user.items() if sum(v.label != 0.5 for v in vs) >= 20)
-    held = sorted(rng.choice(judges, size=max(3, int(round(frac * len(by_user)))), replace=False).tolist())
-    fp = filter_judges(paths, set(held), ckpt_root / f"lojo_{seed}" / "data")
-    ckpt = train_router_checkpoint(fp, ckpt_root / f"lojo_{seed}" / "model", EPOCHS)
+    held, by_user, ckpt, _ = held_out_judges(ckpt_root, paths, votes, seed, frac)
     rng = np.random.default_rng(seed + 23)
     cases = []
     for u in held:

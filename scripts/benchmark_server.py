@@ -108,6 +108,21 @@ def load_pool(train_file: Path, n_users: int, seed: int) -> tuple[list[str], lis
     return known + new, pool[:300]
 
 
+async def timed_post(conn: "Conn", kind: str, path: str, body: Any, timeout: float, samples: list,
+                     acked: list) -> None:
+    """One POST: its sample (start, seconds, status, kind); an acknowledged feedback's id goes to ``acked``."""
+    t = time.monotonic()
+    try:
+        status, _, resp = await conn.request("POST", path, body, timeout=timeout)
+    except (asyncio.TimeoutError, OSError, asyncio.IncompleteReadError):
+        status, resp = 599, b""
+    samples.append((t, time.monotonic() - t, status, kind))
+    if kind == "feedback" and status == 200:
+        fid = json.loads(resp).get("feedback_id")
+        if isinstance(fid, int):
+            acked.append(fid)
+
+
 # ---------------------------------------------------------------------------
 # the server
 # ---------------------------------------------------------------------------
@@ -258,16 +273,7 @@ async def phase(port: int, clients: int, duration: float, users: list[str], pool
                     kind, path = "feedback", "/v1/feedback"
                     body = {"user": user, "query": text, "model": crng.choice(cands),
                             "rating": float(crng.randint(int(scale[0]), int(scale[1])))}
-                t = time.monotonic()
-                try:
-                    status, _, resp = await conn.request("POST", path, body, timeout=args.request_timeout)
-                except (asyncio.TimeoutError, OSError, asyncio.IncompleteReadError):
-                    status, resp = 599, b""
-                samples.append((t, time.monotonic() - t, status, kind))
-                if kind == "feedback" and status == 200:
-                    fid = json.loads(resp).get("feedback_id")
-                    if isinstance(fid, int):
-                        acked.append(fid)
+                await timed_post(conn, kind, path, body, args.request_timeout, samples, acked)
         finally:
             conn.close()
 
