@@ -491,7 +491,6 @@ def part_t(work: Path, mt_bench: Path, seeds: list[int]):
     config: the GNN alone, the personalized router (online part fitted on each judge's training history), and
     the same without change detection (issue 16's baseline).  Same checkpoint per split for the three."""
     from gmt_model.method.checkpoint import load_checkpoint
-    from gmt_model.data.datasets import build_jsonl
     from gmt_model.evaluation.report import evaluate
     from gmt_model.method.personal import PersonalConfig
 
