@@ -106,6 +106,36 @@ def test_a_switched_user_is_followed(planted_models, planted_graph):
     assert router.posterior("switcher").recent_rows is not None
 
 
+def test_change_detection_follows_a_schedule_of_the_rows_and_routers_agree(planted_models, planted_graph,
+                                                                          monkeypatch):
+    """A live router reruns change detection once per ``change_every`` rows (or when the user's
+    representation is refreshed), not at every vote; each run looks at the rows up to its schedule point
+    only, so a router that routed after every vote and one that took all the votes at once find the same
+    change and the same posterior."""
+    import gmt_model.serving.user_state as us
+
+    calls = []
+    real = us.detect_change
+    monkeypatch.setattr(us, "detect_change", lambda *a, **k: calls.append(1) or real(*a, **k))
+    g = planted_graph
+    live, later = make_router(planted_models, g), make_router(planted_models, g)
+    new = crowd_reversed_rank(live)
+    old = {m: len(new) - 1 - r for m, r in new.items()}
+    votes = taste_votes(g, old, 100, seed=5, split=S.SPLIT_TRAIN) + taste_votes(g, new, 30, seed=7,
+                                                                                split=S.SPLIT_TRAIN)
+    fits = 0
+    for v in votes:  # a route after every vote: the posterior is refitted each time
+        reveal(live, "switcher", [v])
+        live.posterior("switcher")
+        fits += 1
+    assert len(calls) <= 0.6 * fits, (len(calls), fits)
+    reveal(later, "switcher", votes)
+    a, b = live.posterior("switcher"), later.posterior("switcher")
+    assert a.change_at is not None and a.change_at == b.change_at, (a.change_at, b.change_at)
+    assert a.recent_rows == b.recent_rows
+    np.testing.assert_allclose(a.mean, b.mean, atol=1e-4)
+
+
 # ----------------------------------------------------------------------------- a crowd-like user stays safe
 #: the online residual pinned at zero (the GNN and the calibrated blend as routed, nothing learned online)
 PINNED = {"p_wide": 0.0, "tight": 1e-4, "gnn_weight_sd": 0.0, "change_prior": 0.0}

@@ -95,6 +95,11 @@ class PersonalConfig:
     #: detection looks at the latest this many rows (bounded cost; a change further back than that has left
     #: only the new taste in view)
     change_lookback: int = 240
+    #: a live router reruns detection when this many rows have arrived since its last run, or when the
+    #: user's representation was refreshed (until then the change point found stays, and every new vote
+    #: is fitted at once); each run looks only at the rows up to its schedule point, so routers that
+    #: applied the same rows find the same change point.  1 = every vote
+    change_every: int = 8
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None, where: str = "personalization") -> "PersonalConfig":
@@ -118,6 +123,8 @@ class PersonalConfig:
             v = getattr(cfg, k)
             if isinstance(v, bool) or not isinstance(v, int) or v < 2:
                 raise ValueError(f"{where}.{k}: expected an integer >= 2, got {v!r}")
+        if isinstance(cfg.change_every, bool) or not isinstance(cfg.change_every, int) or cfg.change_every < 1:
+            raise ValueError(f"{where}.change_every: expected an integer >= 1, got {cfg.change_every!r}")
         for k in ("gnn_weight_sd", "thompson_scale", "thompson_decay", "window_per_llm"):
             v = getattr(cfg, k)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or not math.isfinite(v):
@@ -213,6 +220,14 @@ class Evidence:
         return Evidence(x=self.x[keep], offset=self.offset[keep], y=self.y[keep], w=self.w[keep], t=self.t[keep],
                         n_rows=self.n_rows)
 
+    def until(self, n_rows: int) -> "Evidence":
+        """The observations known when there were ``n_rows`` input rows (the first ``n_rows`` of them)."""
+        if self.t is None:
+            return self
+        keep = self.t < n_rows
+        return Evidence(x=self.x[keep], offset=self.offset[keep], y=self.y[keep], w=self.w[keep], t=self.t[keep],
+                        n_rows=int(n_rows))
+
 
 @dataclass
 class Posterior:
@@ -227,6 +242,10 @@ class Posterior:
     #: a detected change of taste: the posterior is fitted on the latest ``recent_rows`` input rows only
     #: (None: no change detected, or detection off)
     recent_rows: int | None = None
+    #: a live router's change detection (``UserState``): what its last run depended on, and the change
+    #: point it found (an absolute row count of the user's history, or None)
+    change_key: tuple | None = None
+    change_at: int | None = None
 
     @property
     def mean(self) -> np.ndarray:
@@ -306,12 +325,19 @@ def _newton(ev: Evidence, prec: np.ndarray, iters: int, r0: np.ndarray | None = 
     return r, h, f
 
 
+DETECT = "detect"
+
+
 def fit_posterior(ev: Evidence, cfg: PersonalConfig, n_llms: int, dims: int,
-                  init: "Posterior | None" = None) -> Posterior:
+                  init: "Posterior | None" = None, first: "int | None | str" = DETECT) -> Posterior:
     """The mixture posterior of one user's residual given the evidence (after the
     latest change of taste :func:`detect_change` finds, when it finds one).  ``init``: the user's previous
-    posterior, whose modes start the fits (the same optimum, reached in fewer steps)."""
-    first = detect_change(ev, cfg, n_llms, dims)
+    posterior, whose modes start the fits (the same optimum, reached in fewer steps).  ``first``: the
+    first input row after the change, when the caller knows it (None: no change), instead of detecting it."""
+    if first == DETECT:
+        first = detect_change(ev, cfg, n_llms, dims)
+    if first is not None and first <= 0:
+        first = None
     if first is None:
         return _fit_mixture(ev, cfg, n_llms, dims, init)
     post = _fit_mixture(ev.since(first), cfg, n_llms, dims, init)

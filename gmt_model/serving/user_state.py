@@ -46,7 +46,9 @@ from gmt_model.method.personal import (
     PersonalConfig,
     Posterior,
     QueryBasis,
+    Evidence,
     build_evidence,
+    detect_change,
     fit_posterior,
     window_lookback,
     window_rows,
@@ -365,9 +367,34 @@ class UserState:
             texts, at = np.unique(h.query_row[rows], return_inverse=True)  # both sides of a pair share a text
             scores = scores + self.crowd(np.arange(len(self.pool)), self.crowd_z(texts))[at.reshape(-1)]
         ev = build_evidence(h.group[rows], h.llm[rows], h.rating[rows], self.zrows(rows), scores, self.personal)
-        post = fit_posterior(ev, self.personal, len(self.pool), self.basis.dims, init)
+        key, at = self._change_point(u, ev, init)
+        first = None if at is None else ev.n_rows - (self.rows_of.count(u) - at)
+        post = fit_posterior(ev, self.personal, len(self.pool), self.basis.dims, init, first)
+        post.change_key, post.change_at = key, at
         self.post[u] = (self.crowd.version, post)
         return post
+
+    def _change_point(self, u: int, ev: Evidence, init: Posterior | None) -> tuple[tuple | None, int | None]:
+        """(what it depends on, the user's latest change of taste as an absolute row count, or None).
+
+        Detection (:func:`detect_change`) runs on the rows up to a schedule point: the latest multiple of
+        ``change_every`` rows, or the rows of the user's representation if refreshed since.  Between two
+        points the change found stays (each new vote is still fitted at once, after it), so its cost is
+        paid once per ``change_every`` rows; and since the point depends only on the rows applied, routers
+        that applied the same rows find the same change.  ``ev``: the residual window's evidence, whose
+        last ``ev.n_rows`` rows are the user's latest (the window's tail is contiguous)."""
+        cfg = self.personal
+        if cfg.change_prior <= 0 or ev.t is None:
+            return None, None
+        total = self.rows_of.count(u)
+        step = int(cfg.change_every)
+        cut = max(total - total % step, min(self.rep_size(u), total))
+        key = (cut, self.rep_key(u), self.crowd.version)
+        if init is not None and init.change_key == key:
+            return key, init.change_at
+        upto = ev.n_rows - (total - cut)
+        first = detect_change(ev.until(upto), cfg, len(self.pool), self.basis.dims) if upto > 0 else None
+        return key, (None if first is None else total - (ev.n_rows - first))
 
     def zrows(self, rows: np.ndarray) -> np.ndarray:
         """The residual's query features of history rows (texts added since are featurised on demand)."""
