@@ -278,6 +278,55 @@ def leave_one_out(args, sp: int, splits: dict[str, list[dict]], full_router, des
         emit(row)
 
 
+def crowd_of(router, spec: str):
+    """A crowd term from a spec like ``q0.5,t1,s0.5,p1`` (query / text / score / prior sd; unset: the library's)."""
+    from gmt_model.serving.llm_pool import CrowdEstimate
+
+    keys = {"p": "prior_sd", "q": "query_sd", "t": "text_sd", "s": "score_sd"}
+    kw = {keys[part[0]]: float(part[1:]) for part in spec.split(",") if part}
+    return CrowdEstimate(featurize=router.state.crowd_scores, **kw)
+
+
+def refit_crowd(router, crowd) -> None:
+    """Put ``crowd`` in the router and refit it on the votes it holds (user posteriors refitted on it)."""
+    st = router.state
+    st.crowd, st.crowd_dirty, st._crowd_key = crowd, True, None
+    st.post.clear()
+    st.ensure_crowd()
+
+
+def validate_crowd(args, sp: int, splits: dict[str, list[dict]], descriptions: dict[str, str], emit) -> None:
+    """Choosing the crowd term on training data only: per LLM X, the router trained without X, X added and
+    the first n of X's withheld training judgments revealed (as in (a)); scored on judgments of X the
+    benchmark never reveals nor tests: X's judgments in the validation file and the rest of X's withheld
+    training judgments.  One row per crowd spec (``--crowd-specs``), with the fit's Laplace log evidence."""
+    train_pairs = pairs_of(splits["training"])
+    val_pairs = pairs_of(splits["valid"])
+    rng = np.random.default_rng(sp)  # the same order as leave_one_out's
+    for x in args.llms:
+        withheld = [p for p in train_pairs if x in (p["a"], p["b"]) and p["label"] != 0.5]
+        rng.shuffle(withheld)
+        reduced = {s: without(rows, x) for s, rows in splits.items()}
+        with tempfile.TemporaryDirectory() as d:
+            router = train_router(write_split(Path(d) / "data", reduced), args.epochs, args.seed,
+                                  Encoder(splits, args.encoder), Path(d) / "run", keep=kept(args, sp, "without_" + x))
+        router.add_llm(x, descriptions[x])
+        given = 0
+        for n in args.votes:
+            k = min(n, len(withheld))
+            for p in withheld[given:k]:
+                win, lose = (p["a"], p["b"]) if p["label"] == 1 else (p["b"], p["a"])
+                router.update_user_preference(p["user"], p["query"], win, lose)
+            given = k
+            held = [p for p in val_pairs if x in (p["a"], p["b"])] + withheld[k:]
+            y = x_oriented(held, np.zeros(len(held)), x)[1]
+            for spec in args.crowd_specs:
+                refit_crowd(router, crowd_of(router, spec))
+                emit({"bench": "validate", "split": sp, "llm": x, "votes": k, "spec": spec, "n_pairs": int((y != .5).sum()),
+                      "auc": auc(x_oriented(held, p_first(router, held), x)[0], y),
+                      "log_evidence": router.state.crowd.log_evidence})
+
+
 # ---------------------------------------------------------------- (b) cost against quality
 def pgr_curve(margin: np.ndarray, win_strong: np.ndarray, rng: np.random.Generator | None = None
               ) -> tuple[np.ndarray, np.ndarray]:
@@ -439,6 +488,9 @@ def run(args) -> None:
             build_jsonl("mt_bench", Path(args.mt_bench), folder, seed=sp)
         splits = read_split(folder)
         enc = Encoder(splits, args.encoder)
+        if args.validate:
+            validate_crowd(args, sp, splits, descriptions, emit)
+            continue
         with tempfile.TemporaryDirectory() as d:
             full = train_router(write_split(Path(d) / "data", splits), args.epochs, args.seed, enc, Path(d) / "run",
                                 keep=kept(args, sp, "full"))
@@ -534,6 +586,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-models", metavar="DIR",
                     help="keep each trained checkpoint here and reuse it on the next run with the same split, "
                          "epochs and seed (the routers' online state is not kept: each run starts from the checkpoint)")
+    ap.add_argument("--validate", action="store_true",
+                    help="choose the crowd term on training data only (no test judgment read): for each --crowd-specs, "
+                         "AUC on X's validation-file judgments and its unrevealed withheld training judgments after "
+                         "--votes of them")
+    ap.add_argument("--crowd-specs", nargs="+", default=[""],
+                    help="crowd terms for --validate: comma lists of p/q/t/s + sd (prior, query, text, score), "
+                         "e.g. q0.5,t1,s0.5; empty: the library's defaults")
     args = ap.parse_args(argv)
     if args.report:
         print(report(args.report))

@@ -308,3 +308,41 @@ def test_crowd_refits_follow_a_schedule_of_the_rows_and_routers_agree(planted_mo
                                    b.route_single({"query_text": t, "user_id": "probe2"})["scores"]["newlm"],
                                    atol=1e-6)
     assert a.crowd_strength("newlm") == pytest.approx(b.crowd_strength("newlm"), abs=1e-6)
+
+
+def test_crowd_scores_an_added_llm_like_the_trained_llm_it_is_voted_like():
+    """Known answer: an added LLM (index 3) wins where trained LLM 0 is the model's favourite and loses
+    elsewhere; the queries are unrelated texts (random embeddings), so only the score kernel (the trained
+    LLMs' scores of the query) can carry this to new queries.  Break: the score kernel off (score_sd 0, or
+    no features) -> the new queries all get the same strength."""
+    from gmt_model.serving.llm_pool import CrowdEstimate
+
+    rng = np.random.default_rng(0)
+    d, n = 32, 120
+    emb = rng.normal(size=(2 * n, d))
+    # the "trained LLMs' scores" of each query: a function of the embedding (as the GNN's are)
+    proj = rng.normal(size=(d, 3)) / np.sqrt(d)
+
+    def featurize(e):
+        s = e @ proj
+        return (s - s.mean(axis=1, keepdims=True)) / np.sqrt(3)
+
+    good = (emb @ proj).argmax(axis=1) == 0  # LLM 0 is the favourite of these queries
+    teach, probe = slice(0, n), slice(n, 2 * n)
+    a = np.full(n, 3)
+    b = rng.integers(0, 3, n)
+    y = good[teach].astype(float)
+    off = np.zeros(n)
+    for score_sd, expect in ((1.0, True), (0.0, False)):
+        c = CrowdEstimate(query_sd=0.5, text_sd=1.0, score_sd=score_sd, featurize=featurize)
+        c.fit(4, np.array([3]), a, b, off, y, np.ones(n), emb[teach])
+        s = c(np.array([3]), emb[probe])[:, 0]
+        gap = s[good[probe]].mean() - s[~good[probe]].mean()
+        assert bool(gap > 0.4) is expect, (score_sd, gap)
+        assert np.isfinite(c.log_evidence)
+    # the evidence prefers the kernel that explains the votes
+    with_s = CrowdEstimate(score_sd=1.0, featurize=featurize)
+    with_s.fit(4, np.array([3]), a, b, off, y, np.ones(n), emb[teach])
+    without_s = CrowdEstimate(score_sd=0.0, featurize=featurize)
+    without_s.fit(4, np.array([3]), a, b, off, y, np.ones(n), emb[teach])
+    assert with_s.log_evidence > without_s.log_evidence + 5
