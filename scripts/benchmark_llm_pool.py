@@ -302,10 +302,13 @@ def validate_crowd(args, sp: int, splits: dict[str, list[dict]], descriptions: d
     training judgments.  One row per crowd spec (``--crowd-specs``), with the fit's Laplace log evidence."""
     train_pairs = pairs_of(splits["training"])
     val_pairs = pairs_of(splits["valid"])
-    rng = np.random.default_rng(sp)  # the same order as leave_one_out's
+    rng = np.random.default_rng(sp)  # the same order as leave_one_out's over all six LLMs
+    order = {}
+    for x in MT_LLMS:
+        order[x] = [p for p in train_pairs if x in (p["a"], p["b"]) and p["label"] != 0.5]
+        rng.shuffle(order[x])
     for x in args.llms:
-        withheld = [p for p in train_pairs if x in (p["a"], p["b"]) and p["label"] != 0.5]
-        rng.shuffle(withheld)
+        withheld = order[x]
         reduced = {s: without(rows, x) for s, rows in splits.items()}
         with tempfile.TemporaryDirectory() as d:
             router = train_router(write_split(Path(d) / "data", reduced), args.epochs, args.seed,
@@ -351,7 +354,7 @@ def cpt(share, pgr, level: float) -> float:
     return float(share[hit[0]]) if hit.size else float("nan")
 
 
-def cost_quality(rows: list[dict], prices: dict[str, float], emit, seed: int = 0) -> None:
+def cost_quality(rows: list[dict], prices: dict[str, float], emit, seed: int = 0, n_boot: int = 1000) -> None:
     """rows: per test judgment pairing gpt-4 with a weaker LLM: margins of each router and gpt-4's outcome."""
     rng = np.random.default_rng(seed)
     g4 = [r for r in rows if "gpt-4" in (r["a"], r["b"])]
@@ -371,12 +374,29 @@ def cost_quality(rows: list[dict], prices: dict[str, float], emit, seed: int = 0
     # personalized - user-blind, paired: the same resampled judgments for both
     mp, mb = (np.array([(r[k] if r["a"] == "gpt-4" else 1 - r[k]) for r in g4]) for k in ("personalized", "user_blind"))
     diffs = []
-    for _ in range(1000):
+    for _ in range(n_boot):
         i = rng.integers(0, len(g4), len(g4))
         diffs.append(apgr(*pgr_curve(mp[i], win[i], rng)) - apgr(*pgr_curve(mb[i], win[i], rng)))
+    # the same over judges (a judge's judgments resampled together: they are not independent)
+    judges = sorted({r["user"] for r in g4})
+    of_judge = defaultdict(list)
+    for k, r in enumerate(g4):
+        of_judge[r["user"]].append(k)
+    cdiffs = []
+    for _ in range(n_boot):
+        i = np.concatenate([of_judge[judges[j]] for j in rng.integers(0, len(judges), len(judges))])
+        cdiffs.append(apgr(*pgr_curve(mp[i], win[i], rng)) - apgr(*pgr_curve(mb[i], win[i], rng)))
+    per_split = {}
+    for sp in sorted({r["split"] for r in g4}):
+        i = np.array([k for k, r in enumerate(g4) if r["split"] == sp])
+        per_split[str(sp)] = {"n": int(i.size), "personalized": apgr(*pgr_curve(mp[i], win[i])),
+                              "user_blind": apgr(*pgr_curve(mb[i], win[i]))}
     out["personalized_minus_user_blind"] = {"apgr": out["personalized"]["apgr"] - out["user_blind"]["apgr"],
                                             "ci": [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))],
-                                            "p_below": float(np.mean(np.array(diffs) < 0))}
+                                            "p_below": float(np.mean(np.array(diffs) < 0)), "n_boot": n_boot,
+                                            "ci_by_judge": [float(np.percentile(cdiffs, 2.5)),
+                                                            float(np.percentile(cdiffs, 97.5))],
+                                            "n_judges": len(judges), "per_split": per_split}
     emit({"bench": "cost_gpt4", "n_judgments": len(g4), "gpt4_win_rate": float(win.mean()), **out})
     # the six-LLM pool with list prices: each judgment routed among its two LLMs, cost_weight swept
     for name in ("personalized", "user_blind", "crowd_bt"):
@@ -506,7 +526,7 @@ def run(args) -> None:
         if args.llms:
             leave_one_out(args, sp, splits, full, descriptions, emit)
     if cost_rows:
-        cost_quality(cost_rows, prices, emit)
+        cost_quality(cost_rows, prices, emit, n_boot=args.boot)
 
 
 def report(path: str) -> str:
@@ -552,6 +572,12 @@ def report(path: str) -> str:
             if d:
                 lines.append(f"| personalized - user-blind (paired) | {d['apgr']:+.3f} [{d['ci'][0]:+.3f}, "
                              f"{d['ci'][1]:+.3f}] | share of resamples below 0: {d['p_below']:.2f} | |")
+                if "ci_by_judge" in d:
+                    lines.append(f"| ... resampling judges ({d['n_judges']}) | [{d['ci_by_judge'][0]:+.3f}, "
+                                 f"{d['ci_by_judge'][1]:+.3f}] | | |")
+                    for sp, v in d["per_split"].items():
+                        lines.append(f"| ... split {sp} ({v['n']} judgments) | {v['personalized']:.3f} vs "
+                                     f"{v['user_blind']:.3f} | | |")
     pool = [r for r in rows if r["bench"] == "cost_pool"]
     if pool:
         lines += ["", "| router | cost_weight | mean price (USD / 1M tok) | quality (win=1, tie=.5) |",
@@ -586,6 +612,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-models", metavar="DIR",
                     help="keep each trained checkpoint here and reuse it on the next run with the same split, "
                          "epochs and seed (the routers' online state is not kept: each run starts from the checkpoint)")
+    ap.add_argument("--boot", type=int, default=1000, help="bootstrap resamples of the paired APGR difference in (b)")
     ap.add_argument("--validate", action="store_true",
                     help="choose the crowd term on training data only (no test judgment read): for each --crowd-specs, "
                          "AUC on X's validation-file judgments and its unrevealed withheld training judgments after "
