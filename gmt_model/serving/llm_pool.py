@@ -205,7 +205,7 @@ CROWD_QUERY_SD = 0.5
 CROWD_TEXT_SD = 1.0
 #: prior std of the part that follows the trained LLMs' scores of the query (kernel: the dot product of those
 #: scores, centred per query; 0: not used)
-CROWD_SCORE_SD = 0.0
+CROWD_SCORE_SD = 0.5
 #: the crowd term is fitted on the latest this many observations (votes) of added LLMs
 CROWD_WINDOW = 500
 #: it is refitted after each of the first CROWD_EVERY rated rows of added LLMs, then at each CROWD_GROWTH
