@@ -346,3 +346,35 @@ def test_crowd_scores_an_added_llm_like_the_trained_llm_it_is_voted_like():
     without_s = CrowdEstimate(score_sd=0.0, featurize=featurize)
     without_s.fit(4, np.array([3]), a, b, off, y, np.ones(n), emb[teach])
     assert with_s.log_evidence > without_s.log_evidence + 5
+
+
+def test_router_scores_an_added_llm_like_the_trained_llm_it_is_voted_like(planted_models, planted_graph):
+    """Through the router: voters prefer newlm exactly where the GNN scores m0 high (relative to the other
+    trained LLMs).  On new texts unrelated to the voted ones (hashed embeddings: the topic and same-text
+    kernels know nothing there), newlm's score follows m0's for a user who never voted.  Break: the router's
+    crowd term without the trained LLMs' scores (``CrowdEstimate()`` in UserState) -> red."""
+    g = planted_graph
+    from gmt_model.serving.llm_pool import CROWD_SCORE_SD, CrowdEstimate
+
+    r = make(planted_models, g)
+    r.add_llm("newlm", NEW_DESC)
+    assert CROWD_SCORE_SD > 0 and r.state.crowd.score_sd == CROWD_SCORE_SD
+    # only the score kernel, with the router's features (the topic kernel, linear in the embedding, could
+    # learn a planted GNN's near-linear scores too)
+    r.state.crowd = CrowdEstimate(query_sd=0.0, text_sd=0.0, featurize=r.state.crowd.featurize)
+    texts = list(dict.fromkeys(g.query_text))[:80]
+    z = r.state.crowd_scores(r.embed(texts))[:, 0]
+    probe = [f"an unrelated question number {i}" for i in range(120)]
+    zp = r.state.crowd_scores(r.embed(probe))[:, 0]
+
+    def p_new():
+        res = r.route_batch([{"query_text": t, "user_id": "fresh", "candidates": ["m1", "newlm"]} for t in probe])
+        return np.array([x["scores"]["newlm"] for x in res])
+
+    before = p_new()
+    for i, t in enumerate(texts):
+        m = f"m{1 + i % 3}"
+        win, lose = ("newlm", m) if z[i] > np.median(z) else (m, "newlm")
+        r.update_user_preference(f"voter{i % 10}", t, win, lose)
+    moved = p_new() - before  # what the votes changed
+    assert np.corrcoef(moved, zp)[0, 1] > 0.5
