@@ -327,6 +327,7 @@ def validate_crowd(args, sp: int, splits: dict[str, list[dict]], descriptions: d
                 refit_crowd(router, crowd_of(router, spec))
                 emit({"bench": "validate", "split": sp, "llm": x, "votes": k, "spec": spec, "n_pairs": int((y != .5).sum()),
                       "auc": auc(x_oriented(held, p_first(router, held), x)[0], y),
+                      "auc_user_blind": auc(x_oriented(held, p_first(router, held, user_blind=True), x)[0], y),
                       "log_evidence": router.state.crowd.log_evidence})
 
 
