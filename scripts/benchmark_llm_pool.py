@@ -18,7 +18,11 @@
 * with ``--retrain-votes N``: the next training run, on the data without X plus X's first N withheld
   judgments, scored on the same pairs;
 * ``--keep-models DIR`` keeps the trained checkpoints and reuses them (a second run only scores);
-  ``--crowd-query-sd`` / ``--crowd-text-sd`` set the prior of the added LLM's crowd term.
+  ``--crowd-query-sd`` / ``--crowd-text-sd`` / ``--crowd-score-sd`` set the prior of the added LLM's crowd
+  term (default: the library's);
+* ``--validate``: the same procedure scored on judgments of X that are neither revealed nor tested (X's
+  judgments in the validation file and the rest of X's withheld training judgments), for each of
+  ``--crowd-specs``: how the crowd term's prior is chosen without reading the test judgments.
 
 (b) Cost against quality, RouteLLM's way, on the test judgments that pair gpt-4 with another LLM, pooled
 over the splits, for the router trained on the full split: the margin ``P(gpt-4 preferred)`` sends a
@@ -217,7 +221,9 @@ def configure_crowd(router, args) -> None:
     c = router.state.crowd
     router.state.crowd = CrowdEstimate(
         query_sd=c.query_sd if args.crowd_query_sd is None else args.crowd_query_sd,
-        text_sd=c.text_sd if args.crowd_text_sd is None else args.crowd_text_sd)
+        text_sd=c.text_sd if args.crowd_text_sd is None else args.crowd_text_sd,
+        score_sd=c.score_sd if args.crowd_score_sd is None else args.crowd_score_sd,
+        featurize=c.featurize)  # the router's features of the score kernel
 
 
 # ---------------------------------------------------------------- (a) leave one LLM out
@@ -610,6 +616,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="prior std of the topic part of an added LLM's crowd term (library default if not given)")
     ap.add_argument("--crowd-text-sd", type=float,
                     help="prior std of its per-query-text part (both 0: a constant strength per added LLM)")
+    ap.add_argument("--crowd-score-sd", type=float,
+                    help="prior std of its part that follows the trained LLMs' scores of the query (0: off)")
     ap.add_argument("--keep-models", metavar="DIR",
                     help="keep each trained checkpoint here and reuse it on the next run with the same split, "
                          "epochs and seed (the routers' online state is not kept: each run starts from the checkpoint)")
