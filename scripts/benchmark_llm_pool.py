@@ -253,7 +253,8 @@ def leave_one_out(args, sp: int, splits: dict[str, list[dict]], full_router, des
         bt0 = bt_strengths([p for p in train_pairs if x not in (p["a"], p["b"])], others)
         avg = auc(np.array([-bt0[p["b"] if p["a"] == x else p["a"]] for p in tx]), y)
         row = {"bench": "loo", "split": sp, "llm": x, "epochs": args.epochs, "crowd_query_sd": router.state.crowd.query_sd,
-               "crowd_text_sd": router.state.crowd.text_sd, "n_test_pairs": int((y != 0.5).sum()),
+               "crowd_text_sd": router.state.crowd.text_sd, "crowd_score_sd": router.state.crowd.score_sd,
+               "n_test_pairs": int((y != 0.5).sum()),
                "n_withheld": len(withheld), "auc_trained_with_x": full, "auc_average_llm": avg}
         given = 0
         for n in (0,) + tuple(args.votes):
@@ -473,7 +474,7 @@ def overhead(router, test: list[dict], descriptions: dict[str, str]) -> dict[str
         if k + 1 in (300, 1000):
             ts = []
             for _ in range(3):
-                router.state.crowd_dirty = True
+                router.state.crowd_dirty, router.state._crowd_key = True, None  # a full refit (past the schedule)
                 t0 = time.perf_counter()
                 router.state.ensure_crowd()
                 ts.append((time.perf_counter() - t0) * 1000)
