@@ -248,7 +248,8 @@ def leave_one_out(args, sp: int, splits: dict[str, list[dict]], full_router, des
         configure_crowd(router, args)
         router.add_llm(x, descriptions[x])
         y = x_oriented(tx, np.zeros(len(tx)), x)[1]
-        full = auc(x_oriented(tx, p_first(full_router, tx), x)[0], y)
+        s_full = x_oriented(tx, p_first(full_router, tx), x)[0]
+        full = auc(s_full, y)
         others = [m for m in MT_LLMS if m != x]
         bt0 = bt_strengths([p for p in train_pairs if x not in (p["a"], p["b"])], others)
         avg = auc(np.array([-bt0[p["b"] if p["a"] == x else p["a"]] for p in tx]), y)
@@ -267,8 +268,11 @@ def leave_one_out(args, sp: int, splits: dict[str, list[dict]], full_router, des
             bt = bt_strengths([p for p in train_pairs if x not in (p["a"], p["b"])] + withheld[:k], MT_LLMS)
             s_bt = np.array([bt[x] - bt[p["b"] if p["a"] == x else p["a"]] for p in tx])
             row[f"auc_added_n{n}"] = auc(s_router, y)
+            row[f"scores_added_n{n}"] = [round(float(v), 5) for v in s_router]  # for the gap's bootstrap
             row[f"auc_crowd_bt_n{n}"] = auc(s_bt, y)
             row[f"votes_n{n}"] = k
+        row["labels"] = [float(v) for v in y]
+        row["scores_trained_with_x"] = [round(float(v), 5) for v in s_full]
         if args.retrain_votes:
             # the next training run: the training data without X plus the first n of X's withheld judgments
             k = min(args.retrain_votes, len(withheld))
@@ -559,6 +563,24 @@ def report(path: str) -> str:
             cells += [f"{f(f'auc_retrained_n{n}'):.3f}" for n in rt_ns]
             lines.append(f"| {x} | {sorted({r['split'] for r in rs})} | " + " | ".join(cells) + " |")
             means[x] = cells
+    if loo and all("labels" in r for r in loo):
+        # the gap to the router trained with X, mean over (split, LLM), bootstrap over each one's test pairs
+        rng = np.random.default_rng(0)
+        for n in [n for n in ns]:
+            key = f"scores_added_n{n}"
+            if not all(key in r for r in loo):
+                continue
+            point = np.mean([r["auc_trained_with_x"] - r[f"auc_added_n{n}"] for r in loo])
+            boots = []
+            for _ in range(1000):
+                gaps = []
+                for r in loo:
+                    y = np.array(r["labels"])
+                    i = rng.integers(0, y.size, y.size)
+                    gaps.append(auc(np.array(r["scores_trained_with_x"])[i], y[i]) - auc(np.array(r[key])[i], y[i]))
+                boots.append(np.nanmean(gaps))
+            lines.append(f"gap trained with X - added +{n}: {point:.3f} [95% CI {np.percentile(boots, 2.5):.3f}, "
+                         f"{np.percentile(boots, 97.5):.3f}] (bootstrap over each (split, LLM)'s test pairs, 1000)")
     for r in rows:
         if r["bench"] == "overhead":
             lines += ["", f"overhead: route_single p50 {r['route_single_p50_ms']:.2f} ms (no encoding), "
