@@ -18,7 +18,11 @@
 * with ``--retrain-votes N``: the next training run, on the data without X plus X's first N withheld
   judgments, scored on the same pairs;
 * ``--keep-models DIR`` keeps the trained checkpoints and reuses them (a second run only scores);
-  ``--crowd-query-sd`` / ``--crowd-text-sd`` set the prior of the added LLM's crowd term.
+  ``--crowd-query-sd`` / ``--crowd-text-sd`` / ``--crowd-score-sd`` set the prior of the added LLM's crowd
+  term (default: the library's);
+* ``--validate``: the same procedure scored on judgments of X that are neither revealed nor tested (X's
+  judgments in the validation file and the rest of X's withheld training judgments), for each of
+  ``--crowd-specs``: how the crowd term's prior is chosen without reading the test judgments.
 
 (b) Cost against quality, RouteLLM's way, on the test judgments that pair gpt-4 with another LLM, pooled
 over the splits, for the router trained on the full split: the margin ``P(gpt-4 preferred)`` sends a
@@ -217,7 +221,9 @@ def configure_crowd(router, args) -> None:
     c = router.state.crowd
     router.state.crowd = CrowdEstimate(
         query_sd=c.query_sd if args.crowd_query_sd is None else args.crowd_query_sd,
-        text_sd=c.text_sd if args.crowd_text_sd is None else args.crowd_text_sd)
+        text_sd=c.text_sd if args.crowd_text_sd is None else args.crowd_text_sd,
+        score_sd=c.score_sd if args.crowd_score_sd is None else args.crowd_score_sd,
+        featurize=c.featurize)  # the router's features of the score kernel
 
 
 # ---------------------------------------------------------------- (a) leave one LLM out
@@ -242,12 +248,14 @@ def leave_one_out(args, sp: int, splits: dict[str, list[dict]], full_router, des
         configure_crowd(router, args)
         router.add_llm(x, descriptions[x])
         y = x_oriented(tx, np.zeros(len(tx)), x)[1]
-        full = auc(x_oriented(tx, p_first(full_router, tx), x)[0], y)
+        s_full = x_oriented(tx, p_first(full_router, tx), x)[0]
+        full = auc(s_full, y)
         others = [m for m in MT_LLMS if m != x]
         bt0 = bt_strengths([p for p in train_pairs if x not in (p["a"], p["b"])], others)
         avg = auc(np.array([-bt0[p["b"] if p["a"] == x else p["a"]] for p in tx]), y)
         row = {"bench": "loo", "split": sp, "llm": x, "epochs": args.epochs, "crowd_query_sd": router.state.crowd.query_sd,
-               "crowd_text_sd": router.state.crowd.text_sd, "n_test_pairs": int((y != 0.5).sum()),
+               "crowd_text_sd": router.state.crowd.text_sd, "crowd_score_sd": router.state.crowd.score_sd,
+               "n_test_pairs": int((y != 0.5).sum()),
                "n_withheld": len(withheld), "auc_trained_with_x": full, "auc_average_llm": avg}
         given = 0
         for n in (0,) + tuple(args.votes):
@@ -260,8 +268,11 @@ def leave_one_out(args, sp: int, splits: dict[str, list[dict]], full_router, des
             bt = bt_strengths([p for p in train_pairs if x not in (p["a"], p["b"])] + withheld[:k], MT_LLMS)
             s_bt = np.array([bt[x] - bt[p["b"] if p["a"] == x else p["a"]] for p in tx])
             row[f"auc_added_n{n}"] = auc(s_router, y)
+            row[f"scores_added_n{n}"] = [round(float(v), 5) for v in s_router]  # for the gap's bootstrap
             row[f"auc_crowd_bt_n{n}"] = auc(s_bt, y)
             row[f"votes_n{n}"] = k
+        row["labels"] = [float(v) for v in y]
+        row["scores_trained_with_x"] = [round(float(v), 5) for v in s_full]
         if args.retrain_votes:
             # the next training run: the training data without X plus the first n of X's withheld judgments
             k = min(args.retrain_votes, len(withheld))
@@ -276,6 +287,59 @@ def leave_one_out(args, sp: int, splits: dict[str, list[dict]], full_router, des
             row["retrain_votes"] = k
         row["wall_s"] = round(time.perf_counter() - t0, 1)
         emit(row)
+
+
+def crowd_of(router, spec: str):
+    """A crowd term from a spec like ``q0.5,t1,s0.5,p1`` (query / text / score / prior sd; unset: the library's)."""
+    from gmt_model.serving.llm_pool import CrowdEstimate
+
+    keys = {"p": "prior_sd", "q": "query_sd", "t": "text_sd", "s": "score_sd"}
+    kw = {keys[part[0]]: float(part[1:]) for part in spec.split(",") if part}
+    return CrowdEstimate(featurize=router.state.crowd_scores, **kw)
+
+
+def refit_crowd(router, crowd) -> None:
+    """Put ``crowd`` in the router and refit it on the votes it holds (user posteriors refitted on it)."""
+    st = router.state
+    st.crowd, st.crowd_dirty, st._crowd_key = crowd, True, None
+    st.post.clear()
+    st.ensure_crowd()
+
+
+def validate_crowd(args, sp: int, splits: dict[str, list[dict]], descriptions: dict[str, str], emit) -> None:
+    """Choosing the crowd term on training data only: per LLM X, the router trained without X, X added and
+    the first n of X's withheld training judgments revealed (as in (a)); scored on judgments of X the
+    benchmark never reveals nor tests: X's judgments in the validation file and the rest of X's withheld
+    training judgments.  One row per crowd spec (``--crowd-specs``), with the fit's Laplace log evidence."""
+    train_pairs = pairs_of(splits["training"])
+    val_pairs = pairs_of(splits["valid"])
+    rng = np.random.default_rng(sp)  # the same order as leave_one_out's over all six LLMs
+    order = {}
+    for x in MT_LLMS:
+        order[x] = [p for p in train_pairs if x in (p["a"], p["b"]) and p["label"] != 0.5]
+        rng.shuffle(order[x])
+    for x in args.llms:
+        withheld = order[x]
+        reduced = {s: without(rows, x) for s, rows in splits.items()}
+        with tempfile.TemporaryDirectory() as d:
+            router = train_router(write_split(Path(d) / "data", reduced), args.epochs, args.seed,
+                                  Encoder(splits, args.encoder), Path(d) / "run", keep=kept(args, sp, "without_" + x))
+        router.add_llm(x, descriptions[x])
+        given = 0
+        for n in args.votes:
+            k = min(n, len(withheld))
+            for p in withheld[given:k]:
+                win, lose = (p["a"], p["b"]) if p["label"] == 1 else (p["b"], p["a"])
+                router.update_user_preference(p["user"], p["query"], win, lose)
+            given = k
+            held = [p for p in val_pairs if x in (p["a"], p["b"])] + withheld[k:]
+            y = x_oriented(held, np.zeros(len(held)), x)[1]
+            for spec in args.crowd_specs:
+                refit_crowd(router, crowd_of(router, spec))
+                emit({"bench": "validate", "split": sp, "llm": x, "votes": k, "spec": spec, "n_pairs": int((y != .5).sum()),
+                      "auc": auc(x_oriented(held, p_first(router, held), x)[0], y),
+                      "auc_user_blind": auc(x_oriented(held, p_first(router, held, user_blind=True), x)[0], y),
+                      "log_evidence": router.state.crowd.log_evidence})
 
 
 # ---------------------------------------------------------------- (b) cost against quality
@@ -302,7 +366,7 @@ def cpt(share, pgr, level: float) -> float:
     return float(share[hit[0]]) if hit.size else float("nan")
 
 
-def cost_quality(rows: list[dict], prices: dict[str, float], emit, seed: int = 0) -> None:
+def cost_quality(rows: list[dict], prices: dict[str, float], emit, seed: int = 0, n_boot: int = 1000) -> None:
     """rows: per test judgment pairing gpt-4 with a weaker LLM: margins of each router and gpt-4's outcome."""
     rng = np.random.default_rng(seed)
     g4 = [r for r in rows if "gpt-4" in (r["a"], r["b"])]
@@ -322,12 +386,29 @@ def cost_quality(rows: list[dict], prices: dict[str, float], emit, seed: int = 0
     # personalized - user-blind, paired: the same resampled judgments for both
     mp, mb = (np.array([(r[k] if r["a"] == "gpt-4" else 1 - r[k]) for r in g4]) for k in ("personalized", "user_blind"))
     diffs = []
-    for _ in range(1000):
+    for _ in range(n_boot):
         i = rng.integers(0, len(g4), len(g4))
         diffs.append(apgr(*pgr_curve(mp[i], win[i], rng)) - apgr(*pgr_curve(mb[i], win[i], rng)))
+    # the same over judges (a judge's judgments resampled together: they are not independent)
+    judges = sorted({r["user"] for r in g4})
+    of_judge = defaultdict(list)
+    for k, r in enumerate(g4):
+        of_judge[r["user"]].append(k)
+    cdiffs = []
+    for _ in range(n_boot):
+        i = np.concatenate([of_judge[judges[j]] for j in rng.integers(0, len(judges), len(judges))])
+        cdiffs.append(apgr(*pgr_curve(mp[i], win[i], rng)) - apgr(*pgr_curve(mb[i], win[i], rng)))
+    per_split = {}
+    for sp in sorted({r["split"] for r in g4}):
+        i = np.array([k for k, r in enumerate(g4) if r["split"] == sp])
+        per_split[str(sp)] = {"n": int(i.size), "personalized": apgr(*pgr_curve(mp[i], win[i])),
+                              "user_blind": apgr(*pgr_curve(mb[i], win[i]))}
     out["personalized_minus_user_blind"] = {"apgr": out["personalized"]["apgr"] - out["user_blind"]["apgr"],
                                             "ci": [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))],
-                                            "p_below": float(np.mean(np.array(diffs) < 0))}
+                                            "p_below": float(np.mean(np.array(diffs) < 0)), "n_boot": n_boot,
+                                            "ci_by_judge": [float(np.percentile(cdiffs, 2.5)),
+                                                            float(np.percentile(cdiffs, 97.5))],
+                                            "n_judges": len(judges), "per_split": per_split}
     emit({"bench": "cost_gpt4", "n_judgments": len(g4), "gpt4_win_rate": float(win.mean()), **out})
     # the six-LLM pool with list prices: each judgment routed among its two LLMs, cost_weight swept
     for name in ("personalized", "user_blind", "crowd_bt"):
@@ -397,7 +478,7 @@ def overhead(router, test: list[dict], descriptions: dict[str, str]) -> dict[str
         if k + 1 in (300, 1000):
             ts = []
             for _ in range(3):
-                router.state.crowd_dirty = True
+                router.state.crowd_dirty, router.state._crowd_key = True, None  # a full refit (past the schedule)
                 t0 = time.perf_counter()
                 router.state.ensure_crowd()
                 ts.append((time.perf_counter() - t0) * 1000)
@@ -439,6 +520,9 @@ def run(args) -> None:
             build_jsonl("mt_bench", Path(args.mt_bench), folder, seed=sp)
         splits = read_split(folder)
         enc = Encoder(splits, args.encoder)
+        if args.validate:
+            validate_crowd(args, sp, splits, descriptions, emit)
+            continue
         with tempfile.TemporaryDirectory() as d:
             full = train_router(write_split(Path(d) / "data", splits), args.epochs, args.seed, enc, Path(d) / "run",
                                 keep=kept(args, sp, "full"))
@@ -454,7 +538,7 @@ def run(args) -> None:
         if args.llms:
             leave_one_out(args, sp, splits, full, descriptions, emit)
     if cost_rows:
-        cost_quality(cost_rows, prices, emit)
+        cost_quality(cost_rows, prices, emit, n_boot=args.boot)
 
 
 def report(path: str) -> str:
@@ -479,6 +563,24 @@ def report(path: str) -> str:
             cells += [f"{f(f'auc_retrained_n{n}'):.3f}" for n in rt_ns]
             lines.append(f"| {x} | {sorted({r['split'] for r in rs})} | " + " | ".join(cells) + " |")
             means[x] = cells
+    if loo and all("labels" in r for r in loo):
+        # the gap to the router trained with X, mean over (split, LLM), bootstrap over each one's test pairs
+        rng = np.random.default_rng(0)
+        for n in [n for n in ns]:
+            key = f"scores_added_n{n}"
+            if not all(key in r for r in loo):
+                continue
+            point = np.mean([r["auc_trained_with_x"] - r[f"auc_added_n{n}"] for r in loo])
+            boots = []
+            for _ in range(1000):
+                gaps = []
+                for r in loo:
+                    y = np.array(r["labels"])
+                    i = rng.integers(0, y.size, y.size)
+                    gaps.append(auc(np.array(r["scores_trained_with_x"])[i], y[i]) - auc(np.array(r[key])[i], y[i]))
+                boots.append(np.nanmean(gaps))
+            lines.append(f"gap trained with X - added +{n}: {point:.3f} [95% CI {np.percentile(boots, 2.5):.3f}, "
+                         f"{np.percentile(boots, 97.5):.3f}] (bootstrap over each (split, LLM)'s test pairs, 1000)")
     for r in rows:
         if r["bench"] == "overhead":
             lines += ["", f"overhead: route_single p50 {r['route_single_p50_ms']:.2f} ms (no encoding), "
@@ -500,6 +602,12 @@ def report(path: str) -> str:
             if d:
                 lines.append(f"| personalized - user-blind (paired) | {d['apgr']:+.3f} [{d['ci'][0]:+.3f}, "
                              f"{d['ci'][1]:+.3f}] | share of resamples below 0: {d['p_below']:.2f} | |")
+                if "ci_by_judge" in d:
+                    lines.append(f"| ... resampling judges ({d['n_judges']}) | [{d['ci_by_judge'][0]:+.3f}, "
+                                 f"{d['ci_by_judge'][1]:+.3f}] | | |")
+                    for sp, v in d["per_split"].items():
+                        lines.append(f"| ... split {sp} ({v['n']} judgments) | {v['personalized']:.3f} vs "
+                                     f"{v['user_blind']:.3f} | | |")
     pool = [r for r in rows if r["bench"] == "cost_pool"]
     if pool:
         lines += ["", "| router | cost_weight | mean price (USD / 1M tok) | quality (win=1, tie=.5) |",
@@ -531,9 +639,19 @@ def main(argv: list[str] | None = None) -> int:
                     help="prior std of the topic part of an added LLM's crowd term (library default if not given)")
     ap.add_argument("--crowd-text-sd", type=float,
                     help="prior std of its per-query-text part (both 0: a constant strength per added LLM)")
+    ap.add_argument("--crowd-score-sd", type=float,
+                    help="prior std of its part that follows the trained LLMs' scores of the query (0: off)")
     ap.add_argument("--keep-models", metavar="DIR",
                     help="keep each trained checkpoint here and reuse it on the next run with the same split, "
                          "epochs and seed (the routers' online state is not kept: each run starts from the checkpoint)")
+    ap.add_argument("--boot", type=int, default=1000, help="bootstrap resamples of the paired APGR difference in (b)")
+    ap.add_argument("--validate", action="store_true",
+                    help="choose the crowd term on training data only (no test judgment read): for each --crowd-specs, "
+                         "AUC on X's validation-file judgments and its unrevealed withheld training judgments after "
+                         "--votes of them")
+    ap.add_argument("--crowd-specs", nargs="+", default=[""],
+                    help="crowd terms for --validate: comma lists of p/q/t/s + sd (prior, query, text, score), "
+                         "e.g. q0.5,t1,s0.5; empty: the library's defaults")
     args = ap.parse_args(argv)
     if args.report:
         print(report(args.report))

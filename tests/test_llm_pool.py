@@ -308,3 +308,73 @@ def test_crowd_refits_follow_a_schedule_of_the_rows_and_routers_agree(planted_mo
                                    b.route_single({"query_text": t, "user_id": "probe2"})["scores"]["newlm"],
                                    atol=1e-6)
     assert a.crowd_strength("newlm") == pytest.approx(b.crowd_strength("newlm"), abs=1e-6)
+
+
+def test_crowd_scores_an_added_llm_like_the_trained_llm_it_is_voted_like():
+    """Known answer: an added LLM (index 3) wins where trained LLM 0 is the model's favourite and loses
+    elsewhere; the queries are unrelated texts (random embeddings), so only the score kernel (the trained
+    LLMs' scores of the query) can carry this to new queries.  Break: the score kernel off (score_sd 0, or
+    no features) -> the new queries all get the same strength."""
+    from gmt_model.serving.llm_pool import CrowdEstimate
+
+    rng = np.random.default_rng(0)
+    d, n = 32, 120
+    emb = rng.normal(size=(2 * n, d))
+    # the "trained LLMs' scores" of each query: a function of the embedding (as the GNN's are)
+    proj = rng.normal(size=(d, 3)) / np.sqrt(d)
+
+    def featurize(e):
+        s = e @ proj
+        return (s - s.mean(axis=1, keepdims=True)) / np.sqrt(3)
+
+    good = (emb @ proj).argmax(axis=1) == 0  # LLM 0 is the favourite of these queries
+    teach, probe = slice(0, n), slice(n, 2 * n)
+    a = np.full(n, 3)
+    b = rng.integers(0, 3, n)
+    y = good[teach].astype(float)
+    off = np.zeros(n)
+    for score_sd, expect in ((1.0, True), (0.0, False)):
+        c = CrowdEstimate(query_sd=0.5, text_sd=1.0, score_sd=score_sd, featurize=featurize)
+        c.fit(4, np.array([3]), a, b, off, y, np.ones(n), emb[teach])
+        s = c(np.array([3]), emb[probe])[:, 0]
+        gap = s[good[probe]].mean() - s[~good[probe]].mean()
+        assert bool(gap > 0.4) is expect, (score_sd, gap)
+        assert np.isfinite(c.log_evidence)
+    # the evidence prefers the kernel that explains the votes
+    with_s = CrowdEstimate(score_sd=1.0, featurize=featurize)
+    with_s.fit(4, np.array([3]), a, b, off, y, np.ones(n), emb[teach])
+    without_s = CrowdEstimate(score_sd=0.0, featurize=featurize)
+    without_s.fit(4, np.array([3]), a, b, off, y, np.ones(n), emb[teach])
+    assert with_s.log_evidence > without_s.log_evidence + 5
+
+
+def test_router_scores_an_added_llm_like_the_trained_llm_it_is_voted_like(planted_models, planted_graph):
+    """Through the router: voters prefer newlm exactly where the GNN scores m0 high (relative to the other
+    trained LLMs).  On new texts unrelated to the voted ones (hashed embeddings: the topic and same-text
+    kernels know nothing there), newlm's score follows m0's for a user who never voted.  Break: the router's
+    crowd term without the trained LLMs' scores (``CrowdEstimate()`` in UserState) -> red."""
+    g = planted_graph
+    from gmt_model.serving.llm_pool import CROWD_SCORE_SD, CrowdEstimate
+
+    r = make(planted_models, g)
+    r.add_llm("newlm", NEW_DESC)
+    assert CROWD_SCORE_SD > 0 and r.state.crowd.score_sd == CROWD_SCORE_SD
+    # only the score kernel, with the router's features (the topic kernel, linear in the embedding, could
+    # learn a planted GNN's near-linear scores too)
+    r.state.crowd = CrowdEstimate(query_sd=0.0, text_sd=0.0, featurize=r.state.crowd.featurize)
+    texts = list(dict.fromkeys(g.query_text))[:80]
+    z = r.state.crowd_scores(r.embed(texts))[:, 0]
+    probe = [f"an unrelated question number {i}" for i in range(120)]
+    zp = r.state.crowd_scores(r.embed(probe))[:, 0]
+
+    def p_new():
+        res = r.route_batch([{"query_text": t, "user_id": "fresh", "candidates": ["m1", "newlm"]} for t in probe])
+        return np.array([x["scores"]["newlm"] for x in res])
+
+    before = p_new()
+    for i, t in enumerate(texts):
+        m = f"m{1 + i % 3}"
+        win, lose = ("newlm", m) if z[i] > np.median(z) else (m, "newlm")
+        r.update_user_preference(f"voter{i % 10}", t, win, lose)
+    moved = p_new() - before  # what the votes changed
+    assert np.corrcoef(moved, zp)[0, 1] > 0.5

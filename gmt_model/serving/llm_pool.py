@@ -203,6 +203,9 @@ CROWD_PRIOR_SD = 1.0
 CROWD_QUERY_SD = 0.5
 #: prior std of the part that is the query's own (kernel: the same query text, i.e. the same embedding)
 CROWD_TEXT_SD = 1.0
+#: prior std of the part that follows the trained LLMs' scores of the query (kernel: the dot product of those
+#: scores, centred per query; 0: not used)
+CROWD_SCORE_SD = 0.5
 #: the crowd term is fitted on the latest this many observations (votes) of added LLMs
 CROWD_WINDOW = 500
 #: it is refitted after each of the first CROWD_EVERY rated rows of added LLMs, then at each CROWD_GROWTH
@@ -256,8 +259,14 @@ class CrowdEstimate:
     """
 
     def __init__(self, prior_sd: float = CROWD_PRIOR_SD, query_sd: float = CROWD_QUERY_SD,
-                 text_sd: float = CROWD_TEXT_SD) -> None:
+                 text_sd: float = CROWD_TEXT_SD, score_sd: float = CROWD_SCORE_SD,
+                 featurize: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
         self.prior_sd, self.query_sd, self.text_sd = float(prior_sd), float(query_sd), float(text_sd)
+        self.score_sd = float(score_sd)
+        #: query embeddings (n, d) -> (n, k) the score kernel's features (the trained LLMs' scores of the query)
+        self.featurize = featurize
+        self.s = np.zeros((0, 0))  # (n, k) the observations' score features
+        self.log_evidence = 0.0  # the Laplace approximation of log p(labels | hyperparameters) of the last fit
         self.n_llms = 0
         self.is_added = np.zeros(0, bool)
         self.e = np.zeros((0, 0))  # (n, d) unit query embeddings of the observations
@@ -272,7 +281,28 @@ class CrowdEstimate:
     @property
     def query_dependent(self) -> bool:
         """Whether routing needs the query's features (votes on added LLMs and a query term)."""
-        return self.grad.size > 0 and (self.query_sd > 0 or self.text_sd > 0)
+        return self.grad.size > 0 and (self.query_sd > 0 or self.text_sd > 0 or self.s.shape[1] > 0)
+
+    def features(self, e: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """(unit embeddings, score features) of queries ``e`` (n, d) (widths 0 for the kernels not used)."""
+        if e is None:
+            return np.zeros((0, 0)), np.zeros((0, 0))
+        e = np.asarray(e).reshape(-1, np.shape(e)[-1])
+        u = unit_rows(e) if (self.query_sd > 0 or self.text_sd > 0) else np.zeros((len(e), 0))
+        use_s = self.score_sd > 0 and self.featurize is not None and len(e)
+        sf = np.asarray(self.featurize(unit_rows(e)), np.float64) if use_s else np.zeros((len(e), 0))
+        return u, sf
+
+    def kernel(self, u1: np.ndarray, s1: np.ndarray, u2: np.ndarray, s2: np.ndarray) -> np.ndarray:
+        """Prior covariance (n1, n2) of one added LLM's crowd term between two sets of queries (their
+        :meth:`features`; width 0: that part is left out)."""
+        k = np.full((max(len(u1), len(s1)), max(len(u2), len(s2))), self.prior_sd ** 2)
+        if u1.shape[1] and u2.shape[1]:
+            cos = u1 @ u2.T
+            k += self.query_sd ** 2 * cos + self.text_sd ** 2 * (cos > SAME_TEXT_COS)
+        if s1.shape[1] and s2.shape[1]:
+            k += self.score_sd ** 2 * (s1 @ s2.T)
+        return k
 
     def fit(self, n_llms: int, added: np.ndarray, a: np.ndarray, b: np.ndarray, offset: np.ndarray,
             label: np.ndarray, w: np.ndarray, e: np.ndarray | None = None, iters: int = 30) -> None:
@@ -290,12 +320,11 @@ class CrowdEstimate:
             sign[rows[kb], bb[kb]] -= 1.0
         keep = np.flatnonzero(np.abs(sign).sum(axis=1) > 0)  # observations that involve an added LLM
         sign, offset, label, w = sign[keep], offset[keep], label[keep], w[keep]
-        use_e = e is not None and (self.query_sd > 0 or self.text_sd > 0)
-        e = unit_rows(e)[keep] if use_e else np.zeros((keep.size, 0))
-        k = np.full((keep.size, keep.size), self.prior_sd ** 2)
-        if use_e and keep.size:
-            cos = e @ e.T
-            k += self.query_sd ** 2 * cos + self.text_sd ** 2 * (cos > SAME_TEXT_COS)
+        if e is not None and keep.size:
+            e, sf = self.features(np.asarray(e)[keep])
+        else:
+            e, sf = np.zeros((keep.size, 0)), np.zeros((keep.size, 0))
+        k = self.kernel(e, sf, e, sf) if keep.size else np.zeros((0, 0))
         g = k * (sign @ sign.T)  # prior covariance of the observations' latent differences
         f = np.zeros(keep.size)
         grad = np.zeros(keep.size)
@@ -311,14 +340,20 @@ class CrowdEstimate:
             if done:
                 break
         wh = np.zeros(keep.size)
+        self.log_evidence = 0.0
         if keep.size:
-            p = 0.5 * (1.0 + np.tanh(0.5 * (offset + f)))
+            z = offset + f
+            p = 0.5 * (1.0 + np.tanh(0.5 * z))
             wh = np.sqrt(w * p * (1.0 - p))
             grad = w * (label - p)
+            # Laplace: log p(y) ~ log p(y | f) - f' G^-1 f / 2 - log|I + W^1/2 G W^1/2| / 2, G^-1 f = grad at the mode
+            loglik = float(np.sum(w * (label * -np.logaddexp(0.0, -z) + (1.0 - label) * -np.logaddexp(0.0, z))))
+            _, logdet = np.linalg.slogdet(eye + wh[:, None] * g * wh[None, :])
+            self.log_evidence = loglik - 0.5 * float(grad @ f) - 0.5 * float(logdet)
         changed = (not np.array_equal(is_added, self.is_added) or grad.shape != self.grad.shape
                    or not np.allclose(grad, self.grad, atol=1e-9) or e.shape != self.e.shape
-                   or not np.array_equal(e, self.e))
-        self.n_llms, self.is_added, self.e = n_llms, is_added, e
+                   or not np.array_equal(e, self.e) or sf.shape != self.s.shape or not np.array_equal(sf, self.s))
+        self.n_llms, self.is_added, self.e, self.s = n_llms, is_added, e, sf
         self.sign, self.grad = sign, grad
         self._m, self._mg = None, (wh, g)  # the variances' matrix, computed on first need (Thompson sampling)
         self._gl = sign * grad[:, None]
@@ -333,24 +368,31 @@ class CrowdEstimate:
         single = e is None or np.ndim(e) == 1
         if not self.grad.size:
             return np.zeros(idx.shape) if single else np.zeros((len(e),) + idx.shape)
-        out = np.broadcast_to(self.prior_sd ** 2 * self._total[idx], (1 if single else len(e),) + idx.shape)
-        if e is not None and self.e.shape[1]:
-            cos = unit_rows(np.asarray(e).reshape(-1, self.e.shape[1])) @ self.e.T
-            out = out + (self.query_sd ** 2 * cos + self.text_sd ** 2 * (cos > SAME_TEXT_COS)) @ self._gl[:, idx]
+        if e is None or not self.query_dependent:
+            out = np.broadcast_to(self.prior_sd ** 2 * self._total[idx], (1 if single else len(e),) + idx.shape)
+            return out[0] if single else np.array(out)
+        u, sf = self.features(e)
+        out = self.kernel(u if self.e.shape[1] else u[:, :0], sf if self.s.shape[1] else sf[:, :0],
+                          self.e, self.s) @ self._gl[:, idx]
         return out[0] if single else np.asarray(out)
 
     def variance(self, idx: np.ndarray, e: np.ndarray | None = None) -> np.ndarray:
         """Posterior variances of the crowd terms of LLMs ``idx`` for one query (``e``: (d,) or None)."""
         idx = np.asarray(idx)
         mine = self.involves(idx, each=True)
-        use_e = e is not None and self.e.shape[1] > 0
-        prior = self.prior_sd ** 2 + (self.query_sd ** 2 + self.text_sd ** 2 if use_e else 0.0)
+        use_e = e is not None and mine.any() and (self.e.shape[1] > 0 or self.s.shape[1] > 0)
+        if use_e:  # the kernel's parts the fit had
+            u, sf = self.features(np.asarray(e).reshape(1, -1))
+            u, sf = (u if self.e.shape[1] else u[:, :0]), (sf if self.s.shape[1] else sf[:, :0])
+            prior = float(self.kernel(u, sf, u, sf)[0, 0])
+        else:
+            prior = self.prior_sd ** 2
         var = np.where(mine, prior, 0.0)
         if self.grad.size and mine.any():
-            kq = np.full(self.grad.size, self.prior_sd ** 2)
             if use_e:
-                cos = self.e @ unit_rows(np.asarray(e).reshape(1, -1))[0]
-                kq = kq + self.query_sd ** 2 * cos + self.text_sd ** 2 * (cos > SAME_TEXT_COS)
+                kq = self.kernel(self.e, self.s, u, sf)[:, 0]
+            else:
+                kq = np.full(self.grad.size, self.prior_sd ** 2)
             ks = kq[:, None] * self.sign[:, idx[mine]]
             var[mine] = var[mine] - ((self.m @ ks) * ks).sum(axis=0)
         return np.clip(var, 0.0, None)

@@ -108,7 +108,7 @@ class UserState:
                                      [np.zeros((0, self.basis.dims + 1))])
         self._ztext_n = self.hist.n_text
         self.calibration: CrowdCalibration | None = None  # set by the router
-        self.crowd = CrowdEstimate()
+        self.crowd = CrowdEstimate(featurize=self.crowd_scores)
         self.crowd_dirty = False
         self.crowd_window = CROWD_WINDOW
         self._crowd_key: tuple | None = None  # (rows fitted, pool version, generation) of the last fit
@@ -410,6 +410,34 @@ class UserState:
         return self._ztext[h.query_row[rows]]
 
     # ------------------------------------------------------------------ crowd estimate of added LLMs
+    def crowd_scores(self, emb: np.ndarray) -> np.ndarray:
+        """(n, k) the crowd score kernel's features of queries (unit embeddings): the user-blind GNN scores of
+        the k trained LLMs, centred per query and scaled by 1/sqrt(k).  Cached per text (a route asks up to
+        three times: mean, variance, draw), while the LLMs' representations stay the same."""
+        emb = np.ascontiguousarray(emb, dtype=np.float32)
+        key = (self.pool.version, id(self.global_reps))
+        cache = getattr(self, "_crowd_feat", None)
+        if cache is None or cache[0] != key or len(cache[1]) > 8192:
+            cache = self._crowd_feat = (key, {})
+        rows = [r.tobytes() for r in emb]
+        first: dict[bytes, int] = {}
+        for i, r in enumerate(rows):
+            if r not in cache[1]:
+                first.setdefault(r, i)
+        todo = list(first.values())  # one GNN call for the texts not seen yet
+        if todo:
+            with torch.inference_mode():
+                e = torch.from_numpy(emb[todo]).to(self.device)
+                qv = self.model.gnn.isolated(S.QUERY, self.model.gnn.project_query(e))
+                k = self.pool.n_trained
+                llm = self.llm_reps()[:k]
+                n = len(e)
+                s = self.model.score(self.cold_rep.expand(n, -1), qv, llm.expand(n, -1, -1)).float().cpu().numpy()
+            s = s.astype(np.float64)
+            for i, v in zip(todo, (s - s.mean(axis=1, keepdims=True)) / math.sqrt(k)):
+                cache[1][rows[i]] = v
+        return np.stack([cache[1][r] for r in rows]) if rows else np.zeros((0, self.pool.n_trained))
+
     def crowd_z(self, text_rows: np.ndarray) -> np.ndarray:
         """(n, d) the crowd term's query features of history texts: their unit embeddings."""
         return unit_rows(self.hist.text[np.asarray(text_rows, np.int64)])
