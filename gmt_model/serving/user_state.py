@@ -53,6 +53,7 @@ from gmt_model.method.personal import (
 )
 from gmt_model.serving.llm_pool import CROWD_WINDOW, crowd_schedule, CrowdEstimate, LLMPool, unit_rows
 from gmt_model.serving.requests import ID_RE
+from gmt_model.serving.user_gnn import UserGNN
 
 __all__ = ["UserState"]
 
@@ -98,6 +99,8 @@ class UserState:
         self.group_rows: dict[int, list[int]] = {}  # feedback groups that rated an added LLM -> their rows
         with torch.inference_mode():
             self.cold_rep = model.gnn.isolated(S.USER, model.gnn.user_start[None, :])[0]
+        #: users' representations computed from their rows directly (reference relations: per_user_exact)
+        self.user_gnn: UserGNN | None = None
         self.refresh_llms()
         self.basis = QueryBasis.from_rows(self.hist.text, self.hist.query_row, personal.query_dims)
         # the residual's query features of every text of the history, computed once per text
@@ -126,6 +129,11 @@ class UserState:
         with torch.inference_mode():
             llm_x = self.model.gnn.project_llm(torch.from_numpy(self.pool.emb).to(self.device))
             self.llm_static = self.model.gnn.isolated(S.LLM, llm_x)
+        if self.per_user_exact:
+            if self.user_gnn is None:
+                self.user_gnn = UserGNN(self.model.gnn, llm_x)
+            else:
+                self.user_gnn.set_llms(llm_x)
         self.user_rep.clear()
         self.post.clear()
         self.offsets.clear()
@@ -220,9 +228,27 @@ class UserState:
             return
         rows = np.sort(np.concatenate([self.rep_window(u, want[u][0]) for u in need]))
         users = np.array(need, dtype=np.int64)
-        reps = self.subgraph_reps(rows, users)
+        reps = self.user_reps(rows, users)
         for i, u in enumerate(need):
-            self.user_rep[u] = (want[u], reps[S.USER][i] if want[u][0] else self.cold_rep)
+            self.user_rep[u] = (want[u], reps[i] if want[u][0] else self.cold_rep)
+
+    def user_reps(self, rows: np.ndarray, users: np.ndarray) -> Tensor:
+        """(len(users), h) GNN representations of ``users`` over the history ``rows`` (sorted; each of
+        them owned by one of the users): what ``subgraph_reps(rows, users)[USER]`` gives, computed directly
+        from the rows (:class:`~gmt_model.serving.user_gnn.UserGNN`) under the reference relations."""
+        if self.user_gnn is None:
+            return self.subgraph_reps(rows, users)[S.USER]
+        h = self.hist
+        rows = np.asarray(rows, dtype=np.int64)
+        prev_g = h.prev[rows]
+        at = np.minimum(np.searchsorted(rows, prev_g), max(rows.size - 1, 0))
+        prev = np.where((prev_g >= 0) & (rows[at] == prev_g), at, -1) if rows.size else prev_g
+        texts, text_of = np.unique(h.query_row[rows], return_inverse=True)
+        order = np.argsort(users, kind="stable")
+        pos = order[np.searchsorted(users[order], h.user[rows])]
+        with torch.inference_mode():
+            return self.user_gnn.reps(pos, h.llm[rows], h.rating[rows], prev, text_of.reshape(-1),
+                                      h.text[texts], int(users.size))
 
     def rep(self, u: int) -> Tensor:
         """The user's current GNN representation (computed if stale or evicted)."""
