@@ -29,6 +29,8 @@ def _model(relations, layers: int, seed: int = 0) -> GMTModel:
             for ln in norms.values():
                 ln.weight.normal_(1.0, 0.3), ln.bias.normal_(0.0, 0.3)
         m.gnn.user_start.normal_(0.0, 1.0), m.gnn.session_start.normal_(0.0, 1.0)
+    m.gnn.set_input_stats(torch.randn(50, 12) * 0.3 + 1.0, torch.randn(7, 12) * 2.0 - 0.5)  # inputs centred, scaled
+    assert float(m.gnn.query_scale) != 1.0 and float(m.gnn.query_mean.abs().min()) > 0
     return m
 
 

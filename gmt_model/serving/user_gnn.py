@@ -104,10 +104,10 @@ def _fold_input(w: Tensor, b: Tensor, in_w: Tensor, in_b: Tensor, mean: Tensor |
                 ) -> tuple[Tensor, Tensor]:
     """``w @ lin_in((x - mean) / scale) + b`` as one map of x (float64)."""
     w, in_w = w.double(), in_w.double()
-    fw = w @ in_w / (scale.double() if isinstance(scale, Tensor) else scale)
-    fb = b.double() + w @ (in_b.double() - in_w @ (mean.double() if isinstance(mean, Tensor) else
-                                                  torch.full((in_w.shape[1],), float(mean), dtype=torch.float64)))
-    return fw, fb
+    scale = float(scale)
+    mean = mean.double() if isinstance(mean, Tensor) else torch.full((in_w.shape[1],), float(mean),
+                                                                     dtype=torch.float64)
+    return w @ in_w / scale, b.double() + w @ (in_b.double() - in_w @ mean / scale)
 
 
 class UserGNN:

@@ -53,6 +53,7 @@ from gmt_model.method.personal import (
 )
 from gmt_model.serving.llm_pool import CROWD_WINDOW, crowd_schedule, CrowdEstimate, LLMPool, unit_rows
 from gmt_model.serving.requests import ID_RE
+from gmt_model.serving.scorer import Scorer
 from gmt_model.serving.user_gnn import UserGNN
 
 __all__ = ["UserState"]
@@ -101,6 +102,7 @@ class UserState:
             self.cold_rep = model.gnn.isolated(S.USER, model.gnn.user_start[None, :])[0]
         #: users' representations computed from their rows directly (reference relations: per_user_exact)
         self.user_gnn: UserGNN | None = None
+        self.scorer = Scorer(model.predictor)  # model.score's values, the LLMs' share once per LLM
         self.refresh_llms()
         self.basis = QueryBasis.from_rows(self.hist.text, self.hist.query_row, personal.query_dims)
         # the residual's query features of every text of the history, computed once per text
@@ -335,12 +337,12 @@ class UserState:
         else:
             uniq, pos = np.unique(owners, return_inverse=True)
             uv = torch.stack([self.rep(int(x)) for x in uniq])[torch.from_numpy(pos.reshape(-1)).to(self.device)]
-        s = self.model.score(uv, qv, llm.expand(n, -1, -1)).float().cpu().numpy()
+        s = self.scorer(uv, qv, llm).float().cpu().numpy()
         cal = self.calibration
         if cal.cold > 0 and self.per_user_exact:  # the user-blind part depends on the text only: cached per text
             s = cal.warm * np.asarray(s, dtype=np.float64) + cal.cold * self._cold_scores(self.hist.query_row[rows[first]])
         else:
-            c = (self.model.score(self.cold_rep.expand(n, -1), qv, llm.expand(n, -1, -1)).float().cpu().numpy()
+            c = (self.scorer(self.cold_rep.expand(n, -1), qv, llm).float().cpu().numpy()
                  if cal.cold > 0 else s)
             s = cal.blend(s, c, np.arange(len(self.pool))[None, :])
         return np.asarray(s, dtype=np.float64)[inv.reshape(-1)]
@@ -425,7 +427,7 @@ class UserState:
                 qv = self.model.gnn.isolated(S.QUERY, self.model.gnn.project_query(emb))
                 llm = self.llm_reps()
                 n = len(missing)
-                s = self.model.score(self.cold_rep.expand(n, -1), qv, llm.expand(n, -1, -1)).float().cpu().numpy()
+                s = self.scorer(self.cold_rep.expand(n, -1), qv, llm).float().cpu().numpy()
             s = self.calibration.apply(s, np.arange(len(self.pool))[None, :])
             for t, v in zip(missing, s):
                 self._cold_cache[t] = v
