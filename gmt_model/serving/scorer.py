@@ -49,6 +49,21 @@ class Scorer:
             head = predictor.head[-1]
             self.head_att, self.head_llm = head.weight[0, :d], head.weight[0, d:]
             self.head_b = head.bias[0]
+        self._llm_src: Tensor | None = None  # the LLM vectors of the last call and their part (cached)
+        self._llm_part: tuple[Tensor, Tensor, Tensor] | None = None
+
+    def _llms(self, llm: Tensor) -> tuple[Tensor, Tensor]:
+        """The candidates' attention queries (L, heads, dh) and their own share of the head (L,), kept for the
+        same LLM tensor (the router's LLM representations change only with the pool)."""
+        if self._llm_src is not llm or self._llm_part is None:
+            lin = nn.functional.linear
+            qc = lin(llm, *self.llm_q).reshape(-1, self.heads, self.dh) / math.sqrt(self.dh)
+            const = nn.functional.relu(lin(llm, *self.llm)) @ self.head_llm
+            self._llm_src, self._llm_part = llm, (qc, const, llm.detach().clone())
+        elif not torch.equal(self._llm_part[2], llm):  # changed in place: recompute
+            self._llm_src = None
+            return self._llms(llm)
+        return self._llm_part[0], self._llm_part[1]
 
     def __call__(self, user: Tensor, query: Tensor, llm: Tensor, idx: Tensor | None = None) -> Tensor:
         b = user.shape[0]
@@ -57,9 +72,7 @@ class Scorer:
         lin = nn.functional.linear
         ku, vu = lin(user, *self.user_kv).reshape(b, 2, self.heads, self.dh).unbind(1)
         kq, vq = lin(query, *self.query_kv).reshape(b, 2, self.heads, self.dh).unbind(1)
-        cand = lin(llm, *self.llm)  # (L, d)
-        qc = lin(llm, *self.llm_q).reshape(-1, self.heads, self.dh) / math.sqrt(self.dh)
-        const = nn.functional.relu(cand) @ self.head_llm  # (L,): the candidate's own share of the head
+        qc, const = self._llms(llm)  # (L, heads, dh), (L,): the candidate's own share of the head
         if idx is None:
             gap = torch.einsum("mhd,bhd->bmh", qc, ku - kq)  # user score - query score per candidate, head
             const = const[None]

@@ -340,7 +340,8 @@ class UserState:
         s = self.scorer(uv, qv, llm).float().cpu().numpy()
         cal = self.calibration
         if cal.cold > 0 and self.per_user_exact:  # the user-blind part depends on the text only: cached per text
-            s = cal.warm * np.asarray(s, dtype=np.float64) + cal.cold * self._cold_scores(self.hist.query_row[rows[first]])
+            s = cal.warm * np.asarray(s, dtype=np.float64) + cal.cold * self._cold_scores(self.hist.query_row[rows[first]],
+                                                                                          qv)
         else:
             c = (self.scorer(self.cold_rep.expand(n, -1), qv, llm).float().cpu().numpy()
                  if cal.cold > 0 else s)
@@ -415,16 +416,23 @@ class UserState:
         """(n, d) the crowd term's query features of history texts: their unit embeddings."""
         return unit_rows(self.hist.text[np.asarray(text_rows, np.int64)])
 
-    def _cold_scores(self, text_rows: np.ndarray) -> np.ndarray:
-        """Calibrated user-blind scores (n, L) of every LLM for history texts (cached per pool version)."""
+    def _cold_scores(self, text_rows: np.ndarray, qv: Tensor | None = None) -> np.ndarray:
+        """Calibrated user-blind scores (n, L) of every LLM for history texts (cached per pool version).
+        ``qv``: the texts' query representations when the caller has them (one row per text row)."""
         assert self.calibration is not None
         if self._cold_cache_version != self.pool.version:
             self._cold_cache, self._cold_cache_version = {}, self.pool.version
-        missing = [int(t) for t in dict.fromkeys(text_rows.tolist()) if int(t) not in self._cold_cache]
+        listed = text_rows.tolist()
+        missing = [int(t) for t in dict.fromkeys(listed) if int(t) not in self._cold_cache]
         if missing:
             with torch.inference_mode():
-                emb = torch.from_numpy(np.ascontiguousarray(self.hist.text[missing], dtype=np.float32)).to(self.device)
-                qv = self.model.gnn.isolated(S.QUERY, self.model.gnn.project_query(emb))
+                if qv is not None:
+                    at = {t: i for i, t in enumerate(listed)}
+                    qv = qv[torch.tensor([at[t] for t in missing], device=qv.device)]
+                else:
+                    emb = torch.from_numpy(np.ascontiguousarray(self.hist.text[missing], dtype=np.float32)
+                                           ).to(self.device)
+                    qv = self.model.gnn.isolated(S.QUERY, self.model.gnn.project_query(emb))
                 llm = self.llm_reps()
                 n = len(missing)
                 s = self.scorer(self.cold_rep.expand(n, -1), qv, llm).float().cpu().numpy()
