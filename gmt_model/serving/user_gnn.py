@@ -106,7 +106,7 @@ def _fold_input(w: Tensor, b: Tensor, in_w: Tensor, in_b: Tensor, mean: Tensor |
     w, in_w = w.double(), in_w.double()
     scale = float(scale)
     mean = mean.double() if isinstance(mean, Tensor) else torch.full((in_w.shape[1],), float(mean),
-                                                                     dtype=torch.float64)
+                                                                     dtype=torch.float64, device=in_w.device)
     return w @ in_w / scale, b.double() + w @ (in_b.double() - in_w @ mean / scale)
 
 
@@ -141,8 +141,8 @@ class UserGNN:
                     (S.RESPONSE_INCLUDED_BY_SESSION, rw, rb, gnn.response_in, 0.0, 1.0)):
                 w, b = layer.kv[(rel[0], rel)] if rel in self.rels else (None, None)
                 if w is None:
-                    w = torch.zeros(2 * layer.heads * layer.d, lin.weight.shape[0])
-                    b = torch.zeros(w.shape[0])
+                    w = lin.weight.new_zeros(2 * layer.heads * layer.d, lin.weight.shape[0])
+                    b = lin.weight.new_zeros(w.shape[0])
                 fw, fb = _fold_input(w, b, lin.weight, lin.bias, mean, scale)
                 ws.append(fw), bs.append(fb)
         cat = lambda xs: torch.cat(xs).float() if xs else None  # noqa: E731
