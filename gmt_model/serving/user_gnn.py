@@ -181,9 +181,11 @@ class UserGNN:
         embeddings).  A user without rows gets what a user node without edges gets."""
         dev = self.gnn.user_start.device
         n = int(np.asarray(user).size)
-        t_user = torch.from_numpy(np.asarray(user, np.int64)).to(dev)
-        has_rows = torch.zeros(n_users, dtype=torch.long, device=dev).index_fill_(0, t_user, 1)
-        xu = self._user0[has_rows]  # after the first layer
+        user = np.asarray(user, np.int64)
+        t_user = torch.from_numpy(user).to(dev)
+        has_rows = np.zeros(n_users, np.int64)
+        has_rows[user] = 1
+        xu = self._user0[torch.from_numpy(has_rows).to(dev)]  # after the first layer
         last = len(self.layers) - 1
         if last == 0 or n == 0:
             return xu if last == 0 or not n_users else self._no_rows(xu, last)
