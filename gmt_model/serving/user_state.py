@@ -337,12 +337,23 @@ class UserState:
         else:
             uniq, pos = np.unique(owners, return_inverse=True)
             uv = torch.stack([self.rep(int(x)) for x in uniq])[torch.from_numpy(pos.reshape(-1)).to(self.device)]
-        s = self.scorer(uv, qv, llm).float().cpu().numpy()
         cal = self.calibration
         if cal.cold > 0 and self.per_user_exact:  # the user-blind part depends on the text only: cached per text
-            s = cal.warm * np.asarray(s, dtype=np.float64) + cal.cold * self._cold_scores(self.hist.query_row[rows[first]],
-                                                                                          qv)
+            texts = self.hist.query_row[rows[first]]
+            missing = self._cold_missing(texts)
+            if missing:  # the cold-start user's scores of texts not cached yet in the same call
+                listed = texts.tolist()
+                at = {t: i for i, t in enumerate(listed)}
+                sel = torch.tensor([at[t] for t in missing], device=qv.device)
+                both = self.scorer(torch.cat([uv, self.cold_rep.expand(len(missing), -1)]), torch.cat([qv, qv[sel]]),
+                                   llm).float().cpu().numpy()
+                s = both[:n]
+                self._cold_store(missing, both[n:])
+            else:
+                s = self.scorer(uv, qv, llm).float().cpu().numpy()
+            s = cal.warm * np.asarray(s, dtype=np.float64) + cal.cold * self._cold_scores(texts)
         else:
+            s = self.scorer(uv, qv, llm).float().cpu().numpy()
             c = (self.scorer(self.cold_rep.expand(n, -1), qv, llm).float().cpu().numpy()
                  if cal.cold > 0 else s)
             s = cal.blend(s, c, np.arange(len(self.pool))[None, :])
@@ -416,29 +427,27 @@ class UserState:
         """(n, d) the crowd term's query features of history texts: their unit embeddings."""
         return unit_rows(self.hist.text[np.asarray(text_rows, np.int64)])
 
-    def _cold_scores(self, text_rows: np.ndarray, qv: Tensor | None = None) -> np.ndarray:
-        """Calibrated user-blind scores (n, L) of every LLM for history texts (cached per pool version).
-        ``qv``: the texts' query representations when the caller has them (one row per text row)."""
-        assert self.calibration is not None
+    def _cold_missing(self, text_rows: np.ndarray) -> list[int]:
+        """The distinct history texts among ``text_rows`` whose cold scores are not cached (for this pool)."""
         if self._cold_cache_version != self.pool.version:
             self._cold_cache, self._cold_cache_version = {}, self.pool.version
-        listed = text_rows.tolist()
-        missing = [int(t) for t in dict.fromkeys(listed) if int(t) not in self._cold_cache]
+        return [t for t in dict.fromkeys(text_rows.tolist()) if t not in self._cold_cache]
+
+    def _cold_store(self, text_rows: list[int], raw: np.ndarray) -> None:
+        """Cache the calibrated cold scores of texts from the predictor's raw scores (n, L) of the cold user."""
+        assert self.calibration is not None
+        for t, v in zip(text_rows, self.calibration.apply(raw, np.arange(len(self.pool))[None, :])):
+            self._cold_cache[t] = v
+
+    def _cold_scores(self, text_rows: np.ndarray) -> np.ndarray:
+        """Calibrated user-blind scores (n, L) of every LLM for history texts (cached per pool version)."""
+        missing = self._cold_missing(text_rows)
         if missing:
             with torch.inference_mode():
-                if qv is not None:
-                    at = {t: i for i, t in enumerate(listed)}
-                    qv = qv[torch.tensor([at[t] for t in missing], device=qv.device)]
-                else:
-                    emb = torch.from_numpy(np.ascontiguousarray(self.hist.text[missing], dtype=np.float32)
-                                           ).to(self.device)
-                    qv = self.model.gnn.isolated(S.QUERY, self.model.gnn.project_query(emb))
-                llm = self.llm_reps()
-                n = len(missing)
-                s = self.scorer(self.cold_rep.expand(n, -1), qv, llm).float().cpu().numpy()
-            s = self.calibration.apply(s, np.arange(len(self.pool))[None, :])
-            for t, v in zip(missing, s):
-                self._cold_cache[t] = v
+                emb = torch.from_numpy(np.ascontiguousarray(self.hist.text[missing], dtype=np.float32)).to(self.device)
+                qv = self.model.gnn.isolated(S.QUERY, self.model.gnn.project_query(emb))
+                s = self.scorer(self.cold_rep.expand(len(missing), -1), qv, self.llm_reps()).float().cpu().numpy()
+            self._cold_store(missing, s)
         return np.stack([self._cold_cache[int(t)] for t in text_rows]) if len(text_rows) else \
             np.zeros((0, len(self.pool)))
 
