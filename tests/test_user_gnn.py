@@ -85,6 +85,7 @@ SUBSETS = {
                                                                S.LLM_RESPONSE_TO_SESSION)),
     "no session -> user": tuple(r for r in REF if r != S.SESSION_OWNED_BY_USER),
     "only session -> user": (S.SESSION_OWNED_BY_USER,),
+    "only prev and session -> user": (S.SESSION_PREV_SESSION, S.SESSION_OWNED_BY_USER),
 }
 
 
@@ -104,6 +105,11 @@ def test_direct_user_reps_equal_the_subgraph_path(layers, subset):
     part = every[h.user[every] != 2][::2]
     users = np.unique(h.user[part])
     torch.testing.assert_close(_direct_users(model, h, part, users), _subgraph_users(model, h, part, users),
+                               atol=2e-5, rtol=1e-4)
+    # first turns only: no turn follows another among the rows (no `prev` edge at all)
+    first = every[h.prev[every] < 0]
+    users = np.unique(h.user[first])
+    torch.testing.assert_close(_direct_users(model, h, first, users), _subgraph_users(model, h, first, users),
                                atol=2e-5, rtol=1e-4)
     # users without rows only
     none = np.zeros(0, np.int64)

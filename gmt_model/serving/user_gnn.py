@@ -12,8 +12,9 @@ only is computed once: each relation's key / value maps folded into one matrix p
 query texts' with the input projection too: one matrix product per call for every layer), the LLM
 nodes' keys and values (per pool), the first layer's session queries and keys (every session starts
 from the same vector) and the first layer's user output (a user with rows attends over identical
-sessions).  A few dozen tensor operations replace the general layer's bookkeeping.  The router calls it for every user
-whose representation is stale: a newly loaded user, or one whose history grew (``UserState.rep_size``).
+sessions).  A few dozen tensor operations replace the general layer's bookkeeping.  The router calls it
+for every user whose representation is stale: a newly loaded user, or one whose history grew
+(``UserState.rep_size``).
 ``tests/test_user_gnn.py`` checks it against the subgraph path.
 """
 
@@ -29,6 +30,7 @@ from gmt_model.method import schema as S
 from gmt_model.method.model import HeteroGNN
 
 __all__ = ["UserGNN", "applies"]
+
 
 def applies(gnn: HeteroGNN) -> bool:
     """Whether :class:`UserGNN` computes this model's user representations (its relations are reference ones)."""
@@ -225,11 +227,15 @@ class UserGNN:
                     else:
                         k, v = layer.keys_values(S.SESSION, xs[t_later], S.SESSION_PREV_SESSION)
                     ks.append((k, layer.prior[S.SESSION_PREV_SESSION])), vs.append(v), dst.append(t_earlier)
-                t_dst = torch.cat(dst)
-                qd = q.expand(t_dst.shape[0], -1, -1) if xs is None else q[t_dst]
-                alpha = (qd * torch.cat([k for k, _ in ks])).sum(-1) * torch.cat(
-                    [p.expand(k.shape[0], -1) for k, p in ks])
-                xs = layer.finish(S.SESSION, _attend(alpha, torch.cat(vs), t_dst, n), self._sessions(xs, n))
+                if ks:
+                    t_dst = torch.cat(dst)
+                    qd = q.expand(t_dst.shape[0], -1, -1) if xs is None else q[t_dst]
+                    alpha = (qd * torch.cat([k for k, _ in ks])).sum(-1) * torch.cat(
+                        [p.expand(k.shape[0], -1) for k, p in ks])
+                    agg = _attend(alpha, torch.cat(vs), t_dst, n)
+                else:  # no edges into the sessions here (only `prev`, and no turn follows another)
+                    agg = q.new_zeros(n, layer.heads, layer.d)
+                xs = layer.finish(S.SESSION, agg, self._sessions(xs, n))
             xu = new_xu
         if self.owned:
             xu = self._users(self.layers[last], self._sessions(xs, n), xu, t_user, n_users)
