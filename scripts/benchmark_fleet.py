@@ -11,7 +11,9 @@ in a fresh process, measures what a replica pays:
 - start-up: ``GMTRouter(feedback_log=<url>)`` (it reads nothing of the store but its largest id) and the
   resident memory after it;
 - an uncached user's first route (its rows read with ``read_user``, its representation and posterior), a
-  cached route of the same user and text (no encoding), and feedback + the next route, p50 / p99.
+  cached route of the same user and text (no encoding), and feedback + the next route, p50 / p99 (wall
+  clock), and the p50 of the measuring thread's CPU time (``*_cpu_p50_ms``: no waits for the store, and
+  less sensitive to other processes on the machine than the wall clock).
 
 ``--mixed``: for each of ``--replicas`` (1,3), a fresh database and that many ``gmtrouter serve`` processes on
 it (each its own home, port and ``feedback_sync_interval``), the server benchmark's demo router
@@ -173,20 +175,24 @@ def measure(ckpt: Path, url: str, users: int, n_texts: int, dim: int, samples: i
         setattr(store, name, timed(name))
     rng = np.random.default_rng(seed)
     first, again, fb, sizes = [], [], [], []
+    cpu: dict[str, list[float]] = {"first": [], "again": [], "fb": []}  # this thread's CPU time (no waits)
     for i in rng.choice(users, size=min(samples, users), replace=False):
         u = f"fleet_{int(i):07d}"
         text = texts[int(rng.integers(n_texts))]
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
         r = router.route_single({"query_text": text, "user_id": u})
         first.append(time.perf_counter() - t)
+        cpu["first"].append(time.thread_time() - c)
         sizes.append(r["history_size"])
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
         router.route_single({"query_text": text, "user_id": u})
         again.append(time.perf_counter() - t)
-        t = time.perf_counter()
+        cpu["again"].append(time.thread_time() - c)
+        t, c = time.perf_counter(), time.thread_time()
         router.update_user_preference(u, text, router.llms[0], router.llms[1])
         router.route_single({"query_text": text, "user_id": u})
         fb.append(time.perf_counter() - t)
+        cpu["fb"].append(time.thread_time() - c)
     pct = lambda x, p: float(np.percentile(np.array(x) * 1000, p))  # noqa: E731
     touched = {}
     if touch:  # memory after routing `touch` more distinct users (each loaded from the store)
@@ -203,6 +209,8 @@ def measure(ckpt: Path, url: str, users: int, n_texts: int, dim: int, samples: i
             "uncached_first_route_p50_ms": pct(first, 50), "uncached_first_route_p99_ms": pct(first, 99),
             "cached_route_p50_ms": pct(again, 50), "cached_route_p99_ms": pct(again, 99),
             "feedback_route_p50_ms": pct(fb, 50), "feedback_route_p99_ms": pct(fb, 99),
+            "uncached_first_route_cpu_p50_ms": pct(cpu["first"], 50), "cached_route_cpu_p50_ms": pct(cpu["again"], 50),
+            "feedback_route_cpu_p50_ms": pct(cpu["fb"], 50),
             **{f"store_{k}_p50_ms": pct(v, 50) for k, v in spent.items() if v},
             **{f"store_{k}_calls": len(v) for k, v in spent.items()}}
 

@@ -307,14 +307,15 @@ class GMTRouter:
 
     def _gnn_scores(self, user_vecs: Tensor, query_vecs: Tensor, cand_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The predictor's logits of each candidate for each (user, query), and the cold-start user's."""
-        llm_vecs = self.state.llm_reps()[torch.from_numpy(cand_idx).to(self.device)]
-        if self.personal.enabled and self.calibration.cold > 0:  # the user's and the cold-start's: one call
-            n = len(cand_idx)
-            both = self.model.score(torch.cat([user_vecs, self.state.cold_rep.expand(n, -1)]),
-                                    query_vecs.repeat(2, 1), llm_vecs.repeat(2, 1, 1))
+        idx = torch.from_numpy(cand_idx).to(self.device)
+        llm = self.state.llm_reps()
+        b = len(cand_idx)
+        if self.personal.enabled and self.calibration.cold > 0:  # the cold-start user's in the same call
+            both = self.state.scorer(torch.cat([user_vecs, self.state.cold_rep.expand(b, -1)]),
+                                     torch.cat([query_vecs, query_vecs]), llm, torch.cat([idx, idx]))
             both = both.float().cpu().numpy().astype(np.float64)
-            return both[:n], both[n:]
-        scores = self.model.score(user_vecs, query_vecs, llm_vecs).float().cpu().numpy().astype(np.float64)
+            return both[:b], both[b:]
+        scores = self.state.scorer(user_vecs, query_vecs, llm, idx).float().cpu().numpy().astype(np.float64)
         return scores, np.zeros_like(scores)
 
     def _route_one(self, req: RouteRequest, u: int, c_idx: np.ndarray, s: np.ndarray, cold: np.ndarray,

@@ -55,6 +55,8 @@ from gmt_model.method.personal import (
 )
 from gmt_model.serving.llm_pool import CROWD_WINDOW, crowd_schedule, CrowdEstimate, LLMPool, unit_rows
 from gmt_model.serving.requests import ID_RE
+from gmt_model.serving.scorer import Scorer
+from gmt_model.serving.user_gnn import UserGNN
 
 __all__ = ["UserState"]
 
@@ -100,6 +102,9 @@ class UserState:
         self.group_rows: dict[int, list[int]] = {}  # feedback groups that rated an added LLM -> their rows
         with torch.inference_mode():
             self.cold_rep = model.gnn.isolated(S.USER, model.gnn.user_start[None, :])[0]
+        #: users' representations computed from their rows directly (reference relations: per_user_exact)
+        self.user_gnn: UserGNN | None = None
+        self.scorer = Scorer(model.predictor)  # model.score's values, the LLMs' share once per LLM
         self.refresh_llms()
         self.basis = QueryBasis.from_rows(self.hist.text, self.hist.query_row, personal.query_dims)
         # the residual's query features of every text of the history, computed once per text
@@ -128,6 +133,11 @@ class UserState:
         with torch.inference_mode():
             llm_x = self.model.gnn.project_llm(torch.from_numpy(self.pool.emb).to(self.device))
             self.llm_static = self.model.gnn.isolated(S.LLM, llm_x)
+        if self.per_user_exact:
+            if self.user_gnn is None:
+                self.user_gnn = UserGNN(self.model.gnn, llm_x)
+            else:
+                self.user_gnn.set_llms(llm_x)
         self.user_rep.clear()
         self.post.clear()
         self.offsets.clear()
@@ -222,9 +232,27 @@ class UserState:
             return
         rows = np.sort(np.concatenate([self.rep_window(u, want[u][0]) for u in need]))
         users = np.array(need, dtype=np.int64)
-        reps = self.subgraph_reps(rows, users)
+        reps = self.user_reps(rows, users)
         for i, u in enumerate(need):
-            self.user_rep[u] = (want[u], reps[S.USER][i] if want[u][0] else self.cold_rep)
+            self.user_rep[u] = (want[u], reps[i] if want[u][0] else self.cold_rep)
+
+    def user_reps(self, rows: np.ndarray, users: np.ndarray) -> Tensor:
+        """(len(users), h) GNN representations of ``users`` over the history ``rows`` (sorted; each of
+        them owned by one of the users): what ``subgraph_reps(rows, users)[USER]`` gives, computed directly
+        from the rows (:class:`~gmt_model.serving.user_gnn.UserGNN`) under the reference relations."""
+        if self.user_gnn is None:
+            return self.subgraph_reps(rows, users)[S.USER]
+        h = self.hist
+        rows = np.asarray(rows, dtype=np.int64)
+        prev_g = h.prev[rows]
+        at = np.minimum(np.searchsorted(rows, prev_g), max(rows.size - 1, 0))
+        prev = np.where((prev_g >= 0) & (rows[at] == prev_g), at, -1) if rows.size else prev_g
+        texts, text_of = np.unique(h.query_row[rows], return_inverse=True)
+        order = np.argsort(users, kind="stable")
+        pos = order[np.searchsorted(users[order], h.user[rows])]
+        with torch.inference_mode():
+            return self.user_gnn.reps(pos, h.llm[rows], h.rating[rows], prev, text_of.reshape(-1),
+                                      h.text[texts], int(users.size))
 
     def rep(self, u: int) -> Tensor:
         """The user's current GNN representation (computed if stale or evicted)."""
@@ -311,12 +339,24 @@ class UserState:
         else:
             uniq, pos = np.unique(owners, return_inverse=True)
             uv = torch.stack([self.rep(int(x)) for x in uniq])[torch.from_numpy(pos.reshape(-1)).to(self.device)]
-        s = self.model.score(uv, qv, llm.expand(n, -1, -1)).float().cpu().numpy()
         cal = self.calibration
         if cal.cold > 0 and self.per_user_exact:  # the user-blind part depends on the text only: cached per text
-            s = cal.warm * np.asarray(s, dtype=np.float64) + cal.cold * self._cold_scores(self.hist.query_row[rows[first]])
+            texts = self.hist.query_row[rows[first]]
+            missing = self._cold_missing(texts)
+            if missing:  # the cold-start user's scores of texts not cached yet in the same call
+                listed = texts.tolist()
+                at = {t: i for i, t in enumerate(listed)}
+                sel = torch.tensor([at[t] for t in missing], device=qv.device)
+                both = self.scorer(torch.cat([uv, self.cold_rep.expand(len(missing), -1)]), torch.cat([qv, qv[sel]]),
+                                   llm).float().cpu().numpy()
+                s = both[:n]
+                self._cold_store(missing, both[n:])
+            else:
+                s = self.scorer(uv, qv, llm).float().cpu().numpy()
+            s = cal.warm * np.asarray(s, dtype=np.float64) + cal.cold * self._cold_scores(texts)
         else:
-            c = (self.model.score(self.cold_rep.expand(n, -1), qv, llm.expand(n, -1, -1)).float().cpu().numpy()
+            s = self.scorer(uv, qv, llm).float().cpu().numpy()
+            c = (self.scorer(self.cold_rep.expand(n, -1), qv, llm).float().cpu().numpy()
                  if cal.cold > 0 else s)
             s = cal.blend(s, c, np.arange(len(self.pool))[None, :])
         return np.asarray(s, dtype=np.float64)[inv.reshape(-1)]
@@ -442,22 +482,27 @@ class UserState:
         """(n, d) the crowd term's query features of history texts: their unit embeddings."""
         return unit_rows(self.hist.text[np.asarray(text_rows, np.int64)])
 
-    def _cold_scores(self, text_rows: np.ndarray) -> np.ndarray:
-        """Calibrated user-blind scores (n, L) of every LLM for history texts (cached per pool version)."""
-        assert self.calibration is not None
+    def _cold_missing(self, text_rows: np.ndarray) -> list[int]:
+        """The distinct history texts among ``text_rows`` whose cold scores are not cached (for this pool)."""
         if self._cold_cache_version != self.pool.version:
             self._cold_cache, self._cold_cache_version = {}, self.pool.version
-        missing = [int(t) for t in dict.fromkeys(text_rows.tolist()) if int(t) not in self._cold_cache]
+        return [t for t in dict.fromkeys(text_rows.tolist()) if t not in self._cold_cache]
+
+    def _cold_store(self, text_rows: list[int], raw: np.ndarray) -> None:
+        """Cache the calibrated cold scores of texts from the predictor's raw scores (n, L) of the cold user."""
+        assert self.calibration is not None
+        for t, v in zip(text_rows, self.calibration.apply(raw, np.arange(len(self.pool))[None, :])):
+            self._cold_cache[t] = v
+
+    def _cold_scores(self, text_rows: np.ndarray) -> np.ndarray:
+        """Calibrated user-blind scores (n, L) of every LLM for history texts (cached per pool version)."""
+        missing = self._cold_missing(text_rows)
         if missing:
             with torch.inference_mode():
                 emb = torch.from_numpy(np.ascontiguousarray(self.hist.text[missing], dtype=np.float32)).to(self.device)
                 qv = self.model.gnn.isolated(S.QUERY, self.model.gnn.project_query(emb))
-                llm = self.llm_reps()
-                n = len(missing)
-                s = self.model.score(self.cold_rep.expand(n, -1), qv, llm.expand(n, -1, -1)).float().cpu().numpy()
-            s = self.calibration.apply(s, np.arange(len(self.pool))[None, :])
-            for t, v in zip(missing, s):
-                self._cold_cache[t] = v
+                s = self.scorer(self.cold_rep.expand(len(missing), -1), qv, self.llm_reps()).float().cpu().numpy()
+            self._cold_store(missing, s)
         return np.stack([self._cold_cache[int(t)] for t in text_rows]) if len(text_rows) else \
             np.zeros((0, len(self.pool)))
 
