@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["PersonalConfig", "QueryBasis", "Evidence", "Posterior", "fit_posterior", "CrowdCalibration",
-           "fit_calibration", "fit_blend", "detect_change", "change_candidates", "fit_nonneg_logistic", "fit_bias", "centre_ratings", "build_evidence", "group_pairs", "POLICIES"]
+           "fit_calibration", "fit_blend", "detect_change", "change_candidates", "fit_nonneg_logistic", "fit_bias", "centre_ratings", "build_evidence", "task_columns", "group_pairs", "POLICIES"]
 
 POLICIES = ("greedy", "thompson", "epsilon")
 
@@ -95,6 +95,13 @@ class PersonalConfig:
     #: detection looks at the latest this many rows (bounded cost; a change further back than that has left
     #: only the new taste in view)
     change_lookback: int = 240
+    #: per-(LLM, task) terms for rows whose caller named a ``task`` (the kind of work: "coding", "writing"):
+    #: their prior std (logit units) in the idiosyncratic component, scaled by tight / wide in the crowd-like
+    #: one (as ``gnn_weight_sd``).  A user's taste for one task is the user's overall taste (the per-LLM
+    #: terms, shrunk to the crowd) plus these deviations, shrunk to 0.  0 = the task is ignored
+    task_sd: float = 1.5
+    #: at most this many tasks get terms per user: those with the most rows in the user's window (cost bounded)
+    max_tasks: int = 16
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None, where: str = "personalization") -> "PersonalConfig":
@@ -118,10 +125,12 @@ class PersonalConfig:
             v = getattr(cfg, k)
             if isinstance(v, bool) or not isinstance(v, int) or v < 2:
                 raise ValueError(f"{where}.{k}: expected an integer >= 2, got {v!r}")
-        for k in ("gnn_weight_sd", "thompson_scale", "thompson_decay", "window_per_llm"):
+        for k in ("gnn_weight_sd", "thompson_scale", "thompson_decay", "window_per_llm", "task_sd"):
             v = getattr(cfg, k)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or not math.isfinite(v):
                 raise ValueError(f"{where}.{k}: expected a number >= 0, got {v!r}")
+        if isinstance(cfg.max_tasks, bool) or not isinstance(cfg.max_tasks, int) or cfg.max_tasks < 1:
+            raise ValueError(f"{where}.max_tasks: expected an integer >= 1, got {cfg.max_tasks!r}")
         if int(cfg.query_dims) < 0 or int(cfg.window) < 1:
             raise ValueError(f"{where}: query_dims >= 0 and window >= 1 required")
         return cfg
@@ -188,8 +197,10 @@ class QueryBasis:
 class Evidence:
     """Observations of one user, as rows of a logistic model ``sigmoid(offset + x . r)``.
 
-    ``x``: (n, L * (1 + dims)) feature differences; ``offset``: the GNN's
-    logit; ``y``: (soft) labels in [0, 1]; ``w``: weights.
+    ``x``: (n, L * (1 + dims) + L * n_tasks) feature differences: the per-LLM
+    blocks ``[1, z]``, then (when rows named tasks) one block of L per-LLM
+    task terms per task; ``offset``: the GNN's logit; ``y``: (soft) labels
+    in [0, 1]; ``w``: weights.
     """
 
     x: np.ndarray
@@ -200,6 +211,8 @@ class Evidence:
     #: ``n_rows``: how many input rows there were (None: no time order, no change detection)
     t: np.ndarray | None = None
     n_rows: int = 0
+    #: task blocks after the per-LLM blocks (0: no row named a task, or task terms off)
+    n_tasks: int = 0
 
     @property
     def n(self) -> int:
@@ -211,7 +224,7 @@ class Evidence:
             return self
         keep = self.t >= first_row
         return Evidence(x=self.x[keep], offset=self.offset[keep], y=self.y[keep], w=self.w[keep], t=self.t[keep],
-                        n_rows=self.n_rows)
+                        n_rows=self.n_rows, n_tasks=self.n_tasks)
 
 
 @dataclass
@@ -227,16 +240,33 @@ class Posterior:
     #: a detected change of taste: the posterior is fitted on the latest ``recent_rows`` input rows only
     #: (None: no change detected, or detection off)
     recent_rows: int | None = None
+    #: per-(LLM, task) coefficients after the residual's (before the GNN weight): ``n_tasks`` blocks of L
+    n_tasks: int = 0
+    n_llms: int = 0  # L (set with n_tasks)
+    #: the tasks of those blocks, in order (set by the caller that knows the names; empty: no task terms)
+    tasks: tuple[str, ...] = ()
 
     @property
     def mean(self) -> np.ndarray:
         return sum(w * m for w, m in zip(self.weights, self.means))
 
     def split(self, vec: np.ndarray) -> tuple[np.ndarray, float]:
-        """(residual coefficients, GNN weight) of a mean or a sample."""
+        """(residual coefficients, GNN weight) of a mean or a sample (the task terms: :meth:`task_terms`)."""
         if self.n_coef < 0 or vec.size == self.n_coef:
             return vec, 1.0
-        return vec[: self.n_coef], 1.0 + float(vec[self.n_coef])
+        at = self.n_coef + self.n_tasks * self.n_llms
+        if vec.size <= at:
+            return vec[: self.n_coef], 1.0
+        return vec[: self.n_coef], 1.0 + float(vec[at])
+
+    def task_terms(self, task: str | None) -> np.ndarray | None:
+        """(L,) the posterior mean of the user's per-LLM deviations for ``task`` (None: no terms for it:
+        no task, or one the user's window never named)."""
+        if task is None or task not in self.tasks:
+            return None
+        i = self.tasks.index(task)
+        lo = self.n_coef + i * self.n_llms
+        return self.mean[lo: lo + self.n_llms]
 
     @property
     def residual(self) -> np.ndarray:
@@ -256,9 +286,15 @@ class Posterior:
         return float(self.weights[-1])
 
 
-def _prior_precision(cfg: PersonalConfig, n_llms: int, dims: int, std: float) -> np.ndarray:
+def _prior_precision(cfg: PersonalConfig, n_llms: int, dims: int, std: float, n_tasks: int = 0) -> np.ndarray:
+    """Prior precisions of one component (LLM terms of prior std ``std``): the per-LLM blocks, the
+    per-(LLM, task) blocks (``task_sd``, scaled as the GNN weight's: tight / wide in the crowd-like
+    component, so a crowd-like user's tasks stay near its overall taste), then the GNN weight."""
     per = np.r_[1.0, np.full(dims, cfg.query_scale)] * std
     prec = np.tile(1.0 / per ** 2, n_llms)
+    if n_tasks:
+        sd = cfg.task_sd * min(1.0, std / cfg.wide)
+        prec = np.r_[prec, np.full(n_tasks * n_llms, 1.0 / sd ** 2)]
     if cfg.gnn_weight_sd > 0:
         sd = cfg.gnn_weight_sd * min(1.0, std / cfg.wide)
         prec = np.r_[prec, 1.0 / sd ** 2]
@@ -410,10 +446,10 @@ def _fit_mixture(ev: Evidence, cfg: PersonalConfig, n_llms: int, dims: int,
     means, chols, logz = [], [], []
     starts = list(init.means) if init is not None and len(init.means) == len(comps) else [None] * len(comps)
     for (prior_w, std), r0 in zip(comps, starts):
-        prec = _prior_precision(cfg, n_llms, dims, std)
+        prec = _prior_precision(cfg, n_llms, dims, std, ev.n_tasks)
         if prec.size > ev.x.shape[1]:  # the GNN weight's column: the GNN logit itself
             ev = Evidence(x=np.concatenate([ev.x, ev.offset[:, None]], axis=1), offset=ev.offset, y=ev.y, w=ev.w,
-                          t=ev.t, n_rows=ev.n_rows)
+                          t=ev.t, n_rows=ev.n_rows, n_tasks=ev.n_tasks)
         if ev.n:
             r, h, f = _newton(ev, prec, cfg.newton_iters, r0)
         else:
@@ -428,7 +464,8 @@ def _fit_mixture(ev: Evidence, cfg: PersonalConfig, n_llms: int, dims: int,
     lz = np.array(logz)
     wts = np.exp(lz - lz.max())
     wts /= wts.sum()
-    return Posterior(means=means, covs_chol=chols, weights=wts, n=ev.n, n_coef=n_llms * (dims + 1))
+    return Posterior(means=means, covs_chol=chols, weights=wts, n=ev.n, n_coef=n_llms * (dims + 1),
+                     n_tasks=ev.n_tasks, n_llms=n_llms)
 
 
 def window_lookback(cfg: PersonalConfig) -> int:
@@ -454,18 +491,45 @@ def window_rows(llm: np.ndarray, cfg: PersonalConfig) -> np.ndarray:
     return np.flatnonzero(keep)
 
 
+def task_columns(tasks: "np.ndarray | list[str | None]", cfg: PersonalConfig) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Which tasks of a user's rows get per-(LLM, task) terms, and each row's block.
+
+    ``tasks``: each row's task (None: the caller named none).  At most ``max_tasks`` tasks, those with the
+    most rows (ties: by name), in name order (so the fit depends on the set of rows only).  Returns
+    (per row: the task's block, -1 for none, a task left out or ``task_sd = 0``; the tasks in block order)."""
+    names = list(tasks)
+    codes = np.full(len(names), -1, np.int64)
+    if cfg.task_sd <= 0 or not names:
+        return codes, ()
+    counts: dict[str, int] = {}
+    for t in names:
+        if t is not None:
+            counts[t] = counts.get(t, 0) + 1
+    if not counts:
+        return codes, ()
+    kept = sorted(sorted(counts, key=lambda t: (-counts[t], t))[: int(cfg.max_tasks)])
+    at = {t: i for i, t in enumerate(kept)}
+    codes[:] = [at.get(t, -1) if t is not None else -1 for t in names]
+    return codes, tuple(kept)
+
+
 def build_evidence(group: np.ndarray, llm: np.ndarray, rating: np.ndarray, z: np.ndarray, scores: np.ndarray,
-                   cfg: PersonalConfig) -> Evidence:
+                   cfg: PersonalConfig, task: np.ndarray | None = None) -> Evidence:
     """Evidence of one user's rated interactions (oldest first).
 
     ``group``: comparison key of each row (rows of one query rated together);
     ``llm``, ``rating`` (normalised); ``z``: (n, 1 + dims) query features;
-    ``scores``: (n, L) the GNN's logits of every LLM for the row's query.
-    A later rating of the same LLM in the same group replaces an earlier one.
+    ``scores``: (n, L) the GNN's logits of every LLM for the row's query;
+    ``task``: each row's task block (:func:`task_columns`; -1: none), or None (no tasks: the evidence
+    is the same as without the argument).  A later rating of the same LLM in the same group replaces an
+    earlier one.
     """
     n, n_llms = scores.shape
     k = z.shape[1]
-    d = n_llms * k
+    task = None if task is None or cfg.task_sd <= 0 else np.asarray(task, np.int64)
+    n_tasks = int(task.max()) + 1 if task is not None and task.size and task.max() >= 0 else 0
+    base = n_llms * k
+    d = base + n_llms * n_tasks
     # last rating of each (group, llm)
     key = np.asarray(group, np.int64) * (n_llms + 1) + np.asarray(llm, np.int64)
     _, last_rev = np.unique(key[::-1], return_index=True)
@@ -485,6 +549,11 @@ def build_evidence(group: np.ndarray, llm: np.ndarray, rating: np.ndarray, z: np
         x = np.zeros((n_, d))
         x[np.arange(n_)[:, None], m_a[:, None] * k + cols] += z[row_a]
         x[np.arange(n_)[:, None], m_b[:, None] * k + cols] -= z[row_b]
+        if n_tasks:  # the per-(LLM, task) terms of each side that named a task
+            for rw, mm, sign in ((row_a, m_a, 1.0), (row_b, m_b, -1.0)):
+                tt = task[rw]
+                on = np.flatnonzero(tt >= 0)
+                x[on, base + tt[on] * n_llms + mm[on]] += sign
         xs.append(x)
         offs.append(scores[row_a, m_a] - scores[row_b, m_b])
         ys.append(label)
@@ -508,8 +577,13 @@ def build_evidence(group: np.ndarray, llm: np.ndarray, rating: np.ndarray, z: np
     if single.size and cfg.point_weight > 0:
         row = rows[single]
         x = np.zeros((single.size, d))
-        x -= np.tile(z[row], (1, n_llms)) / n_llms
+        x[:, :base] -= np.tile(z[row], (1, n_llms)) / n_llms
         x[np.arange(single.size)[:, None], m[single][:, None] * k + cols] += z[row]
+        if n_tasks:  # this LLM's task term against the task's average LLM
+            tt = task[row]
+            on = np.flatnonzero(tt >= 0)
+            x[on[:, None], base + tt[on][:, None] * n_llms + np.arange(n_llms)] -= 1.0 / n_llms
+            x[on, base + tt[on] * n_llms + m[single][on]] += 1.0
         xs.append(x)
         ts.append(row)
         offs.append(scores[row, m[single]] - scores[row].mean(axis=1))
@@ -531,9 +605,9 @@ def build_evidence(group: np.ndarray, llm: np.ndarray, rating: np.ndarray, z: np
             add(srt[a], sm[a], srt[b], sm[b], (sr[a] > sr[b]).astype(np.float64), float(cfg.point_weight))
     if not xs:
         return Evidence(x=np.zeros((0, d)), offset=np.zeros(0), y=np.zeros(0), w=np.zeros(0), t=np.zeros(0, np.int64),
-                        n_rows=n)
+                        n_rows=n, n_tasks=n_tasks)
     return Evidence(x=np.concatenate(xs), offset=np.concatenate(offs), y=np.concatenate(ys), w=np.concatenate(ws),
-                    t=np.concatenate(ts).astype(np.int64), n_rows=n)
+                    t=np.concatenate(ts).astype(np.int64), n_rows=n, n_tasks=n_tasks)
 
 
 def group_pairs(group: np.ndarray, rating: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
