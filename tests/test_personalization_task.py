@@ -173,3 +173,59 @@ def test_the_task_travels_with_the_log_restart_and_a_second_process_agree(plante
     assert [r["scores"] for r in restarted.route_batch(batch)] == want
     assert follower.sync_feedback() == 120
     assert [r["scores"] for r in follower.route_batch(batch)] == want
+
+
+def test_the_task_over_http_and_the_cli(planted_models, planted_graph, tmp_path, monkeypatch, capsys):
+    """/v1/route and the chat body (field or X-Task header) take and echo it; /v1/feedback stores it; a bad
+    task is a 400 naming it and nothing is stored.  The CLI: ``infer --task``, ``feedback --task``."""
+    import json
+
+    from fastapi.testclient import TestClient
+
+    import gmt_model.data.encoder
+    from gmt_model.serving.cli import main
+    from gmt_model.serving.feedback import FeedbackLog
+    from gmt_model.serving.server import create_app
+
+    g = planted_graph
+    log = tmp_path / "fb.sqlite"
+    router = make_router(planted_models, g, log)
+    q = g.query_text[0]
+    a, b = router.llms[:2]
+    with TestClient(create_app(router)) as c:
+        r = c.post("/v1/route", json={"query_text": q, "user_id": "h", "task": "coding"})
+        assert r.status_code == 200 and r.json()["task"] == "coding"
+        r = c.post("/v1/route", json={"queries": [{"query_text": q, "user_id": "h", "task": "math"}]})
+        assert r.json()["results"][0]["task"] == "math"
+        chat = {"model": "router", "messages": [{"role": "user", "content": q}], "user": "h"}
+        r = c.post("/v1/chat/completions", json=dict(chat, task="coding"))  # no upstream: 404 with the routing
+        assert r.json()["error"]["routing"]["task"] == "coding"
+        r = c.post("/v1/chat/completions", json=chat, headers={"X-Task": "writing"})
+        assert r.json()["error"]["routing"]["task"] == "writing"
+        r = c.post("/v1/feedback", json={"user": "h", "query": q, "preferred": a, "rejected": b, "task": "coding"})
+        assert r.status_code == 200, r.json()
+        r = c.post("/v1/feedback", json={"user": "h", "query": q, "model": a, "rating": 4.0, "task": "math"})
+        assert r.status_code == 200, r.json()
+        n = router.feedback_log.count()
+        for path, body in (("/v1/route", {"query_text": q, "user_id": "h", "task": ""}),
+                           ("/v1/chat/completions", dict(chat, task=7)),
+                           ("/v1/feedback", {"user": "h", "query": q, "model": a, "rating": 4.0, "task": " "})):
+            r = c.post(path, json=body)
+            assert r.status_code == 400 and r.json()["error"]["param"] == "task", (path, r.json())
+        assert router.feedback_log.count() == n
+    assert [x.task for x in FeedbackLog(log).read()] == ["coding", "coding", "math"]
+    # the CLI
+    monkeypatch.setattr(gmt_model.data.encoder, "get_encoder", lambda name=None, **kw: DictEncoder(g))
+    cfg = tmp_path / "router.yaml"
+    cfg.write_text(f"model_path: {{load_model_path: {planted_models[0].best_dir}}}\nrouter: {{feedback_log: {log}}}\n")
+    capsys.readouterr()
+    assert main(["infer", "--config", str(cfg), "--query", q, "--route-only", "--task", "coding"]) == 0
+    assert json.loads(capsys.readouterr().out)["task"] == "coding"
+    assert main(["feedback", "--config", str(cfg), "--user-id", "h", "--query", q, "--preferred", a,
+                 "--rejected", b, "--task", "writing"]) == 0
+    assert json.loads(capsys.readouterr().out)["task"] == "writing"
+    assert main(["feedback", "--config", str(cfg), "--user-id", "h", "--query", q, "--model", a, "--rating", "3",
+                 "--task", ""]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "task" in err and err.count("\n") == 1
+    assert [x.task for x in FeedbackLog(log).read()][-2:] == ["writing", "writing"]
