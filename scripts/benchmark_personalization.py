@@ -34,7 +34,9 @@ MT-Bench human judgments (``../shared/data/mt_bench_human``).
 (r) Cumulative regret over a stream of 500 queries for each kind of user (fixed,
     per category, per unlabelled kind, switched half-way, drifting): greedy,
     Thompson, greedy without change detection, the crowd's choice.
-(q) Offline study of the residual's query features for per-category users (the residual alone):
+(q) Per-category users (and fixed-ranking users) with the category named by the caller as the ``task``
+    of every vote and route, through the router, at k = 20, 50, 100, 200 (``--task-only``: just these);
+    then an offline study of the residual's query features for per-category users (the residual alone):
     shipped PCs, the category known, a label-trained classifier's category, the GNN's query
     representation, a nearest-neighbour kernel (always on, or as a prior component the evidence picks).
 (m) Multi-turn: a held-out judge's turn-2 vote after 20 other votes and the same conversation's turn-1
@@ -243,33 +245,43 @@ def make_router(ckpt: Path, table: dict, encoder_name: str, **options):
     return GMTRouter.from_checkpoint(ckpt, encoder=TableEncoder(table, encoder_name), threads=1, **options)
 
 
-def reveal(router, user: str, votes: list[Vote]) -> None:
+def reveal(router, user: str, votes: list[Vote], task_of=None) -> None:
+    """The votes as pairwise preferences (``task_of(vote)``: the ``task`` the caller names; None: none)."""
     for v in votes:
         if v.label == 0.5:
             continue
         win, lose = (v.a, v.b) if v.label == 1.0 else (v.b, v.a)
-        router.update_user_preference(user, v.query, win, lose)
+        if task_of is None:
+            router.update_user_preference(user, v.query, win, lose)
+        else:  # step 1 (checked, stored) and step 2 (applied), as the server does
+            router.apply_logged(router.log_preference(user, v.query, win, lose, task=task_of(v)))
 
 
-def score_votes(router, user: str, votes: list[Vote]) -> np.ndarray:
-    res = router.route_batch([{"query_text": v.query, "user_id": user, "candidates": [v.a, v.b]} for v in votes])
+def score_votes(router, user: str, votes: list[Vote], task_of=None) -> np.ndarray:
+    res = router.route_batch([{"query_text": v.query, "user_id": user, "candidates": [v.a, v.b],
+                               **({"task": task_of(v)} if task_of is not None else {})} for v in votes])
     return np.array([r["scores"][v.a] for r, v in zip(res, votes)])
 
 
 def k_curve(ckpt: Path, table: dict, encoder_name: str, crowd: CrowdBT, users: dict[str, tuple[list[Vote], list[Vote]]],
-            ks=KS, oracle: dict[str, np.ndarray] | None = None) -> dict:
-    """users: user -> (reveal pool, evaluation votes); returns method -> k -> (auc, ci, n_users)."""
+            ks=KS, oracle: dict[str, np.ndarray] | None = None, task_of=None) -> dict:
+    """users: user -> (reveal pool, evaluation votes); returns method -> k -> (auc, ci, n_users).
+    ``task_of(vote)``: also the router told the kind of work (``task``) of every vote and route
+    ("gmtrouter_task")."""
     out: dict[str, dict[int, tuple]] = defaultdict(dict)
+    methods = [("gmtrouter", {}, None), ("gnn_only", {"personalization": {"enabled": False}}, None)]
+    if task_of is not None:
+        methods.insert(0, ("gmtrouter_task", {}, task_of))
     for k in ks:
         active = {u: (pool[:k], ev) for u, (pool, ev) in users.items() if len(pool) >= k}
         if len(active) < 3:
             continue
-        for name, opts in (("gmtrouter", {}), ("gnn_only", {"personalization": {"enabled": False}})):
+        for name, opts, tasks in methods:
             router = make_router(ckpt, table, encoder_name, **opts)
             scored = {}
             for u, (rev, ev) in active.items():
-                reveal(router, u, rev)
-                scored[u] = (score_votes(router, u, ev), np.array([v.label for v in ev]))
+                reveal(router, u, rev, tasks)
+                scored[u] = (score_votes(router, u, ev, tasks), np.array([v.label for v in ev]))
             out[name][k] = pooled_auc_ci(scored)
         out["crowd_bt"][k] = pooled_auc_ci({u: (crowd.p_a(crowd.strength, ev), np.array([v.label for v in ev]))
                                             for u, (rev, ev) in active.items()})
@@ -282,6 +294,9 @@ def k_curve(ckpt: Path, table: dict, encoder_name: str, crowd: CrowdBT, users: d
 def curve_table(title: str, curve: dict) -> str:
     ks = sorted({k for m in curve.values() for k in m})
     names = {"gmtrouter": "GMTRouter (GNN + online residual)", "gnn_only": "GNN without the online part",
+             "gmtrouter_task": "GMTRouter, the category named by the caller (the `task` field), through the public API",
+             "gmtrouter_task_no_change": "the same, change detection off (`change_prior: 0`)",
+             "per_category_bt": "per-(user, category) BT on the k votes, shrunk to the crowd (the category known)",
              "crowd_bt": "crowd Bradley-Terry", "per_user_bt": "per-user BT on the k votes, shrunk to the crowd",
              "no_forgetting": "GMTRouter without change detection",
              "oracle": "oracle (the planted taste)"}
@@ -707,6 +722,54 @@ def part_q(ckpt: Path, votes, table, llms, categories, seed: int, n_users: int =
     return out
 
 
+def part_q_task(ckpt: Path, votes, table, enc, llms, categories, seed: int, n_users: int,
+                ks=(20, 50, 100, 200)) -> dict:
+    """Per-category users (a random ranking per MT-Bench category, as in (b)) and fixed-ranking users, with
+    the category named by the caller as the ``task`` of every vote revealed (``log_preference`` +
+    ``apply_logged``) and of every route scored (``route_batch``); 300 votes per user, the first k of the
+    first 200 revealed, the last 100 scored.  Beside: the same router without the task, the per-(user,
+    category) Bradley-Terry with the category known, and (b)'s baselines."""
+    rng = np.random.default_rng(seed + 41)
+    items = sorted({(v.qid, v.step, v.query) for v in votes})
+    crowd = CrowdBT(votes, llms)
+    task_of = (lambda v: categories[v.qid])
+    out = {}
+    for kind in ("ranking per MT-Bench category", "fixed ranking"):
+        users = {}
+        for i in range(n_users):
+            if kind == "fixed ranking":
+                rank = {m: r for r, m in enumerate(rng.permutation(llms))}
+                taste = (lambda q, a, b, _i, rank=rank: rank[a] < rank[b])
+            else:
+                per = {c: {m: r for r, m in enumerate(rng.permutation(llms))} for c in sorted(set(categories.values()))}
+                taste = (lambda q, a, b, _i, per=per: per[categories[q[0]]][a] < per[categories[q[0]]][b])
+            name = f"{'task' if kind != 'fixed ranking' else 'fixedtask'}_{i:03d}"
+            vs = random_votes(items, llms, rng, 300, name, taste)
+            users[name] = (vs[:200], vs[200:])
+        print(f"(q) {kind}, the category named as the task: {n_users} users", flush=True)
+        curve = k_curve(ckpt, table, enc, crowd, users, ks=ks, task_of=task_of)
+        if kind != "fixed ranking":
+            for k in ks:  # the same with change detection off
+                router = make_router(ckpt, table, enc, personalization={"change_prior": 0.0})
+                scored = {}
+                for u, (pool, ev) in users.items():
+                    reveal(router, u, pool[:k], task_of)
+                    scored[u] = (score_votes(router, u, ev, task_of), np.array([v.label for v in ev]))
+                curve["gmtrouter_task_no_change"][k] = pooled_auc_ci(scored)
+        for k in ks:
+            scored = {}
+            for u, (pool, ev) in users.items():
+                strength = {c: crowd.user_strength([v for v in pool[:k] if task_of(v) == c]) for c in
+                            set(categories.values())}
+                scored[u] = (np.concatenate([crowd.p_a(strength[task_of(v)], [v]) for v in ev]),
+                             np.array([v.label for v in ev]))
+            curve["per_category_bt"][k] = pooled_auc_ci(scored)
+        print("  " + "  ".join(f"{m} " + "/".join(f"{curve[m][k][0]:.3f}" for k in ks if k in curve[m])
+                              for m in curve), flush=True)
+        out[kind] = curve
+    return out
+
+
 def query_features_table(res: dict, n_users: int) -> str:
     cols = list(next(iter(res["auc"].values())))
     lines = [f"#### (q) The residual alone (no GNN), {n_users} planted users per cell: AUC by query features", "",
@@ -1020,6 +1083,8 @@ def main(argv=None) -> int:
                     "and greedy without change detection")
     ap.add_argument("--regret-users", default="", help="(r): kinds of user, by the start of their name "
                     "(fixed, ranking per, switches, drifts); default all")
+    ap.add_argument("--task-only", action="store_true", help="(q): only the rows with the category named as the "
+                    "task (through the router), not the offline study of query features")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     EPOCHS = args.epochs
@@ -1082,8 +1147,13 @@ def main(argv=None) -> int:
                                          only=tuple(args.regret_users.split(",")) if args.regret_users else None)
         md.append(regret_kinds_table(results["r"], args.stream_steps, args.stream_users))
     if "q" in parts:
-        results["q"] = part_q(ckpt, votes, table, llms, categories, 0)
-        md.append(query_features_table(results["q"], 24))
+        results["q_task"] = part_q_task(ckpt, votes, table, enc, llms, categories, 0, args.planted)
+        for kind, curve in results["q_task"].items():
+            md.append(curve_table(f"(q) {kind}, the category named by the caller as the `task` "
+                                  f"({args.planted} new users; pooled AUC on each user's other votes [95% CI])", curve))
+        if not args.task_only:
+            results["q"] = part_q(ckpt, votes, table, llms, categories, 0)
+            md.append(query_features_table(results["q"], 24))
     if "m" in parts:
         results["m"] = part_m(args.work, paths, votes, table, enc, llms, 0)
         md.append("#### (m) Multi-turn: AUC on the turn-2 vote of a held-out judge's conversation, after 20 of the "
