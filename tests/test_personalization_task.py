@@ -229,3 +229,33 @@ def test_the_task_over_http_and_the_cli(planted_models, planted_graph, tmp_path,
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "task" in err and err.count("\n") == 1
     assert [x.task for x in FeedbackLog(log).read()][-2:] == ["writing", "writing"]
+
+
+def test_a_crowd_like_user_naming_tasks_does_not_chase_the_noise_of_five_votes(planted_models, planted_graph):
+    """As ``test_a_crowd_like_user_does_not_chase_the_noise_of_five_votes`` (issue 16), with every vote and
+    route naming one of three tasks: the task terms do not let 5 votes move a crowd-like user's routing.
+    Break: the wide component alone (``p_wide: 1``) -> 0.735 < 0.75 (the task terms as free in every
+    component as in the per-task one only moves 0.87 to 0.83: not caught here)."""
+    from test_personalization_adaptive import PINNED
+
+    g = planted_graph
+    router = make_router(planted_models, g)
+    pinned = make_router(planted_models, g, personalization=dict(PINNED, task_sd=0.0))
+    texts = sorted({g.query_text[i] for i in np.flatnonzero(g.split_mask("test"))})[:60]
+    tasks = ["coding", "writing", "math"]
+    rng = np.random.default_rng(8)
+    agree = []
+    for u in range(10):
+        user = f"crowdtask{u}"
+        for _ in range(5):
+            q, task = texts[int(rng.integers(len(texts)))], tasks[int(rng.integers(3))]
+            a, b = rng.choice(router.llms, 2, replace=False).tolist()
+            sc = pinned.route_single({"query_text": q, "user_id": user, "candidates": [a, b]})["scores"]
+            p_a = 1.0 / (1.0 + np.exp(-(sc[a] - sc[b])))
+            win, lose = (a, b) if rng.random() < p_a else (b, a)
+            for r in (router, pinned):
+                r.update_user_preference(user, q, win, lose, task=task)
+        batch = [{"query_text": t, "user_id": user, "task": tasks[i % 3]} for i, t in enumerate(texts)]
+        agree.append(np.mean([x["model_name"] == y["model_name"]
+                              for x, y in zip(router.route_batch(batch), pinned.route_batch(batch))]))
+    assert np.mean(agree) >= 0.75, [round(float(a), 2) for a in agree]

@@ -20,6 +20,15 @@ approximate marginal likelihoods, so the evidence decides which prior
 applies.  As votes accumulate the wide component's posterior concentrates
 on the user's own stated preferences, whatever the GNN says.
 
+Tasks: rows whose caller named the kind of work (``task``: "coding", "writing") add
+per-(LLM, task) terms to ``phi`` (a one-hot of the LLM in the task's block; only the
+tasks of the user's window, at most ``max_tasks``): the user's taste for a task is the
+user's overall taste plus a deviation shrunk to 0, the overall taste being shrunk to
+the crowd.  With task terms the wide component splits in two, a taste the same for
+every task (deviations held at ``task_sd * tight / wide``) and one per task (prior sd
+``task_sd``), so a user whose taste does not depend on the task pays nothing for the
+extra terms.  Without tasks the model is exactly the two-component one.
+
 Evidence, from the user's rated interactions:
 
 * pairs: two LLMs rated differently for the same query (same comparison
@@ -96,10 +105,13 @@ class PersonalConfig:
     #: only the new taste in view)
     change_lookback: int = 240
     #: per-(LLM, task) terms for rows whose caller named a ``task`` (the kind of work: "coding", "writing"):
-    #: their prior std (logit units) in the idiosyncratic component, scaled by tight / wide in the crowd-like
-    #: one (as ``gnn_weight_sd``).  A user's taste for one task is the user's overall taste (the per-LLM
+    #: their prior std (logit units) in the per-task component (below); the other components hold them at
+    #: ``task_sd * tight / wide``.  A user's taste for one task is the user's overall taste (the per-LLM
     #: terms, shrunk to the crowd) plus these deviations, shrunk to 0.  0 = the task is ignored
-    task_sd: float = 1.5
+    task_sd: float = 3.0
+    #: with task terms the idiosyncratic component (``p_wide``) is split: a taste that depends on the task
+    #: (prior weight ``p_wide * p_task``) or not (``p_wide * (1 - p_task)``); the evidence decides
+    p_task: float = 0.5
     #: at most this many tasks get terms per user: those with the most rows in the user's window (cost bounded)
     max_tasks: int = 16
 
@@ -115,8 +127,10 @@ class PersonalConfig:
             v = getattr(cfg, k)
             if not isinstance(v, (int, float)) or not v > 0 or not math.isfinite(v):
                 raise ValueError(f"{where}.{k}: expected a positive number, got {v!r}")
-        if not 0.0 <= cfg.p_wide <= 1.0:
-            raise ValueError(f"{where}.p_wide: expected a number in [0, 1], got {cfg.p_wide!r}")
+        for k in ("p_wide", "p_task"):
+            v = getattr(cfg, k)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+                raise ValueError(f"{where}.{k}: expected a number in [0, 1], got {v!r}")
         if cfg.point_weight < 0:
             raise ValueError(f"{where}.point_weight: expected >= 0, got {cfg.point_weight!r}")
         if not 0.0 <= cfg.change_prior < 1.0 or isinstance(cfg.change_prior, bool):
@@ -283,17 +297,19 @@ class Posterior:
 
     @property
     def p_wide(self) -> float:
-        return float(self.weights[-1])
+        """The posterior probability that the user is unlike the crowd (every component but the tight one)."""
+        return float(1.0 - self.weights[0]) if len(self.weights) > 1 else 0.0
 
 
-def _prior_precision(cfg: PersonalConfig, n_llms: int, dims: int, std: float, n_tasks: int = 0) -> np.ndarray:
+def _prior_precision(cfg: PersonalConfig, n_llms: int, dims: int, std: float, n_tasks: int = 0,
+                     per_task: bool = False) -> np.ndarray:
     """Prior precisions of one component (LLM terms of prior std ``std``): the per-LLM blocks, the
-    per-(LLM, task) blocks (``task_sd``, scaled as the GNN weight's: tight / wide in the crowd-like
-    component, so a crowd-like user's tasks stay near its overall taste), then the GNN weight."""
+    per-(LLM, task) blocks (``task_sd`` in the per-task component, ``task_sd * tight / wide`` in the
+    others: their user's tasks stay near its overall taste), then the GNN weight."""
     per = np.r_[1.0, np.full(dims, cfg.query_scale)] * std
     prec = np.tile(1.0 / per ** 2, n_llms)
     if n_tasks:
-        sd = cfg.task_sd * min(1.0, std / cfg.wide)
+        sd = cfg.task_sd if per_task else cfg.task_sd * min(1.0, cfg.tight / cfg.wide)
         prec = np.r_[prec, np.full(n_tasks * n_llms, 1.0 / sd ** 2)]
     if cfg.gnn_weight_sd > 0:
         sd = cfg.gnn_weight_sd * min(1.0, std / cfg.wide)
@@ -441,12 +457,18 @@ def detect_change(ev: Evidence, cfg: PersonalConfig, n_llms: int, dims: int) -> 
 
 def _fit_mixture(ev: Evidence, cfg: PersonalConfig, n_llms: int, dims: int,
                  init: "Posterior | None" = None) -> Posterior:
-    """The mixture posterior of one user's residual given the evidence."""
-    comps = [(1.0 - cfg.p_wide, cfg.tight), (cfg.p_wide, cfg.wide)]
+    """The mixture posterior of one user's residual given the evidence.  With task terms (rows that named
+    a task) the idiosyncratic component is split in two: one whose user's taste is the same for every
+    task (task terms as tight as the crowd-like component's) and one with per-task tastes (``task_sd``),
+    prior weights ``p_wide * (1 - p_task)`` and ``p_wide * p_task``: the evidence decides whether this
+    user's taste depends on the task, so a user whose taste does not is not charged for the task terms."""
+    comps = [(1.0 - cfg.p_wide, cfg.tight, False), (cfg.p_wide, cfg.wide, False)]
+    if ev.n_tasks:
+        comps = [comps[0], (cfg.p_wide * (1.0 - cfg.p_task), cfg.wide, False), (cfg.p_wide * cfg.p_task, cfg.wide, True)]
     means, chols, logz = [], [], []
     starts = list(init.means) if init is not None and len(init.means) == len(comps) else [None] * len(comps)
-    for (prior_w, std), r0 in zip(comps, starts):
-        prec = _prior_precision(cfg, n_llms, dims, std, ev.n_tasks)
+    for (prior_w, std, per_task), r0 in zip(comps, starts):
+        prec = _prior_precision(cfg, n_llms, dims, std, ev.n_tasks, per_task)
         if prec.size > ev.x.shape[1]:  # the GNN weight's column: the GNN logit itself
             ev = Evidence(x=np.concatenate([ev.x, ev.offset[:, None]], axis=1), offset=ev.offset, y=ev.y, w=ev.w,
                           t=ev.t, n_rows=ev.n_rows, n_tasks=ev.n_tasks)
