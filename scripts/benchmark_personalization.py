@@ -727,8 +727,9 @@ def part_q_task(ckpt: Path, votes, table, enc, llms, categories, seed: int, n_us
     """Per-category users (a random ranking per MT-Bench category, as in (b)) and fixed-ranking users, with
     the category named by the caller as the ``task`` of every vote revealed (``log_preference`` +
     ``apply_logged``) and of every route scored (``route_batch``); 300 votes per user, the first k of the
-    first 200 revealed, the last 100 scored.  Beside: the same router without the task, the per-(user,
-    category) Bradley-Terry with the category known, and (b)'s baselines."""
+    first 200 revealed, the last 100 scored (fixed-ranking users: the first two k only).  Beside: the same
+    router without the task, the per-(user, category) Bradley-Terry with the category known, and (b)'s
+    baselines."""
     rng = np.random.default_rng(seed + 41)
     items = sorted({(v.qid, v.step, v.query) for v in votes})
     crowd = CrowdBT(votes, llms)
@@ -747,7 +748,7 @@ def part_q_task(ckpt: Path, votes, table, enc, llms, categories, seed: int, n_us
             vs = random_votes(items, llms, rng, 300, name, taste)
             users[name] = (vs[:200], vs[200:])
         print(f"(q) {kind}, the category named as the task: {n_users} users", flush=True)
-        curve = k_curve(ckpt, table, enc, crowd, users, ks=ks, task_of=task_of)
+        curve = k_curve(ckpt, table, enc, crowd, users, ks=ks if kind != "fixed ranking" else ks[:2], task_of=task_of)
         if kind != "fixed ranking":
             for k in ks:  # the same with change detection off
                 router = make_router(ckpt, table, enc, personalization={"change_prior": 0.0})
@@ -756,7 +757,7 @@ def part_q_task(ckpt: Path, votes, table, enc, llms, categories, seed: int, n_us
                     reveal(router, u, pool[:k], task_of)
                     scored[u] = (score_votes(router, u, ev, task_of), np.array([v.label for v in ev]))
                 curve["gmtrouter_task_no_change"][k] = pooled_auc_ci(scored)
-        for k in ks:
+        for k in (ks if kind != "fixed ranking" else ks[:2]):
             scored = {}
             for u, (pool, ev) in users.items():
                 strength = {c: crowd.user_strength([v for v in pool[:k] if task_of(v) == c]) for c in
