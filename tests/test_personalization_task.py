@@ -259,3 +259,32 @@ def test_a_crowd_like_user_naming_tasks_does_not_chase_the_noise_of_five_votes(p
         agree.append(np.mean([x["model_name"] == y["model_name"]
                               for x, y in zip(router.route_batch(batch), pinned.route_batch(batch))]))
     assert np.mean(agree) >= 0.75, [round(float(a), 2) for a in agree]
+
+
+def test_a_switched_user_naming_a_task_is_followed(planted_models, planted_graph):
+    """As ``test_a_switched_user_is_followed`` (issue 16), every vote and route naming the same task: change
+    detection still fires and the router follows the new taste."""
+    from test_personalization import crowd_reversed_rank, taste_votes
+
+    g = planted_graph
+    router = make_router(planted_models, g)
+    new = crowd_reversed_rank(router)
+    old = {m: len(new) - 1 - r for m, r in new.items()}
+
+    def reveal(votes):
+        for q, a, b, y in votes:
+            win, lose = (a, b) if y == 1.0 else (b, a)
+            router.update_user_preference("switcher", q, win, lose, task="chat")
+
+    def auc(votes):
+        res = router.route_batch([{"query_text": q, "user_id": "switcher", "candidates": [a, b], "task": "chat"}
+                                  for q, a, b, _ in votes])
+        p = np.array([r["scores"][a] for r, (q, a, b, _) in zip(res, votes)])
+        return float(pairwise_auc(p, 1 - p, np.array([v[3] for v in votes])))
+
+    reveal(taste_votes(g, old, 100, seed=5, split="training"))
+    test_votes = taste_votes(g, new, 150, seed=6)
+    assert auc(test_votes) < 0.2
+    reveal(taste_votes(g, new, 20, seed=7, split="training"))
+    assert auc(test_votes) >= 0.8
+    assert router.posterior("switcher").recent_rows is not None and router.posterior("switcher").tasks == ("chat",)
