@@ -723,7 +723,7 @@ def part_q(ckpt: Path, votes, table, llms, categories, seed: int, n_users: int =
 
 
 def part_q_task(ckpt: Path, votes, table, enc, llms, categories, seed: int, n_users: int,
-                ks=(20, 50, 100, 200)) -> dict:
+                ks=(20, 50, 100, 200), kinds=("ranking per MT-Bench category", "fixed ranking")) -> dict:
     """Per-category users (a random ranking per MT-Bench category, as in (b)) and fixed-ranking users, with
     the category named by the caller as the ``task`` of every vote revealed (``log_preference`` +
     ``apply_logged``) and of every route scored (``route_batch``); 300 votes per user, the first k of the
@@ -735,7 +735,7 @@ def part_q_task(ckpt: Path, votes, table, enc, llms, categories, seed: int, n_us
     crowd = CrowdBT(votes, llms)
     task_of = (lambda v: categories[v.qid])
     out = {}
-    for kind in ("ranking per MT-Bench category", "fixed ranking"):
+    for kind in kinds:
         users = {}
         for i in range(n_users):
             if kind == "fixed ranking":
@@ -1086,6 +1086,8 @@ def main(argv=None) -> int:
                     "(fixed, ranking per, switches, drifts); default all")
     ap.add_argument("--task-only", action="store_true", help="(q): only the rows with the category named as the "
                     "task (through the router), not the offline study of query features")
+    ap.add_argument("--task-kinds", default="category,fixed", help="(q): the users with the category named as "
+                    "the task: category (a ranking per category), fixed (one ranking)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     EPOCHS = args.epochs
@@ -1148,7 +1150,9 @@ def main(argv=None) -> int:
                                          only=tuple(args.regret_users.split(",")) if args.regret_users else None)
         md.append(regret_kinds_table(results["r"], args.stream_steps, args.stream_users))
     if "q" in parts:
-        results["q_task"] = part_q_task(ckpt, votes, table, enc, llms, categories, 0, args.planted)
+        kinds = {"category": "ranking per MT-Bench category", "fixed": "fixed ranking"}
+        results["q_task"] = part_q_task(ckpt, votes, table, enc, llms, categories, 0, args.planted,
+                                        kinds=tuple(kinds[k] for k in args.task_kinds.split(",")))
         for kind, curve in results["q_task"].items():
             md.append(curve_table(f"(q) {kind}, the category named by the caller as the `task` "
                                   f"({args.planted} new users; pooled AUC on each user's other votes [95% CI])", curve))
