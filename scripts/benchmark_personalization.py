@@ -295,7 +295,7 @@ def curve_table(title: str, curve: dict) -> str:
     ks = sorted({k for m in curve.values() for k in m})
     names = {"gmtrouter": "GMTRouter (GNN + online residual)", "gnn_only": "GNN without the online part",
              "gmtrouter_task": "GMTRouter, the category named by the caller (the `task` field), through the public API",
-             "gmtrouter_task_no_change": "the same, change detection off (`change_prior: 0`)",
+             "gmtrouter_task_no_change": "GMTRouter, the task named, change detection off (`change_prior: 0`)",
              "per_category_bt": "per-(user, category) BT on the k votes, shrunk to the crowd (the category known)",
              "crowd_bt": "crowd Bradley-Terry", "per_user_bt": "per-user BT on the k votes, shrunk to the crowd",
              "no_forgetting": "GMTRouter without change detection",
@@ -723,11 +723,11 @@ def part_q(ckpt: Path, votes, table, llms, categories, seed: int, n_users: int =
 
 
 def part_q_task(ckpt: Path, votes, table, enc, llms, categories, seed: int, n_users: int,
-                ks=(20, 50, 100, 200), kinds=("ranking per MT-Bench category", "fixed ranking")) -> dict:
+                ks=(20, 50, 100, 200), kinds=("ranking per MT-Bench category", "fixed ranking"), answers=None) -> dict:
     """Per-category users (a random ranking per MT-Bench category, as in (b)) and fixed-ranking users, with
     the category named by the caller as the ``task`` of every vote revealed (``log_preference`` +
     ``apply_logged``) and of every route scored (``route_batch``); 300 votes per user, the first k of the
-    first 200 revealed, the last 100 scored (fixed-ranking users: the first two k only).  Beside: the same
+    first 200 revealed, the last 100 scored (fixed-ranking users: (b)'s users and votes, the first two k only).  Beside: the same
     router without the task, the per-(user, category) Bradley-Terry with the category known, and (b)'s
     baselines."""
     rng = np.random.default_rng(seed + 41)
@@ -737,7 +737,10 @@ def part_q_task(ckpt: Path, votes, table, enc, llms, categories, seed: int, n_us
     out = {}
     for kind in kinds:
         users = {}
-        for i in range(n_users):
+        if kind == "fixed ranking" and answers is not None:  # (b)'s fixed-ranking users, the same votes
+            users = {u: (vs[:200], vs[200:]) for u, (k_, vs) in
+                     planted_users(votes, answers, categories, llms, n_users, 300, 0).items() if k_ == kind}
+        for i in range(n_users if not users else 0):
             if kind == "fixed ranking":
                 rank = {m: r for r, m in enumerate(rng.permutation(llms))}
                 taste = (lambda q, a, b, _i, rank=rank: rank[a] < rank[b])
@@ -1152,7 +1155,7 @@ def main(argv=None) -> int:
     if "q" in parts:
         kinds = {"category": "ranking per MT-Bench category", "fixed": "fixed ranking"}
         results["q_task"] = part_q_task(ckpt, votes, table, enc, llms, categories, 0, args.planted,
-                                        kinds=tuple(kinds[k] for k in args.task_kinds.split(",")))
+                                        kinds=tuple(kinds[k] for k in args.task_kinds.split(",")), answers=answers)
         for kind, curve in results["q_task"].items():
             md.append(curve_table(f"(q) {kind}, the category named by the caller as the `task` "
                                   f"({args.planted} new users; pooled AUC on each user's other votes [95% CI])", curve))
