@@ -418,11 +418,21 @@ def part_c(ckpt: Path, votes, table, enc, llms, seed: int, n_users: int, steps: 
     return out
 
 
-def part_d(ckpt: Path, votes, table, enc, llms, levels=(0, 20, 50, 100, 300), n: int = 40):
-    """Cost of routing and of one feedback for a user who has given ``level`` votes."""
+def part_d(ckpt: Path, votes, table, enc, llms, levels=(0, 20, 50, 100, 300), n: int = 40, categories=None):
+    """Cost of routing and of one feedback for a user who has given ``level`` votes.  ``categories``: the
+    same for a second user (a router of its own, same process) who names each vote's and route's MT-Bench
+    category as the ``task`` (8 tasks): returned under ``"task"``."""
+    out = _cost_user(ckpt, votes, table, enc, llms, levels, n, None)
+    if categories is not None:
+        out["task"] = _cost_user(ckpt, votes, table, enc, llms, levels, n, categories)
+    return out
+
+
+def _cost_user(ckpt: Path, votes, table, enc, llms, levels, n: int, categories):
     router = make_router(ckpt, table, enc)
     items = sorted({(v.qid, v.step, v.query) for v in votes})
     rng = np.random.default_rng(0)
+    task_of = {q: categories[qid] for qid, _, q in items} if categories is not None else None
 
     def vote():
         q = items[int(rng.integers(len(items)))][2]
@@ -432,22 +442,26 @@ def part_d(ckpt: Path, votes, table, enc, llms, levels=(0, 20, 50, 100, 300), n:
     def pct(x, p):
         return float(np.percentile(np.array(x) * 1000, p))
 
+    def task(q):
+        return {} if task_of is None else {"task": task_of[q]}
+
     out, given = {}, 0
     for level in levels:
         while given < level:
-            router.update_user_preference("cost_user", *vote())
+            q, a, b = vote()
+            router.update_user_preference("cost_user", q, a, b, **task(q))
             given += 1
         route, fb, fb_route = [], [], []
         for _ in range(n):
             q, a, b = vote()
-            router.route_single({"query_text": q, "user_id": "cost_user"})  # warm: posterior current
+            router.route_single({"query_text": q, "user_id": "cost_user", **task(q)})  # warm: posterior current
             t0 = time.perf_counter()
-            router.route_single({"query_text": q, "user_id": "cost_user"})
+            router.route_single({"query_text": q, "user_id": "cost_user", **task(q)})
             route.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            router.update_user_preference("cost_user", q, a, b)
+            router.update_user_preference("cost_user", q, a, b, **task(q))
             t1 = time.perf_counter()
-            router.route_single({"query_text": q, "user_id": "cost_user"})
+            router.route_single({"query_text": q, "user_id": "cost_user", **task(q)})
             t2 = time.perf_counter()
             fb.append(t1 - t0)
             fb_route.append(t2 - t0)
@@ -455,7 +469,8 @@ def part_d(ckpt: Path, votes, table, enc, llms, levels=(0, 20, 50, 100, 300), n:
         out[level] = {"route_p50": pct(route, 50), "route_p99": pct(route, 99), "feedback_p50": pct(fb, 50),
                       "feedback_p99": pct(fb, 99), "feedback_route_p50": pct(fb_route, 50),
                       "feedback_route_p99": pct(fb_route, 99)}
-        print(f"(d) after {level} votes: " + ", ".join(f"{k} {v:.2f} ms" for k, v in out[level].items()), flush=True)
+        print(f"(d) after {level} votes{' (tasks named)' if task_of else ''}: "
+              + ", ".join(f"{k} {v:.2f} ms" for k, v in out[level].items()), flush=True)
     return out
 
 
@@ -839,9 +854,12 @@ def cost_table(res: dict) -> str:
     rows = ["#### (d) Cost by the user's number of votes (one process, 1 torch thread; ms)", "",
             "| votes given | route_single p50 / p99 | one feedback p50 / p99 | feedback + next route p50 / p99 |",
             "|---|---|---|---|"]
-    for level, r in res.items():
-        rows.append(f"| {level} | {r['route_p50']:.2f} / {r['route_p99']:.2f} | {r['feedback_p50']:.2f} / "
-                    f"{r['feedback_p99']:.2f} | {r['feedback_route_p50']:.2f} / {r['feedback_route_p99']:.2f} |")
+    for name, part in (("", res), (", the category named as the task", res.get("task", {}))):
+        for level, r in part.items():
+            if level == "task":
+                continue
+            rows.append(f"| {level}{name} | {r['route_p50']:.2f} / {r['route_p99']:.2f} | {r['feedback_p50']:.2f} / "
+                        f"{r['feedback_p99']:.2f} | {r['feedback_route_p50']:.2f} / {r['feedback_route_p99']:.2f} |")
     return "\n".join(rows) + "\n"
 
 
@@ -1133,7 +1151,7 @@ def main(argv=None) -> int:
         results["c"] = part_c(ckpt, votes, table, enc, llms, 0, args.stream_users, args.stream_steps)
         md.append(regret_table(results["c"], args.stream_steps, args.stream_users))
     if "d" in parts:
-        results["d"] = part_d(ckpt, votes, table, enc, llms)
+        results["d"] = part_d(ckpt, votes, table, enc, llms, categories=categories)
         md.append(cost_table(results["d"]))
     if "k" in parts:
         results["k"] = part_kinds(ckpt, votes, table, enc, llms, 0, args.planted)

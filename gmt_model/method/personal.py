@@ -113,7 +113,7 @@ class PersonalConfig:
     #: (prior weight ``p_wide * p_task``) or not (``p_wide * (1 - p_task)``); the evidence decides
     p_task: float = 0.5
     #: at most this many tasks get terms per user: those with the most rows in the user's window (cost bounded)
-    max_tasks: int = 16
+    max_tasks: int = 8
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None, where: str = "personalization") -> "PersonalConfig":
