@@ -51,6 +51,7 @@ numpy only; no torch here.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -455,8 +456,35 @@ def detect_change(ev: Evidence, cfg: PersonalConfig, n_llms: int, dims: int) -> 
     return int(cand[best])
 
 
+_BLAS: Any = None
+
+
+def _one_blas_thread() -> Any:
+    """A context in which numpy's BLAS runs on one thread: a user's fit is a few small matrices, and BLAS
+    threads only contend (measured: a fit with 8 tasks' terms, 79 columns, took 15x longer with OpenBLAS's
+    two threads on a loaded 2-core machine).  Uses threadpoolctl (scikit-learn's dependency); without it,
+    nothing changes."""
+    global _BLAS
+    if _BLAS is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            _BLAS = ThreadpoolController()
+        except Exception:  # noqa: BLE001 - optional
+            _BLAS = False
+    return _BLAS.limit(limits=1, user_api="blas") if _BLAS else contextlib.nullcontext()
+
+
 def _fit_mixture(ev: Evidence, cfg: PersonalConfig, n_llms: int, dims: int,
                  init: "Posterior | None" = None) -> Posterior:
+    if ev.n_tasks:  # the task terms widen the problem past OpenBLAS's threading threshold
+        with _one_blas_thread():
+            return _fit_components(ev, cfg, n_llms, dims, init)
+    return _fit_components(ev, cfg, n_llms, dims, init)
+
+
+def _fit_components(ev: Evidence, cfg: PersonalConfig, n_llms: int, dims: int,
+                    init: "Posterior | None" = None) -> Posterior:
     """The mixture posterior of one user's residual given the evidence.  With task terms (rows that named
     a task) the idiosyncratic component is split in two: one whose user's taste is the same for every
     task (task terms as tight as the crowd-like component's) and one with per-task tastes (``task_sd``),
