@@ -13,7 +13,8 @@ The router is a facade over four parts:
   estimate of added LLMs.
 
 Scores: for a user with history, ``s = (blend(gnn, cold) + crowd) * g + residual``
-(``g``: the user's GNN weight, ``residual``: :mod:`gmt_model.method.personal`);
+(``g``: the user's GNN weight, ``residual``: :mod:`gmt_model.method.personal`, plus the user's terms for
+the request's ``task`` when the caller names one the user's feedback named);
 for an unknown user, the crowd-calibrated cold-start scores ``+ crowd``.
 ``crowd`` is 0 for trained LLMs; for an added LLM it is the shared, query-dependent
 strength everybody's feedback on it taught (:class:`~gmt_model.serving.llm_pool.CrowdEstimate`).
