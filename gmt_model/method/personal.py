@@ -299,7 +299,9 @@ class Posterior:
     @property
     def p_wide(self) -> float:
         """The posterior probability that the user is unlike the crowd (every component but the tight one)."""
-        return float(1.0 - self.weights[0]) if len(self.weights) > 1 else 0.0
+        if len(self.weights) <= 2:
+            return float(self.weights[-1])
+        return float(self.weights[1:].sum())
 
 
 def _prior_precision(cfg: PersonalConfig, n_llms: int, dims: int, std: float, n_tasks: int = 0,
