@@ -34,7 +34,9 @@ MT-Bench human judgments (``../shared/data/mt_bench_human``).
 (r) Cumulative regret over a stream of 500 queries for each kind of user (fixed,
     per category, per unlabelled kind, switched half-way, drifting): greedy,
     Thompson, greedy without change detection, the crowd's choice.
-(q) Offline study of the residual's query features for per-category users (the residual alone):
+(q) Per-category users (and fixed-ranking users) with the category named by the caller as the ``task``
+    of every vote and route, through the router, at k = 20, 50, 100, 200 (``--task-only``: just these);
+    then an offline study of the residual's query features for per-category users (the residual alone):
     shipped PCs, the category known, a label-trained classifier's category, the GNN's query
     representation, a nearest-neighbour kernel (always on, or as a prior component the evidence picks).
 (m) Multi-turn: a held-out judge's turn-2 vote after 20 other votes and the same conversation's turn-1
@@ -243,33 +245,43 @@ def make_router(ckpt: Path, table: dict, encoder_name: str, **options):
     return GMTRouter.from_checkpoint(ckpt, encoder=TableEncoder(table, encoder_name), threads=1, **options)
 
 
-def reveal(router, user: str, votes: list[Vote]) -> None:
+def reveal(router, user: str, votes: list[Vote], task_of=None) -> None:
+    """The votes as pairwise preferences (``task_of(vote)``: the ``task`` the caller names; None: none)."""
     for v in votes:
         if v.label == 0.5:
             continue
         win, lose = (v.a, v.b) if v.label == 1.0 else (v.b, v.a)
-        router.update_user_preference(user, v.query, win, lose)
+        if task_of is None:
+            router.update_user_preference(user, v.query, win, lose)
+        else:  # step 1 (checked, stored) and step 2 (applied), as the server does
+            router.apply_logged(router.log_preference(user, v.query, win, lose, task=task_of(v)))
 
 
-def score_votes(router, user: str, votes: list[Vote]) -> np.ndarray:
-    res = router.route_batch([{"query_text": v.query, "user_id": user, "candidates": [v.a, v.b]} for v in votes])
+def score_votes(router, user: str, votes: list[Vote], task_of=None) -> np.ndarray:
+    res = router.route_batch([{"query_text": v.query, "user_id": user, "candidates": [v.a, v.b],
+                               **({"task": task_of(v)} if task_of is not None else {})} for v in votes])
     return np.array([r["scores"][v.a] for r, v in zip(res, votes)])
 
 
 def k_curve(ckpt: Path, table: dict, encoder_name: str, crowd: CrowdBT, users: dict[str, tuple[list[Vote], list[Vote]]],
-            ks=KS, oracle: dict[str, np.ndarray] | None = None) -> dict:
-    """users: user -> (reveal pool, evaluation votes); returns method -> k -> (auc, ci, n_users)."""
+            ks=KS, oracle: dict[str, np.ndarray] | None = None, task_of=None) -> dict:
+    """users: user -> (reveal pool, evaluation votes); returns method -> k -> (auc, ci, n_users).
+    ``task_of(vote)``: also the router told the kind of work (``task``) of every vote and route
+    ("gmtrouter_task")."""
     out: dict[str, dict[int, tuple]] = defaultdict(dict)
+    methods = [("gmtrouter", {}, None), ("gnn_only", {"personalization": {"enabled": False}}, None)]
+    if task_of is not None:
+        methods.insert(0, ("gmtrouter_task", {}, task_of))
     for k in ks:
         active = {u: (pool[:k], ev) for u, (pool, ev) in users.items() if len(pool) >= k}
         if len(active) < 3:
             continue
-        for name, opts in (("gmtrouter", {}), ("gnn_only", {"personalization": {"enabled": False}})):
+        for name, opts, tasks in methods:
             router = make_router(ckpt, table, encoder_name, **opts)
             scored = {}
             for u, (rev, ev) in active.items():
-                reveal(router, u, rev)
-                scored[u] = (score_votes(router, u, ev), np.array([v.label for v in ev]))
+                reveal(router, u, rev, tasks)
+                scored[u] = (score_votes(router, u, ev, tasks), np.array([v.label for v in ev]))
             out[name][k] = pooled_auc_ci(scored)
         out["crowd_bt"][k] = pooled_auc_ci({u: (crowd.p_a(crowd.strength, ev), np.array([v.label for v in ev]))
                                             for u, (rev, ev) in active.items()})
@@ -282,6 +294,9 @@ def k_curve(ckpt: Path, table: dict, encoder_name: str, crowd: CrowdBT, users: d
 def curve_table(title: str, curve: dict) -> str:
     ks = sorted({k for m in curve.values() for k in m})
     names = {"gmtrouter": "GMTRouter (GNN + online residual)", "gnn_only": "GNN without the online part",
+             "gmtrouter_task": "GMTRouter, the category named by the caller (the `task` field), through the public API",
+             "gmtrouter_task_no_change": "GMTRouter, the task named, change detection off (`change_prior: 0`)",
+             "per_category_bt": "per-(user, category) BT on the k votes, shrunk to the crowd (the category known)",
              "crowd_bt": "crowd Bradley-Terry", "per_user_bt": "per-user BT on the k votes, shrunk to the crowd",
              "no_forgetting": "GMTRouter without change detection",
              "oracle": "oracle (the planted taste)"}
@@ -403,11 +418,21 @@ def part_c(ckpt: Path, votes, table, enc, llms, seed: int, n_users: int, steps: 
     return out
 
 
-def part_d(ckpt: Path, votes, table, enc, llms, levels=(0, 20, 50, 100, 300), n: int = 40):
-    """Cost of routing and of one feedback for a user who has given ``level`` votes."""
+def part_d(ckpt: Path, votes, table, enc, llms, levels=(0, 20, 50, 100, 300), n: int = 40, categories=None):
+    """Cost of routing and of one feedback for a user who has given ``level`` votes.  ``categories``: the
+    same for a second user (a router of its own, same process) who names each vote's and route's MT-Bench
+    category as the ``task`` (8 tasks): returned under ``"task"``."""
+    out = _cost_user(ckpt, votes, table, enc, llms, levels, n, None)
+    if categories is not None:
+        out["task"] = _cost_user(ckpt, votes, table, enc, llms, levels, n, categories)
+    return out
+
+
+def _cost_user(ckpt: Path, votes, table, enc, llms, levels, n: int, categories):
     router = make_router(ckpt, table, enc)
     items = sorted({(v.qid, v.step, v.query) for v in votes})
     rng = np.random.default_rng(0)
+    task_of = {q: categories[qid] for qid, _, q in items} if categories is not None else None
 
     def vote():
         q = items[int(rng.integers(len(items)))][2]
@@ -417,22 +442,26 @@ def part_d(ckpt: Path, votes, table, enc, llms, levels=(0, 20, 50, 100, 300), n:
     def pct(x, p):
         return float(np.percentile(np.array(x) * 1000, p))
 
+    def task(q):
+        return {} if task_of is None else {"task": task_of[q]}
+
     out, given = {}, 0
     for level in levels:
         while given < level:
-            router.update_user_preference("cost_user", *vote())
+            q, a, b = vote()
+            router.update_user_preference("cost_user", q, a, b, **task(q))
             given += 1
         route, fb, fb_route = [], [], []
         for _ in range(n):
             q, a, b = vote()
-            router.route_single({"query_text": q, "user_id": "cost_user"})  # warm: posterior current
+            router.route_single({"query_text": q, "user_id": "cost_user", **task(q)})  # warm: posterior current
             t0 = time.perf_counter()
-            router.route_single({"query_text": q, "user_id": "cost_user"})
+            router.route_single({"query_text": q, "user_id": "cost_user", **task(q)})
             route.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            router.update_user_preference("cost_user", q, a, b)
+            router.update_user_preference("cost_user", q, a, b, **task(q))
             t1 = time.perf_counter()
-            router.route_single({"query_text": q, "user_id": "cost_user"})
+            router.route_single({"query_text": q, "user_id": "cost_user", **task(q)})
             t2 = time.perf_counter()
             fb.append(t1 - t0)
             fb_route.append(t2 - t0)
@@ -440,7 +469,8 @@ def part_d(ckpt: Path, votes, table, enc, llms, levels=(0, 20, 50, 100, 300), n:
         out[level] = {"route_p50": pct(route, 50), "route_p99": pct(route, 99), "feedback_p50": pct(fb, 50),
                       "feedback_p99": pct(fb, 99), "feedback_route_p50": pct(fb_route, 50),
                       "feedback_route_p99": pct(fb_route, 99)}
-        print(f"(d) after {level} votes: " + ", ".join(f"{k} {v:.2f} ms" for k, v in out[level].items()), flush=True)
+        print(f"(d) after {level} votes{' (tasks named)' if task_of else ''}: "
+              + ", ".join(f"{k} {v:.2f} ms" for k, v in out[level].items()), flush=True)
     return out
 
 
@@ -707,6 +737,58 @@ def part_q(ckpt: Path, votes, table, llms, categories, seed: int, n_users: int =
     return out
 
 
+def part_q_task(ckpt: Path, votes, table, enc, llms, categories, seed: int, n_users: int,
+                ks=(20, 50, 100, 200), kinds=("ranking per MT-Bench category", "fixed ranking"), answers=None) -> dict:
+    """Per-category users (a random ranking per MT-Bench category, as in (b)) and fixed-ranking users, with
+    the category named by the caller as the ``task`` of every vote revealed (``log_preference`` +
+    ``apply_logged``) and of every route scored (``route_batch``); 300 votes per user, the first k of the
+    first 200 revealed, the last 100 scored (fixed-ranking users: (b)'s users and votes, the first two k only).  Beside: the same
+    router without the task, the per-(user, category) Bradley-Terry with the category known, and (b)'s
+    baselines."""
+    rng = np.random.default_rng(seed + 41)
+    items = sorted({(v.qid, v.step, v.query) for v in votes})
+    crowd = CrowdBT(votes, llms)
+    task_of = (lambda v: categories[v.qid])
+    out = {}
+    for kind in kinds:
+        users = {}
+        if kind == "fixed ranking" and answers is not None:  # (b)'s fixed-ranking users, the same votes
+            users = {u: (vs[:200], vs[200:]) for u, (k_, vs) in
+                     planted_users(votes, answers, categories, llms, n_users, 300, 0).items() if k_ == kind}
+        for i in range(n_users if not users else 0):
+            if kind == "fixed ranking":
+                rank = {m: r for r, m in enumerate(rng.permutation(llms))}
+                taste = (lambda q, a, b, _i, rank=rank: rank[a] < rank[b])
+            else:
+                per = {c: {m: r for r, m in enumerate(rng.permutation(llms))} for c in sorted(set(categories.values()))}
+                taste = (lambda q, a, b, _i, per=per: per[categories[q[0]]][a] < per[categories[q[0]]][b])
+            name = f"{'task' if kind != 'fixed ranking' else 'fixedtask'}_{i:03d}"
+            vs = random_votes(items, llms, rng, 300, name, taste)
+            users[name] = (vs[:200], vs[200:])
+        print(f"(q) {kind}, the category named as the task: {n_users} users", flush=True)
+        curve = k_curve(ckpt, table, enc, crowd, users, ks=ks if kind != "fixed ranking" else ks[:2], task_of=task_of)
+        if kind != "fixed ranking":
+            for k in ks:  # the same with change detection off
+                router = make_router(ckpt, table, enc, personalization={"change_prior": 0.0})
+                scored = {}
+                for u, (pool, ev) in users.items():
+                    reveal(router, u, pool[:k], task_of)
+                    scored[u] = (score_votes(router, u, ev, task_of), np.array([v.label for v in ev]))
+                curve["gmtrouter_task_no_change"][k] = pooled_auc_ci(scored)
+        for k in (ks if kind != "fixed ranking" else ks[:2]):
+            scored = {}
+            for u, (pool, ev) in users.items():
+                strength = {c: crowd.user_strength([v for v in pool[:k] if task_of(v) == c]) for c in
+                            set(categories.values())}
+                scored[u] = (np.concatenate([crowd.p_a(strength[task_of(v)], [v]) for v in ev]),
+                             np.array([v.label for v in ev]))
+            curve["per_category_bt"][k] = pooled_auc_ci(scored)
+        print("  " + "  ".join(f"{m} " + "/".join(f"{curve[m][k][0]:.3f}" for k in ks if k in curve[m])
+                              for m in curve), flush=True)
+        out[kind] = curve
+    return out
+
+
 def query_features_table(res: dict, n_users: int) -> str:
     cols = list(next(iter(res["auc"].values())))
     lines = [f"#### (q) The residual alone (no GNN), {n_users} planted users per cell: AUC by query features", "",
@@ -772,9 +854,12 @@ def cost_table(res: dict) -> str:
     rows = ["#### (d) Cost by the user's number of votes (one process, 1 torch thread; ms)", "",
             "| votes given | route_single p50 / p99 | one feedback p50 / p99 | feedback + next route p50 / p99 |",
             "|---|---|---|---|"]
-    for level, r in res.items():
-        rows.append(f"| {level} | {r['route_p50']:.2f} / {r['route_p99']:.2f} | {r['feedback_p50']:.2f} / "
-                    f"{r['feedback_p99']:.2f} | {r['feedback_route_p50']:.2f} / {r['feedback_route_p99']:.2f} |")
+    for name, part in (("", res), (", the category named as the task", res.get("task", {}))):
+        for level, r in part.items():
+            if level == "task":
+                continue
+            rows.append(f"| {level}{name} | {r['route_p50']:.2f} / {r['route_p99']:.2f} | {r['feedback_p50']:.2f} / "
+                        f"{r['feedback_p99']:.2f} | {r['feedback_route_p50']:.2f} / {r['feedback_route_p99']:.2f} |")
     return "\n".join(rows) + "\n"
 
 
@@ -1020,6 +1105,10 @@ def main(argv=None) -> int:
                     "and greedy without change detection")
     ap.add_argument("--regret-users", default="", help="(r): kinds of user, by the start of their name "
                     "(fixed, ranking per, switches, drifts); default all")
+    ap.add_argument("--task-only", action="store_true", help="(q): only the rows with the category named as the "
+                    "task (through the router), not the offline study of query features")
+    ap.add_argument("--task-kinds", default="category,fixed", help="(q): the users with the category named as "
+                    "the task: category (a ranking per category), fixed (one ranking)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     EPOCHS = args.epochs
@@ -1062,7 +1151,7 @@ def main(argv=None) -> int:
         results["c"] = part_c(ckpt, votes, table, enc, llms, 0, args.stream_users, args.stream_steps)
         md.append(regret_table(results["c"], args.stream_steps, args.stream_users))
     if "d" in parts:
-        results["d"] = part_d(ckpt, votes, table, enc, llms)
+        results["d"] = part_d(ckpt, votes, table, enc, llms, categories=categories)
         md.append(cost_table(results["d"]))
     if "k" in parts:
         results["k"] = part_kinds(ckpt, votes, table, enc, llms, 0, args.planted)
@@ -1082,8 +1171,15 @@ def main(argv=None) -> int:
                                          only=tuple(args.regret_users.split(",")) if args.regret_users else None)
         md.append(regret_kinds_table(results["r"], args.stream_steps, args.stream_users))
     if "q" in parts:
-        results["q"] = part_q(ckpt, votes, table, llms, categories, 0)
-        md.append(query_features_table(results["q"], 24))
+        kinds = {"category": "ranking per MT-Bench category", "fixed": "fixed ranking"}
+        results["q_task"] = part_q_task(ckpt, votes, table, enc, llms, categories, 0, args.planted,
+                                        kinds=tuple(kinds[k] for k in args.task_kinds.split(",")), answers=answers)
+        for kind, curve in results["q_task"].items():
+            md.append(curve_table(f"(q) {kind}, the category named by the caller as the `task` "
+                                  f"({args.planted} new users; pooled AUC on each user's other votes [95% CI])", curve))
+        if not args.task_only:
+            results["q"] = part_q(ckpt, votes, table, llms, categories, 0)
+            md.append(query_features_table(results["q"], 24))
     if "m" in parts:
         results["m"] = part_m(args.work, paths, votes, table, enc, llms, 0)
         md.append("#### (m) Multi-turn: AUC on the turn-2 vote of a held-out judge's conversation, after 20 of the "

@@ -20,6 +20,15 @@ approximate marginal likelihoods, so the evidence decides which prior
 applies.  As votes accumulate the wide component's posterior concentrates
 on the user's own stated preferences, whatever the GNN says.
 
+Tasks: rows whose caller named the kind of work (``task``: "coding", "writing") add
+per-(LLM, task) terms to ``phi`` (a one-hot of the LLM in the task's block; only the
+tasks of the user's window, at most ``max_tasks``): the user's taste for a task is the
+user's overall taste plus a deviation shrunk to 0, the overall taste being shrunk to
+the crowd.  With task terms the wide component splits in two, a taste the same for
+every task (deviations held at ``task_sd * tight / wide``) and one per task (prior sd
+``task_sd``), so a user whose taste does not depend on the task pays nothing for the
+extra terms.  Without tasks the model is exactly the two-component one.
+
 Evidence, from the user's rated interactions:
 
 * pairs: two LLMs rated differently for the same query (same comparison
@@ -42,6 +51,7 @@ numpy only; no torch here.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -49,7 +59,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["PersonalConfig", "QueryBasis", "Evidence", "Posterior", "fit_posterior", "CrowdCalibration",
-           "fit_calibration", "fit_blend", "detect_change", "change_candidates", "fit_nonneg_logistic", "fit_bias", "centre_ratings", "build_evidence", "group_pairs", "POLICIES"]
+           "fit_calibration", "fit_blend", "detect_change", "change_candidates", "fit_nonneg_logistic", "fit_bias", "centre_ratings", "build_evidence", "task_columns", "group_pairs", "POLICIES"]
 
 POLICIES = ("greedy", "thompson", "epsilon")
 
@@ -100,6 +110,16 @@ class PersonalConfig:
     #: is fitted at once); each run looks only at the rows up to its schedule point, so routers that
     #: applied the same rows find the same change point.  1 = every vote
     change_every: int = 8
+    #: per-(LLM, task) terms for rows whose caller named a ``task`` (the kind of work: "coding", "writing"):
+    #: their prior std (logit units) in the per-task component (below); the other components hold them at
+    #: ``task_sd * tight / wide``.  A user's taste for one task is the user's overall taste (the per-LLM
+    #: terms, shrunk to the crowd) plus these deviations, shrunk to 0.  0 = the task is ignored
+    task_sd: float = 3.0
+    #: with task terms the idiosyncratic component (``p_wide``) is split: a taste that depends on the task
+    #: (prior weight ``p_wide * p_task``) or not (``p_wide * (1 - p_task)``); the evidence decides
+    p_task: float = 0.5
+    #: at most this many tasks get terms per user: those with the most rows in the user's window (cost bounded)
+    max_tasks: int = 8
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None, where: str = "personalization") -> "PersonalConfig":
@@ -113,8 +133,10 @@ class PersonalConfig:
             v = getattr(cfg, k)
             if not isinstance(v, (int, float)) or not v > 0 or not math.isfinite(v):
                 raise ValueError(f"{where}.{k}: expected a positive number, got {v!r}")
-        if not 0.0 <= cfg.p_wide <= 1.0:
-            raise ValueError(f"{where}.p_wide: expected a number in [0, 1], got {cfg.p_wide!r}")
+        for k in ("p_wide", "p_task"):
+            v = getattr(cfg, k)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+                raise ValueError(f"{where}.{k}: expected a number in [0, 1], got {v!r}")
         if cfg.point_weight < 0:
             raise ValueError(f"{where}.point_weight: expected >= 0, got {cfg.point_weight!r}")
         if not 0.0 <= cfg.change_prior < 1.0 or isinstance(cfg.change_prior, bool):
@@ -125,10 +147,12 @@ class PersonalConfig:
                 raise ValueError(f"{where}.{k}: expected an integer >= 2, got {v!r}")
         if isinstance(cfg.change_every, bool) or not isinstance(cfg.change_every, int) or cfg.change_every < 1:
             raise ValueError(f"{where}.change_every: expected an integer >= 1, got {cfg.change_every!r}")
-        for k in ("gnn_weight_sd", "thompson_scale", "thompson_decay", "window_per_llm"):
+        for k in ("gnn_weight_sd", "thompson_scale", "thompson_decay", "window_per_llm", "task_sd"):
             v = getattr(cfg, k)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or not math.isfinite(v):
                 raise ValueError(f"{where}.{k}: expected a number >= 0, got {v!r}")
+        if isinstance(cfg.max_tasks, bool) or not isinstance(cfg.max_tasks, int) or cfg.max_tasks < 1:
+            raise ValueError(f"{where}.max_tasks: expected an integer >= 1, got {cfg.max_tasks!r}")
         if int(cfg.query_dims) < 0 or int(cfg.window) < 1:
             raise ValueError(f"{where}: query_dims >= 0 and window >= 1 required")
         return cfg
@@ -195,8 +219,10 @@ class QueryBasis:
 class Evidence:
     """Observations of one user, as rows of a logistic model ``sigmoid(offset + x . r)``.
 
-    ``x``: (n, L * (1 + dims)) feature differences; ``offset``: the GNN's
-    logit; ``y``: (soft) labels in [0, 1]; ``w``: weights.
+    ``x``: (n, L * (1 + dims) + L * n_tasks) feature differences: the per-LLM
+    blocks ``[1, z]``, then (when rows named tasks) one block of L per-LLM
+    task terms per task; ``offset``: the GNN's logit; ``y``: (soft) labels
+    in [0, 1]; ``w``: weights.
     """
 
     x: np.ndarray
@@ -207,6 +233,8 @@ class Evidence:
     #: ``n_rows``: how many input rows there were (None: no time order, no change detection)
     t: np.ndarray | None = None
     n_rows: int = 0
+    #: task blocks after the per-LLM blocks (0: no row named a task, or task terms off)
+    n_tasks: int = 0
 
     @property
     def n(self) -> int:
@@ -218,7 +246,7 @@ class Evidence:
             return self
         keep = self.t >= first_row
         return Evidence(x=self.x[keep], offset=self.offset[keep], y=self.y[keep], w=self.w[keep], t=self.t[keep],
-                        n_rows=self.n_rows)
+                        n_rows=self.n_rows, n_tasks=self.n_tasks)
 
     def until(self, n_rows: int) -> "Evidence":
         """The observations known when there were ``n_rows`` input rows (the first ``n_rows`` of them)."""
@@ -226,7 +254,7 @@ class Evidence:
             return self
         keep = self.t < n_rows
         return Evidence(x=self.x[keep], offset=self.offset[keep], y=self.y[keep], w=self.w[keep], t=self.t[keep],
-                        n_rows=int(n_rows))
+                        n_rows=int(n_rows), n_tasks=self.n_tasks)
 
 
 @dataclass
@@ -246,16 +274,33 @@ class Posterior:
     #: point it found (an absolute row count of the user's history, or None)
     change_key: tuple | None = None
     change_at: int | None = None
+    #: per-(LLM, task) coefficients after the residual's (before the GNN weight): ``n_tasks`` blocks of L
+    n_tasks: int = 0
+    n_llms: int = 0  # L (set with n_tasks)
+    #: the tasks of those blocks, in order (set by the caller that knows the names; empty: no task terms)
+    tasks: tuple[str, ...] = ()
 
     @property
     def mean(self) -> np.ndarray:
         return sum(w * m for w, m in zip(self.weights, self.means))
 
     def split(self, vec: np.ndarray) -> tuple[np.ndarray, float]:
-        """(residual coefficients, GNN weight) of a mean or a sample."""
+        """(residual coefficients, GNN weight) of a mean or a sample (the task terms: :meth:`task_terms`)."""
         if self.n_coef < 0 or vec.size == self.n_coef:
             return vec, 1.0
-        return vec[: self.n_coef], 1.0 + float(vec[self.n_coef])
+        at = self.n_coef + self.n_tasks * self.n_llms
+        if vec.size <= at:
+            return vec[: self.n_coef], 1.0
+        return vec[: self.n_coef], 1.0 + float(vec[at])
+
+    def task_terms(self, task: str | None) -> np.ndarray | None:
+        """(L,) the posterior mean of the user's per-LLM deviations for ``task`` (None: no terms for it:
+        no task, or one the user's window never named)."""
+        if task is None or task not in self.tasks:
+            return None
+        i = self.tasks.index(task)
+        lo = self.n_coef + i * self.n_llms
+        return self.mean[lo: lo + self.n_llms]
 
     @property
     def residual(self) -> np.ndarray:
@@ -272,12 +317,22 @@ class Posterior:
 
     @property
     def p_wide(self) -> float:
-        return float(self.weights[-1])
+        """The posterior probability that the user is unlike the crowd (every component but the tight one)."""
+        if len(self.weights) <= 2:
+            return float(self.weights[-1])
+        return float(self.weights[1:].sum())
 
 
-def _prior_precision(cfg: PersonalConfig, n_llms: int, dims: int, std: float) -> np.ndarray:
+def _prior_precision(cfg: PersonalConfig, n_llms: int, dims: int, std: float, n_tasks: int = 0,
+                     per_task: bool = False) -> np.ndarray:
+    """Prior precisions of one component (LLM terms of prior std ``std``): the per-LLM blocks, the
+    per-(LLM, task) blocks (``task_sd`` in the per-task component, ``task_sd * tight / wide`` in the
+    others: their user's tasks stay near its overall taste), then the GNN weight."""
     per = np.r_[1.0, np.full(dims, cfg.query_scale)] * std
     prec = np.tile(1.0 / per ** 2, n_llms)
+    if n_tasks:
+        sd = cfg.task_sd if per_task else cfg.task_sd * min(1.0, cfg.tight / cfg.wide)
+        prec = np.r_[prec, np.full(n_tasks * n_llms, 1.0 / sd ** 2)]
     if cfg.gnn_weight_sd > 0:
         sd = cfg.gnn_weight_sd * min(1.0, std / cfg.wide)
         prec = np.r_[prec, 1.0 / sd ** 2]
@@ -429,17 +484,50 @@ def detect_change(ev: Evidence, cfg: PersonalConfig, n_llms: int, dims: int) -> 
     return int(cand[best])
 
 
+_BLAS: Any = None
+
+
+def _one_blas_thread() -> Any:
+    """A context in which numpy's BLAS runs on one thread: a user's fit is a few small matrices, and BLAS
+    threads only contend (measured: a fit with 8 tasks' terms, 79 columns, took 15x longer with OpenBLAS's
+    two threads on a loaded 2-core machine).  Uses threadpoolctl (scikit-learn's dependency); without it,
+    nothing changes."""
+    global _BLAS
+    if _BLAS is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            _BLAS = ThreadpoolController()
+        except Exception:  # noqa: BLE001 - optional
+            _BLAS = False
+    return _BLAS.limit(limits=1, user_api="blas") if _BLAS else contextlib.nullcontext()
+
+
 def _fit_mixture(ev: Evidence, cfg: PersonalConfig, n_llms: int, dims: int,
                  init: "Posterior | None" = None) -> Posterior:
-    """The mixture posterior of one user's residual given the evidence."""
-    comps = [(1.0 - cfg.p_wide, cfg.tight), (cfg.p_wide, cfg.wide)]
+    if ev.n_tasks:  # the task terms widen the problem past OpenBLAS's threading threshold
+        with _one_blas_thread():
+            return _fit_components(ev, cfg, n_llms, dims, init)
+    return _fit_components(ev, cfg, n_llms, dims, init)
+
+
+def _fit_components(ev: Evidence, cfg: PersonalConfig, n_llms: int, dims: int,
+                    init: "Posterior | None" = None) -> Posterior:
+    """The mixture posterior of one user's residual given the evidence.  With task terms (rows that named
+    a task) the idiosyncratic component is split in two: one whose user's taste is the same for every
+    task (task terms as tight as the crowd-like component's) and one with per-task tastes (``task_sd``),
+    prior weights ``p_wide * (1 - p_task)`` and ``p_wide * p_task``: the evidence decides whether this
+    user's taste depends on the task, so a user whose taste does not is not charged for the task terms."""
+    comps = [(1.0 - cfg.p_wide, cfg.tight, False), (cfg.p_wide, cfg.wide, False)]
+    if ev.n_tasks:
+        comps = [comps[0], (cfg.p_wide * (1.0 - cfg.p_task), cfg.wide, False), (cfg.p_wide * cfg.p_task, cfg.wide, True)]
     means, chols, logz = [], [], []
     starts = list(init.means) if init is not None and len(init.means) == len(comps) else [None] * len(comps)
-    for (prior_w, std), r0 in zip(comps, starts):
-        prec = _prior_precision(cfg, n_llms, dims, std)
+    for (prior_w, std, per_task), r0 in zip(comps, starts):
+        prec = _prior_precision(cfg, n_llms, dims, std, ev.n_tasks, per_task)
         if prec.size > ev.x.shape[1]:  # the GNN weight's column: the GNN logit itself
             ev = Evidence(x=np.concatenate([ev.x, ev.offset[:, None]], axis=1), offset=ev.offset, y=ev.y, w=ev.w,
-                          t=ev.t, n_rows=ev.n_rows)
+                          t=ev.t, n_rows=ev.n_rows, n_tasks=ev.n_tasks)
         if ev.n:
             r, h, f = _newton(ev, prec, cfg.newton_iters, r0)
         else:
@@ -454,7 +542,8 @@ def _fit_mixture(ev: Evidence, cfg: PersonalConfig, n_llms: int, dims: int,
     lz = np.array(logz)
     wts = np.exp(lz - lz.max())
     wts /= wts.sum()
-    return Posterior(means=means, covs_chol=chols, weights=wts, n=ev.n, n_coef=n_llms * (dims + 1))
+    return Posterior(means=means, covs_chol=chols, weights=wts, n=ev.n, n_coef=n_llms * (dims + 1),
+                     n_tasks=ev.n_tasks, n_llms=n_llms)
 
 
 def window_lookback(cfg: PersonalConfig) -> int:
@@ -480,18 +569,45 @@ def window_rows(llm: np.ndarray, cfg: PersonalConfig) -> np.ndarray:
     return np.flatnonzero(keep)
 
 
+def task_columns(tasks: "np.ndarray | list[str | None]", cfg: PersonalConfig) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Which tasks of a user's rows get per-(LLM, task) terms, and each row's block.
+
+    ``tasks``: each row's task (None: the caller named none).  At most ``max_tasks`` tasks, those with the
+    most rows (ties: by name), in name order (so the fit depends on the set of rows only).  Returns
+    (per row: the task's block, -1 for none, a task left out or ``task_sd = 0``; the tasks in block order)."""
+    names = list(tasks)
+    codes = np.full(len(names), -1, np.int64)
+    if cfg.task_sd <= 0 or not names:
+        return codes, ()
+    counts: dict[str, int] = {}
+    for t in names:
+        if t is not None:
+            counts[t] = counts.get(t, 0) + 1
+    if not counts:
+        return codes, ()
+    kept = sorted(sorted(counts, key=lambda t: (-counts[t], t))[: int(cfg.max_tasks)])
+    at = {t: i for i, t in enumerate(kept)}
+    codes[:] = [at.get(t, -1) if t is not None else -1 for t in names]
+    return codes, tuple(kept)
+
+
 def build_evidence(group: np.ndarray, llm: np.ndarray, rating: np.ndarray, z: np.ndarray, scores: np.ndarray,
-                   cfg: PersonalConfig) -> Evidence:
+                   cfg: PersonalConfig, task: np.ndarray | None = None) -> Evidence:
     """Evidence of one user's rated interactions (oldest first).
 
     ``group``: comparison key of each row (rows of one query rated together);
     ``llm``, ``rating`` (normalised); ``z``: (n, 1 + dims) query features;
-    ``scores``: (n, L) the GNN's logits of every LLM for the row's query.
-    A later rating of the same LLM in the same group replaces an earlier one.
+    ``scores``: (n, L) the GNN's logits of every LLM for the row's query;
+    ``task``: each row's task block (:func:`task_columns`; -1: none), or None (no tasks: the evidence
+    is the same as without the argument).  A later rating of the same LLM in the same group replaces an
+    earlier one.
     """
     n, n_llms = scores.shape
     k = z.shape[1]
-    d = n_llms * k
+    task = None if task is None or cfg.task_sd <= 0 else np.asarray(task, np.int64)
+    n_tasks = int(task.max()) + 1 if task is not None and task.size and task.max() >= 0 else 0
+    base = n_llms * k
+    d = base + n_llms * n_tasks
     # last rating of each (group, llm)
     key = np.asarray(group, np.int64) * (n_llms + 1) + np.asarray(llm, np.int64)
     _, last_rev = np.unique(key[::-1], return_index=True)
@@ -511,6 +627,11 @@ def build_evidence(group: np.ndarray, llm: np.ndarray, rating: np.ndarray, z: np
         x = np.zeros((n_, d))
         x[np.arange(n_)[:, None], m_a[:, None] * k + cols] += z[row_a]
         x[np.arange(n_)[:, None], m_b[:, None] * k + cols] -= z[row_b]
+        if n_tasks:  # the per-(LLM, task) terms of each side that named a task
+            for rw, mm, sign in ((row_a, m_a, 1.0), (row_b, m_b, -1.0)):
+                tt = task[rw]
+                on = np.flatnonzero(tt >= 0)
+                x[on, base + tt[on] * n_llms + mm[on]] += sign
         xs.append(x)
         offs.append(scores[row_a, m_a] - scores[row_b, m_b])
         ys.append(label)
@@ -534,8 +655,13 @@ def build_evidence(group: np.ndarray, llm: np.ndarray, rating: np.ndarray, z: np
     if single.size and cfg.point_weight > 0:
         row = rows[single]
         x = np.zeros((single.size, d))
-        x -= np.tile(z[row], (1, n_llms)) / n_llms
+        x[:, :base] -= np.tile(z[row], (1, n_llms)) / n_llms
         x[np.arange(single.size)[:, None], m[single][:, None] * k + cols] += z[row]
+        if n_tasks:  # this LLM's task term against the task's average LLM
+            tt = task[row]
+            on = np.flatnonzero(tt >= 0)
+            x[on[:, None], base + tt[on][:, None] * n_llms + np.arange(n_llms)] -= 1.0 / n_llms
+            x[on, base + tt[on] * n_llms + m[single][on]] += 1.0
         xs.append(x)
         ts.append(row)
         offs.append(scores[row, m[single]] - scores[row].mean(axis=1))
@@ -557,9 +683,9 @@ def build_evidence(group: np.ndarray, llm: np.ndarray, rating: np.ndarray, z: np
             add(srt[a], sm[a], srt[b], sm[b], (sr[a] > sr[b]).astype(np.float64), float(cfg.point_weight))
     if not xs:
         return Evidence(x=np.zeros((0, d)), offset=np.zeros(0), y=np.zeros(0), w=np.zeros(0), t=np.zeros(0, np.int64),
-                        n_rows=n)
+                        n_rows=n, n_tasks=n_tasks)
     return Evidence(x=np.concatenate(xs), offset=np.concatenate(offs), y=np.concatenate(ys), w=np.concatenate(ws),
-                    t=np.concatenate(ts).astype(np.int64), n_rows=n)
+                    t=np.concatenate(ts).astype(np.int64), n_rows=n, n_tasks=n_tasks)
 
 
 def group_pairs(group: np.ndarray, rating: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

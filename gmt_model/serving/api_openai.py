@@ -26,6 +26,8 @@ log = logging.getLogger("gmt_model.serving.server")
 ROUTER_MODEL = "router"
 ROUTED_MODEL_HEADER = "X-Routed-Model"
 SESSION_HEADER = "X-Session-Id"
+#: the kind of work (``task``) as a header, for clients that cannot add a body field
+TASK_HEADER = "X-Task"
 #: router field -> the chat completion field it came from (for error messages)
 _CHAT_NAMES = {"user_id": "user", "query_text": "messages", "turn": "messages",
                "conversation_history": "messages", "candidates": "model"}
@@ -79,6 +81,9 @@ async def chat_completions(request: Request) -> Response:
         t0 = time.perf_counter()
         try:
             query.update(cost_options(raw, request.headers))  # cost_weight / max_cost (http_llms)
+            task = raw.get("task") if raw.get("task") is not None else request.headers.get(TASK_HEADER)
+            if task is not None:  # an extension field (or the header): checked by the router, echoed in routing
+                query["task"] = task
             async with st.admit():
                 result = _jsonable(await st.route_one(served, query, deadline))
         except RoutingError as exc:
@@ -121,7 +126,7 @@ async def chat_completions(request: Request) -> Response:
                        headers=NO_RETRY) from None
     payload = dict(raw)
     payload.pop("session_id", None)
-    for field in COST_FIELDS:  # routing options, not forwarded upstream
+    for field in (*COST_FIELDS, "task"):  # routing options, not forwarded upstream
         payload.pop(field, None)
     payload["model"] = endpoint.model
     st.metrics.bump(st.metrics.routed, chosen)

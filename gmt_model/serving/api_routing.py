@@ -15,6 +15,7 @@ from gmt_model.serving.feedback import FeedbackLogUnavailable
 from gmt_model.serving.http_bodies import _FeedbackBody, _jsonable, _read_json, _RouteBatch, _RouteQuery, _validate
 from gmt_model.serving.http_errors import NO_RETRY, ApiError, routing_api_error
 from gmt_model.serving.reloader import _sync_feedback
+from gmt_model.serving.requests import check_task
 
 log = logging.getLogger("gmt_model.serving.server")
 
@@ -109,6 +110,12 @@ async def feedback(request: Request) -> JSONResponse:
                        code="feedback_log_not_configured", headers=NO_RETRY)
     names = {"user_id": user_param}
     common: dict[str, Any] = {"user_id": user, "query": fb.query, "session_id": fb.session_id}
+    try:
+        task = check_task(fb.task)  # a bad task: a 400 naming it, before anything is stored
+    except RoutingError as exc:
+        raise routing_api_error(exc) from None
+    if task is not None:
+        common["task"] = task
     if pairwise:
         fn = getattr(router, "update_user_preference", None)
         if fn is None:
@@ -125,6 +132,9 @@ async def feedback(request: Request) -> JSONResponse:
                 raise ApiError(400, "field 'query_id': this router does not store a query id with a rating; "
                                     "leave it out", param="query_id", code="unsupported_field")
             kwargs["query_id"] = fb.query_id
+    if task is not None and not accepts(fn, "task"):
+        raise ApiError(400, "field 'task': this router does not take a task with feedback; leave it out",
+                       param="task", code="unsupported_field")
     try:
         async with st.admit():
             log_fn = getattr(router, "log_preference" if pairwise else "log_feedback", None)
@@ -137,7 +147,7 @@ async def feedback(request: Request) -> JSONResponse:
                 result = await st.call_queued(served, fn, deadline, **kwargs)
             result = _jsonable(result)
             if router_log is None:  # the server keeps the log for a router without one
-                rows = _rows(router, user, fb, pairwise)
+                rows = _rows(router, user, fb, pairwise, task)
                 ids = await anyio.to_thread.run_sync(feedback_log.append_many, rows)
                 result = dict(result) if isinstance(result, dict) else {}
                 result["feedback_ids" if pairwise else "feedback_id"] = ids if pairwise else ids[0]
@@ -164,9 +174,10 @@ async def feedback(request: Request) -> JSONResponse:
     return JSONResponse(body)
 
 
-def _rows(router: Any, user: str, fb: _FeedbackBody, pairwise: bool) -> list[dict[str, Any]]:
+def _rows(router: Any, user: str, fb: _FeedbackBody, pairwise: bool, task: str | None = None
+          ) -> list[dict[str, Any]]:
     """The feedback-log rows of one feedback (a pair: top and bottom of the rating scale, one query id)."""
-    common = {"user_id": user, "query": fb.query, "session_id": fb.session_id, "turn": fb.turn}
+    common = {"user_id": user, "query": fb.query, "session_id": fb.session_id, "turn": fb.turn, "task": task}
     if not pairwise:
         return [dict(common, model=fb.model, rating=fb.rating, query_id=fb.query_id)]
     import uuid

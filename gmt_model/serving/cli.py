@@ -265,7 +265,7 @@ def _infer(args: argparse.Namespace) -> int:
         q.setdefault("user_id", args.user_id)
         if args.session_id:
             q.setdefault("session_id", args.session_id)
-        for key in ("cost_weight", "max_cost"):
+        for key in ("cost_weight", "max_cost", "task"):
             if getattr(args, key, None) is not None:
                 q.setdefault(key, getattr(args, key))
     if args.output:
@@ -353,13 +353,15 @@ def _feedback(args: argparse.Namespace) -> int:
             kw: dict[str, Any] = {"session_id": args.session_id}
             if args.turn is not None:
                 kw["turn"] = args.turn
+            if args.task is not None:
+                kw["task"] = args.task
             res = router.update_user_feedback(args.user_id, args.query, args.model, args.rating, **kw)
         else:
             update = getattr(router, "update_user_preference", None)
             if update is None:
                 raise CLIError("this version of the router does not take pairwise preferences")
             res = update(args.user_id, args.query, args.preferred, args.rejected, session_id=args.session_id,
-                         turn=args.turn)
+                         turn=args.turn, **({"task": args.task} if args.task is not None else {}))
     except RoutingError as e:
         raise CLIError(f"{e}")
     except sqlite3.Error as e:
@@ -675,7 +677,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--config", required=True)
     src = i.add_mutually_exclusive_group(required=True)
     src.add_argument("--query")
-    src.add_argument("--input", help="JSONL of {query_text, user_id?, session_id?, turn?, candidates?}")
+    src.add_argument("--input", help="JSONL of {query_text, user_id?, session_id?, turn?, candidates?, task?}")
     i.add_argument("--output")
     i.add_argument("--user-id", default="anonymous")
     i.add_argument("--session-id", default=None)
@@ -683,6 +685,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--cost-weight", type=float, default=None,
                    help="weight of cost against preference (>= 0; default: router.cost_weight of the config)")
     i.add_argument("--max-cost", type=float, default=None, help="route only to LLMs costing at most this (USD/1M tok)")
+    i.add_argument("--task", default=None, help="the kind of work (e.g. coding, writing): the user's votes given "
+                   "with the same task weigh in as that task's taste; echoed in the result")
     i.add_argument("--device", default=None, help="cpu or cuda (default: router.device of the config)")
     i.set_defaults(func=_infer)
 
@@ -696,6 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--rejected", default=None, help="... over this LLM's answer (instead of --model/--rating)")
     f.add_argument("--session-id", default=None)
     f.add_argument("--turn", type=int, default=None, help="the turn of the session the feedback is about")
+    f.add_argument("--task", default=None, help="the kind of work the query was (as named when routing)")
     f.set_defaults(func=_feedback)
 
     for name, chat in (("chat", True), ("serve", False)):

@@ -1,7 +1,7 @@
 """Durable, append-only feedback store: one interface, two back ends.
 
 Every rating a user gives (``user_id``, ``query``, ``model``, ``rating`` plus
-optional ``session_id``, ``turn`` and ``query_id``) is appended to one table.
+optional ``session_id``, ``turn``, ``query_id`` and ``task``) is appended to one table.
 The store is the hand-off between the live routers and the next retraining
 run: readers page through it with ``read(since_id=...)`` and remember
 ``max_id()``; a router that loads users on first use reads one user's rows
@@ -27,6 +27,11 @@ Guarantees (both back ends):
   a time; PostgreSQL: appends take one transaction-level advisory lock before
   they draw their ids, so ids are drawn and committed in the same order).
   Ids may have gaps (a rolled-back append's id is not reused).
+
+Schema changes are made in place when a store is opened: a log written before
+the ``task`` column existed gets it (``ALTER TABLE ... ADD COLUMN``, NULL for
+the old rows); a SQLite log that cannot be changed (read-only) is read with
+``task`` NULL.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ __all__ = [
     "COL_TS",
     "COL_SESSION_ID",
     "COL_QUERY_ID",
+    "COL_TASK",
     "FEEDBACK_COLUMNS",
     "LLM_EVENTS_TABLE",
     "LLM_EVENT_OPS",
@@ -73,6 +79,11 @@ COL_ID = "id"
 COL_TS = "ts"
 COL_SESSION_ID = "session_id"
 COL_QUERY_ID = "query_id"
+#: the kind of work the caller named ("coding", "writing"; NULL: none); added after the others (a log
+#: written before it existed gets it when opened)
+COL_TASK = "task"
+#: the longest task label a row may hold
+MAX_TASK_CHARS = 64
 #: Column order of the table, of ``FeedbackRecord`` and of the Parquet export.
 FEEDBACK_COLUMNS: tuple[str, ...] = (
     COL_ID,
@@ -84,6 +95,7 @@ FEEDBACK_COLUMNS: tuple[str, ...] = (
     F_QUERY,
     F_MODEL,
     F_RATING,
+    COL_TASK,
 )
 
 #: Columns of the LLM-pool change events (``read_llm_events`` returns dicts with these keys).
@@ -102,9 +114,12 @@ CREATE TABLE IF NOT EXISTS {FEEDBACK_TABLE} (
     {COL_QUERY_ID} TEXT,
     {F_QUERY} TEXT NOT NULL CHECK (length({F_QUERY}) > 0),
     {F_MODEL} TEXT NOT NULL CHECK (length({F_MODEL}) > 0),
-    {F_RATING} REAL NOT NULL
+    {F_RATING} REAL NOT NULL,
+    {COL_TASK} TEXT
 )
 """
+#: the in-place migration of a log written before the task column existed
+_ADD_TASK_SQL = f"ALTER TABLE {FEEDBACK_TABLE} ADD COLUMN {COL_TASK} TEXT"
 
 #: SQLite table of LLM pool changes (``FeedbackLog.append_llm_event``)
 LLM_EVENT_OPS = ("add", "update", "remove")
@@ -121,6 +136,8 @@ CREATE TABLE IF NOT EXISTS {LLM_EVENTS_TABLE} (
 """
 
 _SELECT_COLS = ", ".join(FEEDBACK_COLUMNS)
+#: the columns read from a SQLite log that could not be migrated (read-only): no task
+_SELECT_COLS_NO_TASK = ", ".join(FEEDBACK_COLUMNS[:-1]) + f", NULL AS {COL_TASK}"
 _INSERT_SQL = (
     f"INSERT INTO {FEEDBACK_TABLE} ({', '.join(FEEDBACK_COLUMNS[1:])}) "
     f"VALUES ({', '.join('?' for _ in FEEDBACK_COLUMNS[1:])})"
@@ -140,6 +157,7 @@ class FeedbackRecord:
     query: str
     model: str
     rating: float
+    task: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict with the column names as keys."""
@@ -190,6 +208,13 @@ def _finite(field: str, value: Any) -> float:
     return out
 
 
+def _opt_task(value: Any) -> str | None:
+    out = _opt_str(COL_TASK, value)
+    if out is not None and len(out) > MAX_TASK_CHARS:
+        raise ValueError(f"feedback field {COL_TASK!r} must have at most {MAX_TASK_CHARS} characters, got {len(out)}")
+    return out
+
+
 def _opt_turn(value: Any) -> int | None:
     if value is None:
         return None
@@ -215,6 +240,7 @@ def _record_values(row: dict[str, Any], ts_now: float) -> tuple[Any, ...]:
         _req_str(F_QUERY, row.get("query")),
         _req_str(F_MODEL, row.get("model")),
         _finite(F_RATING, row.get("rating")),
+        _opt_task(row.get("task")),
     )
 
 
@@ -235,12 +261,13 @@ class FeedbackStore:
 
     # writing
     def append(self, user_id: str, query: str, model: str, rating: float, session_id: str | None = None,
-               turn: int | None = None, query_id: str | None = None, ts: float | None = None) -> int:
+               turn: int | None = None, query_id: str | None = None, ts: float | None = None,
+               task: str | None = None) -> int:
         """Validate and store one record in its own transaction; return its id.
 
         Raises ``ValueError`` naming the offending field; nothing is stored then."""
         return self.append_many([dict(user_id=user_id, query=query, model=model, rating=rating,
-                                      session_id=session_id, turn=turn, query_id=query_id, ts=ts)])[0]
+                                      session_id=session_id, turn=turn, query_id=query_id, ts=ts, task=task)])[0]
 
     def append_many(self, rows: list[dict[str, Any]]) -> list[int]:
         """Store several records in ONE transaction (all or none); return their ids.
@@ -296,6 +323,7 @@ class FeedbackStore:
                 pa.field(F_QUERY, pa.string(), nullable=False),
                 pa.field(F_MODEL, pa.string(), nullable=False),
                 pa.field(F_RATING, pa.float64(), nullable=False),
+                pa.field(COL_TASK, pa.string()),
             ]
         )
         columns = {name: [getattr(r, name) for r in records] for name in FEEDBACK_COLUMNS}
@@ -347,6 +375,7 @@ class FeedbackLog(FeedbackStore):
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._pid = -1
+        self._has_task = True  # False: an old log that could not be migrated (read-only)
         with self._lock:
             self._initialise()
 
@@ -368,6 +397,7 @@ class FeedbackLog(FeedbackStore):
                 if str(mode).lower() != "wal":
                     raise RuntimeError(f"could not put feedback log {str(self.path)!r} in WAL mode (got {mode!r})")
                 conn.execute(_CREATE_SQL)
+                self._has_task = self._migrate(conn)
                 return
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) and "busy" not in str(exc):
@@ -376,6 +406,35 @@ class FeedbackLog(FeedbackStore):
                     raise _classify(self.path, exc) from exc
                 time.sleep(delay)
                 delay = min(delay * 2, 0.2)
+
+    def _migrate(self, conn: sqlite3.Connection) -> bool:
+        """Add the columns a log written by an older version lacks (in one write transaction, so processes
+        opening the same old log at once add it once); whether the log now has them.  A log that cannot be
+        written (read-only) keeps its columns and is read with NULL for the new ones."""
+        def has_task() -> bool:
+            return any(r[1] == COL_TASK for r in conn.execute(f"PRAGMA table_info({FEEDBACK_TABLE})").fetchall())
+
+        if has_task():
+            return True
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise
+            return False  # read-only
+        try:
+            if not has_task():
+                conn.execute(_ADD_TASK_SQL)
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            conn.execute("ROLLBACK")
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise
+            return False
+        return True
+
+    def _cols(self) -> str:
+        return _SELECT_COLS if self._has_task else _SELECT_COLS_NO_TASK
 
     # ------------------------------------------------------------------ internals
     def _connection(self) -> sqlite3.Connection:
@@ -408,6 +467,7 @@ class FeedbackLog(FeedbackStore):
         turn: int | None = None,
         query_id: str | None = None,
         ts: float | None = None,
+        task: str | None = None,
     ) -> int:
         """Validate and store one record in its own transaction; return its id.
 
@@ -422,6 +482,7 @@ class FeedbackLog(FeedbackStore):
             _req_str(F_QUERY, query),
             _req_str(F_MODEL, model),
             _finite(F_RATING, rating),
+            _opt_task(task),
         )
         return self._write([values])[0]
 
@@ -459,7 +520,7 @@ class FeedbackLog(FeedbackStore):
     def read(self, since_id: int = 0, limit: int | None = None) -> list[FeedbackRecord]:
         """Records with ``id > since_id`` in id order (at most ``limit`` of them)."""
         since = self._check_since(since_id)
-        sql = f"SELECT {_SELECT_COLS} FROM {FEEDBACK_TABLE} WHERE {COL_ID} > ? ORDER BY {COL_ID}"
+        sql = f"SELECT {self._cols()} FROM {FEEDBACK_TABLE} WHERE {COL_ID} > ? ORDER BY {COL_ID}"
         params: tuple[int, ...] = (since,)
         if limit is not None:
             if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
@@ -473,7 +534,7 @@ class FeedbackLog(FeedbackStore):
     def read_user(self, user_id: str, since_id: int = 0, through_id: int | None = None) -> list[FeedbackRecord]:
         """One user's records with ``since_id < id <= through_id`` (None: no upper bound), in id order."""
         since = self._check_since(since_id)
-        sql = f"SELECT {_SELECT_COLS} FROM {FEEDBACK_TABLE} WHERE {C_USER_ID} = ? AND {COL_ID} > ?"
+        sql = f"SELECT {self._cols()} FROM {FEEDBACK_TABLE} WHERE {C_USER_ID} = ? AND {COL_ID} > ?"
         params: tuple[Any, ...] = (user_id, since)
         if through_id is not None:
             sql += f" AND {COL_ID} <= ?"
@@ -684,8 +745,11 @@ _PG_CREATE = [
     {COL_QUERY_ID} TEXT,
     {F_QUERY} TEXT NOT NULL CHECK (length({F_QUERY}) > 0),
     {F_MODEL} TEXT NOT NULL CHECK (length({F_MODEL}) > 0),
-    {F_RATING} DOUBLE PRECISION NOT NULL
+    {F_RATING} DOUBLE PRECISION NOT NULL,
+    {COL_TASK} TEXT
 )""",
+    # a store created before the task column existed gets it (in place; NULL for the old rows)
+    f"ALTER TABLE {FEEDBACK_TABLE} ADD COLUMN IF NOT EXISTS {COL_TASK} TEXT",
     f"CREATE INDEX IF NOT EXISTS {FEEDBACK_TABLE}_{C_USER_ID}_{COL_ID} ON {FEEDBACK_TABLE} ({C_USER_ID}, {COL_ID})",
     f"""CREATE TABLE IF NOT EXISTS {LLM_EVENTS_TABLE} (
     id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
@@ -792,7 +856,7 @@ class PostgresFeedbackStore(FeedbackStore):
     @staticmethod
     def _rows(rows: list[tuple[Any, ...]]) -> list[FeedbackRecord]:
         return [FeedbackRecord(int(r[0]), float(r[1]), r[2], r[3], None if r[4] is None else int(r[4]), r[5], r[6],
-                               r[7], float(r[8])) for r in rows]
+                               r[7], float(r[8]), r[9]) for r in rows]
 
     # ------------------------------------------------------------------ writing
     def append_many(self, rows: list[dict[str, Any]]) -> list[int]:

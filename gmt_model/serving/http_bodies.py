@@ -68,6 +68,7 @@ class _RouteQuery(BaseModel):
     candidates: list[str] | None = None
     cost_weight: float | None = Field(default=None, ge=0, allow_inf_nan=False)  # cost-aware routing (issue 15)
     max_cost: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    task: Any = None  # the kind of work the caller names (checked by the router: requests.check_task)
 
     def to_query(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)
@@ -90,6 +91,7 @@ class _FeedbackBody(BaseModel):
     session_id: _Id | None = None
     turn: int | None = Field(default=None, ge=1, strict=True)
     query_id: str | None = Field(default=None, min_length=1)
+    task: Any = None  # the kind of work, as named when routing (checked: requests.check_task)
 
 
 def _param_of(loc: tuple[Any, ...]) -> str | None:

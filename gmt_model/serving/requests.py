@@ -20,11 +20,14 @@ from typing import Any, Callable, Sequence
 from gmt_model.errors import RoutingError
 
 __all__ = ["Checks", "RouteRequest", "RatingRequest", "PreferenceRequest", "LLMSpec", "check_id", "check_query",
-           "check_cost", "check_cost_weight", "ID_RE", "MAX_QUERY_CHARS", "MAX_DESCRIPTION_CHARS"]
+           "check_cost", "check_cost_weight", "check_task", "ID_RE", "MAX_QUERY_CHARS", "MAX_DESCRIPTION_CHARS",
+           "MAX_TASK_CHARS"]
 
 ID_RE = re.compile(r"^[\w.@:+\-/#]{1,256}$")
 MAX_QUERY_CHARS = 100_000
 MAX_DESCRIPTION_CHARS = 10_000
+#: longest ``task`` label (the kind of work a caller names: "coding", "writing")
+MAX_TASK_CHARS = 64
 
 
 # ---------------------------------------------------------------- field checks
@@ -44,6 +47,21 @@ def check_query(q: Any, field_name: str = "query_text") -> str:
     if len(q) > MAX_QUERY_CHARS:
         raise RoutingError(f"field {field_name!r}: longer than {MAX_QUERY_CHARS} characters")
     return q
+
+
+def check_task(value: Any, field_name: str = "task") -> str | None:
+    """The kind of work a caller names for a query (``"coding"``, ``"writing"``): a short label, compared
+    exactly after surrounding spaces are stripped; None when not given."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise RoutingError(f"field {field_name!r}: expected a non-empty string naming the kind of task "
+                           f"(e.g. 'coding'), got {value!r}", field=field_name)
+    v = value.strip()
+    if len(v) > MAX_TASK_CHARS or not v.isprintable():
+        raise RoutingError(f"field {field_name!r}: expected at most {MAX_TASK_CHARS} printable characters, "
+                           f"got {value[:80]!r}", field=field_name)
+    return v
 
 
 def check_turn(turn: Any) -> int | None:
@@ -121,6 +139,7 @@ class RouteRequest:
     context: tuple[tuple[str, str, float], ...] = ()
     cost_weight: float | None = None  # None: the router's default
     max_cost: float | None = None  # None: no hard limit
+    task: str | None = None  # the kind of work the caller names (None: not named)
 
     @classmethod
     def parse(cls, raw: Any, checks: Checks, index: int | None = None) -> "RouteRequest":
@@ -136,7 +155,8 @@ class RouteRequest:
                    turn=check_turn(raw.get("turn")),
                    context=_parse_history(raw.get("conversation_history"), checks),
                    cost_weight=check_cost_weight(raw.get("cost_weight")),
-                   max_cost=check_cost(raw.get("max_cost"), "max_cost"))
+                   max_cost=check_cost(raw.get("max_cost"), "max_cost"),
+                   task=check_task(raw.get("task")))
 
 
 def _parse_history(hist: Any, checks: Checks) -> tuple[tuple[str, str, float], ...]:
@@ -171,13 +191,14 @@ class RatingRequest:
     rating: float
     session_id: str | None = None
     turn: int | None = None
+    task: str | None = None
 
     @classmethod
     def parse(cls, checks: Checks, user_id: Any, query: Any, model: Any, rating: Any, session_id: Any = None,
-              turn: Any = None) -> "RatingRequest":
+              turn: Any = None, task: Any = None) -> "RatingRequest":
         return cls(user_id=check_id(user_id, "user_id"), query=check_query(query, "query"),  # type: ignore[arg-type]
                    session_id=check_id(session_id, "session_id", required=False), model=checks.model(model),
-                   rating=checks.rating(rating), turn=check_turn(turn))
+                   rating=checks.rating(rating), turn=check_turn(turn), task=check_task(task))
 
 
 @dataclass(frozen=True)
@@ -190,14 +211,15 @@ class PreferenceRequest:
     rejected: str
     session_id: str | None = None
     turn: int | None = None
+    task: str | None = None
 
     @classmethod
     def parse(cls, checks: Checks, user_id: Any, query: Any, preferred: Any, rejected: Any, session_id: Any = None,
-              turn: Any = None) -> "PreferenceRequest":
+              turn: Any = None, task: Any = None) -> "PreferenceRequest":
         out = cls(user_id=check_id(user_id, "user_id"), query=check_query(query, "query"),  # type: ignore[arg-type]
                   session_id=check_id(session_id, "session_id", required=False),
                   preferred=checks.model(preferred, "preferred"), rejected=checks.model(rejected, "rejected"),
-                  turn=check_turn(turn))
+                  turn=check_turn(turn), task=check_task(task))
         if out.preferred == out.rejected:
             raise RoutingError("field 'rejected': must differ from 'preferred'")
         return out

@@ -13,7 +13,8 @@ The router is a facade over four parts:
   estimate of added LLMs.
 
 Scores: for a user with history, ``s = (blend(gnn, cold) + crowd) * g + residual``
-(``g``: the user's GNN weight, ``residual``: :mod:`gmt_model.method.personal`);
+(``g``: the user's GNN weight, ``residual``: :mod:`gmt_model.method.personal`, plus the user's terms for
+the request's ``task`` when the caller names one the user's feedback named);
 for an unknown user, the crowd-calibrated cold-start scores ``+ crowd``.
 ``crowd`` is 0 for trained LLMs; for an added LLM it is the shared, query-dependent
 strength everybody's feedback on it taught (:class:`~gmt_model.serving.llm_pool.CrowdEstimate`).
@@ -254,9 +255,12 @@ class GMTRouter:
         representation is stale, one predictor call.
 
         Each query: ``{"query_text", "user_id", "session_id"?, "turn"?,
-        "conversation_history"?, "candidates"?, "cost_weight"?, "max_cost"?}``.
+        "conversation_history"?, "candidates"?, "cost_weight"?, "max_cost"?, "task"?}``
+        (``task``: the kind of work the caller names, e.g. ``"coding"``: the user's votes given with the
+        same task weigh in as that task's own taste).
         Returns per query ``{"model_name", "confidence", "user_preference",
-        "scores", "reasoning", "cold_start", "history_size", "cost", ...}``.
+        "scores", "reasoning", "cold_start", "history_size", "cost", ...}`` (and ``"task"`` when the query
+        named one, to send back with the feedback).
         """
         if not isinstance(queries, (list, tuple)):
             raise RoutingError("route_batch expects a list of query dicts")
@@ -333,6 +337,9 @@ class GMTRouter:
                 post = self.state.posterior(u) if hist > 0 else self.state.prior
                 s = (self.calibration.blend(s, cold, c_idx) + crowd) * post.gnn_weight + \
                     self._policy.residual(post.residual, len(self.pool), c_idx, z)
+                per_task = post.task_terms(req.task)  # the user's deviations for this task (None: none seen)
+                if per_task is not None:
+                    s = s + per_task[c_idx]
         else:
             s = s + crowd
         sampled = self._policy.sample(s, post, self.state.crowd, len(self.pool), c_idx, z, zc)
@@ -342,7 +349,10 @@ class GMTRouter:
         if req.session_id is not None:
             turns = self.state.session_turn(req.user_id, req.session_id, req.candidates[choice.best])
             note = f" in session {req.session_id} (turn {req.turn or turns})"
-        return self._policy.result(req.user_id, note, req.candidates, s, hist, bool(req.context), choice, post)
+        out = self._policy.result(req.user_id, note, req.candidates, s, hist, bool(req.context), choice, post)
+        if req.task is not None:
+            out["task"] = req.task
+        return out
 
     def _count(self, results: list[dict[str, Any]]) -> None:
         with self._stats_lock:
@@ -468,20 +478,23 @@ class GMTRouter:
 
     # --------------------------------------------------------------- feedback
     def update_user_feedback(self, user_id: str, query: str, model: str, rating: float,
-                             session_id: str | None = None, turn: int | None = None) -> dict[str, Any]:
+                             session_id: str | None = None, turn: int | None = None,
+                             task: str | None = None) -> dict[str, Any]:
         """Add a rated interaction to the user's history (live graph) and the
         durable feedback log; the next route for this user reflects it.
 
         Two ratings of different LLMs for the same query text are a comparison.
+        ``task``: the kind of work (as named when routing; stored with the row).
         The same as :meth:`apply_logged` of :meth:`log_feedback`."""
-        return self.apply_logged(self.log_feedback(user_id, query, model, rating, session_id, turn))
+        return self.apply_logged(self.log_feedback(user_id, query, model, rating, session_id, turn, task))
 
     def update_user_preference(self, user_id: str, query: str, preferred: str, rejected: str,
-                               session_id: str | None = None, turn: int | None = None) -> dict[str, Any]:
+                               session_id: str | None = None, turn: int | None = None,
+                               task: str | None = None) -> dict[str, Any]:
         """Pairwise feedback: for this query the user preferred ``preferred`` over
         ``rejected``.  Stored as two log rows in one transaction (top and bottom
         of the rating scale, one comparison key) and applied at once."""
-        return self.apply_logged(self.log_preference(user_id, query, preferred, rejected, session_id, turn))
+        return self.apply_logged(self.log_preference(user_id, query, preferred, rejected, session_id, turn, task))
 
     # Feedback in two steps: ``log_*`` checks, embeds and makes the rows durable (the log's own transaction and
     # fsync, outside the router's lock: routing goes on meanwhile); ``apply_logged`` then applies them to the
@@ -489,25 +502,27 @@ class GMTRouter:
     # them from the log skips them, so each row is applied exactly once (the server runs the second step in
     # its router queue; a logged row that is never applied, e.g. after a crash, is replayed at the next start).
     def log_feedback(self, user_id: str, query: str, model: str, rating: float,
-                     session_id: str | None = None, turn: int | None = None) -> "LoggedFeedback":
+                     session_id: str | None = None, turn: int | None = None,
+                     task: str | None = None) -> "LoggedFeedback":
         """Step 1 of :meth:`update_user_feedback`: the checked row, stored in the log (when there is one)."""
         t0 = time.perf_counter()
-        req = RatingRequest.parse(self.checks, user_id, query, model, rating, session_id, turn)
+        req = RatingRequest.parse(self.checks, user_id, query, model, rating, session_id, turn, task)
         emb = self.embed([req.query])[0]
         row = dict(user_id=req.user_id, query=req.query, model=req.model, rating=req.rating,
-                   session_id=req.session_id, turn=req.turn)
+                   session_id=req.session_id, turn=req.turn, task=req.task)
         return LoggedFeedback(None, req.user_id, req.session_id, [row], emb, self._append_rows([row]), t0)
 
     def log_preference(self, user_id: str, query: str, preferred: str, rejected: str,
-                       session_id: str | None = None, turn: int | None = None) -> "LoggedFeedback":
+                       session_id: str | None = None, turn: int | None = None,
+                       task: str | None = None) -> "LoggedFeedback":
         """Step 1 of :meth:`update_user_preference`: both rows in one transaction."""
         t0 = time.perf_counter()
-        req = PreferenceRequest.parse(self.checks, user_id, query, preferred, rejected, session_id, turn)
+        req = PreferenceRequest.parse(self.checks, user_id, query, preferred, rejected, session_id, turn, task)
         lo, hi = self.rating_scale
         key = f"pref:{uuid.uuid4().hex}"
         emb = self.embed([req.query])[0]
         rows = [dict(user_id=req.user_id, query=req.query, model=m, rating=r, session_id=req.session_id,
-                     turn=req.turn, query_id=key) for m, r in ((req.preferred, hi), (req.rejected, lo))]
+                     turn=req.turn, query_id=key, task=req.task) for m, r in ((req.preferred, hi), (req.rejected, lo))]
         return LoggedFeedback(key, req.user_id, req.session_id, rows, emb, self._append_rows(rows), t0)
 
     def _append_rows(self, rows: list[dict[str, Any]]) -> list[int] | None:
@@ -534,7 +549,7 @@ class GMTRouter:
                 ids = logged.ids
                 for i, r in enumerate(logged.rows):
                     u = self.state.apply(logged.user_id, r["query"], r["model"], r["rating"], logged.session_id,
-                                         logged.key, logged.emb, order=ids[i] if ids else None)
+                                         logged.key, logged.emb, order=ids[i] if ids else None, task=r.get("task"))
                 size = self.state.rows_of.count(u)
                 if ids:  # applied: a later sync skips them (an eviction in between may have handed them back)
                     with self._log_lock:
@@ -548,12 +563,17 @@ class GMTRouter:
             if logged.ids:
                 self._pending_ids.difference_update(logged.ids)
         ms = (time.perf_counter() - logged.t0) * 1000.0
+        task = logged.rows[0].get("task")
         if logged.key is None:
             r = logged.rows[0]
-            return {"user_id": logged.user_id, "model": r["model"], "rating": r["rating"], "history_size": size,
-                    "feedback_id": ids[0] if ids else None, "applied_ms": ms}
-        return {"user_id": logged.user_id, "preferred": logged.rows[0]["model"], "rejected": logged.rows[1]["model"],
-                "feedback_ids": ids, "history_size": size, "applied_ms": ms}
+            out = {"user_id": logged.user_id, "model": r["model"], "rating": r["rating"], "history_size": size,
+                   "feedback_id": ids[0] if ids else None, "applied_ms": ms}
+        else:
+            out = {"user_id": logged.user_id, "preferred": logged.rows[0]["model"],
+                   "rejected": logged.rows[1]["model"], "feedback_ids": ids, "history_size": size, "applied_ms": ms}
+        if task is not None:
+            out["task"] = task
+        return out
 
     def _maybe_sync(self) -> None:
         iv = self.config.feedback_sync_interval

@@ -50,11 +50,13 @@ from gmt_model.method.personal import (
     build_evidence,
     detect_change,
     fit_posterior,
+    task_columns,
     window_lookback,
     window_rows,
 )
 from gmt_model.serving.llm_pool import CROWD_WINDOW, crowd_schedule, CrowdEstimate, LLMPool, unit_rows
-from gmt_model.serving.requests import ID_RE
+from gmt_model.errors import RoutingError
+from gmt_model.serving.requests import ID_RE, check_task
 from gmt_model.serving.scorer import Scorer
 from gmt_model.serving.user_gnn import UserGNN
 
@@ -100,6 +102,9 @@ class UserState:
         h = history
         self.next_group = int(h.group.max()) + 1 if h.group is not None and h.group.size else 0
         self.group_rows: dict[int, list[int]] = {}  # feedback groups that rated an added LLM -> their rows
+        # the tasks callers named (a row's task is an index into task_names; -1: none)
+        self.task_names: list[str] = []
+        self.task_id: dict[str, int] = {}
         with torch.inference_mode():
             self.cold_rep = model.gnn.isolated(S.USER, model.gnn.user_start[None, :])[0]
         #: users' representations computed from their rows directly (reference relations: per_user_exact)
@@ -406,11 +411,14 @@ class UserState:
         if self.pool.n_trained < len(self.pool):
             texts, at = np.unique(h.query_row[rows], return_inverse=True)  # both sides of a pair share a text
             scores = scores + self.crowd(np.arange(len(self.pool)), self.crowd_z(texts))[at.reshape(-1)]
-        ev = build_evidence(h.group[rows], h.llm[rows], h.rating[rows], self.zrows(rows), scores, self.personal)
+        codes, tasks = self.task_codes(rows)
+        ev = build_evidence(h.group[rows], h.llm[rows], h.rating[rows], self.zrows(rows), scores, self.personal,
+                            task=codes if tasks else None)
         key, at = self._change_point(u, ev, init)
         first = None if at is None else ev.n_rows - (self.rows_of.count(u) - at)
         post = fit_posterior(ev, self.personal, len(self.pool), self.basis.dims, init, first)
         post.change_key, post.change_at = key, at
+        post.tasks = tasks
         self.post[u] = (self.crowd.version, post)
         return post
 
@@ -435,6 +443,13 @@ class UserState:
         upto = ev.n_rows - (total - cut)
         first = detect_change(ev.until(upto), cfg, len(self.pool), self.basis.dims) if upto > 0 else None
         return key, (None if first is None else total - (ev.n_rows - first))
+
+    def task_codes(self, rows: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
+        """The task blocks of history rows (:func:`task_columns`) and the tasks they stand for."""
+        t = self.hist.task[rows]
+        if self.personal.task_sd <= 0 or not (t >= 0).any():
+            return np.full(rows.size, -1, np.int64), ()
+        return task_columns([self.task_names[i] if i >= 0 else None for i in t.tolist()], self.personal)
 
     def zrows(self, rows: np.ndarray) -> np.ndarray:
         """The residual's query features of history rows (texts added since are featurised on demand)."""
@@ -568,8 +583,8 @@ class UserState:
 
     # ------------------------------------------------------------------ feedback
     def apply(self, user_id: str, query: str, model: str, raw: float, session_id: str | None,
-              query_id: str | None, emb: np.ndarray, order: int | None = None) -> int:
-        """Append one rated interaction to the live history.
+              query_id: str | None, emb: np.ndarray, order: int | None = None, task: str | None = None) -> int:
+        """Append one rated interaction to the live history (``task``: the kind of work its caller named).
 
         ``order``: the row's feedback-log id.  A user's rows are kept in the
         order of these ids (the checkpoint's rows first; rows without a log in
@@ -600,7 +615,13 @@ class UserState:
         if text_row is None:
             text_row = self.text_row[query] = self.hist.add_text(emb)
         llm = self.pool.index[model]
-        row = self.hist.append(u, llm, norm, prev, text_row, group, order)
+        tid = -1
+        if task is not None:
+            tid = self.task_id.get(task, -1)
+            if tid < 0:
+                tid = self.task_id[task] = len(self.task_names)
+                self.task_names.append(task)
+        row = self.hist.append(u, llm, norm, prev, text_row, group, order, tid)
         if self.rows_of.add(u, row, self.hist.order):
             self.inserted[u] = self.inserted.get(u, 0) + 1  # earlier rows changed: cached results are stale
         if st is not None and (query_id is None or st.last_row < 0 or self.hist.group[st.last_row] != group):
@@ -636,7 +657,8 @@ class UserState:
         lo, hi = self.rating_scale
         for r in valid:
             raw = min(max(float(r.rating), lo), hi)
-            self.apply(r.user_id, r.query, r.model, raw, r.session_id, r.query_id, emb[by_text[r.query]], order=r.id)
+            self.apply(r.user_id, r.query, r.model, raw, r.session_id, r.query_id, emb[by_text[r.query]], order=r.id,
+                       task=_task_of(r))
         return len(valid)
 
     def sync(self, log: Any, embed: Callable[[list[str]], np.ndarray], loaded: set[str] | None = None,
@@ -776,6 +798,14 @@ class UserState:
 _UNLOGGED = 1 << 52
 
 
+def _task_of(record: Any) -> str | None:
+    """A stored row's task, checked as a request's is (a row a client wrote with a bad task: none)."""
+    try:
+        return check_task(getattr(record, "task", None))
+    except RoutingError:
+        return None
+
+
 class _LRU(OrderedDict):
     """A dict that keeps its ``capacity`` most recently used entries."""
 
@@ -804,7 +834,7 @@ class _GrowingHistory:
     """Rated interactions as numpy columns with amortised O(1) appends; query
     embeddings deduplicated (a growing text table and each row's index in it)."""
 
-    _COLS = ("_user", "_llm", "_rating", "_prev", "_query_row", "_group", "_order")
+    _COLS = ("_user", "_llm", "_rating", "_prev", "_query_row", "_group", "_order", "_task")
 
     def __init__(self, h: History, relations: Sequence[S.EdgeType], num_users: int, headroom: int = 1024) -> None:
         self.relations = tuple(relations)
@@ -819,6 +849,7 @@ class _GrowingHistory:
         self._query_row = np.zeros(cap, np.int64)
         self._group = np.zeros(cap, np.int64)
         self._order = np.arange(cap, dtype=np.int64) - self.n - _UNLOGGED  # checkpoint rows first
+        self._task = np.full(cap, -1, np.int64)  # the task its caller named (UserState.task_names), -1: none
         if h.deduplicated:
             text, qrow = h.text_emb, np.asarray(h.query_row, np.int64)
         else:
@@ -842,7 +873,8 @@ class _GrowingHistory:
         self.n_text += 1
         return self.n_text - 1
 
-    def append(self, user: int, llm: int, rating: float, prev: int, text_row: int, group: int, order: int) -> int:
+    def append(self, user: int, llm: int, rating: float, prev: int, text_row: int, group: int, order: int,
+               task: int = -1) -> int:
         if self.n == self._user.shape[0]:
             grow = max(1024, self.n // 4)
             for name in self._COLS:
@@ -854,6 +886,7 @@ class _GrowingHistory:
         self.num_users = max(self.num_users, int(user) + 1)
         self._user[row], self._llm[row], self._rating[row], self._prev[row] = user, llm, rating, prev
         self._query_row[row], self._group[row], self._order[row] = text_row, group, order
+        self._task[row] = task
         self.n += 1
         return row
 
@@ -880,6 +913,7 @@ class _GrowingHistory:
     num_interactions = property(lambda self: self.n)
     group = property(lambda self: self._group[: self.n])
     order = property(lambda self: self._order[: self.n])
+    task = property(lambda self: self._task[: self.n])
 
 
 class _UserRows:
