@@ -148,16 +148,23 @@ def _synthetic(folder: Path, groups: int) -> dict[str, Path]:
 
 
 def test_import_memory_does_not_grow_with_the_file(tmp_path):
-    """Bounded batches: importing 4x the records (same distinct texts and users) peaks at about the same
-    Python memory; holding all rows until the end would make it grow ~4x."""
+    """Bounded batches: importing 4x the records (same distinct texts and users) adds only the per-group
+    bookkeeping to the peak Python memory, not the rows."""
+    import gc
     import tracemalloc
 
+    # a first import outside the measurement: lazy imports and caches filled once are not the file's rows
+    C.import_jsonl(_synthetic(tmp_path / "warm", 60), tmp_path / "colwarm", batch_rows=100)
     peaks = []
     for n in (600, 2400):
         src = _synthetic(tmp_path / f"src{n}", n)
+        gc.collect()
         tracemalloc.start()
         summ = C.import_jsonl(src, tmp_path / f"col{n}", batch_rows=100)
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
         assert sum(s.n_records for s in summ.splits.values()) == 2 * n
-    assert peaks[1] < 1.5 * peaks[0], peaks
+    # what may grow is per-group bookkeeping (the group keys seen, for repeated-key checks: ~90 bytes a
+    # group); holding the rows would cost their records, turns and arrays (~500 bytes a record here)
+    per_record = (peaks[1] - peaks[0]) / (2 * (2400 - 600))
+    assert per_record < 100, (peaks, per_record)
