@@ -242,7 +242,7 @@ def test_training_on_a_celery_worker_equals_the_in_process_training(workers, tmp
     in_process, curves_local = _model(home)
     assert len(on_worker) > 10 and sorted(on_worker) == sorted(in_process)
     for name, w in on_worker.items():
-        assert w.dtype == in_process[name].dtype and np.array_equal(w, in_process[name]), name
+        assert w.dtype == in_process[name].dtype and np.array_equal(w, in_process[name]), f"{name} differs"
     assert curves_worker == curves_local
     print(f"\n[celery figures] demo/trained_model (2 epochs): celery {celery_s:.1f} s, in-process {local_s:.1f} s "
           f"(upstream in-process {prep_s:.1f} s)")
