@@ -3,6 +3,8 @@ package as the broker and result backend, two `celery -A dagster_celery.app work
 instance in PostgreSQL.
 
 - embed_demo partitions run through the workers and give the same shards as an in-process run;
+- train_demo's training step (demo/trained_model, `run_job --select`) runs on a worker and gives the same
+  weights as in-process, bit for bit;
 - a worker process killed (-9) mid-step fails the run with a clear error (WorkerLostError) and leaves no
   half-written shard.
 
