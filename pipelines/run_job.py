@@ -3,6 +3,7 @@
     python -m pipelines.run_job train_demo
     python -m pipelines.run_job train_mt_bench -c configs/pipeline/mt_bench_local.yaml
     python -m pipelines.run_job embed_mt_bench --processes 4   # the 16 embedding shards, 4 processes at a time
+    python -m pipelines.run_job train_demo --select demo/trained_model   # one step, on what is upstream already
 
 ``DAGSTER_HOME`` defaults to ``<repo>/.dagster_home`` (created with
 ``deploy/dagster.local.yaml`` as its ``dagster.yaml``), so the run shows up in
@@ -78,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
                              "(default: min(16, CPU count))")
     parser.add_argument("--partitions", default=None,
                         help="embed_<dataset>: comma-separated shard keys (default: all 16, 0..f)")
+    parser.add_argument("--select", default=None, metavar="KEYS",
+                        help="train_<dataset>: run only these assets of the job (and their checks), comma-separated "
+                             "asset keys as the UI writes them, e.g. demo/trained_model; what they read must be "
+                             "materialized already (default: the whole job)")
     parser.add_argument("-c", "--config", action="append", default=[], help="run config YAML (repeatable)")
     parser.add_argument("--log-level", default=os.environ.get("GMTROUTER_LOG_LEVEL", "INFO"),
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -104,12 +109,21 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - e.g. dagster-postgres storage that is down: one line, no traceback
         print(f"error: cannot open the Dagster instance (DAGSTER_HOME={home}): {_one_line(exc)}", file=sys.stderr)
         return 2
+    if args.select is not None and args.job.startswith("embed_"):
+        instance.dispose()
+        parser.error("--select is for train_<dataset> jobs (embed_<dataset> selects with --partitions)")
+    try:
+        selection = _selection(args.job, args.select)
+    except ValueError as exc:
+        instance.dispose()
+        print(f"error: --select: {exc}", file=sys.stderr)
+        return 2
     if args.job.startswith("embed_"):
         instance.dispose()
         return _run_partitions(args.job, run_config, args.partitions, args.processes, home)
     with instance:
         try:
-            result = _execute(args.job, run_config, instance, tags=_tags(args.config))
+            result = _execute(args.job, run_config, instance, tags=_tags(args.config), asset_selection=selection)
         except Exception as exc:  # noqa: BLE001 - storage lost during the run, invalid run config, ...
             print(f"error: {args.job} could not run: {_one_line(exc)}", file=sys.stderr)
             return 2
@@ -124,6 +138,24 @@ def _tags(config_files: list[str]) -> dict[str, str]:
     return {RUN_CONFIG_TAG: ", ".join(str(Path(p).resolve()) for p in config_files)} if config_files else {}
 
 
+def _selection(job: str, select: str | None) -> list[Any] | None:
+    """The asset keys ``--select`` names (``a/b,c/d``), each one of ``job``'s; None: the whole job."""
+    if select is None:
+        return None
+    import dagster as dg
+
+    from pipelines.definitions import defs
+
+    in_job = {k.to_user_string(): k for k in defs.resolve_job_def(job).asset_layer.executable_asset_keys}
+    names = [n.strip() for n in select.split(",") if n.strip()]
+    if not names:
+        raise ValueError("no asset key given")
+    bad = [n for n in names if n not in in_job]
+    if bad:
+        raise ValueError(f"{job} has no asset {', '.join(bad)}; its assets: {', '.join(sorted(in_job))}")
+    return [dg.AssetKey.from_user_string(n) for n in names]
+
+
 def job_by_name(name: str) -> Any:
     """The job ``name`` of the project's definitions (the reconstructor of :func:`_execute`)."""
     from pipelines.definitions import defs
@@ -132,8 +164,8 @@ def job_by_name(name: str) -> Any:
 
 
 def _execute(job: str, run_config: dict[str, Any], instance: Any, partition_key: str | None = None,
-             tags: dict[str, str] | None = None) -> Any:
-    """Run ``job``: in this process, or, when ``$GMTROUTER_EXECUTOR`` names another executor (celery,
+             tags: dict[str, str] | None = None, asset_selection: list[Any] | None = None) -> Any:
+    """Run ``job`` (only ``asset_selection`` of it, when given): in this process, or, when ``$GMTROUTER_EXECUTOR`` names another executor (celery,
     multiprocess, k8s), through that executor (a reconstructable job: its steps load the definitions
     themselves, e.g. on the Celery workers)."""
     import dagster as dg
@@ -143,10 +175,11 @@ def _execute(job: str, run_config: dict[str, Any], instance: Any, partition_key:
     if (os.environ.get(ENV_EXECUTOR, "").strip() or "in_process") == "in_process":
         return job_by_name(job).execute_in_process(run_config=run_config, instance=instance,
                                                    partition_key=partition_key, raise_on_error=False,
-                                                   tags=tags or None)
+                                                   tags=tags or None, asset_selection=asset_selection)
     recon = dg.build_reconstructable_job("pipelines.run_job", "job_by_name", reconstructable_args=(job,))
     tags = {**(tags or {}), **({"dagster/partition": partition_key} if partition_key is not None else {})}
-    return dg.execute_job(recon, instance=instance, run_config=run_config, tags=tags or None, raise_on_error=False)
+    return dg.execute_job(recon, instance=instance, run_config=run_config, tags=tags or None, raise_on_error=False,
+                          asset_selection=asset_selection)
 
 
 def _run_partition(job: str, run_config: dict[str, Any], key: str) -> tuple[str, str, bool, list[str]]:

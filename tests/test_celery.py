@@ -3,6 +3,8 @@ package as the broker and result backend, two `celery -A dagster_celery.app work
 instance in PostgreSQL.
 
 - embed_demo partitions run through the workers and give the same shards as an in-process run;
+- train_demo's training step (demo/trained_model, `run_job --select`) runs on a worker and gives the same
+  weights as in-process, bit for bit;
 - a worker process killed (-9) mid-step fails the run with a clear error (WorkerLostError) and leaves no
   half-written shard.
 
@@ -186,3 +188,63 @@ def test_a_worker_killed_mid_step_fails_the_run_and_writes_nothing(workers) -> N
     again = _run_job(d.client_env, "embed_demo", "--partitions", target, "--processes", "1")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert glob.glob(str(folder / "**" / f"shard-{target}.parquet"), recursive=True)
+
+
+def _train_config(path: Path, home: Path) -> Path:
+    """The tiny demo, 2 epochs, no user-blind model; MLflow in a SQLite file under the data root (the
+    fixture starts no MLflow server; the run config reaches the workers with the run)."""
+    path.write_text(
+        "ops:\n"
+        "  demo__raw_data: {config: {size: tiny}}\n"
+        "  demo__trained_model:\n"
+        "    config: {epochs: 2, eval_every: 1, save_every: 1000, train_user_blind: false, log_checkpoints: false}\n"
+        "resources:\n"
+        f"  mlflow: {{config: {{tracking_uri: 'sqlite:///{home}/mlflow/mlflow.db'}}}}\n", encoding="utf-8")
+    return path
+
+
+def _model(home: Path) -> tuple[dict[str, np.ndarray], str]:
+    """The trained router's tensors (model.safetensors) and its training curves (history.json)."""
+    from safetensors.numpy import load_file
+
+    found = glob.glob(str(home / "**" / "models" / "demo" / "**" / "model.safetensors"), recursive=True)
+    assert len(found) == 1, found
+    folder = Path(found[0]).parent
+    return load_file(found[0]), (folder.parent / "history.json").read_text(encoding="utf-8")
+
+
+@pytest.mark.services
+@pytest.mark.slow
+def test_training_on_a_celery_worker_equals_the_in_process_training(workers, tmp_path) -> None:
+    """train_demo's training step (demo/trained_model, `run_job --select`) on a worker, then in this
+    machine's process on the same graph: the same weights, bit for bit (seeded, deterministic on CPU)."""
+    d = workers
+    home = Path(d.client_env["GMTROUTER_HOME"])
+    cfg = str(_train_config(tmp_path / "train.yaml", home))
+    local_env = {**d.client_env, "GMTROUTER_EXECUTOR": "in_process"}
+    if not glob.glob(str(home / "**" / "interactions" / "**"), recursive=True):
+        _interactions(d.client_env)
+    t = time.monotonic()
+    up = _run_job(local_env, "train_demo", "--select", "demo/text_embeddings,demo/graph_parquet", "-c", cfg)
+    prep_s = time.monotonic() - t
+    assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+    done_before = _worker_lines(d, "succeeded in")
+    t = time.monotonic()
+    run = _run_job(d.client_env, "train_demo", "--select", "demo/trained_model", "-c", cfg)
+    celery_s = time.monotonic() - t
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert _worker_lines(d, "succeeded in") - done_before >= 1  # the step ran on a worker
+    logs = "".join(p.read_text(errors="replace") for p in (d.dir / "logs").glob("celery-worker-*.log"))
+    assert "trained_model" in logs, logs[-3000:]
+    on_worker, curves_worker = _model(home)
+    t = time.monotonic()
+    local = _run_job(local_env, "train_demo", "--select", "demo/trained_model", "-c", cfg)
+    local_s = time.monotonic() - t
+    assert local.returncode == 0, local.stdout[-3000:] + local.stderr[-3000:]
+    in_process, curves_local = _model(home)
+    assert len(on_worker) > 10 and sorted(on_worker) == sorted(in_process)
+    for name, w in on_worker.items():
+        assert w.dtype == in_process[name].dtype and np.array_equal(w, in_process[name]), f"{name} differs"
+    assert curves_worker == curves_local
+    print(f"\n[celery figures] demo/trained_model (2 epochs): celery {celery_s:.1f} s, in-process {local_s:.1f} s "
+          f"(upstream in-process {prep_s:.1f} s)")
