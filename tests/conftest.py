@@ -108,3 +108,15 @@ def demo_paths(tmp_path_factory, encoder_cache) -> dict[str, Path]:
     from gmt_model.data.demo import write_demo_dataset
 
     return write_demo_dataset(tmp_path_factory.mktemp("demo"), "tiny")
+
+
+@pytest.fixture(scope="module")
+def pg():
+    """A throwaway PostgreSQL cluster on 127.0.0.1 for one test module (``tests/pg_cluster.py``); skipped
+    where PostgreSQL is not installed (CI installs it)."""
+    from pg_cluster import PgCluster, pg_bin
+
+    if pg_bin() is None:
+        pytest.skip("PostgreSQL is not installed (CI installs it)")
+    with PgCluster() as cluster:
+        yield cluster

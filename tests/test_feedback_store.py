@@ -19,17 +19,9 @@ from gmt_model.serving.feedback import (
     open_feedback_store,
     redact_url,
 )
-from pg_cluster import PgCluster, pg_bin
+from pg_cluster import pg_bin
 
 needs_pg = pytest.mark.skipif(pg_bin() is None, reason="PostgreSQL is not installed (CI installs it)")
-
-
-@pytest.fixture(scope="module")
-def pg():
-    if pg_bin() is None:
-        pytest.skip("PostgreSQL is not installed (CI installs it)")
-    with PgCluster() as cluster:
-        yield cluster
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

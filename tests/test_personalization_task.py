@@ -148,16 +148,6 @@ def test_task_validation_names_the_field_and_stores_nothing(planted_models, plan
     assert res["task"] == "coding" and router.feedback_log.read()[0].task == "coding"
 
 
-@pytest.fixture(scope="module")
-def pg():
-    from pg_cluster import PgCluster, pg_bin
-
-    if pg_bin() is None:
-        pytest.skip("PostgreSQL is not installed (CI installs it)")
-    with PgCluster() as cluster:
-        yield cluster
-
-
 @pytest.mark.parametrize("store", ["sqlite", "postgres"])
 def test_the_task_travels_with_the_log_restart_and_a_second_process_agree(planted_models, demo_setup, tmp_path,
                                                                          store, request):

@@ -12,16 +12,7 @@ import pytest
 
 from gmt_model.method.checkpoint import update_meta
 from gmt_model.serving.router import GMTRouter
-from pg_cluster import PgCluster, pg_bin
 from test_personalization import DictEncoder, _feedback_script, _routes, make_router
-
-
-@pytest.fixture(scope="module")
-def pg():
-    if pg_bin() is None:
-        pytest.skip("PostgreSQL is not installed (CI installs it)")
-    with PgCluster() as cluster:
-        yield cluster
 
 
 @pytest.fixture
