@@ -411,6 +411,8 @@ def main(argv=None) -> int:
                     help="router checkpoint (default: the server benchmark's demo router, trained once)")
     ap.add_argument("--_measure", nargs=2, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.checkpoint:  # the replicas run in homes of their own: a relative path is the caller's
+        args.checkpoint = str(Path(args.checkpoint).resolve())
     sys.path.insert(0, str(REPO))
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if args._measure is not None:
