@@ -48,6 +48,7 @@ from typing import Any
 
 from gmt_model.atomic import atomic_path
 from gmt_model.method.schema import C_USER_ID, F_MODEL, F_QUERY, F_RATING, F_TURN
+from gmt_model.serving.requests import MAX_TASK_CHARS  # a row holds what a request may name
 
 __all__ = [
     "GroupCommit",
@@ -82,8 +83,6 @@ COL_QUERY_ID = "query_id"
 #: the kind of work the caller named ("coding", "writing"; NULL: none); added after the others (a log
 #: written before it existed gets it when opened)
 COL_TASK = "task"
-#: the longest task label a row may hold
-MAX_TASK_CHARS = 64
 #: Column order of the table, of ``FeedbackRecord`` and of the Parquet export.
 FEEDBACK_COLUMNS: tuple[str, ...] = (
     COL_ID,

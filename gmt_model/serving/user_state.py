@@ -485,9 +485,7 @@ class UserState:
                 e = torch.from_numpy(emb[todo]).to(self.device)
                 qv = self.model.gnn.isolated(S.QUERY, self.model.gnn.project_query(e))
                 k = self.pool.n_trained
-                llm = self.llm_reps()[:k]
-                n = len(e)
-                s = self.model.score(self.cold_rep.expand(n, -1), qv, llm.expand(n, -1, -1)).float().cpu().numpy()
+                s = self.scorer(self.cold_rep.expand(len(e), -1), qv, self.llm_reps())[:, :k].float().cpu().numpy()
             s = s.astype(np.float64)
             for i, v in zip(todo, (s - s.mean(axis=1, keepdims=True)) / math.sqrt(k)):
                 cache[1][rows[i]] = v
