@@ -138,11 +138,21 @@ def train_router(paths: dict[str, Path], epochs: int, seed: int, encoder: Encode
     """Train on ``paths`` (or, with ``keep``, reuse the checkpoint a run with the same settings left there)."""
     from gmt_model.data.graph_files import build_graph
     from gmt_model.method.config import load_train_config
+    import torch
+
+    from gmt_model.method.checkpoint import load_checkpoint, read_config, update_meta
+    from gmt_model.method.online import router_calibration
     from gmt_model.method.training import train
     from gmt_model.serving.router import GMTRouter
 
     if keep is not None:
         if (keep / "best").is_dir() and (keep / "done").exists():
+            if "history" not in (read_config(keep / "best").get("meta", {}).get("cold_calibration") or {}):
+                # kept by an older checkout: its calibration stored again by this one's (training is
+                # deterministic, so this is the checkpoint a new training run would store)
+                ck = load_checkpoint(keep / "best")
+                update_meta(keep / "best", {"cold_calibration": router_calibration(
+                    ck.model, build_graph(paths), torch.device("cpu")).to_dict()})
             return GMTRouter.from_checkpoint(keep / "best", encoder=encoder, feedback_sync_interval=-1.0)
         workdir = keep
     g = build_graph(paths)

@@ -163,10 +163,10 @@ def train_router_checkpoint(paths: dict[str, Path], out: Path, epochs: int, over
         import torch
 
         from gmt_model.method.checkpoint import load_checkpoint, update_meta
-        from gmt_model.method.engine import cold_calibration
+        from gmt_model.method.online import router_calibration
 
         ck = load_checkpoint(best)
-        update_meta(best, {"cold_calibration": cold_calibration(ck.model, g, torch.device("cpu")).to_dict()})
+        update_meta(best, {"cold_calibration": router_calibration(ck.model, g, torch.device("cpu")).to_dict()})
         return best
     cfg = load_train_config(SEED_CONFIG, {"epochs": epochs, "save_every": 10**9, **(overrides or {})})
     t0 = time.perf_counter()

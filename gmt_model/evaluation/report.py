@@ -14,23 +14,15 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
-import torch
 
 from gmt_model.method import schema as S
 from gmt_model.evaluation.baselines import GlobalBradleyTerry, KNNQuery, PerUserBradleyTerry
-from gmt_model.method.checkpoint import comparison_keys
-from gmt_model.method.engine import GroupSteps, build_subgraph, cold_calibration, score_rows
+from gmt_model.method.engine import GroupSteps
 from gmt_model.method.graph import GraphTables
 from gmt_model.evaluation.metrics import EvalReport, GroupScores, MethodResult, PairSet, evaluate_pair_scores
 from gmt_model.method.model import GMTModel
-from gmt_model.method.personal import (
-    CrowdCalibration,
-    PersonalConfig,
-    QueryBasis,
-    build_evidence,
-    fit_posterior,
-    window_rows,
-)
+from gmt_model.method.online import online_scores
+from gmt_model.method.personal import PersonalConfig
 from gmt_model.method.training import pair_scores, predict_groups, resolve_device
 
 __all__ = ["evaluate", "training_pairs", "online_scores", "GMTROUTER", "GMTROUTER_GNN", "USER_BLIND",
@@ -42,66 +34,6 @@ USER_BLIND = "user_blind"
 BASELINE_NAMES = {"global_bt": "global best (Bradley-Terry)", "per_user_bt": "per-user Bradley-Terry (shrunk)",
                   "knn_query": "KNN over query embeddings",
                   GMTROUTER_GNN: "GMTRouter's GNN alone (without the online residual)"}
-
-
-@torch.inference_mode()
-def online_scores(model: GMTModel, g: GraphTables, gs: GroupSteps, scores: np.ndarray, cold: np.ndarray,
-                  cfg: PersonalConfig | None = None, device: torch.device | None = None,
-                  batch_users: int | None = None) -> tuple[np.ndarray, np.ndarray, CrowdCalibration]:
-    """What the router scores for these group-steps when it holds the training
-    split as history: the GNN's ``scores`` plus each user's online residual
-    fitted on the user's training interactions, and the ``cold`` (empty
-    history) scores through the crowd calibration (``engine.cold_calibration``,
-    which training stores in the checkpoint).  Returns (warm, cold, calibration).
-    ``batch_users``: user representations from subgraphs of that many users at a time."""
-    cfg = cfg or PersonalConfig()
-    dev = device or torch.device("cpu")
-    train = np.flatnonzero(g.split_mask(S.SPLIT_TRAIN))
-    # batched: the cold user and the LLMs from a graph without history, each user batch's users from its own
-    sub = build_subgraph(g, np.zeros(0, np.int64) if batch_users else train, np.zeros(0, np.int64), dev)
-    reps = sub.embed(model)
-    keys = comparison_keys(g, train)
-    n_llms = g.num_llms
-    calib = cold_calibration(model, g, dev, batch_users=batch_users)
-    safe = np.where(gs.mask, gs.llm, 0)
-    cold_out = np.where(gs.mask, calib.apply(cold, safe), cold)
-    warm = np.array(scores, dtype=np.float64)
-    if not cfg.enabled:
-        return warm, cold_out, calib
-    warm = np.where(gs.mask, calib.blend(warm, cold, safe), warm)
-    cold_rep = reps[S.USER][sub.cold_user]
-    all_llms = np.arange(n_llms)[None, :]
-    basis = QueryBasis.from_rows(g.text_emb, g.query_row[train], cfg.query_dims)
-    tu = g.user[train]
-    order = np.argsort(tu, kind="stable")
-    starts = np.searchsorted(tu[order], np.arange(g.num_users + 1))
-    users = np.unique(gs.user)
-    chunks = [users[i:i + batch_users] for i in range(0, users.size, batch_users)] if batch_users else [users]
-    for chunk in chunks:
-        node = {u: u for u in chunk.tolist()}
-        if batch_users:  # this batch's users (only their nodes) with their training interactions visible
-            bsub = build_subgraph(g, train[np.isin(tu, chunk)], np.zeros(0, np.int64), dev, users=chunk)
-            reps = bsub.embed(model)
-            node = dict(zip(chunk.tolist(), bsub.user_nodes(chunk).tolist()))
-        for u in chunk.tolist():
-            pos = order[starts[u]:starts[u + 1]]
-            pos = pos[window_rows(g.llm[train[pos]], cfg)]
-            sel = np.flatnonzero(gs.user == u)
-            if pos.size == 0:
-                warm[sel] = cold_out[sel]
-                continue
-            rows = train[pos]
-            q_hist = g.query_vecs(rows)
-            s_hist = score_rows(model, reps[S.USER][node[u]], q_hist, reps[S.LLM])
-            s_hist = calib.blend(s_hist, score_rows(model, cold_rep, q_hist, reps[S.LLM])
-                                 if calib.cold > 0 else s_hist, all_llms)
-            ev = build_evidence(keys[pos], g.llm[rows], g.rating[rows], basis(q_hist), s_hist, cfg)
-            post = fit_posterior(ev, cfg, n_llms, basis.dims)
-            r = post.residual.reshape(n_llms, -1)
-            zq = basis(g.query_vecs(gs.inter[sel, 0]))
-            warm[sel] = warm[sel] * np.where(gs.mask[sel], post.gnn_weight, 1.0) \
-                + np.einsum("bkj,bj->bk", r[safe[sel]], zq) * gs.mask[sel]
-    return warm, cold_out, calib
 
 
 def training_pairs(g: GraphTables) -> PairSet:

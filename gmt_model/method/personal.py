@@ -592,18 +592,20 @@ def task_columns(tasks: "np.ndarray | list[str | None]", cfg: PersonalConfig) ->
 
 
 def build_evidence(group: np.ndarray, llm: np.ndarray, rating: np.ndarray, z: np.ndarray, scores: np.ndarray,
-                   cfg: PersonalConfig, task: np.ndarray | None = None) -> Evidence:
+                   cfg: PersonalConfig, task: np.ndarray | None = None, row_weight: np.ndarray | None = None) -> Evidence:
     """Evidence of one user's rated interactions (oldest first).
 
     ``group``: comparison key of each row (rows of one query rated together);
     ``llm``, ``rating`` (normalised); ``z``: (n, 1 + dims) query features;
     ``scores``: (n, L) the GNN's logits of every LLM for the row's query;
     ``task``: each row's task block (:func:`task_columns`; -1: none), or None (no tasks: the evidence
-    is the same as without the argument).  A later rating of the same LLM in the same group replaces an
-    earlier one.
+    is the same as without the argument); ``row_weight``: each row's weight (a comparison weighs its
+    weight times the smaller of its two rows'; None: 1).  A later rating of the same LLM in the same group
+    replaces an earlier one.
     """
     n, n_llms = scores.shape
     k = z.shape[1]
+    row_weight = None if row_weight is None else np.asarray(row_weight, np.float64)
     task = None if task is None or cfg.task_sd <= 0 else np.asarray(task, np.int64)
     n_tasks = int(task.max()) + 1 if task is not None and task.size and task.max() >= 0 else 0
     base = n_llms * k
@@ -635,7 +637,7 @@ def build_evidence(group: np.ndarray, llm: np.ndarray, rating: np.ndarray, z: np
         xs.append(x)
         offs.append(scores[row_a, m_a] - scores[row_b, m_b])
         ys.append(label)
-        ws.append(np.full(n_, weight))
+        ws.append(np.full(n_, weight) if row_weight is None else weight * np.minimum(row_weight[row_a], row_weight[row_b]))
 
     # pairs inside groups of size >= 2 (vectorised per group size)
     ia, ib = [], []
@@ -666,7 +668,7 @@ def build_evidence(group: np.ndarray, llm: np.ndarray, rating: np.ndarray, z: np
         ts.append(row)
         offs.append(scores[row, m[single]] - scores[row].mean(axis=1))
         ys.append(centre_ratings(r[single]))
-        ws.append(np.full(single.size, float(cfg.point_weight)))
+        ws.append(np.full(single.size, float(cfg.point_weight)) * (1.0 if row_weight is None else row_weight[row]))
     # single ratings against each other: within one user a higher rating is a preference, across queries
     # (each single rating is compared with the ``rating_pairs`` single ratings before it)
     if single.size > 1 and cfg.point_weight > 0 and cfg.rating_pairs > 0:
@@ -726,12 +728,15 @@ def centre_ratings(y: np.ndarray, pseudo: float = 2.0) -> np.ndarray:
 class CrowdCalibration:
     """Cold-start scores ``alpha * s_cold + bias[m]`` (logit units), and how a user's
     history-conditioned GNN scores are blended with them:
-    ``warm * s_gnn(u) + cold * (alpha * s_cold + bias)``."""
+    ``warm * s_gnn(u) + cold * (alpha * s_cold + bias)``; ``history``: the weight of a user's
+    training rows (the checkpoint's history) in their residual, chosen on validation pairs
+    (:func:`gmt_model.method.online.fit_history_weight`; rows added after training count 1)."""
 
     alpha: float
     bias: np.ndarray  # (L,)
     warm: float = 1.0
     cold: float = 0.0
+    history: float = 1.0
 
     def apply(self, scores: np.ndarray, llm: np.ndarray) -> np.ndarray:
         return self.alpha * np.asarray(scores, dtype=np.float64) + self.bias[np.asarray(llm)]
@@ -745,12 +750,12 @@ class CrowdCalibration:
 
     def to_dict(self) -> dict[str, Any]:
         return {"alpha": float(self.alpha), "bias": [float(b) for b in self.bias], "warm": float(self.warm),
-                "cold": float(self.cold)}
+                "cold": float(self.cold), "history": float(self.history)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CrowdCalibration":
         return cls(alpha=float(d["alpha"]), bias=np.asarray(d["bias"], np.float64), warm=float(d.get("warm", 1.0)),
-                   cold=float(d.get("cold", 0.0)))
+                   cold=float(d.get("cold", 0.0)), history=float(d.get("history", 1.0)))
 
 
 def fit_nonneg_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2) -> np.ndarray | None:
@@ -817,4 +822,4 @@ def fit_blend(calib: CrowdCalibration, warm_diff: np.ndarray, cold_cal_diff: np.
     w = fit_nonneg_logistic(x, y, l2)
     if w is None or w.sum() == 0:
         return calib
-    return CrowdCalibration(alpha=calib.alpha, bias=calib.bias, warm=float(w[0]), cold=float(w[1]))
+    return CrowdCalibration(alpha=calib.alpha, bias=calib.bias, warm=float(w[0]), cold=float(w[1]), history=calib.history)

@@ -598,12 +598,13 @@ def _train(g: GraphTables, cfg: TrainConfig, out: Path, resume: bool,
 def _store_cold_calibration(best_dir: Path, g: GraphTables, dev: torch.device,
                             batch_users: int | None = None) -> None:
     """The best model's cold-start calibration (crowd Bradley-Terry + validated weight
-    of the cold-start GNN) into its checkpoint, for the router."""
+    of the cold-start GNN, of the users' history-conditioned scores and of their training rows in
+    their residual) into its checkpoint, for the router."""
     from gmt_model.method.checkpoint import load_checkpoint, update_meta
-    from gmt_model.method.engine import cold_calibration
+    from gmt_model.method.online import router_calibration
 
     ck = load_checkpoint(best_dir, device=dev)
-    update_meta(best_dir, {"cold_calibration": cold_calibration(ck.model, g, dev, batch_users=batch_users).to_dict()})
+    update_meta(best_dir, {"cold_calibration": router_calibration(ck.model, g, dev, batch_users).to_dict()})
 
 
 #: up to this many (training interaction x width) cells the input statistics are computed on the rows

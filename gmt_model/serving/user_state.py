@@ -412,8 +412,10 @@ class UserState:
             texts, at = np.unique(h.query_row[rows], return_inverse=True)  # both sides of a pair share a text
             scores = scores + self.crowd(np.arange(len(self.pool)), self.crowd_z(texts))[at.reshape(-1)]
         codes, tasks = self.task_codes(rows)
+        hw = self.calibration.history if self.calibration is not None else 1.0
         ev = build_evidence(h.group[rows], h.llm[rows], h.rating[rows], self.zrows(rows), scores, self.personal,
-                            task=codes if tasks else None)
+                            task=codes if tasks else None,
+                            row_weight=None if hw == 1.0 else np.where(rows < self.base_rows, hw, 1.0))
         key, at = self._change_point(u, ev, init)
         first = None if at is None else ev.n_rows - (self.rows_of.count(u) - at)
         post = fit_posterior(ev, self.personal, len(self.pool), self.basis.dims, init, first)
