@@ -141,7 +141,7 @@ def train_router(paths: dict[str, Path], epochs: int, seed: int, encoder: Encode
     import torch
 
     from gmt_model.method.checkpoint import load_checkpoint, read_config, update_meta
-    from gmt_model.method.online import router_calibration
+    from gmt_model.method.training import router_calibration
     from gmt_model.method.training import train
     from gmt_model.serving.router import GMTRouter
 
@@ -409,16 +409,30 @@ def cost_quality(rows: list[dict], prices: dict[str, float], emit, seed: int = 0
         i = np.concatenate([of_judge[judges[j]] for j in rng.integers(0, len(judges), len(judges))])
         cdiffs.append(apgr(*pgr_curve(mp[i], win[i], rng)) - apgr(*pgr_curve(mb[i], win[i], rng)))
     per_split = {}
-    for sp in sorted({r["split"] for r in g4}):
-        i = np.array([k for k, r in enumerate(g4) if r["split"] == sp])
+    of_split = {sp: np.array([k for k, r in enumerate(g4) if r["split"] == sp]) for sp in sorted({r["split"] for r in g4})}
+    for sp, i in of_split.items():
         per_split[str(sp)] = {"n": int(i.size), "personalized": apgr(*pgr_curve(mp[i], win[i])),
                               "user_blind": apgr(*pgr_curve(mb[i], win[i]))}
+    # each split is its own router with its own threshold sweep: the mean over splits of the paired difference
+    # (pooling the judgments also ranks one router's margins against another's), judgments resampled per split
+    split_mean = float(np.mean([v["personalized"] - v["user_blind"] for v in per_split.values()]))
+    sdiffs = []
+    for _ in range(n_boot):
+        ds = []
+        for i in of_split.values():
+            j = i[rng.integers(0, i.size, i.size)]
+            ds.append(apgr(*pgr_curve(mp[j], win[j], rng)) - apgr(*pgr_curve(mb[j], win[j], rng)))
+        sdiffs.append(np.mean(ds))
     out["personalized_minus_user_blind"] = {"apgr": out["personalized"]["apgr"] - out["user_blind"]["apgr"],
                                             "ci": [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))],
                                             "p_below": float(np.mean(np.array(diffs) < 0)), "n_boot": n_boot,
                                             "ci_by_judge": [float(np.percentile(cdiffs, 2.5)),
                                                             float(np.percentile(cdiffs, 97.5))],
-                                            "n_judges": len(judges), "per_split": per_split}
+                                            "n_judges": len(judges), "per_split": per_split,
+                                            "mean_over_splits": split_mean,
+                                            "mean_over_splits_ci": [float(np.percentile(sdiffs, 2.5)),
+                                                                    float(np.percentile(sdiffs, 97.5))],
+                                            "mean_over_splits_p_below": float(np.mean(np.array(sdiffs) < 0))}
     emit({"bench": "cost_gpt4", "n_judgments": len(g4), "gpt4_win_rate": float(win.mean()), **out})
     # the six-LLM pool with list prices: each judgment routed among its two LLMs, cost_weight swept
     for name in ("personalized", "user_blind", "crowd_bt"):
@@ -448,7 +462,6 @@ def cost_quality(rows: list[dict], prices: dict[str, float], emit, seed: int = 0
 def overhead(router, test: list[dict], descriptions: dict[str, str]) -> dict[str, Any]:
     """add_llm's time (description encoded with the real encoder, first call warmed on another text) and
     route_single's p50 without encoding (texts cached), before and after adding two LLMs with costs."""
-    import os
 
     import torch
 
@@ -618,6 +631,11 @@ def report(path: str) -> str:
                     for sp, v in d["per_split"].items():
                         lines.append(f"| ... split {sp} ({v['n']} judgments) | {v['personalized']:.3f} vs "
                                      f"{v['user_blind']:.3f} | | |")
+                if "mean_over_splits" in d:
+                    lines.append(f"| ... mean over the {len(d['per_split'])} splits of each split's difference | "
+                                 f"{d['mean_over_splits']:+.4f} [{d['mean_over_splits_ci'][0]:+.4f}, "
+                                 f"{d['mean_over_splits_ci'][1]:+.4f}] | share of resamples below 0: "
+                                 f"{d['mean_over_splits_p_below']:.2f} | |")
     pool = [r for r in rows if r["bench"] == "cost_pool"]
     if pool:
         lines += ["", "| router | cost_weight | mean price (USD / 1M tok) | quality (win=1, tie=.5) |",

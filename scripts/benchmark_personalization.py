@@ -163,7 +163,7 @@ def train_router_checkpoint(paths: dict[str, Path], out: Path, epochs: int, over
         import torch
 
         from gmt_model.method.checkpoint import load_checkpoint, update_meta
-        from gmt_model.method.online import router_calibration
+        from gmt_model.method.training import router_calibration
 
         ck = load_checkpoint(best)
         update_meta(best, {"cold_calibration": router_calibration(ck.model, g, torch.device("cpu")).to_dict()})

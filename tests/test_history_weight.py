@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from conftest import planted_records, quick_config, write_records
-from gmt_model.method.online import HISTORY_WEIGHTS, fit_history_weight, router_calibration
+from gmt_model.method.online import HISTORY_WEIGHTS
+from gmt_model.method.training import fit_history_weight, router_calibration
 from gmt_model.method.personal import PersonalConfig, build_evidence, fit_posterior
 from gmt_model.serving.router import GMTRouter
 

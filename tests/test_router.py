@@ -41,7 +41,7 @@ def test_router_scores_equal_evaluation_scores(router, planted_models, planted_g
     g = planted_graph
     gs, gnn, sub = predict_groups(router.model, g, S.SPLIT_TEST, torch.device("cpu"))
     _, cold, _ = predict_groups(router.model, g, S.SPLIT_TEST, torch.device("cpu"), cold=True, sub=sub)
-    scores, _, _ = online_scores(router.model, g, gs, gnn, cold)
+    scores, _, _ = online_scores(router.model, g, gs, gnn, cold, calib=router.calibration)
     assert np.abs(scores - gnn)[gs.mask].max() > 1e-3  # the residual is part of what is compared
     queries = [{"query_text": g.query_text[gs.inter[i, 0]], "user_id": g.user_ids[gs.user[i]],
                 "candidates": [g.llm_names[m] for m in gs.llm[i][gs.mask[i]]]} for i in range(gs.size)]

@@ -23,7 +23,7 @@ from gmt_model.evaluation.metrics import EvalReport, GroupScores, MethodResult, 
 from gmt_model.method.model import GMTModel
 from gmt_model.method.online import online_scores
 from gmt_model.method.personal import PersonalConfig
-from gmt_model.method.training import pair_scores, predict_groups, resolve_device
+from gmt_model.method.training import pair_scores, predict_groups, resolve_device, router_calibration
 
 __all__ = ["evaluate", "training_pairs", "online_scores", "GMTROUTER", "GMTROUTER_GNN", "USER_BLIND",
            "BASELINE_NAMES"]
@@ -102,7 +102,8 @@ def evaluate(model: GMTModel, g: GraphTables, split: str = S.SPLIT_TEST, *, blin
     tick("scores")
     _, cs, _ = predict_groups(model, g, split, dev, cold=True, sub=sub, batch_users=batch_users)
     tick("cold-start scores")
-    warm, cold_cal, calib = online_scores(model, g, gs, scores, cs, personalization, dev, batch_users)
+    warm, cold_cal, calib = online_scores(model, g, gs, scores, cs, personalization, dev, batch_users,
+                                          calib=router_calibration(model, g, dev, batch_users))
     tick("online personalization")
     methods: dict[str, MethodResult] = {GMTROUTER: _result(GMTROUTER, g, _pairs_of(g, gs, warm), n_resamples, seed)}
     tick(GMTROUTER)

@@ -3,7 +3,7 @@
 history in the residual.
 
 ``online_scores`` is the evaluation's "as routed" score (:mod:`gmt_model.evaluation.report`);
-``fit_history_weight`` chooses, on the validation pairs, how much a user's training rows count in their
+``training.fit_history_weight`` chooses, on the validation pairs, how much a user's training rows count in their
 residual (``CrowdCalibration.history``): the GNN was trained on those rows, so a residual fitted on them
 may repeat what the GNN already learned, or fit noise; 1 (every row counts, the router before this
 weight) is kept unless a smaller weight predicts the held-out pairs better.  Feedback that arrives after
@@ -12,14 +12,12 @@ training always counts in full.
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import torch
 
 from gmt_model.method import schema as S
 from gmt_model.method.checkpoint import comparison_keys
-from gmt_model.method.engine import GroupSteps, build_subgraph, cold_calibration, score_rows
+from gmt_model.method.engine import GroupSteps, build_subgraph, score_rows
 from gmt_model.method.graph import GraphTables
 from gmt_model.method.model import GMTModel
 from gmt_model.method.personal import (
@@ -31,7 +29,7 @@ from gmt_model.method.personal import (
     window_rows,
 )
 
-__all__ = ["online_scores", "router_calibration", "fit_history_weight", "HISTORY_WEIGHTS"]
+__all__ = ["online_scores", "HISTORY_WEIGHTS"]
 
 #: the weights of a user's training rows tried on the validation pairs (the first: the default, kept on ties)
 HISTORY_WEIGHTS = (1.0, 0.5, 0.25, 0.0)
@@ -40,16 +38,15 @@ HISTORY_WEIGHTS = (1.0, 0.5, 0.25, 0.0)
 @torch.inference_mode()
 def online_scores(model: GMTModel, g: GraphTables, gs: GroupSteps, scores: np.ndarray, cold: np.ndarray,
                   cfg: PersonalConfig | None = None, device: torch.device | None = None,
-                  batch_users: int | None = None, calib: CrowdCalibration | None = None
+                  batch_users: int | None = None, *, calib: CrowdCalibration
                   ) -> tuple[np.ndarray, np.ndarray, CrowdCalibration]:
     """What the router scores for these group-steps when it holds the training
     split as history: the GNN's ``scores`` plus each user's online residual
     fitted on the user's training interactions, and the ``cold`` (empty
-    history) scores through the crowd calibration (``engine.cold_calibration``,
-    which training stores in the checkpoint).  Returns (warm, cold, calibration).
-    ``batch_users``: user representations from subgraphs of that many users at a time; ``calib``: this
-    calibration instead of the one training stores (:func:`router_calibration`).  The training rows count in each residual with the
-    calibration's ``history`` weight, as in the router."""
+    history) scores through ``calib``, the crowd calibration the router uses
+    (``training.router_calibration``, which training stores in the checkpoint); the training rows count
+    in each residual with its ``history`` weight, as in the router.  Returns (warm, cold, calibration).
+    ``batch_users``: user representations from subgraphs of that many users at a time."""
     cfg = cfg or PersonalConfig()
     dev = device or torch.device("cpu")
     train = np.flatnonzero(g.split_mask(S.SPLIT_TRAIN))
@@ -58,7 +55,6 @@ def online_scores(model: GMTModel, g: GraphTables, gs: GroupSteps, scores: np.nd
     reps = sub.embed(model)
     keys = comparison_keys(g, train)
     n_llms = g.num_llms
-    calib = calib if calib is not None else router_calibration(model, g, dev, batch_users)
     safe = np.where(gs.mask, gs.llm, 0)
     cold_out = np.where(gs.mask, calib.apply(cold, safe), cold)
     warm = np.array(scores, dtype=np.float64)
@@ -99,45 +95,3 @@ def online_scores(model: GMTModel, g: GraphTables, gs: GroupSteps, scores: np.nd
             warm[sel] = warm[sel] * np.where(gs.mask[sel], post.gnn_weight, 1.0) \
                 + np.einsum("bkj,bj->bk", r[safe[sel]], zq) * gs.mask[sel]
     return warm, cold_out, calib
-
-
-def router_calibration(model: GMTModel, g: GraphTables, device: torch.device,
-                       batch_users: int | None = None) -> CrowdCalibration:
-    """The calibration training stores in the checkpoint and the router uses: ``cold_calibration`` (the
-    crowd, the cold-start GNN, the users' history-conditioned scores) and the history weight."""
-    calib = cold_calibration(model, g, device, batch_users=batch_users)
-    calib.history = fit_history_weight(model, g, device, calib, batch_users=batch_users)
-    return calib
-
-
-def fit_history_weight(model: GMTModel, g: GraphTables, device: torch.device, calib: CrowdCalibration,
-                       batch_users: int | None = None, max_users: int = 2_000,
-                       weights: tuple[float, ...] = HISTORY_WEIGHTS, cfg: PersonalConfig | None = None) -> float:
-    """The weight of users' training rows in their residual that best predicts the validation pairs
-    (pairwise log-likelihood, as routed; at most ``max_users`` users with validation pairs, evenly spaced).
-    No validation pairs: 1."""
-    from gmt_model.method.training import pair_scores, predict_groups
-
-    gs, scores, sub = predict_groups(model, g, S.SPLIT_VALID, device, batch_users=batch_users)
-    if gs.size == 0:
-        return 1.0
-    _, cold, _ = predict_groups(model, g, S.SPLIT_VALID, device, cold=True, sub=sub, batch_users=batch_users)
-    users = np.unique(gs.user)
-    if users.size > max_users:
-        users = users[np.linspace(0, users.size - 1, max_users).astype(np.int64)]
-        keep = np.flatnonzero(np.isin(gs.user, users))
-        gs, scores, cold = gs.take(keep), scores[keep], cold[keep]
-    best, best_nll = 1.0, np.inf
-    for w in weights:
-        warm, _, _ = online_scores(model, g, gs, scores, cold, cfg, device, batch_users,
-                                   calib=dataclasses.replace(calib, history=float(w)))
-        _, _, _, sa, sb, label = pair_scores(gs, warm)
-        keep = label != 0.5
-        if not keep.any():
-            return 1.0
-        z = (sa - sb)[keep]
-        y = label[keep]
-        nll = float(np.mean(y * np.logaddexp(0.0, -z) + (1.0 - y) * np.logaddexp(0.0, z)))
-        if nll < best_nll - 1e-9:
-            best, best_nll = float(w), nll
-    return best

@@ -730,7 +730,7 @@ class CrowdCalibration:
     history-conditioned GNN scores are blended with them:
     ``warm * s_gnn(u) + cold * (alpha * s_cold + bias)``; ``history``: the weight of a user's
     training rows (the checkpoint's history) in their residual, chosen on validation pairs
-    (:func:`gmt_model.method.online.fit_history_weight`; rows added after training count 1)."""
+    (:func:`gmt_model.method.training.fit_history_weight`; rows added after training count 1)."""
 
     alpha: float
     bias: np.ndarray  # (L,)

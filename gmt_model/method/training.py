@@ -74,9 +74,11 @@ from gmt_model.method.engine import (
 )
 from gmt_model.method.graph import GraphTables, as_tensor, pair_labels
 from gmt_model.method.pairwise import pair_accuracy, pair_auc
+from gmt_model.method.personal import CrowdCalibration, PersonalConfig
 from gmt_model.method.model import GMTModel, ModelConfig
 
 __all__ = ["TrainResult", "train", "model_config_for", "resolve_device", "predict_groups", "pair_scores",
+           "router_calibration", "fit_history_weight",
            "EpochSampler", "UserBatchSampler", "ResumeMismatchError", "concat_group_steps"]
 
 log = logging.getLogger(__name__)
@@ -601,10 +603,53 @@ def _store_cold_calibration(best_dir: Path, g: GraphTables, dev: torch.device,
     of the cold-start GNN, of the users' history-conditioned scores and of their training rows in
     their residual) into its checkpoint, for the router."""
     from gmt_model.method.checkpoint import load_checkpoint, update_meta
-    from gmt_model.method.online import router_calibration
 
     ck = load_checkpoint(best_dir, device=dev)
     update_meta(best_dir, {"cold_calibration": router_calibration(ck.model, g, dev, batch_users).to_dict()})
+
+
+def router_calibration(model: GMTModel, g: GraphTables, device: torch.device,
+                       batch_users: int | None = None) -> CrowdCalibration:
+    """The calibration training stores in the checkpoint and the router uses: ``cold_calibration`` (the
+    crowd, the cold-start GNN, the users' history-conditioned scores) and the history weight."""
+    from gmt_model.method.engine import cold_calibration
+
+    calib = cold_calibration(model, g, device, batch_users=batch_users)
+    calib.history = fit_history_weight(model, g, device, calib, batch_users=batch_users)
+    return calib
+
+
+def fit_history_weight(model: GMTModel, g: GraphTables, device: torch.device, calib: CrowdCalibration,
+                       batch_users: int | None = None, max_users: int = 2_000,
+                       weights: tuple[float, ...] | None = None, cfg: PersonalConfig | None = None) -> float:
+    """The weight of users' training rows in their residual that best predicts the validation pairs
+    (pairwise log-likelihood, as routed; at most ``max_users`` users with validation pairs, evenly spaced).
+    No validation pairs: 1."""
+    from gmt_model.method.online import HISTORY_WEIGHTS, online_scores
+
+    gs, scores, sub = predict_groups(model, g, S.SPLIT_VALID, device, batch_users=batch_users)
+    if gs.size == 0:
+        return 1.0
+    _, cold, _ = predict_groups(model, g, S.SPLIT_VALID, device, cold=True, sub=sub, batch_users=batch_users)
+    users = np.unique(gs.user)
+    if users.size > max_users:
+        users = users[np.linspace(0, users.size - 1, max_users).astype(np.int64)]
+        keep = np.flatnonzero(np.isin(gs.user, users))
+        gs, scores, cold = gs.take(keep), scores[keep], cold[keep]
+    best, best_nll = 1.0, np.inf
+    for w in weights or HISTORY_WEIGHTS:
+        warm, _, _ = online_scores(model, g, gs, scores, cold, cfg, device, batch_users,
+                                   calib=dataclasses.replace(calib, history=float(w)))
+        _, _, _, sa, sb, label = pair_scores(gs, warm)
+        keep = label != 0.5
+        if not keep.any():
+            return 1.0
+        z = (sa - sb)[keep]
+        y = label[keep]
+        nll = float(np.mean(y * np.logaddexp(0.0, -z) + (1.0 - y) * np.logaddexp(0.0, z)))
+        if nll < best_nll - 1e-9:
+            best, best_nll = float(w), nll
+    return best
 
 
 #: up to this many (training interaction x width) cells the input statistics are computed on the rows
