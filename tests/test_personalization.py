@@ -141,7 +141,7 @@ def test_unknown_user_gets_the_cold_start_choice(planted_models, planted_graph, 
     router = make_router(planted_models, g)
     gs, gnn, sub = predict_groups(router.model, g, S.SPLIT_TEST, torch.device("cpu"))
     _, cold, _ = predict_groups(router.model, g, S.SPLIT_TEST, torch.device("cpu"), cold=True, sub=sub)
-    _, expected, _ = online_scores(router.model, g, gs, gnn, cold)
+    _, expected, _ = online_scores(router.model, g, gs, gnn, cold, calib=router.calibration)
     rows = range(min(gs.size, 60))
 
     def assert_strangers_scored_as(r_, table):
