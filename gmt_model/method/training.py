@@ -346,14 +346,20 @@ def predict_groups(model: GMTModel, g: GraphTables, split: str, device: torch.de
     return gs, scores, sub
 
 
+def _pair_log_loss(sa: np.ndarray, sb: np.ndarray, label: np.ndarray) -> float:
+    """Mean pairwise logistic loss of the non-tied pairs (NaN: none)."""
+    keep = label != 0.5
+    if not keep.any():
+        return float("nan")
+    y = np.where(label[keep] == 1.0, 1.0, -1.0)
+    return float(np.mean(np.logaddexp(0.0, -y * (sa[keep] - sb[keep]))))
+
+
 def _validate(model: GMTModel, g: GraphTables, device: torch.device, sub: Subgraph | None,
               batch_users: int | None = None, amp: bool = False):
     gs, scores, sub = predict_groups(model, g, S.SPLIT_VALID, device, sub=sub, batch_users=batch_users, amp=amp)
     *_, sa, sb, label = pair_scores(gs, scores)
-    keep = label != 0.5
-    y = np.where(label[keep] == 1.0, 1.0, -1.0)
-    loss = float(np.mean(np.logaddexp(0.0, -y * (sa[keep] - sb[keep])))) if keep.any() else float("nan")
-    return {"val_loss": loss, "val_auc": float(pair_auc(sa, sb, label)),
+    return {"val_loss": _pair_log_loss(sa, sb, label), "val_auc": float(pair_auc(sa, sb, label)),
             "val_accuracy": float(pair_accuracy(sa, sb, label))}, sub
 
 
@@ -636,17 +642,13 @@ def fit_history_weight(model: GMTModel, g: GraphTables, device: torch.device, ca
         users = users[np.linspace(0, users.size - 1, max_users).astype(np.int64)]
         keep = np.flatnonzero(np.isin(gs.user, users))
         gs, scores, cold = gs.take(keep), scores[keep], cold[keep]
+    if not (pair_scores(gs, scores)[-1] != 0.5).any():
+        return 1.0
     best, best_nll = 1.0, np.inf
     for w in weights or HISTORY_WEIGHTS:
         warm, _, _ = online_scores(model, g, gs, scores, cold, cfg, device, batch_users,
                                    calib=dataclasses.replace(calib, history=float(w)))
-        _, _, _, sa, sb, label = pair_scores(gs, warm)
-        keep = label != 0.5
-        if not keep.any():
-            return 1.0
-        z = (sa - sb)[keep]
-        y = label[keep]
-        nll = float(np.mean(y * np.logaddexp(0.0, -z) + (1.0 - y) * np.logaddexp(0.0, z)))
+        nll = _pair_log_loss(*pair_scores(gs, warm)[3:])
         if nll < best_nll - 1e-9:
             best, best_nll = float(w), nll
     return best
