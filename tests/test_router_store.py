@@ -80,7 +80,7 @@ def test_routing_goes_on_while_the_store_is_down(planted_models, planted_graph, 
             b.update_user_feedback("fresh", texts[1], b.llms[0], 1.0)
     finally:
         pg.start()
-    b._store_retry_at = 0.0  # (instead of waiting for the retry interval)
+    b.link.retry_at = 0.0  # (instead of waiting for the retry interval)
     _same(_routes(b, texts, [g.user_ids[1], "fresh"]), _routes(a, texts, [g.user_ids[1], "fresh"]))
 
 

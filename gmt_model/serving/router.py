@@ -1,6 +1,6 @@
 """GMTRouter: personalised routing with a live user graph and an open LLM pool.
 
-The router is a facade over four parts:
+The router is a facade over five parts:
 
 * :mod:`~gmt_model.serving.requests`: typed requests, validated once;
 * :mod:`~gmt_model.serving.user_state`: the live rated history, the users'
@@ -11,6 +11,9 @@ The router is a facade over four parts:
 * :mod:`~gmt_model.serving.llm_pool`: the LLMs one may route to (trained and
   added ones, their descriptions, prices and endpoints) and the crowd
   estimate of added LLMs.
+* :mod:`~gmt_model.serving.store_link`: the link to the shared feedback
+  store (feedback rows and pool events written, replayed at start, synced
+  while running, users loaded and evicted on demand).
 
 Scores: for a user with history, ``s = (blend(gnn, cold) + crowd) * g + residual``
 (``g``: the user's GNN weight, ``residual``: :mod:`gmt_model.method.personal`, plus the user's terms for
@@ -32,7 +35,6 @@ import logging
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -47,7 +49,6 @@ from gmt_model.method.checkpoint import Checkpoint, History, load_checkpoint
 from gmt_model.method.config import RouterConfig, load_router_config
 from gmt_model.method.personal import CrowdCalibration, PersonalConfig, Posterior, fit_bias, group_pairs
 from gmt_model.method.training import resolve_device
-from gmt_model.serving.feedback import GroupCommit
 from gmt_model.serving.llm_pool import LLMPool
 from gmt_model.serving.policy import Policy
 from gmt_model.serving.requests import (
@@ -58,6 +59,7 @@ from gmt_model.serving.requests import (
     RouteRequest,
     check_cost_weight,
 )
+from gmt_model.serving.store_link import StoreLink
 from gmt_model.serving.user_state import UserState
 
 __all__ = ["GMTRouter", "RoutingError"]
@@ -119,10 +121,6 @@ class GMTRouter:
         self._encoder = encoder
         self._emb_cache: dict[str, np.ndarray] = {}
         self._lock = threading.RLock()
-        #: guards a log append together with the marking of its ids (own, pending), against a sync's read
-        self._log_lock = threading.Lock()
-        self._pending_ids: set[int] = set()
-        self._group_commit = GroupCommit(self._write_rows)
         try:
             self.personal = PersonalConfig.from_dict(config.personalization, "router.personalization")
         except (TypeError, ValueError) as e:
@@ -140,43 +138,28 @@ class GMTRouter:
         self._stats_lock = threading.Lock()
         self.route_counts: dict[str, int] = {}
         self.route_cost: dict[str, float] = {}  # sum of the chosen LLMs' prices (USD per 1M tokens)
-        # durable feedback and pool events: replay what is newer than the training data, then follow others
-        self.feedback_log = None
+        # durable feedback and pool events (store_link): every pool change, whatever the checkpoint (its LLMs'
+        # descriptions may have changed), then the rows newer than the training data; then follow others
+        store = None
         if config.feedback_log:
             from gmt_model.serving.feedback import open_feedback_store
 
-            self.feedback_log = open_feedback_store(config.feedback_log)  # a SQLite path or a postgresql:// URL
-        self.feedback_through_id = int(ck.meta.get("feedback_through_id", 0) or 0)
-        self.state.synced_id = self.feedback_through_id
-        self._llm_event_id = 0
-        self._own_events: set[int] = set()
-        self.replayed = 0
-        self._logged_names: set[str] = set()
-        if self.feedback_log is not None:
-            self._sync_pool()  # every pool change, whatever the checkpoint (its LLMs' descriptions may have changed)
+            store = open_feedback_store(config.feedback_log)  # a SQLite path or a postgresql:// URL
+        self.link = StoreLink(store, self.state, self._lock, self.embed, config=config, meta=ck.meta,
+                              apply_pool_event=lambda ev: self.pool.apply_event(ev, self._embed_description),
+                              pool_changed=self._pool_changed)
+        if store is not None:
+            self.link.sync_pool()
             self._record_config_pool()
-        # a store with per-user reads (PostgreSQL): no replay at start; a user's rows are read on first use
-        # (_ensure_loaded) and the sync follows only the users loaded so far
-        self._unmerged = {int(i) for i in (ck.meta.get("feedback_unmerged_ids") or [])
-                          if int(i) <= self.feedback_through_id}
-        # the users whose rows this router holds, least recently used first (bounded: max_loaded_users)
-        self._loaded: OrderedDict[str, None] | None = None
-        self.evicted = 0
-        self._store_retry_at = 0.0
-        if (self.feedback_log is not None and config.replay_feedback
-                and getattr(self.feedback_log, "lazy_users", False)):
-            self._loaded = OrderedDict()
-            self.state.synced_id = max(self.state.synced_id, self.feedback_log.max_id())
-        elif self.feedback_log is not None and config.replay_feedback:
-            # rows the training data read but could not use (a single rating compares nothing) are history only:
-            # replay them too
-            unmerged = sorted(int(i) for i in (ck.meta.get("feedback_unmerged_ids") or [])
-                              if int(i) <= self.state.synced_id)
-            if unmerged:
-                keep = set(unmerged)
-                rows = [r for r in self.feedback_log.read(since_id=unmerged[0] - 1, limit=None) if r.id in keep]
-                self.replayed += self.state.apply_rows(rows, self.embed)
-            self.replayed += self.sync_feedback(force=True)
+            if config.replay_feedback:
+                self.link.replay()
+
+    # the store link's figures and store, as attributes of the router
+    feedback_log = property(lambda self: self.link.store)
+    feedback_through_id = property(lambda self: self.link.through_id)
+    replayed = property(lambda self: self.link.replayed)
+    evicted = property(lambda self: self.link.evicted)
+    _loaded = property(lambda self: self.link.loaded)
 
     # ---------------------------------------------------------------- loading
     @classmethod
@@ -270,7 +253,7 @@ class GMTRouter:
         texts = [r.query_text for r in reqs]
         self._encode_missing(texts + [c[0] for r in reqs for c in r.context])
         with self._lock, torch.inference_mode():
-            self._refresh_for_routing([r.user_id for r in reqs])
+            self.link.refresh_for_routing([r.user_id for r in reqs])
             self.state.ensure_crowd()
             emb = self.embed(texts)
             uidx = [self.state.user_index.get(r.user_id, -1) for r in reqs]
@@ -388,9 +371,9 @@ class GMTRouter:
         self.pool.check_add(spec)
         emb = self._embed_description(spec.description)  # type: ignore[arg-type]
         with self._lock:
-            self._sync_pool()
+            self.link.sync_pool()
             self.pool.check_add(spec)  # another process may have added it meanwhile
-            self._log_event("add", spec.name, spec.description, spec.cost, spec.endpoint)
+            self.link.log_pool_event("add", spec.name, spec.description, spec.cost, spec.endpoint)
             self.pool.add(spec, emb)
             self._pool_changed()
             return self._describe(spec.name)
@@ -404,9 +387,9 @@ class GMTRouter:
             raise RoutingError("field 'description': give a description, a cost or an endpoint to change")
         emb = self._embed_description(spec.description) if spec.description is not None else None
         with self._lock:
-            self._sync_pool()
+            self.link.sync_pool()
             self.pool.check_update(name)
-            self._log_event("update", name, spec.description, spec.cost, spec.endpoint)
+            self.link.log_pool_event("update", name, spec.description, spec.cost, spec.endpoint)
             self.pool.update(name, spec.description, spec.cost, spec.endpoint, emb)
             if emb is not None:
                 self._pool_changed()
@@ -415,37 +398,16 @@ class GMTRouter:
     def remove_llm(self, name: str) -> dict[str, Any]:
         """Take an LLM out of the pool: never routed to again; its rated history stays."""
         with self._lock:
-            self._sync_pool()
+            self.link.sync_pool()
             self.pool.check_remove(name)
-            self._log_event("remove", name)
+            self.link.log_pool_event("remove", name)
             self.pool.remove(name)
             self.state.crowd_dirty = True
             return self._describe(name)
 
-    def _log_event(self, op: str, name: str, description: str | None = None, cost: float | None = None,
-                   endpoint: str | None = None) -> None:
-        if self.feedback_log is not None:
-            self._own_events.add(self.feedback_log.append_llm_event(op, name, description, cost, endpoint))
-
     def _pool_changed(self) -> None:
         self.state.refresh_llms()
         self.state.extend_calibration()
-
-    def _sync_pool(self) -> int:
-        """Apply the pool events stored since the last sync (by any process), in order."""
-        if self.feedback_log is None:
-            return 0
-        events = self.feedback_log.read_llm_events(since_id=self._llm_event_id)
-        changed = 0
-        for ev in events:
-            self._logged_names.add(ev["name"])
-            if ev["id"] not in self._own_events:
-                changed += self.pool.apply_event(ev, self._embed_description)
-            self._llm_event_id = ev["id"]
-        self._own_events = {i for i in self._own_events if i > self._llm_event_id}
-        if changed:
-            self._pool_changed()
-        return changed
 
     def _apply_config_pool(self) -> None:
         """``router.llms``: the team's pool (name -> description, cost, endpoint).  Trained LLMs it lists keep
@@ -472,9 +434,8 @@ class GMTRouter:
         next training run knows their descriptions; a later ``remove`` in the log then stays removed."""
         for name, spec in (self.config.llms or {}).items():
             info = self.pool.info[self.pool.index[name]]
-            if not info.trained and name not in self._logged_names:
-                self._log_event("add", name, info.description, info.cost, info.endpoint)
-                self._logged_names.add(name)
+            if not info.trained and not self.link.logged(name):
+                self.link.log_pool_event("add", name, info.description, info.cost, info.endpoint)
 
     # --------------------------------------------------------------- feedback
     def update_user_feedback(self, user_id: str, query: str, model: str, rating: float,
@@ -510,7 +471,7 @@ class GMTRouter:
         emb = self.embed([req.query])[0]
         row = dict(user_id=req.user_id, query=req.query, model=req.model, rating=req.rating,
                    session_id=req.session_id, turn=req.turn, task=req.task)
-        return LoggedFeedback(None, req.user_id, req.session_id, [row], emb, self._append_rows([row]), t0)
+        return LoggedFeedback(None, req.user_id, req.session_id, [row], emb, self.link.append([row]), t0)
 
     def log_preference(self, user_id: str, query: str, preferred: str, rejected: str,
                        session_id: str | None = None, turn: int | None = None,
@@ -523,45 +484,28 @@ class GMTRouter:
         emb = self.embed([req.query])[0]
         rows = [dict(user_id=req.user_id, query=req.query, model=m, rating=r, session_id=req.session_id,
                      turn=req.turn, query_id=key, task=req.task) for m, r in ((req.preferred, hi), (req.rejected, lo))]
-        return LoggedFeedback(key, req.user_id, req.session_id, rows, emb, self._append_rows(rows), t0)
-
-    def _append_rows(self, rows: list[dict[str, Any]]) -> list[int] | None:
-        """Store the rows in one transaction, shared with the rows other threads store at the same time (group
-        commit: one fsync for all); their ids are this router's own (a sync skips them) and pending (a user
-        load skips them) from the moment they exist: ``_log_lock`` also guards the sync's read."""
-        if self.feedback_log is None:
-            return None
-        return self._group_commit.submit(rows)
-
-    def _write_rows(self, rows: list[dict[str, Any]]) -> list[int]:
-        with self._log_lock:
-            ids = self.feedback_log.append_many(rows)
-            self.state.own_ids.update(ids)
-            self._pending_ids.update(ids)
-        return ids
+        return LoggedFeedback(key, req.user_id, req.session_id, rows, emb, self.link.append(rows), t0)
 
     def apply_logged(self, logged: "LoggedFeedback") -> dict[str, Any]:
         """Step 2: apply logged feedback to the live history; the next route for the user reflects it."""
         try:
             with self._lock:
-                self._ensure_loaded([logged.user_id])
-                self._maybe_sync()
+                self.link.ensure_loaded([logged.user_id])
+                self.link.maybe_sync()
                 ids = logged.ids
                 for i, r in enumerate(logged.rows):
                     u = self.state.apply(logged.user_id, r["query"], r["model"], r["rating"], logged.session_id,
                                          logged.key, logged.emb, order=ids[i] if ids else None, task=r.get("task"))
                 size = self.state.rows_of.count(u)
-                if ids:  # applied: a later sync skips them (an eviction in between may have handed them back)
-                    with self._log_lock:
-                        self.state.own_ids.update(i for i in ids if i > self.state.synced_id)
+                if ids:  # applied: a later sync skips them
+                    self.link.applied(ids)
         except BaseException:
             if logged.ids:  # not applied here: the next sync applies them from the log
-                with self._log_lock:
-                    self.state.own_ids.difference_update(logged.ids)
+                self.link.not_applied(logged.ids)
             raise
         finally:
             if logged.ids:
-                self._pending_ids.difference_update(logged.ids)
+                self.link.settled(logged.ids)
         ms = (time.perf_counter() - logged.t0) * 1000.0
         task = logged.rows[0].get("task")
         if logged.key is None:
@@ -575,85 +519,14 @@ class GMTRouter:
             out["task"] = task
         return out
 
-    def _maybe_sync(self) -> None:
-        iv = self.config.feedback_sync_interval
-        if self.feedback_log is None or iv < 0:
-            return
-        if time.monotonic() - self.state.last_sync >= iv:
-            self.sync_feedback()
-
     def sync_feedback(self, force: bool = False) -> int:
         """Apply the pool events and then the log rows appended (by any process) since the last
         sync, in id order, skipping this router's own; returns how many rows were applied."""
-        if self.feedback_log is None:
-            return 0
-        with self._lock:
-            self._sync_pool()
-            return self.state.sync(self.feedback_log, self.embed, self._loaded, guard=self._log_lock)
-
-    def _ensure_loaded(self, user_ids: Sequence[str]) -> None:
-        """Read the stored rows of users this router has not loaded yet (lazy stores only): the rows newer
-        than the checkpoint's training data (and those it read but could not use), all of them (those past
-        the sync point are then skipped by the sync, as own rows are).  The same set of rows as a replay at
-        start, so routing agrees.  Marks the users most recently used; past ``max_loaded_users`` the least
-        recently used are evicted (``_evict_loaded``) and read again on their next use."""
-        if self._loaded is None:
-            return
-        users = list(dict.fromkeys(user_ids))
-        with self._lock:
-            since = min([self.feedback_through_id] + [i - 1 for i in self._unmerged])
-            for user in users:
-                if user in self._loaded:
-                    self._loaded.move_to_end(user)
-                    continue
-                with self._log_lock:  # rows logged here but not applied yet (pending) are left to apply_logged
-                    got = self.feedback_log.read_user(user, since_id=since)
-                    pending = set(self._pending_ids)
-                rows = [r for r in got if (r.id > self.feedback_through_id or r.id in self._unmerged)
-                        and r.id not in pending]
-                self.replayed += self.state.apply_rows(rows, self.embed)
-                # rows past the sync point are applied now: the sync skips them as it skips this router's own
-                self.state.own_ids.update(r.id for r in rows if r.id > self.state.synced_id)
-                self._loaded[user] = None
-            self._evict_loaded(users)
-
-    def _evict_loaded(self, keep: Sequence[str]) -> None:
-        """Past ``max_loaded_users`` loaded users, drop the least recently used (not those of the current
-        call) down to 90% of it, in one batch (one compaction of the history per batch); they are read from
-        the store again on their next use (``UserState.evict``)."""
-        cap = int(self.config.max_loaded_users)
-        assert self._loaded is not None
-        if len(self._loaded) <= cap:
-            return
-        target = cap - cap // 10
-        busy = set(keep)
-        out = []
-        for user in self._loaded:  # least recently used first
-            if len(self._loaded) - len(out) <= target:
-                break
-            if user not in busy:
-                out.append(user)
-        for user in out:
-            del self._loaded[user]
-        self.evicted += self.state.evict(out)
-
-    def _refresh_for_routing(self, user_ids: Sequence[str]) -> None:
-        """Load new users and sync before routing; when the store cannot be reached (a PostgreSQL server
-        down), route with what this router holds, log it, and try again after ``feedback_sync_interval``
-        (a user that could not be loaded is loaded on a later call).  Feedback still fails then."""
-        if self.feedback_log is None or time.monotonic() < self._store_retry_at:
-            return
-        try:
-            self._ensure_loaded(user_ids)
-            self._maybe_sync()
-        except OSError as exc:  # FeedbackStoreError
-            self.state.last_sync = time.monotonic()
-            self._store_retry_at = self.state.last_sync + max(1.0, float(self.config.feedback_sync_interval))
-            log.warning("routing without the feedback store for now: %s", exc)
+        return self.link.sync(force)
 
     # ------------------------------------------------------------ inspection
     def history_size(self, user_id: str) -> int:
-        self._ensure_loaded([user_id])
+        self.link.ensure_loaded([user_id])
         return self.state.history_size(user_id)
 
     def history(self) -> History:
@@ -663,7 +536,7 @@ class GMTRouter:
 
     def posterior(self, user_id: str) -> Posterior | None:
         """The user's residual posterior (None for a user without rated history)."""
-        self._ensure_loaded([user_id])
+        self.link.ensure_loaded([user_id])
         u = self.state.user_index.get(user_id)
         if u is None or not self.state.rows_of.count(u):
             return None
