@@ -14,7 +14,7 @@ from gmt_model.method.checkpoint import History
 from gmt_model.method.engine import build_subgraph
 from gmt_model.method.model import GMTModel, ModelConfig
 from gmt_model.serving.user_gnn import UserGNN, applies
-from gmt_model.serving.user_state import _GrowingHistory
+from gmt_model.serving.live_history import GrowingHistory
 
 
 def _model(relations, layers: int, seed: int = 0) -> GMTModel:
@@ -60,7 +60,7 @@ def _history(seed: int = 0, users: int = 5, llms: int = 4, texts: int = 9) -> Hi
 
 
 def _subgraph_users(model: GMTModel, h: History, rows: np.ndarray, users: np.ndarray) -> torch.Tensor:
-    g = _GrowingHistory(h, model.cfg.edge_types, int(h.user.max()) + 1, headroom=0)
+    g = GrowingHistory(h, model.cfg.edge_types, int(h.user.max()) + 1, headroom=0)
     with torch.inference_mode():
         return build_subgraph(g, rows, np.zeros(0, np.int64), torch.device("cpu"), users=users).embed(model)[S.USER][: users.size]
 

@@ -34,7 +34,8 @@ import numpy as np
 from gmt_model.errors import RoutingError
 from gmt_model.serving.requests import LLMSpec
 
-__all__ = ["LLMInfo", "LLMPool", "LLMList", "CrowdEstimate", "CROWD_WINDOW", "crowd_schedule", "unit_rows"]
+__all__ = ["LLMInfo", "LLMPool", "LLMList", "CrowdEstimate", "CROWD_WINDOW", "crowd_schedule", "crowd_votes",
+           "unit_rows"]
 
 
 @dataclass
@@ -225,6 +226,55 @@ def crowd_schedule(n: int) -> int:
             return r
         r += step
 
+
+def crowd_votes(h: Any, group_rows: dict[Any, list[int]], n_users: int, upto: int, point_weight: float,
+                window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The crowd term's observations from the live history ``h`` (``user``, ``llm``, ``rating``, ``order``
+    columns): of the rated rows of ``group_rows`` (comparison group -> its rows), the first ``upto`` in log
+    order (:func:`crowd_schedule`); in each group the last rating of each LLM counts.  Two or more LLMs
+    rated together: a vote per pair with different ratings (label 1: ``a`` rated higher, weight 1); a
+    single rating: ``a`` against the query's average LLM (``b = -1``), label ``0.5 + rating - the user's
+    mean rating`` (clipped to [0, 1]), weight ``point_weight``.  The latest ``window`` observations in log
+    order are kept, so processes that applied the same rows fit the same ones.
+    Returns ``(a, b, label, weight, row)`` (``row``: the history row of ``a``)."""
+    n_rows = sum(map(len, group_rows.values()))
+    thr = None
+    if upto < n_rows:
+        orders = h.order[np.fromiter((r for v in group_rows.values() for r in v), np.int64, n_rows)]
+        thr = np.partition(orders, upto - 1)[upto - 1] if upto > 0 else -np.inf
+    a_l: list[int] = []
+    b_l: list[int] = []
+    y_l: list[float] = []
+    w_l: list[float] = []
+    rows_l: list[int] = []
+    if group_rows:
+        lo_sum = np.bincount(h.user, weights=h.rating, minlength=n_users)
+        lo_cnt = np.bincount(h.user, minlength=n_users)
+    for rows in group_rows.values():
+        last: dict[int, int] = {}
+        for r in rows:
+            if thr is None or h.order[r] <= thr:
+                last[int(h.llm[r])] = r  # the last rating of an LLM in the group counts
+        rs = list(last.values())
+        if len(rs) == 1:
+            r = rs[0]
+            u = int(h.user[r])
+            mean = (lo_sum[u] + 1.0) / (lo_cnt[u] + 2.0)
+            a_l.append(int(h.llm[r])), b_l.append(-1), rows_l.append(r)
+            y_l.append(float(np.clip(0.5 + h.rating[r] - mean, 0.0, 1.0)))
+            w_l.append(float(point_weight))
+            continue
+        for i in range(len(rs)):
+            for j in range(i + 1, len(rs)):
+                ra, rb = rs[i], rs[j]
+                if h.rating[ra] == h.rating[rb]:
+                    continue
+                a_l.append(int(h.llm[ra])), b_l.append(int(h.llm[rb])), rows_l.append(ra)
+                y_l.append(float(h.rating[ra] > h.rating[rb])), w_l.append(1.0)
+    rows_a = np.array(rows_l, np.int64)
+    keep = np.sort(np.argsort(h.order[rows_a], kind="stable")[-int(window):]) if rows_a.size else rows_a
+    return (np.array(a_l, np.int64)[keep], np.array(b_l, np.int64)[keep], np.array(y_l, np.float64)[keep],
+            np.array(w_l, np.float64)[keep], rows_a[keep])
 
 def unit_rows(emb: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length (the crowd kernel's query features)."""

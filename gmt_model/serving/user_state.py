@@ -23,11 +23,8 @@ users' rows arrived): a user's rows are kept in log-id order.
 from __future__ import annotations
 
 import contextlib
-
-import bisect
 import math
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -54,7 +51,8 @@ from gmt_model.method.personal import (
     window_lookback,
     window_rows,
 )
-from gmt_model.serving.llm_pool import CROWD_WINDOW, crowd_schedule, CrowdEstimate, LLMPool, unit_rows
+from gmt_model.serving.live_history import LRU, UNLOGGED, GrowingHistory, UserRows
+from gmt_model.serving.llm_pool import CROWD_WINDOW, crowd_schedule, crowd_votes, CrowdEstimate, LLMPool, unit_rows
 from gmt_model.errors import RoutingError
 from gmt_model.serving.requests import ID_RE, check_task
 from gmt_model.serving.scorer import Scorer
@@ -84,18 +82,18 @@ class UserState:
         self.user_index = {u: i for i, u in enumerate(self.users)}
         self.n_base_users = len(self.users)  # the checkpoint's users (never evicted: their rows are its history)
         self._free_users: list[int] = []  # indices of evicted users that feedback added, for new users
-        self.hist = _GrowingHistory(history, model.cfg.edge_types, len(self.users))
+        self.hist = GrowingHistory(history, model.cfg.edge_types, len(self.users))
         self.base_rows, self.base_texts = self.hist.n, self.hist.n_text
-        self.rows_of = _UserRows(history.user, len(self.users))
+        self.rows_of = UserRows(history.user, len(self.users))
         self.text_row: dict[str, int] = {}  # feedback query text -> its row in the history's text table
         self.rep_rows: dict[int, int] = {}
         self.unlogged = 0
         self.inserted: dict[int, int] = {}  # users whose earlier rows changed (deterministic schedule)
         self.sessions: dict[tuple[str, str], _Session] = {}
         cache = max(1, int(config.cache_users))
-        self.user_rep: _LRU = _LRU(cache)  # u -> (rows, representation)
-        self.post: _LRU = _LRU(cache)  # u -> (crowd version, Posterior)
-        self.offsets: _LRU = _LRU(cache)  # u -> (rep rows, history rows, GNN logits of those rows)
+        self.user_rep: LRU = LRU(cache)  # u -> (rows, representation)
+        self.post: LRU = LRU(cache)  # u -> (crowd version, Posterior)
+        self.offsets: LRU = LRU(cache)  # u -> (rep rows, history rows, GNN logits of those rows)
         self.per_user_exact = set(model.cfg.edge_types) <= set(S.REFERENCE_RELATIONS)
         self.global_reps: dict[str, Tensor] | None = None
         self.group_key: dict[tuple[str, str], int] = {}
@@ -192,7 +190,7 @@ class UserState:
                     "prev": np.concatenate([cols["prev"], np.where(extra["prev"] >= 0, extra["prev"] + off, -1)]),
                     "emb": np.concatenate([cols["emb"], extra["emb"]])}
         m = cols["user"].size
-        table = _GrowingHistory(History(
+        table = GrowingHistory(History(
             user=cols["user"].astype(np.int64), llm=cols["llm"].astype(np.int64),
             rating=cols["rating"].astype(np.float32), prev=cols["prev"].astype(np.int64), llm_emb=h.llm_emb,
             group=np.zeros(m, np.int64), text_emb=np.asarray(cols["emb"], np.float32),
@@ -537,49 +535,17 @@ class UserState:
         if key == self._crowd_key:
             return
         self._crowd_key = key
-        thr = None
-        if added.size and upto < n_rows:
-            orders = h.order[np.fromiter((r for v in self.group_rows.values() for r in v), np.int64, n_rows)]
-            thr = np.partition(orders, upto - 1)[upto - 1] if upto > 0 else -np.inf
-        a_l, b_l, off_l, y_l, w_l, rows_l = [], [], [], [], [], []
-        lo_sum = np.bincount(h.user, weights=h.rating, minlength=len(self.users)) if added.size else None
-        lo_cnt = np.bincount(h.user, minlength=len(self.users)) if added.size else None
-        for g, rows in (self.group_rows.items() if added.size else ()):
-            last: dict[int, int] = {}
-            for r in rows:
-                if thr is None or h.order[r] <= thr:
-                    last[int(h.llm[r])] = r  # the last rating of an LLM in the group counts
-            rs = list(last.values())
-            if not rs:
-                continue
-            if len(rs) == 1:
-                r = rs[0]
-                u = int(h.user[r])
-                mean = (lo_sum[u] + 1.0) / (lo_cnt[u] + 2.0)
-                a_l.append(int(h.llm[r])), b_l.append(-1), rows_l.append(r)
-                y_l.append(float(np.clip(0.5 + h.rating[r] - mean, 0.0, 1.0)))
-                w_l.append(float(self.personal.point_weight))
-                continue
-            for i in range(len(rs)):
-                for j in range(i + 1, len(rs)):
-                    ra, rb = rs[i], rs[j]
-                    if h.rating[ra] == h.rating[rb]:
-                        continue
-                    a_l.append(int(h.llm[ra])), b_l.append(int(h.llm[rb])), rows_l.append(ra)
-                    y_l.append(float(h.rating[ra] > h.rating[rb])), w_l.append(1.0)
-        if not a_l:
+        a, b, y, w, rows = crowd_votes(h, self.group_rows if added.size else {}, len(self.users), upto,
+                                       self.personal.point_weight, int(self.crowd_window))
+        if not a.size:
             self.crowd.fit(n_llms, added, *(np.zeros(0, np.int64),) * 2, *(np.zeros(0),) * 3)
             return
-        # the latest crowd_window observations (in log order: processes that applied the same rows agree)
-        keep = np.sort(np.argsort(h.order[np.array(rows_l, np.int64)], kind="stable")[-int(self.crowd_window):])
-        a_l, b_l, y_l, w_l, rows_l = ([v[i] for i in keep] for v in (a_l, b_l, y_l, w_l, rows_l))
-        a, b = np.array(a_l, np.int64), np.array(b_l, np.int64)
-        text_rows = h.query_row[np.array(rows_l, np.int64)]
+        text_rows = h.query_row[rows]
         cold = self._cold_scores(text_rows)
         act = np.array([self.pool.index[m] for m in self.pool.active()], np.int64)
         sa = cold[np.arange(a.size), a]
         sb = np.where(b >= 0, cold[np.arange(a.size), np.maximum(b, 0)], cold[:, act].mean(axis=1))
-        self.crowd.fit(n_llms, added, a, b, sa - sb, np.array(y_l), np.array(w_l), self.crowd_z(text_rows))
+        self.crowd.fit(n_llms, added, a, b, sa - sb, y, w, self.crowd_z(text_rows))
 
     # ------------------------------------------------------------------ feedback
     def apply(self, user_id: str, query: str, model: str, raw: float, session_id: str | None,
@@ -610,7 +576,7 @@ class UserState:
                 prev = int(self.hist.prev[st.last_row])  # both sides of one comparison follow the same turn
         if order is None:
             self.unlogged += 1
-            order = _UNLOGGED + self.unlogged
+            order = UNLOGGED + self.unlogged
         text_row = self.text_row.get(query)
         if text_row is None:
             text_row = self.text_row[query] = self.hist.add_text(emb)
@@ -719,7 +685,7 @@ class UserState:
                 self.users[u] = ""
                 self._free_users.append(u)
         ids = self.hist.order[np.asarray(dead, np.int64)]
-        self.own_ids.difference_update(int(i) for i in ids[(ids > self.synced_id) & (ids < _UNLOGGED)])
+        self.own_ids.difference_update(int(i) for i in ids[(ids > self.synced_id) & (ids < UNLOGGED)])
         self.sessions = {k: v for k, v in self.sessions.items() if k[0] not in gone}
         self.group_key = {k: v for k, v in self.group_key.items() if k[0] not in gone}
         if dead:
@@ -794,171 +760,9 @@ class UserState:
                        text_emb=hist.text.copy(), query_row=hist.query_row.copy())
 
 
-#: order keys of rows applied without a feedback log come after every log id
-_UNLOGGED = 1 << 52
-
-
 def _task_of(record: Any) -> str | None:
     """A stored row's task, checked as a request's is (a row a client wrote with a bad task: none)."""
     try:
         return check_task(getattr(record, "task", None))
     except RoutingError:
         return None
-
-
-class _LRU(OrderedDict):
-    """A dict that keeps its ``capacity`` most recently used entries."""
-
-    def __init__(self, capacity: int) -> None:
-        super().__init__()
-        self.capacity = capacity
-
-    def get(self, key, default=None):
-        if key in self:
-            self.move_to_end(key)
-            return super().__getitem__(key)
-        return default
-
-    def __getitem__(self, key):
-        self.move_to_end(key)
-        return super().__getitem__(key)
-
-    def __setitem__(self, key, value) -> None:
-        super().__setitem__(key, value)
-        self.move_to_end(key)
-        while len(self) > self.capacity:
-            self.popitem(last=False)
-
-
-class _GrowingHistory:
-    """Rated interactions as numpy columns with amortised O(1) appends; query
-    embeddings deduplicated (a growing text table and each row's index in it)."""
-
-    _COLS = ("_user", "_llm", "_rating", "_prev", "_query_row", "_group", "_order", "_task")
-
-    def __init__(self, h: History, relations: Sequence[S.EdgeType], num_users: int, headroom: int = 1024) -> None:
-        self.relations = tuple(relations)
-        self.llm_emb = np.asarray(h.llm_emb, np.float32)
-        self.num_users = int(num_users)  # grows with the users feedback adds
-        self.n = int(h.user.size)
-        cap = self.n + max(headroom, self.n // 4 if headroom else 0)
-        self._user = np.zeros(cap, np.int64)
-        self._llm = np.zeros(cap, np.int64)
-        self._rating = np.zeros(cap, np.float32)
-        self._prev = np.full(cap, -1, np.int64)
-        self._query_row = np.zeros(cap, np.int64)
-        self._group = np.zeros(cap, np.int64)
-        self._order = np.arange(cap, dtype=np.int64) - self.n - _UNLOGGED  # checkpoint rows first
-        self._task = np.full(cap, -1, np.int64)  # the task its caller named (UserState.task_names), -1: none
-        if h.deduplicated:
-            text, qrow = h.text_emb, np.asarray(h.query_row, np.int64)
-        else:
-            text, qrow = h.query_emb, np.arange(self.n, dtype=np.int64)
-        self.n_text = int(text.shape[0])
-        # a float16 table (a float16 embedding store) stays float16: half the memory; rows are widened when gathered
-        dtype = np.float16 if np.asarray(text[:0]).dtype == np.float16 else np.float32
-        self._text = np.zeros((self.n_text + (max(256, self.n_text // 4) if headroom else 0), text.shape[1]), dtype)
-        self._text[: self.n_text] = text
-        for name, src in (("_user", h.user), ("_llm", h.llm), ("_rating", h.rating), ("_prev", h.prev),
-                          ("_query_row", qrow), ("_group", h.group)):
-            getattr(self, name)[: self.n] = src
-
-    def add_text(self, emb: np.ndarray) -> int:
-        if self.n_text == self._text.shape[0]:
-            new = np.zeros((self._text.shape[0] + max(256, self._text.shape[0] // 4),) + self._text.shape[1:],
-                           self._text.dtype)
-            new[: self.n_text] = self._text[: self.n_text]
-            self._text = new
-        self._text[self.n_text] = emb
-        self.n_text += 1
-        return self.n_text - 1
-
-    def append(self, user: int, llm: int, rating: float, prev: int, text_row: int, group: int, order: int,
-               task: int = -1) -> int:
-        if self.n == self._user.shape[0]:
-            grow = max(1024, self.n // 4)
-            for name in self._COLS:
-                old = getattr(self, name)
-                new = np.zeros((old.shape[0] + grow,) + old.shape[1:], old.dtype)
-                new[: self.n] = old[: self.n]
-                setattr(self, name, new)
-        row = self.n
-        self.num_users = max(self.num_users, int(user) + 1)
-        self._user[row], self._llm[row], self._rating[row], self._prev[row] = user, llm, rating, prev
-        self._query_row[row], self._group[row], self._order[row] = text_row, group, order
-        self._task[row] = task
-        self.n += 1
-        return row
-
-    def shrink(self) -> None:
-        """Give back capacity after rows or texts were removed (kept: a quarter of headroom)."""
-        if self._user.shape[0] > 2 * max(self.n, 1024):
-            cap = self.n + max(1024, self.n // 4)
-            for name in self._COLS:
-                setattr(self, name, getattr(self, name)[:cap].copy())
-        if self._text.shape[0] > 2 * max(self.n_text, 256):
-            self._text = self._text[: self.n_text + max(256, self.n_text // 4)].copy()
-
-    def vecs(self, rows: np.ndarray) -> np.ndarray:
-        """float32 (len(rows), d) query embeddings of the given rows."""
-        return self._text[self._query_row[np.asarray(rows, dtype=np.int64)]].astype(np.float32, copy=False)
-
-    user = property(lambda self: self._user[: self.n])
-    llm = property(lambda self: self._llm[: self.n])
-    rating = property(lambda self: self._rating[: self.n])
-    prev = property(lambda self: self._prev[: self.n])
-    query_row = property(lambda self: self._query_row[: self.n])
-    text = property(lambda self: self._text[: self.n_text])
-    text_emb = text  # the interactions-table names the engine's subgraph builder reads
-    num_interactions = property(lambda self: self.n)
-    group = property(lambda self: self._group[: self.n])
-    order = property(lambda self: self._order[: self.n])
-    task = property(lambda self: self._task[: self.n])
-
-
-class _UserRows:
-    """Each user's rows in order: the checkpoint's rows as one sorted index
-    (no per-row Python objects), then the rows added since, per user."""
-
-    def __init__(self, user: np.ndarray, num_users: int) -> None:
-        user = np.asarray(user, np.int64)
-        self._order = np.argsort(user, kind="stable")
-        self._starts = np.searchsorted(user[self._order], np.arange(num_users + 1))
-        self._base_users = num_users
-        self._extra: dict[int, list[int]] = {}
-
-    def base_count(self, u: int) -> int:
-        return int(self._starts[u + 1] - self._starts[u]) if 0 <= u < self._base_users else 0
-
-    def count(self, u: int) -> int:
-        return self.base_count(u) + len(self._extra.get(u, ()))
-
-    def rows(self, u: int, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Positions ``start:stop`` of the user's rows (negative ``start`` counts from the end)."""
-        n = self.count(u)
-        lo, hi, _ = slice(start, stop).indices(n)
-        nb = self.base_count(u)
-        parts = []
-        if lo < nb:
-            b0 = int(self._starts[u]) if u < self._base_users else 0
-            parts.append(self._order[b0 + lo: b0 + min(hi, nb)])
-        if hi > nb:
-            parts.append(np.asarray(self._extra.get(u, [])[max(lo, nb) - nb: hi - nb], dtype=np.int64))
-        return np.concatenate(parts) if len(parts) > 1 else (parts[0] if parts else np.zeros(0, np.int64))
-
-    def drop(self, u: int) -> list[int]:
-        """Forget the rows added for user ``u`` (the checkpoint's stay); return them."""
-        return self._extra.pop(u, [])
-
-    def renumber(self, new_of: np.ndarray) -> None:
-        """The added rows renumbered after a compaction (``new_of``: old row -> new row; order kept)."""
-        self._extra = {u: new_of[np.asarray(rows, np.int64)].tolist() for u, rows in self._extra.items()}
-
-    def add(self, u: int, row: int, order: np.ndarray) -> bool:
-        """Add a new row in ``order`` (log ids); True when it went before the user's last row."""
-        extra = self._extra.setdefault(u, [])
-        if extra and order[extra[-1]] > order[row]:
-            bisect.insort(extra, row, key=order.__getitem__)
-            return True
-        extra.append(row)
-        return False
