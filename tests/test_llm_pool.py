@@ -378,3 +378,28 @@ def test_router_scores_an_added_llm_like_the_trained_llm_it_is_voted_like(plante
         r.update_user_preference(f"voter{i % 10}", t, win, lose)
     moved = p_new() - before  # what the votes changed
     assert np.corrcoef(moved, zp)[0, 1] > 0.5
+
+
+def test_crowd_votes_from_the_live_history():
+    """The crowd term's observations, known answer: a pair rated together is one vote (the higher rating wins,
+    equal ratings none), a single rating is a vote against the average LLM at ``point_weight`` with label
+    0.5 + rating - the user's mean; ``upto`` keeps the first rows in log order, ``window`` the latest votes."""
+    from types import SimpleNamespace
+
+    from gmt_model.serving.llm_pool import crowd_votes
+
+    # rows: 0-1 group 10 (user 0: LLM 2 rated 1.0 over LLM 0 at 0.0); 2 group 11 (user 1 rates LLM 2 alone,
+    # 1.0; user 1's only row); 3-4 group 12 (a tie); 5-6 group 13 (LLM 0 over LLM 2), logged last
+    h = SimpleNamespace(user=np.array([0, 0, 1, 0, 0, 0, 0]), llm=np.array([2, 0, 2, 2, 1, 0, 2]),
+                        rating=np.array([1.0, 0.0, 1.0, 0.5, 0.5, 1.0, 0.0]),
+                        order=np.array([1, 2, 3, 4, 5, 6, 7]))
+    groups = {10: [0, 1], 11: [2], 12: [3, 4], 13: [5, 6]}
+    a, b, y, w, rows = crowd_votes(h, groups, n_users=2, upto=7, point_weight=0.3, window=500)
+    assert a.tolist() == [2, 2, 0] and b.tolist() == [0, -1, 2] and rows.tolist() == [0, 2, 5]
+    # user 1's mean rating, with one pseudo-vote each way: (1 + 1) / (1 + 2) = 2/3 -> 0.5 + 1 - 2/3
+    assert y == pytest.approx([1.0, 0.5 + 1.0 - 2 / 3, 1.0]) and w.tolist() == [1.0, 0.3, 1.0]
+    a, b, *_ = crowd_votes(h, groups, n_users=2, upto=5, point_weight=0.3, window=500)  # rows 5-6 not yet
+    assert a.tolist() == [2, 2] and b.tolist() == [0, -1]
+    a, b, y, w, rows = crowd_votes(h, groups, n_users=2, upto=7, point_weight=0.3, window=2)  # the latest two
+    assert rows.tolist() == [2, 5]
+    assert [v.size for v in crowd_votes(h, {}, n_users=2, upto=0, point_weight=0.3, window=500)] == [0] * 5
