@@ -237,18 +237,29 @@ def configure_crowd(router, args) -> None:
 
 
 # ---------------------------------------------------------------- (a) leave one LLM out
+def withheld_orders(train_pairs: list[dict], sp: int) -> dict[str, list[dict]]:
+    """Each LLM's training judgments that are not ties, in the fixed random order they are revealed in: one
+    generator per split, shuffling the six LLMs' lists in ``MT_LLMS`` order, so an LLM's order does not
+    depend on which LLMs a run leaves out (``--llms``)."""
+    rng = np.random.default_rng(sp)
+    order = {}
+    for x in MT_LLMS:
+        order[x] = [p for p in train_pairs if x in (p["a"], p["b"]) and p["label"] != 0.5]
+        rng.shuffle(order[x])
+    return order
+
+
 def leave_one_out(args, sp: int, splits: dict[str, list[dict]], full_router, descriptions: dict[str, str],
                   emit) -> None:
     from gmt_model.method.personal import fit_bias  # noqa: F401  (import check)
 
     test = pairs_of(splits["test"])
     train_pairs = pairs_of(splits["training"])
-    rng = np.random.default_rng(sp)
+    order = withheld_orders(train_pairs, sp)
     for x in args.llms:
         t0 = time.perf_counter()
         tx = [p for p in test if x in (p["a"], p["b"])]
-        withheld = [p for p in train_pairs if x in (p["a"], p["b"]) and p["label"] != 0.5]
-        rng.shuffle(withheld)
+        withheld = order[x]
         reduced = {s: without(rows, x) for s, rows in splits.items() if s != "test"}
         reduced["test"] = without(splits["test"], x)
         with tempfile.TemporaryDirectory() as d:
@@ -323,11 +334,7 @@ def validate_crowd(args, sp: int, splits: dict[str, list[dict]], descriptions: d
     training judgments.  One row per crowd spec (``--crowd-specs``), with the fit's Laplace log evidence."""
     train_pairs = pairs_of(splits["training"])
     val_pairs = pairs_of(splits["valid"])
-    rng = np.random.default_rng(sp)  # the same order as leave_one_out's over all six LLMs
-    order = {}
-    for x in MT_LLMS:
-        order[x] = [p for p in train_pairs if x in (p["a"], p["b"]) and p["label"] != 0.5]
-        rng.shuffle(order[x])
+    order = withheld_orders(train_pairs, sp)  # the same order as leave_one_out's
     for x in args.llms:
         withheld = order[x]
         reduced = {s: without(rows, x) for s, rows in splits.items()}
