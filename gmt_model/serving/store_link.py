@@ -78,7 +78,7 @@ class StoreLink:
             self.loaded = OrderedDict()
             self.state.synced_id = max(self.state.synced_id, self.store.max_id())
             return
-        unmerged = sorted(i for i in self.unmerged if i <= self.state.synced_id)
+        unmerged = sorted(self.unmerged)  # (all at or below the sync point: the training data read them)
         if unmerged:
             keep = set(unmerged)
             rows = [r for r in self.store.read(since_id=unmerged[0] - 1, limit=None) if r.id in keep]
